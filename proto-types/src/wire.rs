@@ -1,0 +1,244 @@
+//! Wire types of the worker protocol: routes, handshake, request and response bodies, frames.
+//!
+//! `docs/PROTOCOL.md` is the normative description; these types are its Rust form.
+
+use crate::error::WireError;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+
+/// The protocol version this crate speaks; the first word after `plugvisor` in the handshake.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Environment variable carrying the bearer token from the host to the worker.
+pub const TOKEN_ENV: &str = "PLUGVISOR_TOKEN";
+/// Environment variable naming the only directory a worker may open file references in.
+pub const TRANSFER_DIR_ENV: &str = "PLUGVISOR_TRANSFER_DIR";
+/// Environment variable that, set to `1`, makes the worker exit when its stdin reaches EOF.
+pub const WATCH_STDIN_ENV: &str = "PLUGVISOR_WATCH_STDIN";
+/// Environment variable with the largest request body a worker accepts, in bytes.
+pub const MAX_BODY_ENV: &str = "PLUGVISOR_MAX_BODY";
+/// Default largest request body: 64 MiB. Large data should travel as a `FileRef`.
+pub const DEFAULT_MAX_BODY: u64 = 64 * 1024 * 1024;
+/// Media type of streamed responses: one JSON frame per line.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// The routes a worker serves. All except `HEALTH` and `INFO` are `POST` or `GET` as noted.
+pub mod routes {
+    /// `GET`: liveness and load, answered even while plugin code is busy.
+    pub const HEALTH: &str = "/v1/health";
+    /// `GET`: name, version, protocol, schema, capabilities.
+    pub const INFO: &str = "/v1/info";
+    /// `POST`: initialize or re-configure.
+    pub const INITIALIZE: &str = "/v1/initialize";
+    /// `POST`: one call, one result.
+    pub const EXECUTE: &str = "/v1/execute";
+    /// `POST`: one call, a stream of NDJSON frames.
+    pub const EXECUTE_STREAM: &str = "/v1/execute_stream";
+    /// `GET`: the configuration in force.
+    pub const CONFIG: &str = "/v1/config";
+    /// `GET`: the JSON Schema of the configuration.
+    pub const CONFIG_SCHEMA: &str = "/v1/config_schema";
+    /// `POST`: run the plugin's cleanup.
+    pub const CLEANUP: &str = "/v1/cleanup";
+    /// `POST`: clean up and exit.
+    pub const SHUTDOWN: &str = "/v1/shutdown";
+}
+
+/// Where a worker listens, as announced in its handshake line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// A Unix domain socket at this path.
+    Unix(std::path::PathBuf),
+    /// A TCP address, `host:port`.
+    Tcp(String),
+}
+
+/// The one line a worker prints on stdout once it listens: `plugvisor <version> <transport> <address>`.
+///
+/// ```
+/// use plugvisor_proto::wire::{Handshake, Transport};
+/// let h = Handshake::parse("plugvisor 1 unix /run/x/echo.sock").unwrap();
+/// assert_eq!(h.transport, Transport::Unix("/run/x/echo.sock".into()));
+/// assert_eq!(h.to_string(), "plugvisor 1 unix /run/x/echo.sock");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handshake {
+    /// The protocol version the worker speaks.
+    pub protocol: u32,
+    /// Where it listens.
+    pub transport: Transport,
+}
+
+impl Handshake {
+    /// The handshake of a worker speaking this crate's protocol version.
+    pub fn new(transport: Transport) -> Self {
+        Self {
+            protocol: PROTOCOL_VERSION,
+            transport,
+        }
+    }
+
+    /// Parses a handshake line (a trailing newline is ignored).
+    ///
+    /// # Errors
+    /// A message quoting the line when it is not `plugvisor <u32> unix|tcp <address>`.
+    /// The version is not checked here; compare it with [`PROTOCOL_VERSION`].
+    pub fn parse(line: &str) -> Result<Self, String> {
+        let line = line.trim_end_matches(['\n', '\r']);
+        let bad = || format!("bad handshake line {line:?}: expected \"plugvisor <version> unix|tcp <address>\"");
+        let mut parts = line.splitn(4, ' ');
+        if parts.next() != Some("plugvisor") {
+            return Err(bad());
+        }
+        let protocol = parts.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+        let kind = parts.next().ok_or_else(bad)?;
+        let address = parts.next().filter(|a| !a.is_empty()).ok_or_else(bad)?;
+        let transport = match kind {
+            "unix" => Transport::Unix(address.into()),
+            "tcp" => Transport::Tcp(address.to_owned()),
+            _ => return Err(bad()),
+        };
+        Ok(Self {
+            protocol,
+            transport,
+        })
+    }
+}
+
+impl fmt::Display for Handshake {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.transport {
+            Transport::Unix(path) => write!(f, "plugvisor {} unix {}", self.protocol, path.display()),
+            Transport::Tcp(addr) => write!(f, "plugvisor {} tcp {addr}", self.protocol),
+        }
+    }
+}
+
+/// Body of `POST /v1/initialize`. A missing or `null` config means "defaults".
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitializeRequest {
+    /// The configuration; keys left out take their defaults.
+    #[serde(default)]
+    pub config: Option<Value>,
+}
+
+/// Body of `POST /v1/execute` and `POST /v1/execute_stream`.
+///
+/// Generic so the host can serialize a borrowed input without cloning it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteRequest<T = Value> {
+    /// The plugin's input.
+    pub input: T,
+}
+
+/// Answer of `POST /v1/execute`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecuteResponse {
+    /// The plugin's output.
+    pub output: Value,
+}
+
+/// Answer of `GET /v1/config` and `POST /v1/initialize`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConfigResponse {
+    /// The configuration in force.
+    pub config: Value,
+}
+
+/// Answer of `GET /v1/config_schema`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConfigSchemaResponse {
+    /// JSON Schema of the configuration.
+    pub schema: Value,
+}
+
+/// Answer of `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthResponse {
+    /// `"ok"`, or `"stopping"` once shutdown has begun.
+    pub status: String,
+    /// Calls and streams running now.
+    pub in_flight: u64,
+    /// Calls and streams started since the worker began.
+    pub calls_total: u64,
+    /// The worker's process id.
+    pub pid: u32,
+}
+
+/// Answer of `GET /v1/info`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InfoResponse {
+    /// [`crate::Plugin::name`].
+    pub name: String,
+    /// [`crate::Plugin::version`].
+    pub version: String,
+    /// [`PROTOCOL_VERSION`] of the worker.
+    pub protocol: u32,
+    /// [`crate::Plugin::config_schema`].
+    pub config_schema: Value,
+    /// Features the worker supports: `execute`, `stream`, `files`.
+    pub capabilities: Vec<String>,
+    /// The worker's process id.
+    pub pid: u32,
+}
+
+/// The body of every error answer: `{"error": {"kind": ..., "message": ...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: WireError,
+}
+
+/// One line of an `execute_stream` answer. The last line is always `end` or `error`; a stream
+/// that stops without one was cut short.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamFrame {
+    /// `{"item": <value>}`: one result.
+    Item(Value),
+    /// `{"end": {"count": N}}`: the stream finished cleanly after `count` items.
+    End {
+        /// How many items were sent.
+        count: u64,
+    },
+    /// `{"error": {...}}`: the stream failed; nothing follows.
+    Error(WireError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use serde_json::json;
+
+    #[test]
+    fn frames_have_the_documented_shape() {
+        let item = serde_json::to_value(StreamFrame::Item(json!("a"))).unwrap();
+        assert_eq!(item, json!({"item": "a"}));
+        let end = serde_json::to_value(StreamFrame::End { count: 2 }).unwrap();
+        assert_eq!(end, json!({"end": {"count": 2}}));
+        let err = StreamFrame::Error(WireError::new(ErrorKind::PluginFailed, "x"));
+        assert_eq!(
+            serde_json::to_value(err).unwrap(),
+            json!({"error": {"kind": "plugin_failed", "message": "x"}})
+        );
+    }
+
+    #[test]
+    fn handshake_parses_tcp_and_rejects_garbage() {
+        let h = Handshake::parse("plugvisor 1 tcp 127.0.0.1:9000\n").unwrap();
+        assert_eq!(h.transport, Transport::Tcp("127.0.0.1:9000".into()));
+        for bad in ["", "hello", "plugvisor x unix /a", "plugvisor 1 pipe /a", "plugvisor 1 unix"] {
+            assert!(Handshake::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn execute_request_rejects_unknown_fields() {
+        let r: Result<ExecuteRequest, _> = serde_json::from_str(r#"{"input":1,"inptu":2}"#);
+        assert!(r.is_err());
+    }
+}
