@@ -1,0 +1,230 @@
+//! Starting a worker: spawn, read the handshake, ask for `/v1/info`.
+
+use crate::client::WorkerClient;
+use crate::dirs::HostDir;
+use crate::error::HostError;
+use crate::process::{ProcessParts, WorkerProcess};
+use crate::spawner::{self, ExitWatch};
+use crate::spec::WorkerSpec;
+use crate::stderr::StderrTail;
+use plugvisor_proto::wire::{self, Handshake, InfoResponse, Transport};
+use std::os::fd::OwnedFd;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::unix::pipe;
+
+/// Longest handshake line accepted.
+const MAX_HANDSHAKE: u64 = 4096;
+
+/// A started worker: its process, a client for it, and what it said about itself.
+#[derive(Debug)]
+pub(crate) struct Launched {
+    pub(crate) process: WorkerProcess,
+    pub(crate) client: Arc<WorkerClient>,
+    pub(crate) info: InfoResponse,
+}
+
+/// Spawns the worker of `spec` as worker number `n` of `host_dir`.
+///
+/// On any error the process group is killed and reaped and its files removed before returning
+/// (dropping the half-built [`WorkerProcess`] does that).
+pub(crate) async fn launch(
+    spec: &WorkerSpec,
+    n: u64,
+    host_dir: &Arc<HostDir>,
+) -> Result<Launched, HostError> {
+    let io_err = |source| HostError::Spawn {
+        program: spec.program.clone(),
+        source,
+    };
+    let socket = host_dir.socket_path(n);
+    let transfer_dir = host_dir.transfer_dir(n).map_err(io_err)?;
+    let token = new_token();
+    let command = build_command(spec, &socket, &transfer_dir, &token);
+    let mut child = spawner::spawn(command).await.map_err(io_err)?;
+    let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let pid = child.id();
+    let exit = start_waiter(child).map_err(io_err)?;
+    let stderr = match stderr {
+        Some(s) => StderrTail::start(s, spec.label(), pid),
+        None => Err(std::io::Error::other("stderr was not piped")),
+    };
+    let process = WorkerProcess::new(ProcessParts {
+        label: spec.label(),
+        pid,
+        stdin,
+        exit,
+        stderr: stderr.map_err(io_err)?,
+        grace: spec.stop_grace,
+        socket,
+        transfer_dir,
+        host_dir: Arc::clone(host_dir),
+    });
+    match connect(spec, &process, stdout, &token).await {
+        Ok((client, info)) => {
+            tracing::info!(plugin = %info.name, version = %info.version, pid, "worker ready");
+            Ok(Launched {
+                process,
+                client,
+                info,
+            })
+        }
+        Err(e) => {
+            process.kill().await;
+            Err(e)
+        }
+    }
+}
+
+async fn connect(
+    spec: &WorkerSpec,
+    process: &WorkerProcess,
+    stdout: Option<std::process::ChildStdout>,
+    token: &str,
+) -> Result<(Arc<WorkerClient>, InfoResponse), HostError> {
+    let stdout = stdout.ok_or_else(|| HostError::Spawn {
+        program: spec.program.clone(),
+        source: std::io::Error::other("stdout was not piped"),
+    })?;
+    let handshake = await_handshake(spec, process, stdout).await?;
+    let client = WorkerClient::new(handshake.transport, token).map_err(|e| HostError::Info {
+        program: spec.program.clone(),
+        reason: e.to_string(),
+    })?;
+    let client = Arc::new(client);
+    let info = fetch_info(spec, &client).await?;
+    Ok((client, info))
+}
+
+fn start_waiter(child: Child) -> std::io::Result<Arc<ExitWatch>> {
+    let pid = child.id();
+    ExitWatch::start(child).inspect_err(|_| {
+        // No thread to reap it: kill it now; it stays a zombie until the host exits.
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    })
+}
+
+/// 256 random bits, hex.
+fn new_token() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+fn build_command(
+    spec: &WorkerSpec,
+    socket: &std::path::Path,
+    transfer_dir: &std::path::Path,
+    token: &str,
+) -> Command {
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .arg("--socket")
+        .arg(socket)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .env(wire::TOKEN_ENV, token)
+        .env(wire::TRANSFER_DIR_ENV, transfer_dir)
+        .env(wire::WATCH_STDIN_ENV, "1")
+        .env(wire::MAX_BODY_ENV, spec.max_body.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Reads the handshake line, racing the start timeout and the process's exit.
+async fn await_handshake(
+    spec: &WorkerSpec,
+    process: &WorkerProcess,
+    stdout: std::process::ChildStdout,
+) -> Result<Handshake, HostError> {
+    let program = spec.program.clone();
+    let receiver = pipe::Receiver::from_owned_fd(OwnedFd::from(stdout)).map_err(|source| {
+        HostError::Spawn {
+            program: program.clone(),
+            source,
+        }
+    })?;
+    let read = read_line(receiver);
+    let line = tokio::select! {
+        line = tokio::time::timeout(spec.start_timeout, read) => line,
+        exit = process.exit.wait() => {
+            process.stderr.wait_closed(std::time::Duration::from_millis(250)).await;
+            return Err(HostError::ExitedEarly { program, exit, stderr_tail: process.stderr.lines() });
+        }
+    };
+    let line = line.map_err(|_| HostError::StartTimeout {
+        program: program.clone(),
+        timeout: spec.start_timeout,
+    })?;
+    let line = line.map_err(|source| HostError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    check_handshake(&program, &line, process)
+}
+
+async fn read_line(receiver: pipe::Receiver) -> std::io::Result<String> {
+    let mut reader = BufReader::new(receiver.take(MAX_HANDSHAKE));
+    let mut line = String::new();
+    reader.read_line(&mut line).await?;
+    // The rest of stdout is dropped with the reader: after the handshake a worker's stdout
+    // is redirected to its stderr, and nothing the host needs comes there.
+    Ok(line)
+}
+
+fn check_handshake(
+    program: &std::path::Path,
+    line: &str,
+    process: &WorkerProcess,
+) -> Result<Handshake, HostError> {
+    let incompatible = |reason: String| HostError::Incompatible {
+        program: program.to_path_buf(),
+        reason,
+    };
+    if line.is_empty() {
+        return Err(incompatible(
+            "stdout closed without a handshake line".to_owned(),
+        ));
+    }
+    let handshake = Handshake::parse(line).map_err(incompatible)?;
+    if handshake.protocol != wire::PROTOCOL_VERSION {
+        return Err(incompatible(format!(
+            "it speaks protocol {}, this host speaks {}",
+            handshake.protocol,
+            wire::PROTOCOL_VERSION
+        )));
+    }
+    if handshake.transport != Transport::Unix(process.socket.clone()) {
+        return Err(incompatible(format!(
+            "it listens on {line:?}, not on the socket it was given ({})",
+            process.socket.display()
+        )));
+    }
+    Ok(handshake)
+}
+
+async fn fetch_info(spec: &WorkerSpec, client: &Arc<WorkerClient>) -> Result<InfoResponse, HostError> {
+    let err = |reason: String| HostError::Info {
+        program: spec.program.clone(),
+        reason,
+    };
+    let fetch = crate::remote::get_json::<InfoResponse>(client, wire::routes::INFO);
+    let info = tokio::time::timeout(spec.start_timeout, fetch)
+        .await
+        .map_err(|_| err(format!("no answer within {:?}", spec.start_timeout)))?
+        .map_err(|e| err(e.to_string()))?;
+    if info.protocol != wire::PROTOCOL_VERSION {
+        return Err(HostError::Incompatible {
+            program: spec.program.clone(),
+            reason: format!("/v1/info reports protocol {}", info.protocol),
+        });
+    }
+    Ok(info)
+}

@@ -1,0 +1,190 @@
+//! `WorkerProcess`: one running worker, its pipes, its exit, and how it is stopped.
+//!
+//! Stopping escalates: `POST /v1/shutdown` (and stdin EOF), then SIGTERM to the process group,
+//! then SIGKILL, each step after the grace period. The waiter thread (see `spawner`) reaps the
+//! child and SIGKILLs whatever is left in its process group the moment the leader exits.
+
+use crate::dirs::HostDir;
+use crate::spawner::ExitWatch;
+use crate::stderr::StderrTail;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use plugvisor_proto::{CrashReport, ExitReason};
+use std::fs;
+use std::path::PathBuf;
+use std::process::ChildStdin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long a crash report waits for the dead worker's stderr to drain.
+const STDERR_DRAIN: Duration = Duration::from_millis(250);
+/// How long to wait for the exit after SIGKILL (only an uninterruptible sleep takes longer).
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// One running worker process.
+#[derive(Debug)]
+pub(crate) struct WorkerProcess {
+    pub(crate) label: String,
+    pub(crate) pid: u32,
+    stdin: Mutex<Option<ChildStdin>>,
+    pub(crate) exit: Arc<ExitWatch>,
+    pub(crate) stderr: Arc<StderrTail>,
+    pub(crate) grace: Duration,
+    pub(crate) socket: PathBuf,
+    pub(crate) transfer_dir: PathBuf,
+    stopping: AtomicBool,
+    // Keeps the host directory (and so the socket and transfer dir) alive as long as we are.
+    pub(crate) host_dir: Arc<HostDir>,
+}
+
+/// What a [`WorkerProcess`] is made of.
+pub(crate) struct ProcessParts {
+    pub(crate) label: String,
+    pub(crate) pid: u32,
+    pub(crate) stdin: Option<ChildStdin>,
+    pub(crate) exit: Arc<ExitWatch>,
+    pub(crate) stderr: Arc<StderrTail>,
+    pub(crate) grace: Duration,
+    pub(crate) socket: PathBuf,
+    pub(crate) transfer_dir: PathBuf,
+    pub(crate) host_dir: Arc<HostDir>,
+}
+
+impl WorkerProcess {
+    pub(crate) fn new(p: ProcessParts) -> Self {
+        Self {
+            label: p.label,
+            pid: p.pid,
+            stdin: Mutex::new(p.stdin),
+            exit: p.exit,
+            stderr: p.stderr,
+            grace: p.grace,
+            socket: p.socket,
+            transfer_dir: p.transfer_dir,
+            stopping: AtomicBool::new(false),
+            host_dir: p.host_dir,
+        }
+    }
+
+    /// True once a stop was asked for (an exit after that is not a crash).
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Sends `signal` to the worker's process group, unless the worker was already reaped.
+    pub(crate) fn signal_group(&self, signal: Signal) {
+        if self.exit.get().is_some() {
+            return;
+        }
+        let pgid = Pid::from_raw(self.pid as i32);
+        if let Err(e) = killpg(pgid, signal) {
+            tracing::debug!(plugin = %self.label, pid = self.pid, %signal, error = %e, "killpg");
+        }
+    }
+
+    /// Closes the worker's stdin: a worker started by the host exits on that EOF.
+    fn close_stdin(&self) {
+        if let Ok(mut stdin) = self.stdin.lock() {
+            stdin.take();
+        }
+    }
+
+    /// Builds the crash report, waiting briefly for the exit and the last stderr lines.
+    pub(crate) async fn crash_report(&self) -> CrashReport {
+        let exit = self
+            .exit
+            .wait_timeout(Duration::from_secs(1))
+            .await
+            .unwrap_or(ExitReason::Unknown);
+        self.stderr.wait_closed(STDERR_DRAIN).await;
+        CrashReport {
+            plugin: self.label.clone(),
+            pid: self.pid,
+            exit,
+            stderr_tail: self.stderr.lines(),
+        }
+    }
+
+    /// Marks the worker as stopping and closes its stdin.
+    pub(crate) fn begin_stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.close_stdin();
+    }
+
+    /// Escalates SIGTERM, then SIGKILL, waiting `grace` for the exit before each.
+    pub(crate) async fn terminate(&self) -> ExitReason {
+        self.begin_stop();
+        if let Some(exit) = self.exit.wait_timeout(self.grace).await {
+            return exit;
+        }
+        tracing::info!(plugin = %self.label, pid = self.pid, "worker still running; SIGTERM");
+        self.signal_group(Signal::SIGTERM);
+        if let Some(exit) = self.exit.wait_timeout(self.grace).await {
+            return exit;
+        }
+        tracing::warn!(plugin = %self.label, pid = self.pid, "worker ignored SIGTERM; SIGKILL");
+        self.signal_group(Signal::SIGKILL);
+        self.exit
+            .wait_timeout(KILL_WAIT)
+            .await
+            .unwrap_or(ExitReason::Unknown)
+    }
+
+    /// SIGKILLs the group at once and waits for the exit (a start that went wrong).
+    pub(crate) async fn kill(&self) {
+        self.begin_stop();
+        self.signal_group(Signal::SIGKILL);
+        self.exit.wait_timeout(KILL_WAIT).await;
+    }
+
+    /// Removes the socket file and the transfer directory.
+    pub(crate) fn remove_files(&self) {
+        remove_files(&self.socket, &self.transfer_dir);
+    }
+}
+
+fn remove_files(socket: &PathBuf, transfer_dir: &PathBuf) {
+    if let Err(e) = fs::remove_file(socket) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %socket.display(), error = %e, "could not remove socket");
+        }
+    }
+    if let Err(e) = fs::remove_dir_all(transfer_dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %transfer_dir.display(), error = %e, "could not remove transfer dir");
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    /// The last handle is gone without an async stop: close stdin, SIGTERM the group now, and
+    /// let a short-lived thread SIGKILL it after the grace period. Works without a runtime.
+    fn drop(&mut self) {
+        self.begin_stop();
+        if self.exit.get().is_some() {
+            self.remove_files();
+            return;
+        }
+        self.signal_group(Signal::SIGTERM);
+        let exit = Arc::clone(&self.exit);
+        let (socket, transfer_dir) = (self.socket.clone(), self.transfer_dir.clone());
+        let (pid, grace, host_dir) = (self.pid, self.grace, Arc::clone(&self.host_dir));
+        let reaper = move || {
+            if exit.wait_blocking(grace).is_none() {
+                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                exit.wait_blocking(KILL_WAIT);
+            }
+            remove_files(&socket, &transfer_dir);
+            drop(host_dir);
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("plugvisor-stop-{pid}"))
+            .stack_size(64 * 1024)
+            .spawn(reaper);
+        if spawned.is_err() {
+            // No thread to wait with: kill at once rather than leave it running.
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}

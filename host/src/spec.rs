@@ -1,0 +1,88 @@
+//! `WorkerSpec`: how to start one worker process.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How to start a worker: the program, its arguments and environment, and its timeouts.
+///
+/// ```
+/// use plugvisor_host::WorkerSpec;
+/// use std::time::Duration;
+///
+/// let spec = WorkerSpec::new("/usr/local/lib/plugvisor/echo-worker")
+///     .arg("--verbose")
+///     .env("RUST_BACKTRACE", "1")
+///     .start_timeout(Duration::from_secs(5));
+/// assert_eq!(spec.start_timeout, Duration::from_secs(5));
+/// ```
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    /// Path of the worker binary.
+    pub program: PathBuf,
+    /// Extra arguments, placed before the `--socket PATH` the host adds.
+    pub args: Vec<OsString>,
+    /// Extra environment variables, on top of the host's own environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// How long the worker may take to print its handshake line. Default 30 s.
+    pub start_timeout: Duration,
+    /// How long a stopping worker gets after the shutdown request, and again after SIGTERM,
+    /// before the next step. Default 5 s.
+    pub stop_grace: Duration,
+    /// Largest request body the worker accepts (`PLUGVISOR_MAX_BODY`). Default 64 MiB.
+    pub max_body: u64,
+}
+
+impl WorkerSpec {
+    /// A spec for `program` with the default timeouts.
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        Self {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            start_timeout: Duration::from_secs(30),
+            stop_grace: Duration::from_secs(5),
+            max_body: plugvisor_proto::wire::DEFAULT_MAX_BODY,
+        }
+    }
+
+    /// Adds one argument.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Adds one environment variable.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Sets the start timeout.
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// Sets the stop grace period.
+    pub fn stop_grace(mut self, grace: Duration) -> Self {
+        self.stop_grace = grace;
+        self
+    }
+
+    /// Sets the largest request body.
+    pub fn max_body(mut self, bytes: u64) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// A short label for logs: the program's file name without a `-worker` suffix.
+    pub(crate) fn label(&self) -> String {
+        let name = self
+            .program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "worker".to_owned());
+        name.strip_suffix("-worker").unwrap_or(&name).to_owned()
+    }
+}
