@@ -91,7 +91,10 @@ impl WorkerClient {
             client: Arc::clone(self),
             finished: false,
         };
-        let conn = lease.conn.as_mut().ok_or_else(|| ClientError::Connect(gone()))?;
+        let conn = lease
+            .conn
+            .as_mut()
+            .ok_or_else(|| ClientError::Connect(gone()))?;
         let response = conn.sender.send_request(request).await?;
         Ok((response, lease))
     }
@@ -124,11 +127,15 @@ impl WorkerClient {
     async fn dial(&self) -> Result<Conn, ClientError> {
         match &self.transport {
             Transport::Unix(path) => {
-                let stream = UnixStream::connect(path).await.map_err(ClientError::Connect)?;
+                let stream = UnixStream::connect(path)
+                    .await
+                    .map_err(ClientError::Connect)?;
                 handshake(stream).await
             }
             Transport::Tcp(addr) => {
-                let stream = TcpStream::connect(addr).await.map_err(ClientError::Connect)?;
+                let stream = TcpStream::connect(addr)
+                    .await
+                    .map_err(ClientError::Connect)?;
                 stream.set_nodelay(true).map_err(ClientError::Connect)?;
                 handshake(stream).await
             }

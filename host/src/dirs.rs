@@ -20,6 +20,8 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 const LOCK_FILE: &str = ".lock";
+/// Environment variable naming the base directory when the embedder sets none.
+pub const RUNTIME_DIR_ENV: &str = "PLUGVISOR_RUNTIME_DIR";
 const HOST_DIR_PREFIX: &str = "h-";
 
 /// The per-host directory: created private, locked while the host lives, removed on drop.
@@ -33,11 +35,20 @@ pub(crate) struct HostDir {
 impl HostDir {
     /// Creates a fresh host directory under `base` (or the default base), sweeping stale ones.
     pub(crate) fn create(base: Option<&Path>) -> io::Result<Self> {
-        let base = match base {
-            Some(b) => b.to_path_buf(),
-            None => default_base()?,
+        let from_env = std::env::var_os(RUNTIME_DIR_ENV).map(PathBuf::from);
+        let base = match base.or(from_env.as_deref()) {
+            // The embedder chose it: it may be shared; our own directory inside is private.
+            Some(b) => {
+                fs::create_dir_all(b)?;
+                b.to_path_buf()
+            }
+            // A well-known name: refuse one that another user made or opened up.
+            None => {
+                let b = default_base()?;
+                make_private_dir(&b, true)?;
+                b
+            }
         };
-        make_private_dir(&base, true)?;
         sweep_stale(&base);
         let name = format!("{HOST_DIR_PREFIX}{}-{}", std::process::id(), short_id());
         let path = base.join(name);

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex, Weak};
 /// Settings of a [`Host`].
 #[derive(Debug, Clone, Default)]
 pub struct HostConfig {
-    /// Where the host makes its private directory. Default: `/dev/shm/plugvisor-<uid>` when
-    /// `/dev/shm` is writable (transfer files then live in memory), else
-    /// `$TMPDIR/plugvisor-<uid>`.
+    /// Where the host makes its private directory. Default: `$PLUGVISOR_RUNTIME_DIR` if set,
+    /// else `/dev/shm/plugvisor-<uid>` when `/dev/shm` is writable (transfer files then live in
+    /// memory), else `$TMPDIR/plugvisor-<uid>`.
     pub base_dir: Option<PathBuf>,
 }
 
@@ -94,7 +94,10 @@ impl Host {
     /// Stops every worker this host started and waits until they are gone.
     pub async fn shutdown(self) {
         self.closing.store(true, Ordering::Release);
-        let stops = self.live_workers().into_iter().map(|core| async move { core.stop().await });
+        let stops = self
+            .live_workers()
+            .into_iter()
+            .map(|core| async move { core.stop().await });
         futures_util::future::join_all(stops).await;
     }
 }

@@ -210,7 +210,10 @@ fn check_handshake(
     Ok(handshake)
 }
 
-async fn fetch_info(spec: &WorkerSpec, client: &Arc<WorkerClient>) -> Result<InfoResponse, HostError> {
+async fn fetch_info(
+    spec: &WorkerSpec,
+    client: &Arc<WorkerClient>,
+) -> Result<InfoResponse, HostError> {
     let err = |reason: String| HostError::Info {
         program: spec.program.clone(),
         reason,

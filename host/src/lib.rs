@@ -31,6 +31,7 @@ mod spec;
 mod stderr;
 mod transfer;
 
+pub use dirs::RUNTIME_DIR_ENV;
 pub use error::HostError;
 pub use host::{Host, HostConfig};
 pub use plugvisor_proto::{self as proto, DynPlugin, FileRef, Plugin, PluginError};

@@ -45,7 +45,9 @@ impl WorkerCore {
         let already_stopping = self.process.is_stopping();
         self.process.begin_stop();
         if !already_stopping && self.process.exit.get().is_none() {
-            let ask = self.client.send(Method::POST, routes::SHUTDOWN, Bytes::new());
+            let ask = self
+                .client
+                .send(Method::POST, routes::SHUTDOWN, Bytes::new());
             let _ = tokio::time::timeout(self.process.grace, ask).await;
         }
         let exit = self.process.terminate().await;
@@ -96,7 +98,11 @@ impl WorkerCore {
         }
     }
 
-    async fn post_json<T: DeserializeOwned>(&self, path: &str, body: Bytes) -> Result<T, PluginError> {
+    async fn post_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Bytes,
+    ) -> Result<T, PluginError> {
         let (body, lease) = self.post(path, body).await?;
         let bytes = self.read_body(body, lease).await?;
         parse(&bytes)
@@ -303,10 +309,13 @@ impl Plugin for RemotePlugin {
             _staged: staged,
             done: false,
         };
-        Ok(Box::pin(futures_util::stream::unfold(decoder, |mut d| async move {
-            let item = d.next_item().await?;
-            Some((item, d))
-        })))
+        Ok(Box::pin(futures_util::stream::unfold(
+            decoder,
+            |mut d| async move {
+                let item = d.next_item().await?;
+                Some((item, d))
+            },
+        )))
     }
 
     fn config_schema(&self) -> Value {
@@ -437,7 +446,7 @@ impl FrameDecoder {
 
     /// Reads the (empty) rest of the body so the connection can be reused.
     async fn finish(&mut self) {
-        if matches!(self.body.frame().await, None) && self.buf.is_empty() {
+        if self.body.frame().await.is_none() && self.buf.is_empty() {
             if let Some(lease) = self.lease.as_mut() {
                 lease.finish();
             }

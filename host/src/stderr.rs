@@ -23,7 +23,11 @@ pub(crate) struct StderrTail {
 
 impl StderrTail {
     /// Starts forwarding `stderr` of plugin `label` (pid `pid`) into `tracing`.
-    pub(crate) fn start(stderr: ChildStderr, label: String, pid: u32) -> std::io::Result<Arc<Self>> {
+    pub(crate) fn start(
+        stderr: ChildStderr,
+        label: String,
+        pid: u32,
+    ) -> std::io::Result<Arc<Self>> {
         let (closed, _) = watch::channel(false);
         let tail = Arc::new(Self {
             lines: Mutex::new(VecDeque::with_capacity(TAIL_LINES)),

@@ -87,7 +87,11 @@ fn link_or_copy(dir: &Path, file: &FileRef) -> Result<FileRef, PluginError> {
             source.display()
         )));
     }
-    let target = dir.join(format!("in-{}-{}", crate::dirs::short_id(), safe_name(source)));
+    let target = dir.join(format!(
+        "in-{}-{}",
+        crate::dirs::short_id(),
+        safe_name(source)
+    ));
     if fs::hard_link(source, &target).is_err() {
         fs::copy(source, &target).map_err(|e| {
             remove_quietly(&target);
@@ -102,9 +106,18 @@ fn link_or_copy(dir: &Path, file: &FileRef) -> Result<FileRef, PluginError> {
 }
 
 fn safe_name(path: &Path) -> String {
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(64)
         .collect()
 }
@@ -289,7 +302,10 @@ mod tests {
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         fs::write(&a, b"a").unwrap();
         fs::write(&b, b"b").unwrap();
-        let out = json!([FileRef::new(&a, 1).to_value(), FileRef::new(&b, 1).to_value()]);
+        let out = json!([
+            FileRef::new(&a, 1).to_value(),
+            FileRef::new(&b, 1).to_value()
+        ]);
         let mut files = adopt_outputs(dir.path(), &out, &StagedInputs::default()).unwrap();
         let kept = dir.path().join("kept");
         files.pop().unwrap().persist(&kept).unwrap();

@@ -196,7 +196,10 @@ mod tests {
     #[test]
     fn plain_strings_and_objects_are_not_file_refs() {
         assert_eq!(FileRef::from_value(&json!("/tmp/x")).unwrap(), None);
-        assert_eq!(FileRef::from_value(&json!({"path": "/tmp/x"})).unwrap(), None);
+        assert_eq!(
+            FileRef::from_value(&json!({"path": "/tmp/x"})).unwrap(),
+            None
+        );
         assert!(!contains_file_refs(&json!({"a": ["/tmp/x", {"path": 1}]})));
     }
 

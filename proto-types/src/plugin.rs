@@ -187,8 +187,7 @@ mod tests {
 
     #[test]
     fn errors_before_the_stream_are_returned_not_streamed() {
-        let result =
-            futures_executor::block_on(Plugin::execute_stream(&Double, Value::from("x")));
+        let result = futures_executor::block_on(Plugin::execute_stream(&Double, Value::from("x")));
         assert!(matches!(result, Err(PluginError::InvalidInput(_))));
     }
 }

@@ -86,7 +86,11 @@ impl Handshake {
     /// The version is not checked here; compare it with [`PROTOCOL_VERSION`].
     pub fn parse(line: &str) -> Result<Self, String> {
         let line = line.trim_end_matches(['\n', '\r']);
-        let bad = || format!("bad handshake line {line:?}: expected \"plugvisor <version> unix|tcp <address>\"");
+        let bad = || {
+            format!(
+                "bad handshake line {line:?}: expected \"plugvisor <version> unix|tcp <address>\""
+            )
+        };
         let mut parts = line.splitn(4, ' ');
         if parts.next() != Some("plugvisor") {
             return Err(bad());
@@ -109,7 +113,9 @@ impl Handshake {
 impl fmt::Display for Handshake {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.transport {
-            Transport::Unix(path) => write!(f, "plugvisor {} unix {}", self.protocol, path.display()),
+            Transport::Unix(path) => {
+                write!(f, "plugvisor {} unix {}", self.protocol, path.display())
+            }
             Transport::Tcp(addr) => write!(f, "plugvisor {} tcp {addr}", self.protocol),
         }
     }
@@ -231,7 +237,13 @@ mod tests {
     fn handshake_parses_tcp_and_rejects_garbage() {
         let h = Handshake::parse("plugvisor 1 tcp 127.0.0.1:9000\n").unwrap();
         assert_eq!(h.transport, Transport::Tcp("127.0.0.1:9000".into()));
-        for bad in ["", "hello", "plugvisor x unix /a", "plugvisor 1 pipe /a", "plugvisor 1 unix"] {
+        for bad in [
+            "",
+            "hello",
+            "plugvisor x unix /a",
+            "plugvisor 1 pipe /a",
+            "plugvisor 1 unix",
+        ] {
             assert!(Handshake::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -1,0 +1,192 @@
+//! `plugvisor demo`: a tour of the bundled plugins, with timings, that leaves nothing behind.
+
+use crate::resolve::worker_binary;
+use anyhow::{bail, ensure, Context};
+use clap::Args;
+use futures_util::StreamExt;
+use plugvisor_host::{Host, HostConfig, Plugin, PluginError, RemotePlugin, WorkerSpec};
+use plugvisor_proto::{json, FileRef, Value};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Arguments of `plugvisor demo`.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Where to look for `<name>-worker` binaries (default: beside plugvisor).
+    #[arg(long, value_name = "DIR")]
+    worker_dir: Option<PathBuf>,
+    /// Size of the generated file hashed through a file reference, in MiB.
+    #[arg(long, default_value_t = 64)]
+    file_mib: usize,
+    /// Chunks streamed from the ticker plugin.
+    #[arg(long, default_value_t = 100_000)]
+    chunks: u64,
+}
+
+/// Runs the tour.
+pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let base = tempfile::tempdir().context("cannot create a scratch directory")?;
+    let host = Host::with_config(HostConfig {
+        base_dir: Some(base.path().join("run")),
+    })?;
+    let dir = args.worker_dir.as_deref();
+    let result = tour(&host, dir, &args, base.path()).await;
+    let host_dir = host.dir().to_path_buf();
+    host.shutdown().await;
+    result?;
+    ensure!(
+        !host_dir.exists(),
+        "host directory {} was left behind",
+        host_dir.display()
+    );
+    say("done: every worker stopped and reaped, sockets and transfer files removed");
+    Ok(())
+}
+
+async fn tour(
+    host: &Host,
+    dir: Option<&Path>,
+    args: &DemoArgs,
+    scratch: &Path,
+) -> anyhow::Result<()> {
+    let echo = spawn(host, "echo", dir).await?;
+    echo_calls(&echo).await?;
+    let ticker = spawn(host, "ticker", dir).await?;
+    ticker_stream(&ticker, args.chunks).await?;
+    ticker.shutdown().await;
+    let files = spawn(host, "files", dir).await?;
+    hash_file(&files, scratch, args.file_mib).await?;
+    files.shutdown().await;
+    crash_and_recover(host, echo, dir).await
+}
+
+async fn spawn(host: &Host, name: &str, dir: Option<&Path>) -> anyhow::Result<RemotePlugin> {
+    let started = Instant::now();
+    let plugin = host
+        .spawn(WorkerSpec::new(worker_binary(name, dir)?))
+        .await?;
+    say(&format!(
+        "started {} {} in its own process (pid {}) in {:.1} ms",
+        plugin.name(),
+        plugin.version(),
+        plugin.pid(),
+        ms(started)
+    ));
+    Ok(plugin)
+}
+
+async fn echo_calls(echo: &RemotePlugin) -> anyhow::Result<()> {
+    echo.initialize(Some(json!({"mode": "upper", "prefix": "> "})))
+        .await?;
+    let started = Instant::now();
+    let out = echo
+        .execute(json!({"greeting": "hello from a worker"}))
+        .await?;
+    say(&format!(
+        "echo (mode upper) answered {out} in {:.2} ms",
+        ms(started)
+    ));
+    let words: Vec<Value> = echo
+        .execute_stream(json!("one word per chunk"))
+        .await?
+        .map(|item| item.unwrap_or(Value::Null))
+        .collect()
+        .await;
+    say(&format!(
+        "echo streamed {} chunks: {}",
+        words.len(),
+        Value::from(words)
+    ));
+    Ok(())
+}
+
+async fn ticker_stream(ticker: &RemotePlugin, n: u64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut stream = ticker.execute_stream(json!({"n": n, "bytes": 16})).await?;
+    let mut count = 0u64;
+    while let Some(item) = stream.next().await {
+        item?;
+        count += 1;
+    }
+    ensure!(count == n, "ticker sent {count} chunks, expected {n}");
+    let secs = started.elapsed().as_secs_f64();
+    say(&format!(
+        "ticker streamed {count} chunks of 16 bytes in {:.1} ms ({:.0} chunks/s)",
+        secs * 1e3,
+        count as f64 / secs
+    ));
+    Ok(())
+}
+
+async fn hash_file(files: &RemotePlugin, scratch: &Path, mib: usize) -> anyhow::Result<()> {
+    let path = scratch.join("demo-input.bin");
+    let expected = write_pattern_file(&path, mib)?;
+    let input = json!({"op": "sha256", "file": FileRef::new(&path, (mib << 20) as u64)});
+    let started = Instant::now();
+    let out = files.execute(input).await?;
+    let got = out["sha256"].as_str().unwrap_or_default();
+    ensure!(got == expected, "worker hashed {got}, expected {expected}");
+    say(&format!(
+        "files hashed a {mib} MiB file passed by reference (not through the socket) in {:.1} ms: sha256 {}…",
+        ms(started),
+        &got[..16]
+    ));
+    let gz = files
+        .call(json!({"op": "gzip", "file": FileRef::new(&path, 0)}))
+        .await?;
+    say(&format!(
+        "files gzipped it to {} bytes; the output file is owned by the caller and removed on drop",
+        gz.value["size_out"]
+    ));
+    Ok(())
+}
+
+/// Writes `mib` MiB of a repeating pattern and returns its sha256 (hex).
+fn write_pattern_file(path: &Path, mib: usize) -> anyhow::Result<String> {
+    let block: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut hasher = Sha256::new();
+    for _ in 0..mib {
+        file.write_all(&block)?;
+        hasher.update(&block);
+    }
+    file.flush()?;
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn crash_and_recover(
+    host: &Host,
+    echo: RemotePlugin,
+    dir: Option<&Path>,
+) -> anyhow::Result<()> {
+    let pid = nix::unistd::Pid::from_raw(echo.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL)?;
+    let started = Instant::now();
+    match echo.execute(json!("are you there?")).await {
+        Err(PluginError::WorkerCrashed(report)) => say(&format!(
+            "SIGKILLed echo (pid {pid}); the call failed with WorkerCrashed in {:.1} ms: {report}; the host is fine",
+            ms(started)
+        )),
+        other => bail!("expected WorkerCrashed after SIGKILL, got {other:?}"),
+    }
+    echo.shutdown().await;
+    let echo = spawn(host, "echo", dir).await?;
+    let out = echo.execute(json!("back again")).await?;
+    say(&format!("a fresh echo worker answered {out}"));
+    echo.shutdown().await;
+    Ok(())
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+fn say(line: &str) {
+    println!("plugvisor demo: {line}");
+}

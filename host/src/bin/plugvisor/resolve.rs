@@ -1,0 +1,49 @@
+//! Finding a plugin's worker binary from its name.
+
+use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
+
+/// Resolves `plugin` to a worker binary: a path if it contains `/`, else `<name>-worker` in
+/// `worker_dir` (default: the directory of the `plugvisor` binary itself).
+pub(crate) fn worker_binary(plugin: &str, worker_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if plugin.contains('/') {
+        let path = PathBuf::from(plugin);
+        if !path.is_file() {
+            bail!("worker binary {} does not exist", path.display());
+        }
+        return Ok(path);
+    }
+    let dir = match worker_dir {
+        Some(d) => d.to_path_buf(),
+        None => own_dir()?,
+    };
+    let candidate = dir.join(format!("{plugin}-worker"));
+    if candidate.is_file() {
+        return Ok(candidate);
+    }
+    bail!(
+        "unknown plugin {plugin:?}: no {} (available: {})",
+        candidate.display(),
+        available(&dir).join(", ")
+    )
+}
+
+fn own_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the plugvisor binary's own path")?;
+    Ok(exe.parent().map(Path::to_path_buf).unwrap_or_default())
+}
+
+/// Plugin names with a `<name>-worker` binary in `dir`, sorted.
+pub(crate) fn available(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix("-worker").map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    names
+}
