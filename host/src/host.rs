@@ -2,7 +2,8 @@
 
 use crate::dirs::HostDir;
 use crate::error::HostError;
-use crate::remote::{RemotePlugin, WorkerCore};
+use crate::core::WorkerCore;
+use crate::remote::RemotePlugin;
 use crate::spec::WorkerSpec;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

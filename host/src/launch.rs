@@ -218,7 +218,7 @@ async fn fetch_info(
         program: spec.program.clone(),
         reason,
     };
-    let fetch = crate::remote::get_json::<InfoResponse>(client, wire::routes::INFO);
+    let fetch = crate::core::get_json::<InfoResponse>(client, wire::routes::INFO);
     let info = tokio::time::timeout(spec.start_timeout, fetch)
         .await
         .map_err(|_| err(format!("no answer within {:?}", spec.start_timeout)))?

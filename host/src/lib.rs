@@ -20,6 +20,7 @@
 //! `remote` is the proxy; `transfer` handles file-backed data.
 
 mod client;
+mod core;
 mod dirs;
 mod error;
 mod host;
@@ -29,12 +30,14 @@ mod remote;
 mod spawner;
 mod spec;
 mod stderr;
+mod stream;
 mod transfer;
 
 pub use dirs::RUNTIME_DIR_ENV;
 pub use error::HostError;
 pub use host::{Host, HostConfig};
 pub use plugvisor_proto::{self as proto, DynPlugin, FileRef, Plugin, PluginError};
-pub use remote::{CallOutput, RemotePlugin};
+pub use crate::core::CallOutput;
+pub use remote::RemotePlugin;
 pub use spec::WorkerSpec;
 pub use transfer::{OutputFile, StagedFile};

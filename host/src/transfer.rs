@@ -230,6 +230,11 @@ impl OutputFile {
         self.file.as_ref().map(|f| f.path.as_path())
     }
 
+    /// Gives up ownership without deleting: the file then lives as long as its directory.
+    pub(crate) fn disarm(mut self) {
+        self.file = None;
+    }
+
     /// Moves the file to `dest` (renaming, or copying across filesystems) and keeps it.
     ///
     /// # Errors
