@@ -3,6 +3,7 @@
 use crate::client::WorkerClient;
 use crate::dirs::HostDir;
 use crate::error::HostError;
+use crate::events::{EventBus, EventKind};
 use crate::process::{ProcessParts, WorkerProcess};
 use crate::spawner::{self, ExitWatch};
 use crate::spec::WorkerSpec;
@@ -33,6 +34,7 @@ pub(crate) async fn launch(
     spec: &WorkerSpec,
     n: u64,
     host_dir: &Arc<HostDir>,
+    events: &EventBus,
 ) -> Result<Launched, HostError> {
     let io_err = |source| HostError::Spawn {
         program: spec.program.clone(),
@@ -46,6 +48,7 @@ pub(crate) async fn launch(
     let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
     let pid = child.id();
     let exit = start_waiter(child).map_err(io_err)?;
+    events.emit(&spec.label(), EventKind::Started { pid });
     let stderr = match stderr {
         Some(s) => StderrTail::start(s, spec.label(), pid),
         None => Err(std::io::Error::other("stderr was not piped")),

@@ -9,7 +9,7 @@ use crate::spawner::ExitWatch;
 use crate::stderr::StderrTail;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use plugvisor_proto::{CrashReport, ExitReason};
+use plugvisor_proto::{CrashCause, CrashReport, ExitReason};
 use std::fs;
 use std::path::PathBuf;
 use std::process::ChildStdin;
@@ -34,6 +34,7 @@ pub(crate) struct WorkerProcess {
     pub(crate) socket: PathBuf,
     pub(crate) transfer_dir: PathBuf,
     stopping: AtomicBool,
+    killed_unresponsive: AtomicBool,
     // Keeps the host directory (and so the socket and transfer dir) alive as long as we are.
     pub(crate) host_dir: Arc<HostDir>,
 }
@@ -63,6 +64,7 @@ impl WorkerProcess {
             socket: p.socket,
             transfer_dir: p.transfer_dir,
             stopping: AtomicBool::new(false),
+            killed_unresponsive: AtomicBool::new(false),
             host_dir: p.host_dir,
         }
     }
@@ -98,11 +100,17 @@ impl WorkerProcess {
             .await
             .unwrap_or(ExitReason::Unknown);
         self.stderr.wait_closed(STDERR_DRAIN).await;
+        let stderr_tail = self.stderr.lines();
+        let cause = match self.killed_unresponsive.load(Ordering::Acquire) {
+            true => CrashCause::Unresponsive,
+            false => CrashCause::classify(&exit, &stderr_tail),
+        };
         CrashReport {
             plugin: self.label.clone(),
             pid: self.pid,
             exit,
-            stderr_tail: self.stderr.lines(),
+            cause,
+            stderr_tail,
         }
     }
 
@@ -129,6 +137,12 @@ impl WorkerProcess {
             .wait_timeout(KILL_WAIT)
             .await
             .unwrap_or(ExitReason::Unknown)
+    }
+
+    /// SIGKILLs a worker that stopped answering health probes; its crash report says so.
+    pub(crate) fn kill_unresponsive(&self) {
+        self.killed_unresponsive.store(true, Ordering::Release);
+        self.signal_group(Signal::SIGKILL);
     }
 
     /// SIGKILLs the group at once and waits for the exit (a start that went wrong).

@@ -276,6 +276,49 @@ impl fmt::Display for ExitReason {
     }
 }
 
+/// Why a worker died, as far as the operating system tells causes apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CrashCause {
+    /// A Rust panic ended the process (exit code 101 with a `panicked at` line on stderr).
+    Panic,
+    /// `abort()` (SIGABRT), including a panic under `panic = "abort"`.
+    Abort,
+    /// An invalid memory access (SIGSEGV or SIGBUS).
+    Segfault,
+    /// SIGKILL from outside: the kernel's OOM killer or a person; Linux does not say which.
+    Killed,
+    /// The host killed it because it stopped answering health probes.
+    Unresponsive,
+    /// Another signal.
+    Signal,
+    /// It exited on its own with a status code.
+    Exit,
+    /// Not known.
+    #[default]
+    Unknown,
+}
+
+impl CrashCause {
+    /// Classifies an exit from its status and the last stderr lines.
+    pub fn classify(exit: &ExitReason, stderr_tail: &[String]) -> Self {
+        match exit {
+            ExitReason::Code(101) if stderr_tail.iter().any(|l| l.contains("panicked at")) => {
+                Self::Panic
+            }
+            ExitReason::Code(_) => Self::Exit,
+            ExitReason::Signal { number, .. } => match number {
+                6 => Self::Abort,
+                7 | 11 => Self::Segfault,
+                9 => Self::Killed,
+                _ => Self::Signal,
+            },
+            ExitReason::Unknown => Self::Unknown,
+        }
+    }
+}
+
 /// What the host knows about a worker that died: how it ended and what it said last.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CrashReport {
@@ -285,6 +328,9 @@ pub struct CrashReport {
     pub pid: u32,
     /// How the process ended.
     pub exit: ExitReason,
+    /// Why, as far as it can be told.
+    #[serde(default)]
+    pub cause: CrashCause,
     /// The last lines the worker wrote to stderr, oldest first.
     pub stderr_tail: Vec<String>,
 }
@@ -292,6 +338,9 @@ pub struct CrashReport {
 impl fmt::Display for CrashReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "worker {} (pid {}) {}", self.plugin, self.pid, self.exit)?;
+        if !matches!(self.cause, CrashCause::Exit | CrashCause::Unknown) {
+            write!(f, " [{:?}]", self.cause)?;
+        }
         if let Some(last) = self.stderr_tail.iter().rev().find(|l| !l.trim().is_empty()) {
             write!(f, "; last stderr line: {last}")?;
         }
@@ -313,6 +362,7 @@ mod tests {
                 name: "SIGKILL".into(),
                 core_dumped: false,
             },
+            cause: CrashCause::Killed,
             stderr_tail: vec!["boom".into()],
         };
         let errors = [
@@ -332,6 +382,22 @@ mod tests {
             let back: WireError = serde_json::from_str(&json).unwrap();
             assert_eq!(PluginError::from(back), err, "via {json}");
         }
+    }
+
+    #[test]
+    fn crash_causes_are_told_apart() {
+        let sig = |number| ExitReason::Signal {
+            number,
+            name: String::new(),
+            core_dumped: false,
+        };
+        let panic_tail = vec!["thread 'main' panicked at src/x.rs:1:1:".to_owned()];
+        assert_eq!(CrashCause::classify(&ExitReason::Code(101), &panic_tail), CrashCause::Panic);
+        assert_eq!(CrashCause::classify(&ExitReason::Code(101), &[]), CrashCause::Exit);
+        assert_eq!(CrashCause::classify(&sig(6), &[]), CrashCause::Abort);
+        assert_eq!(CrashCause::classify(&sig(11), &[]), CrashCause::Segfault);
+        assert_eq!(CrashCause::classify(&sig(9), &[]), CrashCause::Killed);
+        assert_eq!(CrashCause::classify(&sig(15), &[]), CrashCause::Signal);
     }
 
     #[test]

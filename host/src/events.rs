@@ -1,0 +1,193 @@
+//! Lifecycle events: a broadcast stream every embedder can subscribe to, and hooks.
+
+use plugvisor_proto::CrashReport;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::broadcast;
+
+/// Events kept for slow subscribers; one that falls further behind skips the oldest.
+const CAPACITY: usize = 1024;
+
+/// Something that happened to a plugin's worker.
+#[derive(Debug, Clone, Serialize)]
+pub struct LifecycleEvent {
+    /// The plugin it happened to.
+    pub plugin: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What happened. Serialized with an `"event"` tag, e.g. `{"event": "crashed", ...}`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A worker process was spawned.
+    Started {
+        /// Its pid.
+        pid: u32,
+    },
+    /// It completed its handshake and answered `/v1/info`; calls go to it.
+    Ready {
+        /// Its pid.
+        pid: u32,
+    },
+    /// It failed a health probe.
+    Unhealthy {
+        /// Its pid.
+        pid: u32,
+        /// Probes failed in a row.
+        failures: u32,
+    },
+    /// It died without being asked to.
+    Crashed {
+        /// How and why.
+        report: CrashReport,
+    },
+    /// It could not be started.
+    StartFailed {
+        /// Why.
+        error: String,
+    },
+    /// A new worker will be started after `delay_ms`.
+    Restarting {
+        /// The backoff delay.
+        delay_ms: u64,
+        /// Restarts within the current window, this one included.
+        attempt: u32,
+    },
+    /// Too many restarts within the window: calls fail fast until a reset.
+    Failed {
+        /// Restarts counted in the window.
+        restarts: u32,
+        /// The window.
+        window_ms: u64,
+    },
+    /// A failed plugin was reset and will start again.
+    Reset,
+    /// The worker was replaced by a fresh one between calls.
+    Recycled {
+        /// The old worker's pid.
+        old_pid: u32,
+        /// The new worker's pid.
+        new_pid: u32,
+        /// Why.
+        reason: String,
+    },
+    /// The worker was stopped on request.
+    Stopped {
+        /// Its pid, if one was running.
+        pid: Option<u32>,
+    },
+}
+
+impl EventKind {
+    /// The event's name, as used by [`EventBus::register_hook`]: `"started"`, `"crashed"`, …
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Started { .. } => "started",
+            Self::Ready { .. } => "ready",
+            Self::Unhealthy { .. } => "unhealthy",
+            Self::Crashed { .. } => "crashed",
+            Self::StartFailed { .. } => "start_failed",
+            Self::Restarting { .. } => "restarting",
+            Self::Failed { .. } => "failed",
+            Self::Reset => "reset",
+            Self::Recycled { .. } => "recycled",
+            Self::Stopped { .. } => "stopped",
+        }
+    }
+}
+
+/// The host's event bus. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EventBus {
+    tx: broadcast::Sender<LifecycleEvent>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self {
+            tx: broadcast::channel(CAPACITY).0,
+        }
+    }
+}
+
+impl EventBus {
+    /// A new receiver of every event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<LifecycleEvent> {
+        self.tx.subscribe()
+    }
+
+    /// Publishes an event and logs it with structured fields.
+    pub(crate) fn emit(&self, plugin: &str, kind: EventKind) {
+        let event = LifecycleEvent {
+            plugin: plugin.to_owned(),
+            at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO)
+                .as_millis() as u64,
+            kind,
+        };
+        log(&event);
+        // No subscriber is fine.
+        let _ = self.tx.send(event);
+    }
+
+    /// Calls `hook` for every event named `name` (`"crashed"`, …; a `plugin_` prefix, as in
+    /// `"plugin_crashed"`, is accepted; `"*"` matches all). The hook runs on a task of its own,
+    /// so a slow hook delays only itself. Needs a tokio runtime.
+    pub fn register_hook<F>(&self, name: &str, hook: F) -> HookHandle
+    where
+        F: Fn(&LifecycleEvent) + Send + Sync + 'static,
+    {
+        let name = name.strip_prefix("plugin_").unwrap_or(name).to_owned();
+        let hook = Arc::new(hook);
+        let mut rx = self.subscribe();
+        let task = tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(event) if name == "*" || event.kind.name() == name => hook(&event),
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        HookHandle { task }
+    }
+}
+
+fn log(event: &LifecycleEvent) {
+    let plugin = event.plugin.as_str();
+    let name = event.kind.name();
+    match &event.kind {
+        EventKind::Crashed { report } => tracing::warn!(
+            plugin, event = name, pid = report.pid, exit = %report.exit, cause = ?report.cause,
+            "worker crashed"
+        ),
+        EventKind::Failed { restarts, .. } => {
+            tracing::error!(plugin, event = name, restarts, "worker failed: too many restarts")
+        }
+        EventKind::StartFailed { error } => {
+            tracing::warn!(plugin, event = name, %error, "worker failed to start")
+        }
+        other => tracing::info!(plugin, event = name, details = ?other, "lifecycle"),
+    }
+}
+
+/// A registered hook; [`HookHandle::remove`] unregisters it. Dropping the handle keeps the hook.
+#[derive(Debug)]
+pub struct HookHandle {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HookHandle {
+    /// Unregisters the hook.
+    pub fn remove(self) {
+        self.task.abort();
+    }
+}
