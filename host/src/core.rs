@@ -91,7 +91,9 @@ impl WorkerCore {
         let already_stopping = self.process.is_stopping();
         self.process.begin_stop();
         if !already_stopping && self.process.exit.get().is_none() {
-            let ask = self.client.send(Method::POST, routes::SHUTDOWN, Bytes::new());
+            let ask = self
+                .client
+                .send(Method::POST, routes::SHUTDOWN, Bytes::new());
             let _ = tokio::time::timeout(self.process.grace, ask).await;
         }
         let exit = self.process.terminate().await;
@@ -190,7 +192,13 @@ impl WorkerCore {
         let staged = self.stage_inputs(&mut input).await?;
         let body = to_body(&ExecuteRequest { input: &input })?;
         let (body, lease) = self.post(routes::EXECUTE_STREAM, body).await?;
-        Ok(crate::stream::decode(body, lease, Arc::clone(self), staged, guard))
+        Ok(crate::stream::decode(
+            body,
+            lease,
+            Arc::clone(self),
+            staged,
+            guard,
+        ))
     }
 
     /// `GET /v1/health`.

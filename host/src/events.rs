@@ -170,7 +170,12 @@ fn log(event: &LifecycleEvent) {
             "worker crashed"
         ),
         EventKind::Failed { restarts, .. } => {
-            tracing::error!(plugin, event = name, restarts, "worker failed: too many restarts")
+            tracing::error!(
+                plugin,
+                event = name,
+                restarts,
+                "worker failed: too many restarts"
+            )
         }
         EventKind::StartFailed { error } => {
             tracing::warn!(plugin, event = name, %error, "worker failed to start")

@@ -170,6 +170,25 @@ async fn await_handshake(
         program: program.clone(),
         source,
     })?;
+    if line.is_empty() {
+        // stdout closed: usually because the process exited; say so if it did.
+        if let Some(exit) = process
+            .exit
+            .wait_timeout(std::time::Duration::from_millis(500))
+            .await
+        {
+            process
+                .stderr
+                .wait_closed(std::time::Duration::from_millis(250))
+                .await;
+            let stderr_tail = process.stderr.lines();
+            return Err(HostError::ExitedEarly {
+                program,
+                exit,
+                stderr_tail,
+            });
+        }
+    }
     check_handshake(&program, &line, process)
 }
 

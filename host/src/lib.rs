@@ -36,15 +36,16 @@ mod stream;
 mod supervisor;
 mod transfer;
 
+pub use crate::core::CallOutput;
 pub use dirs::RUNTIME_DIR_ENV;
 pub use error::HostError;
 pub use events::{EventBus, EventKind, HookHandle, LifecycleEvent};
 pub use host::{Host, HostConfig};
 pub use plugvisor_proto::{self as proto, DynPlugin, FileRef, Plugin, PluginError};
-pub use crate::core::CallOutput;
 pub use remote::RemotePlugin;
 pub use spec::WorkerSpec;
 pub use supervisor::{
-    BackoffConfig, CallOptions, HealthConfig, RestartPolicy, Supervisor, SupervisorConfig, WorkerState,
+    BackoffConfig, CallOptions, HealthConfig, RestartPolicy, Supervisor, SupervisorConfig,
+    WorkerState,
 };
 pub use transfer::{OutputFile, StagedFile};

@@ -392,8 +392,14 @@ mod tests {
             core_dumped: false,
         };
         let panic_tail = vec!["thread 'main' panicked at src/x.rs:1:1:".to_owned()];
-        assert_eq!(CrashCause::classify(&ExitReason::Code(101), &panic_tail), CrashCause::Panic);
-        assert_eq!(CrashCause::classify(&ExitReason::Code(101), &[]), CrashCause::Exit);
+        assert_eq!(
+            CrashCause::classify(&ExitReason::Code(101), &panic_tail),
+            CrashCause::Panic
+        );
+        assert_eq!(
+            CrashCause::classify(&ExitReason::Code(101), &[]),
+            CrashCause::Exit
+        );
         assert_eq!(CrashCause::classify(&sig(6), &[]), CrashCause::Abort);
         assert_eq!(CrashCause::classify(&sig(11), &[]), CrashCause::Segfault);
         assert_eq!(CrashCause::classify(&sig(9), &[]), CrashCause::Killed);

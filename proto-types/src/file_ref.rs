@@ -12,7 +12,7 @@
 //! valid body is an error, never silently treated as data.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 
 /// The JSON key that marks an object as a file reference.
@@ -22,15 +22,58 @@ pub const FILE_REF_TAG: &str = "$file";
 ///
 /// The receiving side reads the file in place (no copy through the socket). The path must lie
 /// inside the transfer directory the worker was given; the worker refuses anything else.
+///
+/// It serializes to (and only deserializes from) the tagged form `{"$file": {...}}`, so
+/// `json!({"file": file_ref})` puts a proper reference into an input.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "Tagged", from = "Tagged")]
 pub struct FileRef {
     /// Absolute path of the file.
     pub path: PathBuf,
     /// Size in bytes when the reference was made.
     pub size: u64,
     /// IANA media type, `application/octet-stream` when unknown.
-    #[serde(default = "default_media_type")]
     pub media_type: String,
+}
+
+/// The body inside the tag.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    path: PathBuf,
+    size: u64,
+    #[serde(default = "default_media_type")]
+    media_type: String,
+}
+
+/// The wire form: `{"$file": Body}`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Tagged {
+    #[serde(rename = "$file")]
+    file: Body,
+}
+
+impl From<FileRef> for Tagged {
+    fn from(f: FileRef) -> Self {
+        Self {
+            file: Body {
+                path: f.path,
+                size: f.size,
+                media_type: f.media_type,
+            },
+        }
+    }
+}
+
+impl From<Tagged> for FileRef {
+    fn from(t: Tagged) -> Self {
+        Self {
+            path: t.file.path,
+            size: t.file.size,
+            media_type: t.file.media_type,
+        }
+    }
 }
 
 fn default_media_type() -> String {
@@ -55,9 +98,12 @@ impl FileRef {
 
     /// The tagged JSON form, `{"$file": {...}}`, to put inside an input or output.
     pub fn to_value(&self) -> Value {
+        let body = json!({
+            "path": self.path,
+            "size": self.size,
+            "media_type": self.media_type,
+        });
         let mut map = Map::with_capacity(1);
-        // Serializing a struct of a path, an integer and a string cannot fail.
-        let body = serde_json::to_value(self).unwrap_or(Value::Null);
         map.insert(FILE_REF_TAG.to_owned(), body);
         Value::Object(map)
     }
@@ -81,8 +127,8 @@ impl FileRef {
                 "an object tagged \"{FILE_REF_TAG}\" must have no other keys"
             ));
         }
-        serde_json::from_value(body.clone())
-            .map(Some)
+        serde_json::from_value::<Body>(body.clone())
+            .map(|b| Some(Tagged { file: b }.into()))
             .map_err(|e| format!("malformed file reference: {e}"))
     }
 
@@ -188,9 +234,20 @@ mod tests {
     #[test]
     fn round_trips_through_the_tagged_form() {
         let file = FileRef::new("/tmp/x", 3).with_media_type("text/plain");
+        assert_eq!(file.to_value()["$file"]["media_type"], "text/plain");
         let value = file.to_value();
         assert_eq!(value["$file"]["path"], "/tmp/x");
         assert_eq!(FileRef::from_value(&value).unwrap(), Some(file));
+    }
+
+    #[test]
+    fn serde_uses_the_tagged_form() {
+        let file = FileRef::new("/tmp/x", 3);
+        let value = json!({ "f": file });
+        assert_eq!(value["f"], file.to_value());
+        let back: FileRef = serde_json::from_value(value["f"].clone()).unwrap();
+        assert_eq!(back, file);
+        assert!(serde_json::from_value::<FileRef>(json!({"path": "/tmp/x", "size": 1})).is_err());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Support for the integration tests: finding the real binaries, a private host per test, and
 //! the leak audit every process test ends with.
 
-use plugvisor_host::{Host, HostConfig, RemotePlugin, WorkerSpec};
+use plugvisor_host::{
+    EventKind, Host, HostConfig, RemotePlugin, Supervisor, SupervisorConfig, WorkerSpec,
+};
 use std::path::{Path, PathBuf};
 use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
@@ -61,7 +63,7 @@ pub struct World {
     pub host: Host,
     /// The base directory the host lives in (must end up empty).
     pub base: tempfile::TempDir,
-    pids: Vec<u32>,
+    pids: std::sync::Arc<std::sync::Mutex<Vec<u32>>>,
     fds_before: usize,
     _turn: MutexGuard<'static, ()>,
 }
@@ -76,25 +78,47 @@ impl World {
             base_dir: Some(base.path().to_path_buf()),
         })
         .expect("host");
+        let pids = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        // Every worker the host starts is audited, restarts included.
+        let seen = std::sync::Arc::clone(&pids);
+        host.register_hook("started", move |event| {
+            if let EventKind::Started { pid } = event.kind {
+                seen.lock().unwrap().push(pid);
+            }
+        });
         Self {
             host,
             base,
-            pids: Vec::new(),
+            pids,
             fds_before,
             _turn: turn,
         }
     }
 
-    /// Spawns the bundled plugin `name` and remembers its pid for the audit.
+    /// Spawns the bundled plugin `name`, unsupervised.
     pub async fn spawn(&mut self, name: &str) -> RemotePlugin {
-        let plugin = self.host.spawn(spec(name)).await.expect("spawn worker");
-        self.pids.push(plugin.pid());
-        plugin
+        self.host.spawn(spec(name)).await.expect("spawn worker")
     }
 
-    /// Remembers a pid spawned some other way.
+    /// Supervises the bundled plugin `name` with `config` and waits until it is ready.
+    pub async fn supervise(&mut self, name: &str, config: SupervisorConfig) -> Supervisor {
+        self.supervise_spec(spec(name), config).await
+    }
+
+    /// Supervises `spec` with `config` and waits (up to 10 s) until it is ready or failed.
+    pub async fn supervise_spec(
+        &mut self,
+        spec: WorkerSpec,
+        config: SupervisorConfig,
+    ) -> Supervisor {
+        let sup = self.host.supervise(spec, config);
+        sup.wait_ready(Duration::from_secs(10)).await;
+        sup
+    }
+
+    /// Remembers a pid spawned some other way (e.g. a grandchild) for the audit.
     pub fn track(&mut self, pid: u32) {
-        self.pids.push(pid);
+        self.pids.lock().unwrap().push(pid);
     }
 
     /// Shuts the host down and checks nothing is left: no worker process or process-group
@@ -113,10 +137,14 @@ impl World {
 }
 
 /// The leak audit (see [`World::finish`]); polls for up to 3 s, as exits are asynchronous.
-pub async fn audit(pids: &[u32], base: &Path, fds_before: usize) {
+pub async fn audit(pids: &std::sync::Mutex<Vec<u32>>, base: &Path, fds_before: usize) {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let problems = leaks(pids, base, fds_before);
+        let known = pids.lock().unwrap().clone();
+        let problems = leaks(&known, base, fds_before);
+        if std::env::var_os("PLUGVISOR_AUDIT_DEBUG").is_some() {
+            eprintln!("audit: {problems:?}");
+        }
         if problems.is_empty() {
             return;
         }
@@ -143,7 +171,10 @@ fn leaks(pids: &[u32], base: &Path, fds_before: usize) -> Vec<String> {
     }
     let fds = open_fds();
     if fds > fds_before {
-        problems.push(format!("open fds grew from {fds_before} to {fds}"));
+        problems.push(format!(
+            "open fds grew from {fds_before} to {fds}: {:?}",
+            fd_targets()
+        ));
     }
     problems
 }
@@ -155,10 +186,57 @@ pub fn process_state(pid: u32) -> Option<char> {
     after_name.trim_start().chars().next()
 }
 
-/// True while any process is in process group `pgid`.
+/// True while process group `pgid` has a live member, or a zombie member that is ours to
+/// reap. (A zombie that was reparented to init is init's to reap, not a leak of ours.)
 pub fn group_alive(pgid: u32) -> bool {
-    let pgid = nix::unistd::Pid::from_raw(pgid as i32);
-    nix::sys::signal::killpg(pgid, None).is_ok()
+    let me = std::process::id();
+    proc_entries()
+        .into_iter()
+        .any(|p| p.pgid == pgid && (p.state != 'Z' || p.ppid == me))
+}
+
+/// One process as `/proc/<pid>/stat` describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcEntry {
+    /// Its pid.
+    pub pid: u32,
+    /// Its state letter (`R`, `S`, `Z`, ...).
+    pub state: char,
+    /// Its parent's pid.
+    pub ppid: u32,
+    /// Its process group.
+    pub pgid: u32,
+}
+
+/// Every process on the machine.
+pub fn proc_entries() -> Vec<ProcEntry> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u32>().ok())
+                .unwrap_or(0)
+        };
+        let state = fields.first().and_then(|s| s.chars().next()).unwrap_or('?');
+        found.push(ProcEntry {
+            pid,
+            state,
+            ppid: num(1),
+            pgid: num(2),
+        });
+    }
+    found
 }
 
 /// Every file or directory under `dir` (not `dir` itself).
@@ -182,6 +260,17 @@ pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// What this process's fds point at (for leak messages).
+pub fn fd_targets() -> Vec<String> {
+    std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect()
 }
 
 /// Polls `check` every 10 ms until it is true or `timeout` passes; returns whether it held.

@@ -1,6 +1,6 @@
 //! The `plugvisor` command as a user runs it, and a host process killed with SIGKILL.
 
-use plugvisor_tests::{bin, eventually, files_under, process_state, serial};
+use plugvisor_tests::{bin, eventually, files_under, proc_entries, process_state, serial};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
@@ -162,21 +162,43 @@ async fn a_host_killed_with_sigkill_leaves_no_worker_alive() {
 
 /// Pids whose parent is `pid`.
 fn children_of(pid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r.split_whitespace().collect())
-            .unwrap_or_default();
-        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
-            found.push(child);
-        }
-    }
-    found
+    proc_entries()
+        .into_iter()
+        .filter(|p| p.ppid == pid)
+        .map(|p| p.pid)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_host_killed_with_sigkill_takes_the_workers_grandchildren_too() {
+    let _turn = serial().await;
+    let base = tempfile::tempdir().unwrap();
+    let mut host = Command::new(bin("plugvisor"))
+        .args(["stream", "chaos", r#"{"fault": "stream_fork"}"#])
+        .env("PLUGVISOR_RUNTIME_DIR", base.path().join("run"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(host.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let line: Value = serde_json::from_str(first.trim()).unwrap();
+    let grandchild = line["grandchild"].as_u64().unwrap() as u32;
+    let workers = children_of(host.id());
+    assert!(process_state(grandchild).is_some());
+    host.kill().unwrap();
+    host.wait().unwrap();
+    let gone = eventually(Duration::from_secs(2), || {
+        workers
+            .iter()
+            .chain([&grandchild])
+            .all(|&p| matches!(process_state(p), None | Some('Z')))
+    })
+    .await;
+    assert!(
+        gone,
+        "worker {workers:?} or grandchild {grandchild} outlived the host"
+    );
 }

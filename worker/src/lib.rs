@@ -1,1 +1,53 @@
-//! plugvisor worker runtime.
+//! plugvisor-worker: the runtime of worker binaries, serving one `Plugin` over the worker
+//! protocol (HTTP/1.1 on a Unix socket or TCP; `docs/PROTOCOL.md` is normative).
+//!
+//! A plugin author's whole `main` is one call:
+//!
+//! ```no_run
+//! # use plugvisor_proto::{Plugin, PluginError, Value};
+//! # #[derive(Default)] struct MyPlugin;
+//! # impl Plugin for MyPlugin {
+//! #     fn name(&self) -> &str { "my" }
+//! #     fn version(&self) -> &str { "0.1.0" }
+//! #     async fn execute(&self, input: Value) -> Result<Value, PluginError> { Ok(input) }
+//! # }
+//! fn main() {
+//!     plugvisor_worker::run(MyPlugin::default())
+//! }
+//! ```
+//!
+//! Map of the crate:
+//! - [`run`] (`run.rs`): arguments (`cli.rs`), logging, runtime, handshake, shutdown
+//!   triggers (`watch.rs`: signals, stdin EOF, watchdog).
+//! - [`serve`] (`server.rs`): accept loop, hyper connections, graceful shutdown; usable
+//!   in-process with a [`Listener`] and [`ServeOptions`].
+//! - `router.rs` / `handlers.rs`: auth, routes, plugin calls with panics contained
+//!   (`unwind.rs`); `request.rs` / `reply.rs`: bodies in and out; `ndjson.rs`: the batched
+//!   stream body.
+//! - [`files`] / `transfer.rs`: file references, opened only beneath the transfer directory.
+
+mod cli;
+mod error;
+pub mod files;
+mod guardian;
+mod handlers;
+mod listener;
+mod ndjson;
+mod options;
+mod reply;
+mod request;
+mod router;
+mod run;
+mod server;
+mod state;
+mod transfer;
+mod unwind;
+mod watch;
+
+pub use cli::{LOG_ENV, WORKER_THREADS_ENV};
+pub use error::WorkerError;
+pub use listener::{ListenAddr, Listener};
+pub use options::{ServeOptions, DEFAULT_CLEANUP_TIMEOUT, DEFAULT_GRACE};
+pub use run::run;
+pub use server::serve;
+pub use tokio_util::sync::CancellationToken;

@@ -52,7 +52,8 @@ pub(crate) async fn run(inner: Arc<Inner>, commands: UnboundedReceiver<Command>)
         commands,
     };
     life.supervise().await;
-    if inner.slot.borrow().state != WorkerState::Stopped {
+    let state = inner.slot.borrow().state;
+    if state != WorkerState::Stopped {
         inner.publish_reason(WorkerState::Stopped, "supervision ended".to_owned());
     }
     inner.done.send_replace(true);
@@ -170,7 +171,9 @@ impl Life {
             Err(e @ HostError::Incompatible { .. }) => Outcome::Fatal(e.to_string()),
             Err(HostError::ShuttingDown) => Outcome::Stop,
             Err(e) => {
-                self.emit(EventKind::StartFailed { error: e.to_string() });
+                self.emit(EventKind::StartFailed {
+                    error: e.to_string(),
+                });
                 Outcome::Ended {
                     why: Ending::StartFailed,
                     ran: Duration::ZERO,
@@ -184,8 +187,13 @@ impl Life {
         let mut started = Instant::now();
         self.ready(&core);
         let health = self.inner.config.health;
-        let mut health_tick = health.map(|h| tokio::time::interval_at(started + h.interval, h.interval));
-        let mut rss_tick = self.inner.config.rss_limit.map(|_| tokio::time::interval(self.inner.config.rss_interval));
+        let mut health_tick =
+            health.map(|h| tokio::time::interval_at(started + h.interval, h.interval));
+        let mut rss_tick = self
+            .inner
+            .config
+            .rss_limit
+            .map(|_| tokio::time::interval(self.inner.config.rss_interval));
         let mut probe: Option<Probe> = None;
         let mut failures = 0u32;
         loop {
@@ -226,7 +234,8 @@ impl Life {
             core.version.clone(),
             core.config_schema.clone(),
         ));
-        self.inner.publish(WorkerState::Ready, Some(Arc::clone(core)));
+        self.inner
+            .publish(WorkerState::Ready, Some(Arc::clone(core)));
         self.emit(EventKind::Ready {
             pid: core.process.pid,
         });
@@ -235,7 +244,8 @@ impl Life {
     async fn exited(&self, core: &WorkerCore, exit: ExitReason, ran: Duration) -> Outcome {
         if core.process.is_stopping() {
             // Stopped by the host shutting down, not a crash.
-            self.inner.publish_reason(WorkerState::Stopped, "host shut down".to_owned());
+            self.inner
+                .publish_reason(WorkerState::Stopped, "host shut down".to_owned());
             return Outcome::Stop;
         }
         self.inner.publish(WorkerState::Exited, None);
@@ -257,7 +267,8 @@ impl Life {
         self.emit(EventKind::Stopped {
             pid: Some(core.process.pid),
         });
-        self.inner.publish_reason(WorkerState::Stopped, "stopped on request".to_owned());
+        self.inner
+            .publish_reason(WorkerState::Stopped, "stopped on request".to_owned());
         Outcome::Stop
     }
 
@@ -268,14 +279,14 @@ impl Life {
         };
         if ok {
             if failures > 0 {
-                self.inner.publish(WorkerState::Ready, self.inner.slot.borrow().worker.clone());
+                self.inner.set_state(WorkerState::Ready);
             }
             return 0;
         }
         let failures = failures + 1;
         let pid = core.process.pid;
         self.emit(EventKind::Unhealthy { pid, failures });
-        self.inner.publish(WorkerState::Unhealthy, self.inner.slot.borrow().worker.clone());
+        self.inner.set_state(WorkerState::Unhealthy);
         if failures >= health.failures {
             tracing::warn!(plugin = %self.inner.label, pid, failures, "worker unresponsive; killing it");
             core.process.kill_unresponsive();
@@ -342,7 +353,12 @@ async fn stop_requested(commands: &mut UnboundedReceiver<Command>) -> Outcome {
 fn start_probe(core: &Arc<WorkerCore>, health: Option<super::HealthConfig>) -> Probe {
     let core = Arc::clone(core);
     let timeout = health.map(|h| h.timeout).unwrap_or(Duration::from_secs(2));
-    Box::pin(async move { matches!(tokio::time::timeout(timeout, core.health()).await, Ok(Ok(_))) })
+    Box::pin(async move {
+        matches!(
+            tokio::time::timeout(timeout, core.health()).await,
+            Ok(Ok(_))
+        )
+    })
 }
 
 async fn finish_probe(probe: &mut Option<Probe>) -> bool {

@@ -31,11 +31,15 @@ impl Inner {
                 self.label, self.config.max_queue
             )));
         }
-        let acquired = tokio::time::timeout_at(deadline, Arc::clone(&self.permits).acquire_owned()).await;
+        let acquired =
+            tokio::time::timeout_at(deadline, Arc::clone(&self.permits).acquire_owned()).await;
         self.queued.fetch_sub(1, Ordering::AcqRel);
         match acquired {
             Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(_)) => Err(PluginError::Unavailable(format!("{} is shut down", self.label))),
+            Ok(Err(_)) => Err(PluginError::Unavailable(format!(
+                "{} is shut down",
+                self.label
+            ))),
             Err(_) => Err(self.queue_timeout()),
         }
     }
@@ -66,12 +70,18 @@ impl Inner {
                     WorkerState::Failed | WorkerState::Stopped => {
                         let why = slot.reason.clone().unwrap_or_default();
                         let state = format!("{:?}", slot.state).to_lowercase();
-                        return Err(PluginError::Unavailable(format!("{} is {state}: {why}", self.label)));
+                        return Err(PluginError::Unavailable(format!(
+                            "{} is {state}: {why}",
+                            self.label
+                        )));
                     }
                     _ => {}
                 }
             }
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
                 return Err(self.queue_timeout());
             }
         }
@@ -143,15 +153,25 @@ impl Supervisor {
     ///
     /// # Errors
     /// As [`Plugin::execute`]; [`PluginError::TimedOut`] past the deadline.
-    pub async fn execute_with(&self, input: Value, options: CallOptions) -> Result<Value, PluginError> {
-        self.call_with(input, options).await.map(CallOutput::leave_files)
+    pub async fn execute_with(
+        &self,
+        input: Value,
+        options: CallOptions,
+    ) -> Result<Value, PluginError> {
+        self.call_with(input, options)
+            .await
+            .map(CallOutput::leave_files)
     }
 
     /// Like [`crate::RemotePlugin::call`]: the output's files are handed to the caller.
     ///
     /// # Errors
     /// As [`Plugin::execute`].
-    pub async fn call_with(&self, input: Value, options: CallOptions) -> Result<CallOutput, PluginError> {
+    pub async fn call_with(
+        &self,
+        input: Value,
+        options: CallOptions,
+    ) -> Result<CallOutput, PluginError> {
         self.inner
             .run(options, |w| {
                 let input = input.clone();
@@ -168,18 +188,29 @@ impl Supervisor {
         let worker = self.inner.slot.borrow().worker.clone();
         match worker {
             Some(w) => w.health().await,
-            None => Err(PluginError::Unavailable(format!("{} has no worker up", self.inner.label))),
+            None => Err(PluginError::Unavailable(format!(
+                "{} has no worker up",
+                self.inner.label
+            ))),
         }
     }
 }
 
 impl Plugin for Supervisor {
     fn name(&self) -> &str {
-        self.inner.identity.get().map(|i| i.0.as_str()).unwrap_or(&self.inner.label)
+        self.inner
+            .identity
+            .get()
+            .map(|i| i.0.as_str())
+            .unwrap_or(&self.inner.label)
     }
 
     fn version(&self) -> &str {
-        self.inner.identity.get().map(|i| i.1.as_str()).unwrap_or("")
+        self.inner
+            .identity
+            .get()
+            .map(|i| i.1.as_str())
+            .unwrap_or("")
     }
 
     /// Configures the live worker, and remembers the configuration so every restarted worker

@@ -93,6 +93,11 @@ impl Inner {
         });
     }
 
+    /// Changes the state, keeping the published worker.
+    pub(crate) fn set_state(&self, state: WorkerState) {
+        self.slot.send_modify(|slot| slot.state = state);
+    }
+
     pub(crate) fn publish_reason(&self, state: WorkerState, reason: String) {
         self.slot.send_replace(Slot {
             state,
@@ -178,12 +183,19 @@ impl Supervisor {
 
     /// The current worker's pid, if one is up.
     pub fn pid(&self) -> Option<u32> {
-        self.inner.slot.borrow().worker.as_ref().map(|w| w.process.pid)
+        self.inner
+            .slot
+            .borrow()
+            .worker
+            .as_ref()
+            .map(|w| w.process.pid)
     }
 
     /// Restarts since supervision began.
     pub fn restarts(&self) -> u64 {
-        self.inner.restarts.load(std::sync::atomic::Ordering::Relaxed)
+        self.inner
+            .restarts
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A receiver that sees every state change.

@@ -1,0 +1,5 @@
+//! `ticker-worker`: the ticker plugin as a worker process.
+
+fn main() {
+    plugvisor_worker::run(plugvisor_plugins::Ticker)
+}

@@ -1,0 +1,255 @@
+//! `chaos`: a plugin that misbehaves on demand, to prove the host survives every fault.
+//!
+//! Input `{"fault": NAME, ...}`; faults that end the process do so mid-call:
+//!
+//! | fault | what happens |
+//! |---|---|
+//! | `none` | answers `{"ok": true, "pid": …}` |
+//! | `panic` | a panic escapes to the process: exit code 101, `panicked at` on stderr |
+//! | `panic_in_call` | a panic inside the call; the worker contains it (`plugin_failed`) |
+//! | `abort` | `abort()`: SIGABRT |
+//! | `segfault` | SIGSEGV with the default action, as an invalid memory access ends |
+//! | `exit` | `{"code": N}`: exits with status N |
+//! | `hang` | the call never finishes (the worker still answers health probes) |
+//! | `deadlock` | the whole process freezes (SIGSTOP): even health probes stall |
+//! | `sleep` | `{"ms": N}`: answers after N ms |
+//! | `alloc` | `{"mib": N}`: allocates and touches N MiB and keeps it (a leak) |
+//! | `stdout` | writes garbage to stdout (which the runtime has redirected to stderr) |
+//! | `fork` | starts a grandchild (`sleep 3600`) that keeps running; answers its pid |
+//! | `ignore_sigterm` | from now on SIGTERM is ignored and cleanup hangs |
+//!
+//! `execute_stream` with `{"fault": "stream_crash", "chunks": K}` yields K chunks, then aborts;
+//! with `{"fault": "stream_fork"}` it starts a grandchild, yields `{"grandchild": pid}`, and
+//! then never ends (a host to kill while a grandchild runs).
+//! Start-up faults come from the environment (see [`startup_fault`]) or the config
+//! (`{"crash_on_initialize": true}` aborts in `initialize`, so a supervisor that re-applies the
+//! config after each restart sees a crash loop).
+
+use futures_util::StreamExt;
+use plugvisor_proto::{json, Plugin, PluginError, PluginStream, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Environment variable selecting a start-up fault (read by `chaos-worker` before serving).
+pub const STARTUP_ENV: &str = "CHAOS_STARTUP";
+
+/// Memory kept alive by `alloc`, so it stays resident.
+static LEAKED: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+/// Set by `ignore_sigterm`: cleanup then never finishes.
+static HANG_CLEANUP: AtomicBool = AtomicBool::new(false);
+
+/// The chaos plugin. Its configuration: `{"crash_on_initialize": bool}`.
+#[derive(Debug, Default)]
+pub struct Chaos {
+    config: Mutex<Value>,
+}
+
+impl Plugin for Chaos {
+    fn name(&self) -> &str {
+        "chaos"
+    }
+
+    fn version(&self) -> &str {
+        env!("CARGO_PKG_VERSION")
+    }
+
+    async fn initialize(&self, config: Option<Value>) -> Result<(), PluginError> {
+        let config = config.unwrap_or_else(|| json!({}));
+        let crash = match config.get("crash_on_initialize") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(PluginError::invalid_config(format!(
+                    "crash_on_initialize: must be a boolean, got {other}"
+                )))
+            }
+        };
+        if crash {
+            eprintln!("chaos: crash_on_initialize is set; aborting");
+            std::process::abort();
+        }
+        if let Ok(mut kept) = self.config.lock() {
+            *kept = config;
+        }
+        Ok(())
+    }
+
+    async fn execute(&self, input: Value) -> Result<Value, PluginError> {
+        let fault = input.get("fault").and_then(Value::as_str).unwrap_or("none");
+        run_fault(fault, &input).await
+    }
+
+    async fn execute_stream(&self, input: Value) -> Result<PluginStream, PluginError> {
+        if input.get("fault").and_then(Value::as_str) == Some("stream_fork") {
+            let first = fork_grandchild();
+            let forever = futures_util::stream::pending();
+            return Ok(Box::pin(futures_util::stream::iter([first]).chain(forever)));
+        }
+        if input.get("fault").and_then(Value::as_str) != Some("stream_crash") {
+            let value = self.execute(input).await?;
+            return Ok(Box::pin(futures_util::stream::iter([Ok(value)])));
+        }
+        let chunks = input.get("chunks").and_then(Value::as_u64).unwrap_or(1);
+        let items = futures_util::stream::iter(0..=chunks).then(move |i| async move {
+            if i == chunks {
+                eprintln!("chaos: crashing after {chunks} chunks");
+                std::process::abort();
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            Ok(json!({ "chunk": i }))
+        });
+        Ok(Box::pin(items))
+    }
+
+    fn config_schema(&self) -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "crash_on_initialize": {"type": "boolean", "default": false}
+            },
+            "additionalProperties": false
+        })
+    }
+
+    fn current_config(&self) -> Value {
+        self.config.lock().map(|c| c.clone()).unwrap_or(Value::Null)
+    }
+
+    async fn cleanup(&self) -> Result<(), PluginError> {
+        if HANG_CLEANUP.load(Ordering::Acquire) {
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+}
+
+async fn run_fault(fault: &str, input: &Value) -> Result<Value, PluginError> {
+    let number = |key: &str| input.get(key).and_then(Value::as_u64).unwrap_or(0);
+    match fault {
+        "none" => Ok(json!({"ok": true, "pid": std::process::id()})),
+        "panic" => escaped_panic(),
+        "panic_in_call" => panic!("chaos: panic inside a call"),
+        "abort" => std::process::abort(),
+        "segfault" => segfault(),
+        "exit" => std::process::exit(number("code") as i32),
+        "hang" => std::future::pending().await,
+        "deadlock" => freeze(),
+        "sleep" => {
+            tokio::time::sleep(Duration::from_millis(number("ms"))).await;
+            Ok(json!({"slept_ms": number("ms")}))
+        }
+        "alloc" => alloc(number("mib")),
+        "stdout" => {
+            println!("chaos: garbage on stdout \u{1} not a handshake");
+            Ok(json!({"ok": true}))
+        }
+        "fork" => fork_grandchild(),
+        "ignore_sigterm" => ignore_sigterm(),
+        other => Err(PluginError::invalid_input(format!(
+            "unknown fault {other:?}"
+        ))),
+    }
+}
+
+/// A panic that takes the process down, as an uncaught panic in `main` does: the panic
+/// message on stderr, then exit status 101.
+fn escaped_panic() -> ! {
+    let _ = std::thread::spawn(|| panic!("chaos: panic requested")).join();
+    std::process::exit(101)
+}
+
+fn segfault() -> ! {
+    use nix::sys::signal::{raise, signal, SigHandler, Signal};
+    // SAFETY: restoring the default action of SIGSEGV installs no Rust code as a handler.
+    // Rust's own handler (for stack overflows) would otherwise swallow a raised SIGSEGV.
+    let _ = unsafe { signal(Signal::SIGSEGV, SigHandler::SigDfl) };
+    let _ = raise(Signal::SIGSEGV);
+    std::process::abort()
+}
+
+fn freeze() -> ! {
+    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+    // Only reached after a SIGCONT.
+    std::process::abort()
+}
+
+fn alloc(mib: u64) -> Result<Value, PluginError> {
+    let block = vec![0xA5u8; (mib as usize) << 20];
+    let mut leaked = LEAKED
+        .lock()
+        .map_err(|_| PluginError::failed("allocation lock poisoned"))?;
+    leaked.push(block);
+    let total: usize = leaked.iter().map(Vec::len).sum();
+    Ok(json!({"leaked_mib": total >> 20}))
+}
+
+fn fork_grandchild() -> Result<Value, PluginError> {
+    let child = std::process::Command::new("sleep")
+        .arg("3600")
+        .spawn()
+        .map_err(|e| PluginError::failed(format!("cannot fork: {e}")))?;
+    // Deliberately neither waited for nor killed: it must die with the process group.
+    Ok(json!({"grandchild": child.id()}))
+}
+
+fn ignore_sigterm() -> Result<Value, PluginError> {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIG_IGN installs no handler code; it only changes the disposition.
+    unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn) }
+        .map_err(|e| PluginError::failed(format!("cannot ignore SIGTERM: {e}")))?;
+    HANG_CLEANUP.store(true, Ordering::Release);
+    Ok(json!({"ignoring": "SIGTERM"}))
+}
+
+/// Applies the start-up fault named by `CHAOS_STARTUP`, if any, before the worker serves:
+/// `crash` (exit 3 before the handshake), `crash_while:<path>` (the same while `path`
+/// exists, so a test can end a crash loop), `slow:<ms>` (start late), `no_handshake` (never
+/// print one), `bad_handshake` (print garbage instead), `wrong_version` (claim protocol 99).
+pub fn startup_fault() {
+    let Ok(fault) = std::env::var(STARTUP_ENV) else {
+        return;
+    };
+    let socket = socket_arg().unwrap_or_default();
+    match fault.as_str() {
+        "crash" => {
+            eprintln!("chaos: crashing at start-up");
+            std::process::exit(3);
+        }
+        "no_handshake" => sleep_forever(),
+        "bad_handshake" => {
+            println!("hello, I am not a worker");
+            sleep_forever()
+        }
+        "wrong_version" => {
+            println!("plugvisor 99 unix {socket}");
+            sleep_forever()
+        }
+        other if other.starts_with("crash_while:") => {
+            let path = &other["crash_while:".len()..];
+            if std::path::Path::new(path).exists() {
+                eprintln!("chaos: crashing at start-up while {path} exists");
+                std::process::exit(3);
+            }
+        }
+        slow => {
+            let ms = slow
+                .strip_prefix("slow:")
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(0);
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+    }
+}
+
+fn socket_arg() -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == "--socket")?;
+    args.get(at + 1).cloned()
+}
+
+fn sleep_forever() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}

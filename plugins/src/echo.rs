@@ -1,0 +1,289 @@
+//! `echo`: returns its input with every string in it transformed (prefix, upper/lower case).
+//!
+//! Config: `{"mode": "identity" | "upper" | "lower", "prefix": string}`, both optional
+//! (defaults `"identity"` and `""`). `execute` transforms every string at any depth (object
+//! keys stay as they are); `execute_stream` yields one item per whitespace-separated word of
+//! a string input (or of `{"text": "..."}`), otherwise one item.
+
+use futures_util::stream;
+use plugvisor_proto::{json, Plugin, PluginError, PluginStream, Value};
+use serde_json::Map;
+use std::sync::{Arc, PoisonError, RwLock};
+
+/// How strings are transformed after the prefix is added.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Unchanged.
+    #[default]
+    Identity,
+    /// Upper case.
+    Upper,
+    /// Lower case.
+    Lower,
+}
+
+impl Mode {
+    const NAMES: [&'static str; 3] = ["identity", "upper", "lower"];
+
+    fn parse(value: &Value) -> Result<Self, PluginError> {
+        match value.as_str() {
+            Some("identity") => Ok(Self::Identity),
+            Some("upper") => Ok(Self::Upper),
+            Some("lower") => Ok(Self::Lower),
+            _ => Err(PluginError::invalid_config(format!(
+                "mode: must be one of \"identity\", \"upper\", \"lower\", got {value}"
+            ))),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Identity => "identity",
+            Self::Upper => "upper",
+            Self::Lower => "lower",
+        }
+    }
+}
+
+/// The echo plugin's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EchoConfig {
+    /// Case transformation.
+    pub mode: Mode,
+    /// Text put in front of every string.
+    pub prefix: String,
+}
+
+impl EchoConfig {
+    /// Reads a configuration; `None` or `null` means the defaults, missing keys take theirs.
+    ///
+    /// # Errors
+    /// [`PluginError::InvalidConfig`] naming the field and the rule.
+    pub fn from_value(config: Option<&Value>) -> Result<Self, PluginError> {
+        let map = match config {
+            None | Some(Value::Null) => return Ok(Self::default()),
+            Some(Value::Object(map)) => map,
+            Some(other) => {
+                return Err(PluginError::invalid_config(format!(
+                    "config: must be an object, got {other}"
+                )))
+            }
+        };
+        let mut parsed = Self::default();
+        for (key, value) in map {
+            match key.as_str() {
+                "mode" => parsed.mode = Mode::parse(value)?,
+                "prefix" => parsed.prefix = parse_prefix(value)?,
+                _ => {
+                    return Err(PluginError::invalid_config(format!(
+                        "{key}: unknown field; allowed fields are \"mode\", \"prefix\""
+                    )))
+                }
+            }
+        }
+        Ok(parsed)
+    }
+
+    /// The configuration as JSON, defaults filled in.
+    pub fn to_value(&self) -> Value {
+        json!({"mode": self.mode.name(), "prefix": self.prefix})
+    }
+
+    /// Applies prefix and mode to one string.
+    pub fn apply(&self, text: &str) -> String {
+        let joined = format!("{}{text}", self.prefix);
+        match self.mode {
+            Mode::Identity => joined,
+            Mode::Upper => joined.to_uppercase(),
+            Mode::Lower => joined.to_lowercase(),
+        }
+    }
+
+    /// Applies [`apply`](Self::apply) to every string in `value`, at any depth.
+    pub fn transform(&self, value: Value) -> Value {
+        match value {
+            Value::String(s) => Value::String(self.apply(&s)),
+            Value::Array(items) => items.into_iter().map(|v| self.transform(v)).collect(),
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(k, v)| (k, self.transform(v)))
+                    .collect::<Map<_, _>>(),
+            ),
+            other => other,
+        }
+    }
+}
+
+fn parse_prefix(value: &Value) -> Result<String, PluginError> {
+    value.as_str().map(str::to_owned).ok_or_else(|| {
+        PluginError::invalid_config(format!("prefix: must be a string, got {value}"))
+    })
+}
+
+/// The echo plugin. Re-configurable while it serves calls.
+#[derive(Debug, Default)]
+pub struct Echo {
+    config: RwLock<Arc<EchoConfig>>,
+}
+
+impl Echo {
+    /// The configuration in force (a snapshot).
+    pub fn config(&self) -> Arc<EchoConfig> {
+        Arc::clone(&self.config.read().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl Plugin for Echo {
+    fn name(&self) -> &str {
+        "echo"
+    }
+
+    fn version(&self) -> &str {
+        env!("CARGO_PKG_VERSION")
+    }
+
+    async fn initialize(&self, config: Option<Value>) -> Result<(), PluginError> {
+        let parsed = Arc::new(EchoConfig::from_value(config.as_ref())?);
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = parsed;
+        Ok(())
+    }
+
+    async fn execute(&self, input: Value) -> Result<Value, PluginError> {
+        Ok(self.config().transform(input))
+    }
+
+    async fn execute_stream(&self, input: Value) -> Result<PluginStream, PluginError> {
+        let config = self.config();
+        let text = match &input {
+            Value::String(s) => Some(s.as_str()),
+            Value::Object(map) if map.len() == 1 => map.get("text").and_then(Value::as_str),
+            _ => None,
+        };
+        let items: Vec<Result<Value, PluginError>> = match text {
+            Some(text) => text
+                .split_whitespace()
+                .map(|word| Ok(Value::String(config.apply(word))))
+                .collect(),
+            None => vec![Ok(config.transform(input))],
+        };
+        Ok(Box::pin(stream::iter(items)))
+    }
+
+    fn config_schema(&self) -> Value {
+        json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "echo configuration",
+            "type": "object",
+            "properties": {
+                "mode": {
+                    "description": "Case transformation applied after the prefix.",
+                    "type": "string",
+                    "enum": Mode::NAMES,
+                    "default": "identity"
+                },
+                "prefix": {
+                    "description": "Text put in front of every string.",
+                    "type": "string",
+                    "default": ""
+                }
+            },
+            "additionalProperties": false
+        })
+    }
+
+    fn current_config(&self) -> Value {
+        self.config().to_value()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    #[tokio::test]
+    async fn modes_and_prefix_apply_to_every_string() {
+        let echo = Echo::default();
+        let input = json!({"Key": ["Ab", 1, {"x": "cD"}], "n": null});
+        assert_eq!(echo.execute(input.clone()).await.unwrap(), input);
+        echo.initialize(Some(json!({"mode": "upper", "prefix": "p-"})))
+            .await
+            .unwrap();
+        let out = echo.execute(input).await.unwrap();
+        assert_eq!(out, json!({"Key": ["P-AB", 1, {"x": "P-CD"}], "n": null}));
+        echo.initialize(Some(json!({"mode": "lower"})))
+            .await
+            .unwrap();
+        assert_eq!(echo.execute(json!("MiXed")).await.unwrap(), json!("mixed"));
+        assert_eq!(
+            echo.current_config(),
+            json!({"mode": "lower", "prefix": ""})
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_config_is_named_and_the_old_one_stays() {
+        let echo = Echo::default();
+        echo.initialize(Some(json!({"prefix": ">"}))).await.unwrap();
+        let cases = [
+            (
+                json!({"mode": "shout"}),
+                r#"mode: must be one of "identity", "upper", "lower", got "shout""#,
+            ),
+            (json!({"prefix": 5}), "prefix: must be a string, got 5"),
+            (json!({"volume": 11}), "volume: unknown field"),
+            (json!([1]), "config: must be an object"),
+        ];
+        for (config, want) in cases {
+            let err = echo.initialize(Some(config)).await.unwrap_err();
+            assert!(matches!(err, PluginError::InvalidConfig(_)), "{err:?}");
+            assert!(
+                err.to_string().contains(want),
+                "{err} should contain {want}"
+            );
+        }
+        assert_eq!(
+            echo.current_config(),
+            json!({"mode": "identity", "prefix": ">"})
+        );
+        echo.initialize(None).await.unwrap();
+        assert_eq!(
+            echo.current_config(),
+            json!({"mode": "identity", "prefix": ""})
+        );
+    }
+
+    #[tokio::test]
+    async fn streams_one_item_per_word() {
+        let echo = Echo::default();
+        echo.initialize(Some(json!({"mode": "upper"})))
+            .await
+            .unwrap();
+        let words: Vec<_> = echo
+            .execute_stream(json!({"text": " a bb\tc\n"}))
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        assert_eq!(words, vec![Ok(json!("A")), Ok(json!("BB")), Ok(json!("C"))]);
+        let one: Vec<_> = echo
+            .execute_stream(json!([1, "x"]))
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        assert_eq!(one, vec![Ok(json!([1, "X"]))]);
+    }
+
+    #[test]
+    fn schema_describes_the_config() {
+        let schema = Echo::default().config_schema();
+        assert_eq!(schema["type"], "object");
+        assert_eq!(schema["additionalProperties"], false);
+        assert_eq!(
+            schema["properties"]["mode"]["enum"],
+            json!(["identity", "upper", "lower"])
+        );
+        assert_eq!(schema["properties"]["prefix"]["default"], "");
+    }
+}

@@ -1,0 +1,116 @@
+//! Command-line arguments of a worker binary and their resolution into a `WorkerConfig`.
+
+use crate::error::WorkerError;
+use crate::listener::ListenAddr;
+use crate::options::ServeOptions;
+use clap::Parser;
+use plugvisor_proto::wire::{
+    DEFAULT_MAX_BODY, MAX_BODY_ENV, TOKEN_ENV, TRANSFER_DIR_ENV, WATCH_STDIN_ENV,
+};
+use std::path::PathBuf;
+
+/// Environment variable with the number of tokio worker threads (default 2).
+pub const WORKER_THREADS_ENV: &str = "PLUGVISOR_WORKER_THREADS";
+
+/// Environment variable with the log filter (`tracing-subscriber` syntax, default `info`).
+pub const LOG_ENV: &str = "PLUGVISOR_LOG";
+
+/// The arguments every worker binary accepts.
+#[derive(Debug, Parser)]
+#[command(
+    about = "A plugvisor worker: serves one plugin over the plugvisor worker protocol.",
+    long_about = None,
+    after_help = "The token comes from the PLUGVISOR_TOKEN environment variable or --token-file. \
+                  Once listening, the worker prints one handshake line on stdout."
+)]
+pub(crate) struct Args {
+    /// Listen on a Unix socket at PATH (same as --listen unix:PATH).
+    #[arg(long, value_name = "PATH", conflicts_with = "listen")]
+    socket: Option<PathBuf>,
+    /// Listen on unix:PATH or tcp://HOST:PORT (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Read the bearer token from FILE (surrounding whitespace is ignored).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// The only directory file references may point into.
+    #[arg(long, value_name = "DIR", env = TRANSFER_DIR_ENV)]
+    transfer_dir: Option<PathBuf>,
+    /// Largest request body in bytes.
+    #[arg(long, value_name = "BYTES", env = MAX_BODY_ENV, default_value_t = DEFAULT_MAX_BODY)]
+    max_body: u64,
+}
+
+/// Everything `run` needs, resolved from arguments and environment.
+#[derive(Debug)]
+pub(crate) struct WorkerConfig {
+    pub listen: ListenAddr,
+    pub options: ServeOptions,
+    pub watch_stdin: bool,
+    pub worker_threads: usize,
+}
+
+impl Args {
+    /// Resolves the arguments; `Ok(None)` when no listen address was given at all.
+    ///
+    /// Reads the token from `PLUGVISOR_TOKEN` (then removes it from the environment, so that
+    /// processes the plugin spawns do not inherit it) unless `--token-file` is given.
+    pub(crate) fn resolve(self) -> Result<Option<WorkerConfig>, WorkerError> {
+        let listen = match (self.socket, self.listen) {
+            (Some(path), _) => ListenAddr::Unix(path),
+            (None, Some(addr)) => addr.parse()?,
+            (None, None) => return Ok(None),
+        };
+        let mut options = ServeOptions::new(read_token(self.token_file)?);
+        options.transfer_dir = self.transfer_dir;
+        options.max_body = self.max_body;
+        Ok(Some(WorkerConfig {
+            listen,
+            options,
+            watch_stdin: std::env::var(WATCH_STDIN_ENV).is_ok_and(|v| v.trim() == "1"),
+            worker_threads: worker_threads(),
+        }))
+    }
+}
+
+/// The token from `--token-file`, else from `PLUGVISOR_TOKEN`.
+fn read_token(file: Option<PathBuf>) -> Result<String, WorkerError> {
+    let env_token = std::env::var(TOKEN_ENV).ok();
+    // Single-threaded here (before the runtime starts), so editing the environment is sound.
+    std::env::remove_var(TOKEN_ENV);
+    let (token, source) = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                WorkerError::MissingToken(format!("cannot read {}: {e}", path.display()))
+            })?;
+            (text, format!("token file {}", path.display()))
+        }
+        None => match env_token {
+            Some(token) => (token, TOKEN_ENV.to_owned()),
+            None => {
+                return Err(WorkerError::MissingToken(format!(
+                    "set {TOKEN_ENV} or pass --token-file FILE"
+                )))
+            }
+        },
+    };
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(WorkerError::MissingToken(format!("{source} is empty")));
+    }
+    Ok(token.to_owned())
+}
+
+/// Worker threads from `PLUGVISOR_WORKER_THREADS`, default 2.
+fn worker_threads() -> usize {
+    match std::env::var(WORKER_THREADS_ENV) {
+        Ok(value) => match value.trim().parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                tracing::warn!(%value, "ignoring bad {WORKER_THREADS_ENV}; using 2");
+                2
+            }
+        },
+        Err(_) => 2,
+    }
+}

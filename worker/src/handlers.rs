@@ -1,0 +1,236 @@
+//! One handler per route: read the request, call the plugin (panics contained), answer.
+
+use crate::ndjson::NdjsonBody;
+use crate::reply::{self, Reply};
+use crate::request::read_json;
+use crate::state::Shared;
+use crate::transfer::{denied, TransferDir};
+use crate::unwind::{guarded, guarded_sync};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use http::{Request, Response, StatusCode};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use plugvisor_proto::file_ref::visit_file_refs;
+use plugvisor_proto::wire::{
+    ConfigResponse, ConfigSchemaResponse, ExecuteRequest, ExecuteResponse, HealthResponse,
+    InfoResponse, InitializeRequest, NDJSON, PROTOCOL_VERSION,
+};
+use plugvisor_proto::{json, ErrorKind, Plugin, PluginError, Value, WireError};
+use std::sync::atomic::Ordering;
+
+/// What a handler returns: an answer, or an error that becomes an error answer.
+pub(crate) type Handled = Result<Reply, WireError>;
+
+/// Capabilities announced by `/v1/info`.
+const CAPABILITIES: [&str; 3] = ["execute", "stream", "files"];
+
+/// `GET /v1/health`: counters only, never plugin code.
+pub(crate) fn health<P>(shared: &Shared<P>) -> Handled {
+    let status = if shared.shutdown.is_cancelled() {
+        "stopping"
+    } else {
+        "ok"
+    };
+    Ok(reply::json(
+        StatusCode::OK,
+        &HealthResponse {
+            status: status.to_owned(),
+            in_flight: shared.counters.in_flight(),
+            calls_total: shared.counters.calls_total(),
+            pid: std::process::id(),
+        },
+    ))
+}
+
+/// `GET /v1/info`: identity, protocol, schema, capabilities.
+pub(crate) fn info<P: Plugin>(shared: &Shared<P>) -> Handled {
+    let plugin = &*shared.plugin;
+    let info = guarded_sync(|| InfoResponse {
+        name: plugin.name().to_owned(),
+        version: plugin.version().to_owned(),
+        protocol: PROTOCOL_VERSION,
+        config_schema: plugin.config_schema(),
+        capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+        pid: std::process::id(),
+    })?;
+    Ok(reply::json(StatusCode::OK, &info))
+}
+
+/// `GET /v1/config`: the configuration in force.
+pub(crate) fn config<P: Plugin>(shared: &Shared<P>) -> Handled {
+    let config = guarded_sync(|| shared.plugin.current_config())?;
+    Ok(reply::json(StatusCode::OK, &ConfigResponse { config }))
+}
+
+/// `GET /v1/config_schema`: the JSON Schema of the configuration.
+pub(crate) fn config_schema<P: Plugin>(shared: &Shared<P>) -> Handled {
+    let schema = guarded_sync(|| shared.plugin.config_schema())?;
+    Ok(reply::json(
+        StatusCode::OK,
+        &ConfigSchemaResponse { schema },
+    ))
+}
+
+/// `POST /v1/initialize`: (re-)configure, answer the configuration now in force.
+pub(crate) async fn initialize<P: Plugin>(shared: &Shared<P>, req: Request<Incoming>) -> Handled {
+    refuse_when_stopping(shared)?;
+    let request: InitializeRequest = read_json(req, shared.max_body).await?;
+    guarded(shared.plugin.initialize(request.config)).await?;
+    shared.cleaned.store(false, Ordering::Release);
+    config(shared)
+}
+
+/// `POST /v1/execute`: one call, one result.
+pub(crate) async fn execute<P: Plugin>(shared: &Shared<P>, req: Request<Incoming>) -> Handled {
+    refuse_when_stopping(shared)?;
+    let request: ExecuteRequest = read_json(req, shared.max_body).await?;
+    check_file_refs(shared.transfer.as_ref(), &request.input)?;
+    let _in_flight = shared.counters.start();
+    let output = guarded(shared.plugin.execute(request.input)).await?;
+    Ok(reply::json(StatusCode::OK, &ExecuteResponse { output }))
+}
+
+/// `POST /v1/execute_stream`: one call, an NDJSON stream of frames.
+pub(crate) async fn execute_stream<P: Plugin>(
+    shared: &Shared<P>,
+    req: Request<Incoming>,
+) -> Handled {
+    refuse_when_stopping(shared)?;
+    let request: ExecuteRequest = read_json(req, shared.max_body).await?;
+    check_file_refs(shared.transfer.as_ref(), &request.input)?;
+    let in_flight = shared.counters.start();
+    let stream = guarded(shared.plugin.execute_stream(request.input)).await?;
+    let mut answer = Response::new(Either::Right(NdjsonBody::new(stream, in_flight)));
+    let headers = answer.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(answer)
+}
+
+/// `POST /v1/cleanup`: run the plugin's cleanup now.
+pub(crate) async fn cleanup<P: Plugin>(shared: &Shared<P>) -> Handled {
+    guarded(shared.plugin.cleanup()).await?;
+    shared.cleaned.store(true, Ordering::Release);
+    Ok(reply::json(StatusCode::OK, &json!({"status": "cleaned"})))
+}
+
+/// `POST /v1/shutdown`: answer 202, then begin shutdown.
+pub(crate) fn shutdown<P>(shared: &Shared<P>) -> Handled {
+    tracing::info!("shutdown requested over HTTP");
+    shared.shutdown.cancel();
+    Ok(reply::json(
+        StatusCode::ACCEPTED,
+        &json!({"status": "stopping"}),
+    ))
+}
+
+/// New calls are refused with `unavailable` once shutdown has begun.
+fn refuse_when_stopping<P>(shared: &Shared<P>) -> Result<(), WireError> {
+    if shared.shutdown.is_cancelled() {
+        return Err(WireError::new(
+            ErrorKind::Unavailable,
+            "the worker is shutting down",
+        ));
+    }
+    Ok(())
+}
+
+/// Why a file reference in an input was not accepted.
+enum RefProblem {
+    /// A `$file` object with a bad body: the request is malformed (400).
+    Malformed(String),
+    /// A well-formed reference the worker may not open (403).
+    Denied(PluginError),
+}
+
+impl From<String> for RefProblem {
+    fn from(message: String) -> Self {
+        Self::Malformed(message)
+    }
+}
+
+/// Checks every file reference in `input` names a regular file inside the transfer directory.
+fn check_file_refs(transfer: Option<&TransferDir>, input: &Value) -> Result<(), WireError> {
+    let result = visit_file_refs(input, &mut |file| match transfer {
+        Some(dir) => dir.open_ref(&file).map(drop).map_err(RefProblem::Denied),
+        None => Err(RefProblem::Denied(denied(
+            &file.path,
+            "this worker has no transfer directory",
+        ))),
+    });
+    match result {
+        Ok(()) => Ok(()),
+        Err(RefProblem::Malformed(message)) => Err(WireError::new(ErrorKind::BadRequest, message)),
+        Err(RefProblem::Denied(err)) => {
+            tracing::warn!(error = %err, "file reference refused");
+            Err(WireError::from(err))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Counters;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
+
+    struct Nop;
+
+    impl Plugin for Nop {
+        fn name(&self) -> &str {
+            "nop"
+        }
+        fn version(&self) -> &str {
+            "0.0.0"
+        }
+        async fn execute(&self, input: Value) -> Result<Value, PluginError> {
+            Ok(input)
+        }
+    }
+
+    fn shared() -> Shared<Nop> {
+        Shared {
+            plugin: Arc::new(Nop),
+            expected_auth: b"Bearer t".to_vec(),
+            transfer: None,
+            max_body: 1024,
+            shutdown: CancellationToken::new(),
+            counters: Arc::new(Counters::default()),
+            cleaned: AtomicBool::new(false),
+        }
+    }
+
+    async fn health_of(shared: &Shared<Nop>) -> HealthResponse {
+        let Ok(answer) = health(shared) else {
+            panic!("health failed")
+        };
+        let bytes = answer.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn health_counts_calls_and_reports_stopping() {
+        let shared = shared();
+        let guard = shared.counters.start();
+        let health = health_of(&shared).await;
+        assert_eq!((health.status.as_str(), health.in_flight), ("ok", 1));
+        drop(guard);
+        shared.shutdown.cancel();
+        let health = health_of(&shared).await;
+        assert_eq!(health.status, "stopping");
+        assert_eq!((health.in_flight, health.calls_total), (0, 1));
+        assert_eq!(health.pid, std::process::id());
+    }
+
+    #[test]
+    fn file_refs_are_refused_without_a_transfer_dir() {
+        let input = json!({"a": [plugvisor_proto::FileRef::new("/x/y", 1).to_value()]});
+        let err = check_file_refs(None, &input).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::FileAccessDenied);
+        assert!(err.message.starts_with("/x/y: "), "{}", err.message);
+        assert!(check_file_refs(None, &json!({"path": "/x/y"})).is_ok());
+    }
+}

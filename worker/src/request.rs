@@ -1,0 +1,63 @@
+//! Reading request bodies: the size limit (up front and while reading) and strict JSON.
+
+use bytes::Bytes;
+use http::header::CONTENT_LENGTH;
+use http::Request;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use plugvisor_proto::{ErrorKind, WireError};
+use serde::de::DeserializeOwned;
+
+/// Reads the whole body of `req`, at most `max_body` bytes, and parses it as `T`.
+///
+/// An empty body reads as `{}`, so a body-less `POST /v1/initialize` means "defaults".
+/// Anything but a JSON object (arrays included) is refused.
+///
+/// # Errors
+/// `payload_too_large` when the body exceeds `max_body` (by `Content-Length` or while
+/// reading), `bad_request` when it is not JSON of the shape `T` (serde's message).
+pub(crate) async fn read_json<T: DeserializeOwned>(
+    req: Request<Incoming>,
+    max_body: u64,
+) -> Result<T, WireError> {
+    let bytes = read_body(req, max_body).await?;
+    let bad = |message: String| WireError::new(ErrorKind::BadRequest, message);
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => serde_json::from_slice(b"{}").map_err(|e| bad(e.to_string())),
+        // serde would also read a struct from an array; the protocol wants objects only.
+        Some(b'{') => serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string())),
+        Some(_) => Err(bad("the request body must be a JSON object".into())),
+    }
+}
+
+/// Reads the whole body, refusing more than `max_body` bytes.
+async fn read_body(req: Request<Incoming>, max_body: u64) -> Result<Bytes, WireError> {
+    if let Some(length) = declared_length(&req) {
+        if length > max_body {
+            return Err(too_large(max_body));
+        }
+    }
+    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large(max_body)),
+        Err(e) => Err(WireError::new(
+            ErrorKind::BadRequest,
+            format!("cannot read the request body: {e}"),
+        )),
+    }
+}
+
+fn declared_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn too_large(max_body: u64) -> WireError {
+    WireError::new(
+        ErrorKind::PayloadTooLarge,
+        format!("the request body exceeds the limit of {max_body} bytes; pass large data as a file reference"),
+    )
+}

@@ -1,0 +1,101 @@
+//! The router: bearer-token check, route table, and dispatch to the handlers.
+
+use crate::handlers::{self, Handled};
+use crate::reply::{self, Reply};
+use crate::state::Shared;
+use http::header::{HeaderValue, ALLOW, AUTHORIZATION};
+use http::{HeaderMap, Method, Request};
+use hyper::body::Incoming;
+use plugvisor_proto::wire::routes;
+use plugvisor_proto::{ErrorKind, Plugin, WireError};
+use std::convert::Infallible;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// The routes of the worker protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Health,
+    Info,
+    Config,
+    ConfigSchema,
+    Initialize,
+    Execute,
+    ExecuteStream,
+    Cleanup,
+    Shutdown,
+}
+
+/// Path, method and route of every endpoint.
+const TABLE: [(&str, Method, Route); 9] = [
+    (routes::HEALTH, Method::GET, Route::Health),
+    (routes::INFO, Method::GET, Route::Info),
+    (routes::CONFIG, Method::GET, Route::Config),
+    (routes::CONFIG_SCHEMA, Method::GET, Route::ConfigSchema),
+    (routes::INITIALIZE, Method::POST, Route::Initialize),
+    (routes::EXECUTE, Method::POST, Route::Execute),
+    (routes::EXECUTE_STREAM, Method::POST, Route::ExecuteStream),
+    (routes::CLEANUP, Method::POST, Route::Cleanup),
+    (routes::SHUTDOWN, Method::POST, Route::Shutdown),
+];
+
+/// Answers one request. Never fails: every problem is an error answer.
+///
+/// # Cancel safety
+/// Dropping the future (the client closed the connection) drops the plugin call with it.
+pub(crate) async fn handle<P: Plugin>(
+    shared: Arc<Shared<P>>,
+    req: Request<Incoming>,
+) -> Result<Reply, Infallible> {
+    if !authorized(&shared.expected_auth, req.headers()) {
+        tracing::debug!(path = req.uri().path(), "unauthorized request");
+        let err = WireError::new(ErrorKind::Unauthorized, "missing or wrong bearer token");
+        return Ok(reply::error(err));
+    }
+    let route = match find(req.method(), req.uri().path()) {
+        Ok(route) => route,
+        Err(answer) => return Ok(*answer),
+    };
+    Ok(dispatch(&shared, route, req)
+        .await
+        .unwrap_or_else(reply::error))
+}
+
+/// Runs the handler of `route`.
+async fn dispatch<P: Plugin>(shared: &Shared<P>, route: Route, req: Request<Incoming>) -> Handled {
+    match route {
+        Route::Health => handlers::health(shared),
+        Route::Info => handlers::info(shared),
+        Route::Config => handlers::config(shared),
+        Route::ConfigSchema => handlers::config_schema(shared),
+        Route::Initialize => handlers::initialize(shared, req).await,
+        Route::Execute => handlers::execute(shared, req).await,
+        Route::ExecuteStream => handlers::execute_stream(shared, req).await,
+        Route::Cleanup => handlers::cleanup(shared).await,
+        Route::Shutdown => handlers::shutdown(shared),
+    }
+}
+
+/// The route for `method` and `path`, or the 404 / 405 answer.
+fn find(method: &Method, path: &str) -> Result<Route, Box<Reply>> {
+    let Some((_, allowed, route)) = TABLE.iter().find(|(p, _, _)| *p == path) else {
+        let err = WireError::new(ErrorKind::NotFound, format!("no route {path}"));
+        return Err(Box::new(reply::error(err)));
+    };
+    if method != allowed {
+        let message = format!("{path} takes {allowed}, not {method}");
+        let mut answer = reply::error(WireError::new(ErrorKind::MethodNotAllowed, message));
+        if let Ok(value) = HeaderValue::from_str(allowed.as_str()) {
+            answer.headers_mut().insert(ALLOW, value);
+        }
+        return Err(Box::new(answer));
+    }
+    Ok(*route)
+}
+
+/// True when the `Authorization` header is exactly `Bearer <token>` (constant-time compare).
+fn authorized(expected: &[u8], headers: &HeaderMap) -> bool {
+    headers
+        .get(AUTHORIZATION)
+        .is_some_and(|got| bool::from(got.as_bytes().ct_eq(expected)))
+}

@@ -1,0 +1,144 @@
+//! `run`: the whole `main` of a worker binary (arguments, logging, runtime, handshake, serve).
+
+use crate::cli::{Args, WorkerConfig, LOG_ENV};
+use crate::error::WorkerError;
+use crate::files;
+use crate::listener::Listener;
+use crate::server::serve;
+use crate::watch;
+use clap::Parser;
+use plugvisor_proto::wire::Handshake;
+use plugvisor_proto::Plugin;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Runs `plugin` as a worker process and exits; a worker binary's `main` is this one call.
+///
+/// ```no_run
+/// # use plugvisor_proto::{Plugin, PluginError, Value};
+/// # #[derive(Default)] struct MyPlugin;
+/// # impl Plugin for MyPlugin {
+/// #     fn name(&self) -> &str { "my" }
+/// #     fn version(&self) -> &str { "0.1.0" }
+/// #     async fn execute(&self, input: Value) -> Result<Value, PluginError> { Ok(input) }
+/// # }
+/// fn main() {
+///     plugvisor_worker::run(MyPlugin::default())
+/// }
+/// ```
+///
+/// It parses the arguments (`--listen`, `--socket`, `--token-file`, `--transfer-dir`,
+/// `--max-body`), logs to stderr (filter from `PLUGVISOR_LOG`, default `info`), binds,
+/// prints the handshake line on stdout and then points stdout at stderr, serves until
+/// shutdown and exits. Exit codes: 0 after a clean shutdown, 1 when the worker could not
+/// start or had to be stopped forcibly, 2 for usage errors (no listen address, no token).
+pub fn run<P: Plugin>(plugin: P) -> ! {
+    let args = Args::parse();
+    init_logging();
+    let program = program_name(&plugin);
+    let config = match args.resolve() {
+        Ok(Some(config)) => config,
+        Ok(None) => {
+            eprintln!("{}", usage_line(&program, plugin.name()));
+            std::process::exit(2)
+        }
+        Err(e) => exit_with(&program, &e),
+    };
+    if config.watch_stdin {
+        if let Err(e) = crate::guardian::spawn() {
+            tracing::warn!(error = %e, "no group guardian; grandchildren may outlive a dead host");
+        }
+    }
+    let runtime = match build_runtime(config.worker_threads) {
+        Ok(runtime) => runtime,
+        Err(e) => exit_with(&program, &WorkerError::io("starting the runtime", e)),
+    };
+    let result = runtime.block_on(start(plugin, config));
+    runtime.shutdown_timeout(Duration::from_millis(250));
+    crate::guardian::dismiss();
+    match result {
+        Ok(()) => std::process::exit(0),
+        Err(e) => exit_with(&program, &e),
+    }
+}
+
+/// Binds, announces, installs the shutdown triggers and serves.
+async fn start<P: Plugin>(plugin: P, config: WorkerConfig) -> Result<(), WorkerError> {
+    // Everything that can fail is checked before the handshake promises a working worker.
+    if let Some(dir) = &config.options.transfer_dir {
+        files::install(dir).map_err(|source| WorkerError::TransferDir {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let listener = Listener::bind(&config.listen).await?;
+    let socket = listener.socket_path();
+    let shutdown = CancellationToken::new();
+    let deadline = config.options.hard_deadline();
+    watch::on_signals(shutdown.clone(), socket.clone())
+        .map_err(|e| WorkerError::io("installing signal handlers", e))?;
+    announce(&listener.handshake()?)?;
+    if config.watch_stdin {
+        watch::on_stdin_eof(shutdown.clone(), deadline, socket.clone());
+    }
+    watch::watchdog_on(shutdown.clone(), deadline, socket);
+    serve(listener, Arc::new(plugin), config.options, shutdown).await
+}
+
+/// Prints the handshake line on stdout, then makes fd 1 a copy of stderr, so nothing the
+/// plugin prints later can reach the host's handshake pipe.
+fn announce(handshake: &Handshake) -> Result<(), WorkerError> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{handshake}")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| WorkerError::io("printing the handshake", e))?;
+    nix::unistd::dup2_stdout(std::io::stderr())
+        .map_err(|e| WorkerError::io("redirecting stdout to stderr", e.into()))?;
+    tracing::info!(%handshake, pid = std::process::id(), "listening");
+    Ok(())
+}
+
+/// Logs to stderr without colors; `PLUGVISOR_LOG` sets the filter (default `info`).
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(filter)
+        .try_init();
+}
+
+fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
+        .thread_name("worker")
+        .enable_all()
+        .build()
+}
+
+/// The binary's file name, or `<plugin>-worker`.
+fn program_name<P: Plugin>(plugin: &P) -> String {
+    std::env::args_os()
+        .next()
+        .and_then(|arg0| {
+            let path = std::path::PathBuf::from(arg0);
+            path.file_name().map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| format!("{}-worker", plugin.name()))
+}
+
+/// The one line printed when the binary is run without a listen address.
+fn usage_line(program: &str, plugin: &str) -> String {
+    format!(
+        "{program}: a plugvisor worker; start it through plugvisor (plugvisor call {plugin} '{{}}') \
+         or by hand: {program} --listen tcp://127.0.0.1:9000 --token-file TOKEN"
+    )
+}
+
+fn exit_with(program: &str, err: &WorkerError) -> ! {
+    eprintln!("{program}: error: {err}");
+    std::process::exit(err.exit_code())
+}

@@ -1,0 +1,103 @@
+//! Shutdown triggers around a worker process: signals, stdin EOF, and the hard-exit watchdog.
+//!
+//! A dead host must mean a dead worker: besides `POST /v1/shutdown`, SIGTERM and SIGINT start
+//! a graceful shutdown, and so does EOF on stdin when the host asked for it (the host holds
+//! the only write end of that pipe, so the kernel closes it when the host dies). Should the
+//! graceful path stall in plugin code, the watchdog exits the process anyway.
+
+use crate::server::remove_socket_file;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+/// Exit code of a worker the watchdog (or a second signal) had to stop.
+pub(crate) const FORCED_EXIT: i32 = 1;
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT; exits at once on a second one.
+///
+/// # Errors
+/// When the signal handlers cannot be installed.
+pub(crate) fn on_signals(
+    shutdown: CancellationToken,
+    socket: Option<PathBuf>,
+) -> std::io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        for round in 0.. {
+            let name = tokio::select! {
+                Some(()) = term.recv() => "SIGTERM",
+                Some(()) = int.recv() => "SIGINT",
+                else => return,
+            };
+            if round > 0 {
+                force_exit(socket.as_deref(), &format!("second {name}"));
+            }
+            tracing::info!(signal = name, "shutting down");
+            shutdown.cancel();
+        }
+    });
+    Ok(())
+}
+
+/// Cancels `shutdown` when stdin reaches EOF (or fails), from a dedicated thread.
+pub(crate) fn on_stdin_eof(
+    shutdown: CancellationToken,
+    deadline: Duration,
+    socket: Option<PathBuf>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("stdin-watch".into())
+        .spawn(move || {
+            let mut buf = [0u8; 512];
+            let mut stdin = std::io::stdin().lock();
+            while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+            tracing::info!("stdin closed (host gone); shutting down");
+            shutdown.cancel();
+            arm_watchdog(deadline, socket);
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot watch stdin");
+    }
+}
+
+/// Arms the watchdog as soon as `shutdown` is cancelled.
+pub(crate) fn watchdog_on(
+    shutdown: CancellationToken,
+    deadline: Duration,
+    socket: Option<PathBuf>,
+) {
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        arm_watchdog(deadline, socket);
+    });
+}
+
+/// Exits the process `deadline` from now unless it has exited by then. Arms only once.
+fn arm_watchdog(deadline: Duration, socket: Option<PathBuf>) {
+    static ARMED: AtomicBool = AtomicBool::new(false);
+    if ARMED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("shutdown-watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(deadline);
+            force_exit(socket.as_deref(), "graceful shutdown stalled");
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the shutdown watchdog");
+    }
+}
+
+/// Removes the socket file and exits with [`FORCED_EXIT`].
+fn force_exit(socket: Option<&std::path::Path>, why: &str) -> ! {
+    tracing::error!(reason = why, "exiting without finishing shutdown");
+    if let Some(path) = socket {
+        remove_socket_file(path);
+    }
+    std::process::exit(FORCED_EXIT)
+}
