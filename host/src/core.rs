@@ -39,6 +39,7 @@ pub(crate) struct WorkerCore {
     pub(crate) config_schema: Value,
     in_flight: watch::Sender<u64>,
     calls: AtomicU64,
+    retiring: std::sync::atomic::AtomicBool,
 }
 
 /// Counts one call as in flight on a worker until dropped.
@@ -63,6 +64,7 @@ impl WorkerCore {
             config_schema: launched.info.config_schema,
             in_flight: watch::channel(0).0,
             calls: AtomicU64::new(0),
+            retiring: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -73,6 +75,16 @@ impl WorkerCore {
         InFlight {
             counter: self.in_flight.clone(),
         }
+    }
+
+    /// Takes no new calls from now on (it is about to be replaced).
+    pub(crate) fn retire(&self) {
+        self.retiring.store(true, Ordering::Release);
+    }
+
+    /// True once [`WorkerCore::retire`] was called.
+    pub(crate) fn is_retiring(&self) -> bool {
+        self.retiring.load(Ordering::Acquire)
     }
 
     /// Calls started on this worker so far.

@@ -112,13 +112,17 @@ async fn a_crash_mid_stream_ends_the_stream_with_an_error() {
     while let Some(item) = stream.next().await {
         items.push(item);
     }
-    assert_eq!(items.len(), 6, "{items:?}");
-    assert!(items[..5].iter().all(Result::is_ok));
+    // Chunks produced just before the crash may die in the worker's send buffer; what arrives
+    // is an in-order prefix, and the stream ends with the crash, never cleanly.
+    let (last, chunks) = items.split_last().unwrap();
     assert!(
-        matches!(items[5], Err(PluginError::WorkerCrashed(_))),
-        "{:?}",
-        items[5]
+        matches!(last, Err(PluginError::WorkerCrashed(_))),
+        "{last:?}"
     );
+    assert!(chunks.len() <= 5, "{items:?}");
+    for (i, chunk) in chunks.iter().enumerate() {
+        assert_eq!(chunk.as_ref().unwrap(), &json!({ "chunk": i }));
+    }
     drop(stream);
     ok_call(&sup).await;
     drop(sup);
@@ -427,12 +431,30 @@ async fn recycle_after_n_calls_replaces_the_worker_without_failing_a_call() {
         ..fast()
     };
     let sup = world.supervise("chaos", config).await;
-    let mut pids = std::collections::BTreeSet::new();
+    let mut pids = Vec::new();
     for _ in 0..12 {
         let out = sup.execute(fault("none")).await.expect("no call fails");
-        pids.insert(out["pid"].as_u64().unwrap());
+        pids.push(out["pid"].as_u64().unwrap());
     }
-    assert!(pids.len() >= 2, "{pids:?}");
+    // Five calls per worker: 12 calls, three workers.
+    assert_eq!(
+        pids[0..5]
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        1,
+        "{pids:?}"
+    );
+    assert_ne!(pids[4], pids[5], "{pids:?}");
+    assert_ne!(pids[9], pids[10], "{pids:?}");
+    assert_eq!(
+        pids[5..10]
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        1,
+        "{pids:?}"
+    );
     drop(sup);
     world.finish().await;
 }

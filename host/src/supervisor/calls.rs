@@ -119,10 +119,12 @@ impl Inner {
         self.config.idempotent && retries < self.config.max_retries
     }
 
-    /// Asks for a recycle when the worker reaches its call budget.
+    /// At its call budget, a worker takes this last call and no more: it is retired (later
+    /// calls wait for its replacement) and a recycle is asked for.
     fn count_call(&self, worker: &WorkerCore) {
         if let Some(limit) = self.config.recycle_after_calls {
             if worker.calls_started() + 1 == limit {
+                worker.retire();
                 self.send(Command::Recycle(format!("served {limit} calls")));
             }
         }
@@ -130,7 +132,7 @@ impl Inner {
 }
 
 fn usable(worker: &WorkerCore, not: Option<u32>) -> bool {
-    worker.process.exit.get().is_none() && Some(worker.process.pid) != not
+    worker.process.exit.get().is_none() && !worker.is_retiring() && Some(worker.process.pid) != not
 }
 
 async fn with_deadline<T>(

@@ -226,8 +226,21 @@ impl Supervisor {
         self.state()
     }
 
-    /// Leaves `Failed` (or a worker the restart policy left stopped) and starts again.
+    /// Leaves `Failed` (or a worker the restart policy left stopped) and starts again. The
+    /// state is `Starting` as soon as this returns, so [`Supervisor::wait_ready`] waits for the
+    /// new worker.
     pub fn reset(&self) {
+        if *self.inner.done.borrow() {
+            return;
+        }
+        self.inner.slot.send_if_modified(|slot| {
+            let parked = matches!(slot.state, WorkerState::Failed | WorkerState::Stopped);
+            if parked {
+                slot.state = WorkerState::Starting;
+                slot.reason = None;
+            }
+            parked
+        });
         self.inner.send(Command::Reset);
     }
 
