@@ -40,6 +40,7 @@ pub(crate) struct WorkerCore {
     in_flight: watch::Sender<u64>,
     calls: AtomicU64,
     retiring: std::sync::atomic::AtomicBool,
+    stopped: tokio::sync::OnceCell<()>,
 }
 
 /// Counts one call as in flight on a worker until dropped.
@@ -65,6 +66,7 @@ impl WorkerCore {
             in_flight: watch::channel(0).0,
             calls: AtomicU64::new(0),
             retiring: std::sync::atomic::AtomicBool::new(false),
+            stopped: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -98,8 +100,13 @@ impl WorkerCore {
         let _ = rx.wait_for(|n| *n == 0).await;
     }
 
-    /// Stops the worker: shutdown request, then SIGTERM, then SIGKILL; files removed.
+    /// Stops the worker: shutdown request, then SIGTERM, then SIGKILL; files removed. Runs
+    /// once; concurrent and later callers wait for that one stop to finish.
     pub(crate) async fn stop(&self) {
+        self.stopped.get_or_init(|| self.stop_once()).await;
+    }
+
+    async fn stop_once(&self) {
         let already_stopping = self.process.is_stopping();
         self.process.begin_stop();
         if !already_stopping && self.process.exit.get().is_none() {

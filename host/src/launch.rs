@@ -44,7 +44,7 @@ pub(crate) async fn launch(
     let transfer_dir = host_dir.transfer_dir(n).map_err(io_err)?;
     let token = new_token();
     let command = build_command(spec, &socket, &transfer_dir, &token);
-    let mut child = spawner::spawn(command).await.map_err(io_err)?;
+    let mut child = spawner::spawn(command, spec.limits).await.map_err(io_err)?;
     let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
     let pid = child.id();
     let exit = start_waiter(child).map_err(io_err)?;

@@ -43,7 +43,7 @@ pub use events::{EventBus, EventKind, HookHandle, LifecycleEvent};
 pub use host::{Host, HostConfig};
 pub use plugvisor_proto::{self as proto, DynPlugin, FileRef, Plugin, PluginError};
 pub use remote::RemotePlugin;
-pub use spec::WorkerSpec;
+pub use spec::{ResourceLimits, WorkerSpec};
 pub use supervisor::{
     BackoffConfig, CallOptions, HealthConfig, RestartPolicy, Supervisor, SupervisorConfig,
     WorkerState,

@@ -8,6 +8,7 @@
 //! that pid (never `waitpid(-1)`), so a child is reaped the moment it exits, whatever the async
 //! runtime is doing, even after it has shut down.
 
+use crate::spec::ResourceLimits;
 use plugvisor_proto::ExitReason;
 use std::io;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -25,9 +26,9 @@ struct SpawnRequest {
 static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
 
 /// Spawns `command` from the spawner thread, in its own process group, with the parent-death
-/// signal set to SIGKILL.
-pub(crate) async fn spawn(mut command: Command) -> io::Result<Child> {
-    prepare(&mut command);
+/// signal set to SIGKILL and `limits` applied.
+pub(crate) async fn spawn(mut command: Command, limits: ResourceLimits) -> io::Result<Child> {
+    prepare(&mut command, limits);
     let (reply, answer) = oneshot::channel();
     sender()?
         .send(SpawnRequest { command, reply })
@@ -57,11 +58,11 @@ fn sender() -> io::Result<mpsc::Sender<SpawnRequest>> {
         .map_err(|_| io::Error::other("spawner lock poisoned"))
 }
 
-fn prepare(command: &mut Command) {
+fn prepare(command: &mut Command, limits: ResourceLimits) {
     let host_pid = nix::unistd::getpid();
     command.process_group(0);
     // SAFETY: the closure runs in the forked child before exec and only makes the
-    // async-signal-safe syscalls prctl, getppid and kill; it allocates nothing.
+    // async-signal-safe syscalls prctl, getppid and setrlimit; it allocates nothing.
     unsafe {
         command.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
@@ -69,9 +70,21 @@ fn prepare(command: &mut Command) {
             if nix::unistd::getppid() != host_pid {
                 return Err(io::Error::other("host exited during spawn"));
             }
+            apply_limits(limits)?;
             Ok(())
         });
     }
+}
+
+fn apply_limits(limits: ResourceLimits) -> nix::Result<()> {
+    use nix::sys::resource::{setrlimit, Resource};
+    if let Some(n) = limits.open_files {
+        setrlimit(Resource::RLIMIT_NOFILE, n, n)?;
+    }
+    if let Some(secs) = limits.cpu_seconds {
+        setrlimit(Resource::RLIMIT_CPU, secs, secs.saturating_add(1))?;
+    }
+    Ok(())
 }
 
 /// Converts an exit status into the wire's [`ExitReason`].

@@ -4,6 +4,18 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Resource limits applied to a worker (with `setrlimit`, in the child, before `exec`).
+///
+/// Memory is deliberately absent: `RLIMIT_AS` breaks allocators that reserve address space
+/// up front; use [`crate::SupervisorConfig::rss_limit`] to recycle a worker that grows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResourceLimits {
+    /// Most open file descriptors (`RLIMIT_NOFILE`).
+    pub open_files: Option<u64>,
+    /// CPU seconds before SIGXCPU (`RLIMIT_CPU`; SIGKILL one second later).
+    pub cpu_seconds: Option<u64>,
+}
+
 /// How to start a worker: the program, its arguments and environment, and its timeouts.
 ///
 /// ```
@@ -31,6 +43,8 @@ pub struct WorkerSpec {
     pub stop_grace: Duration,
     /// Largest request body the worker accepts (`PLUGVISOR_MAX_BODY`). Default 64 MiB.
     pub max_body: u64,
+    /// Resource limits. Default none.
+    pub limits: ResourceLimits,
 }
 
 impl WorkerSpec {
@@ -43,7 +57,14 @@ impl WorkerSpec {
             start_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(5),
             max_body: plugvisor_proto::wire::DEFAULT_MAX_BODY,
+            limits: ResourceLimits::default(),
         }
+    }
+
+    /// Sets the resource limits.
+    pub fn limits(mut self, limits: ResourceLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Adds one argument.

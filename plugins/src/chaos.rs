@@ -17,6 +17,9 @@
 //! | `stdout` | writes garbage to stdout (which the runtime has redirected to stderr) |
 //! | `fork` | starts a grandchild (`sleep 3600`) that keeps running; answers its pid |
 //! | `ignore_sigterm` | from now on SIGTERM is ignored and cleanup hangs |
+//! | `spin` | burns CPU forever (to meet a CPU-time limit) |
+//! | `crash_once` | `{"marker": PATH}`: aborts if PATH does not exist (creating it), else answers |
+//! | `open_files` | `{"n": N}`: opens N files and keeps them, or none if one fails |
 //!
 //! `execute_stream` with `{"fault": "stream_crash", "chunks": K}` yields K chunks, then aborts;
 //! with `{"fault": "stream_fork"}` it starts a grandchild, yields `{"grandchild": pid}`, and
@@ -146,6 +149,9 @@ async fn run_fault(fault: &str, input: &Value) -> Result<Value, PluginError> {
         }
         "fork" => fork_grandchild(),
         "ignore_sigterm" => ignore_sigterm(),
+        "spin" => spin(),
+        "crash_once" => crash_once(input),
+        "open_files" => open_files(number("n")),
         other => Err(PluginError::invalid_input(format!(
             "unknown fault {other:?}"
         ))),
@@ -191,6 +197,48 @@ fn fork_grandchild() -> Result<Value, PluginError> {
         .map_err(|e| PluginError::failed(format!("cannot fork: {e}")))?;
     // Deliberately neither waited for nor killed: it must die with the process group.
     Ok(json!({"grandchild": child.id()}))
+}
+
+fn spin() -> ! {
+    let mut x = 0u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+}
+
+fn crash_once(input: &Value) -> Result<Value, PluginError> {
+    let marker = input
+        .get("marker")
+        .and_then(Value::as_str)
+        .ok_or_else(|| PluginError::invalid_input("marker: required, a file path"))?;
+    if std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(marker)
+        .is_ok()
+    {
+        eprintln!("chaos: first call with marker {marker}; crashing");
+        std::process::abort();
+    }
+    Ok(json!({"ok": true, "pid": std::process::id()}))
+}
+
+/// Open files kept alive by `open_files`.
+static OPEN: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+
+fn open_files(n: u64) -> Result<Value, PluginError> {
+    // All or nothing: a failed call leaves no file of its own open.
+    let files = (0..n)
+        .map(|i| {
+            std::fs::File::open("/dev/null")
+                .map_err(|e| PluginError::failed(format!("open #{i} failed: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut open = OPEN
+        .lock()
+        .map_err(|_| PluginError::failed("lock poisoned"))?;
+    open.extend(files);
+    Ok(json!({"open": open.len()}))
 }
 
 fn ignore_sigterm() -> Result<Value, PluginError> {

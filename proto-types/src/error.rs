@@ -291,6 +291,8 @@ pub enum CrashCause {
     Killed,
     /// The host killed it because it stopped answering health probes.
     Unresponsive,
+    /// It used up its CPU-time limit (SIGXCPU).
+    CpuLimit,
     /// Another signal.
     Signal,
     /// It exited on its own with a status code.
@@ -312,6 +314,7 @@ impl CrashCause {
                 6 => Self::Abort,
                 7 | 11 => Self::Segfault,
                 9 => Self::Killed,
+                24 => Self::CpuLimit,
                 _ => Self::Signal,
             },
             ExitReason::Unknown => Self::Unknown,

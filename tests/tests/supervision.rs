@@ -226,7 +226,7 @@ async fn backoff_grows_when_crashes_come_quickly() {
 
 #[tokio::test]
 async fn a_missing_handshake_times_out_and_the_group_is_killed() {
-    let mut world = World::new().await;
+    let world = World::new().await;
     let chaos = spec("chaos")
         .env("CHAOS_STARTUP", "no_handshake")
         .start_timeout(Duration::from_millis(300));
@@ -317,7 +317,7 @@ async fn a_deadlocked_worker_is_found_by_the_probe_killed_and_restarted() {
 
 #[tokio::test]
 async fn a_worker_ignoring_sigterm_is_killed_at_the_grace_deadline() {
-    let mut world = World::new().await;
+    let world = World::new().await;
     let chaos = world
         .host
         .spawn(spec("chaos").stop_grace(Duration::from_millis(300)))
@@ -461,7 +461,7 @@ async fn recycle_after_n_calls_replaces_the_worker_without_failing_a_call() {
 
 #[tokio::test]
 async fn a_hundred_workers_start_and_stop_concurrently_ten_times() {
-    let mut world = World::new().await;
+    let world = World::new().await;
     for round in 0..10 {
         let spawns = (0..100).map(|_| world.host.spawn(spec("echo")));
         let workers: Vec<_> = futures_util::future::join_all(spawns)
@@ -473,7 +473,7 @@ async fn a_hundred_workers_start_and_stop_concurrently_ten_times() {
         futures_util::future::join_all(workers.into_iter().map(|w| w.shutdown())).await;
         for pid in pids {
             assert!(
-                matches!(process_state(pid), None),
+                process_state(pid).is_none(),
                 "round {round}: worker {pid} left behind"
             );
         }
@@ -497,6 +497,117 @@ async fn restart_policy_never_leaves_a_crashed_worker_down() {
     );
     let err = sup.execute(fault("none")).await.unwrap_err();
     assert!(matches!(err, PluginError::Unavailable(_)));
+    drop(sup);
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn an_idempotent_plugin_is_retried_once_after_a_crash_others_are_not() {
+    let mut world = World::new().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let marker = |name: &str| scratch.path().join(name).display().to_string();
+    let (first, second) = (marker("a"), marker("b"));
+    let at_most_once = world.supervise("chaos", fast()).await;
+    let err = at_most_once
+        .execute(json!({"fault": "crash_once", "marker": first}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PluginError::WorkerCrashed(_)),
+        "not retried: {err:?}"
+    );
+    drop(at_most_once);
+
+    let config = SupervisorConfig {
+        idempotent: true,
+        ..fast()
+    };
+    let idempotent = world.supervise("chaos", config).await;
+    let out = idempotent
+        .execute(json!({"fault": "crash_once", "marker": second}))
+        .await
+        .expect("retried on the restarted worker");
+    assert_eq!(out["ok"], json!(true));
+    assert_eq!(idempotent.restarts(), 1);
+    drop(idempotent);
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn hooks_and_the_event_stream_see_the_lifecycle() {
+    let mut world = World::new().await;
+    let crashes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&crashes);
+    world.host.register_hook("plugin_crashed", move |event| {
+        seen.lock().unwrap().push(event.clone());
+    });
+    let mut events = world.host.events();
+    let sup = world.supervise("chaos", fast()).await;
+    let _ = sup.execute(fault("abort")).await;
+    ok_call(&sup).await;
+    sup.shutdown().await;
+    let names: Vec<&str> = std::iter::from_fn(|| events.try_recv().ok())
+        .map(|e| e.kind.name())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "started",
+            "ready",
+            "crashed",
+            "restarting",
+            "started",
+            "ready",
+            "stopped"
+        ]
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || crashes.lock().unwrap().len()
+            == 1)
+        .await
+    );
+    let crash = crashes.lock().unwrap()[0].clone();
+    let json = serde_json::to_value(&crash).unwrap();
+    assert_eq!(json["event"], json!("crashed"));
+    assert_eq!(json["plugin"], json!("chaos"));
+    assert_eq!(json["report"]["cause"], json!("abort"));
+    drop(sup);
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn resource_limits_are_applied_before_exec() {
+    let mut world = World::new().await;
+    let limits = plugvisor_host::ResourceLimits {
+        open_files: Some(64),
+        cpu_seconds: Some(1),
+    };
+    let sup = world
+        .supervise_spec(spec("chaos").limits(limits), fast())
+        .await;
+    let pid = sup.pid().unwrap();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        line.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["64", "64"]
+    );
+    let err = sup
+        .execute(json!({"fault": "open_files", "n": 100}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, PluginError::Failed(m) if m.contains("open")),
+        "{err:?}"
+    );
+    let err = sup.execute(fault("spin")).await.unwrap_err();
+    let PluginError::WorkerCrashed(report) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(report.cause, CrashCause::CpuLimit, "{report:?}");
     drop(sup);
     world.finish().await;
 }

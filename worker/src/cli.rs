@@ -9,7 +9,8 @@ use plugvisor_proto::wire::{
 };
 use std::path::PathBuf;
 
-/// Environment variable with the number of tokio worker threads (default 2).
+/// Environment variable with the number of threads plugin code runs on (default 2); the
+/// server itself runs on one more thread of its own.
 pub const WORKER_THREADS_ENV: &str = "PLUGVISOR_WORKER_THREADS";
 
 /// Environment variable with the log filter (`tracing-subscriber` syntax, default `info`).

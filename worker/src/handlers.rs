@@ -1,6 +1,7 @@
 //! One handler per route: read the request, call the plugin (panics contained), answer.
 
 use crate::ndjson::NdjsonBody;
+use crate::offload::{offload, PumpedBody};
 use crate::reply::{self, Reply};
 use crate::request::read_json;
 use crate::state::Shared;
@@ -17,6 +18,7 @@ use plugvisor_proto::wire::{
 };
 use plugvisor_proto::{json, ErrorKind, Plugin, PluginError, Value, WireError};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// What a handler returns: an answer, or an error that becomes an error answer.
 pub(crate) type Handled = Result<Reply, WireError>;
@@ -75,7 +77,9 @@ pub(crate) fn config_schema<P: Plugin>(shared: &Shared<P>) -> Handled {
 pub(crate) async fn initialize<P: Plugin>(shared: &Shared<P>, req: Request<Incoming>) -> Handled {
     refuse_when_stopping(shared)?;
     let request: InitializeRequest = read_json(req, shared.max_body).await?;
-    guarded(shared.plugin.initialize(request.config)).await?;
+    let plugin = Arc::clone(&shared.plugin);
+    let work = async move { guarded(plugin.initialize(request.config)).await };
+    offload(shared.exec.as_ref(), work).await??;
     shared.cleaned.store(false, Ordering::Release);
     config(shared)
 }
@@ -85,8 +89,14 @@ pub(crate) async fn execute<P: Plugin>(shared: &Shared<P>, req: Request<Incoming
     refuse_when_stopping(shared)?;
     let request: ExecuteRequest = read_json(req, shared.max_body).await?;
     check_file_refs(shared.transfer.as_ref(), &request.input)?;
-    let _in_flight = shared.counters.start();
-    let output = guarded(shared.plugin.execute(request.input)).await?;
+    let in_flight = shared.counters.start();
+    let plugin = Arc::clone(&shared.plugin);
+    let work = async move {
+        // Counted until the plugin's future completes or is dropped.
+        let _in_flight = in_flight;
+        guarded(plugin.execute(request.input)).await
+    };
+    let output = offload(shared.exec.as_ref(), work).await??;
     Ok(reply::json(StatusCode::OK, &ExecuteResponse { output }))
 }
 
@@ -99,8 +109,15 @@ pub(crate) async fn execute_stream<P: Plugin>(
     let request: ExecuteRequest = read_json(req, shared.max_body).await?;
     check_file_refs(shared.transfer.as_ref(), &request.input)?;
     let in_flight = shared.counters.start();
-    let stream = guarded(shared.plugin.execute_stream(request.input)).await?;
-    let mut answer = Response::new(Either::Right(NdjsonBody::new(stream, in_flight)));
+    let plugin = Arc::clone(&shared.plugin);
+    let work = async move { guarded(plugin.execute_stream(request.input)).await };
+    let stream = offload(shared.exec.as_ref(), work).await??;
+    let body = NdjsonBody::new(stream, in_flight);
+    let body = match &shared.exec {
+        Some(exec) => Either::Right(PumpedBody::new(body, exec)),
+        None => Either::Left(body),
+    };
+    let mut answer = Response::new(Either::Right(body));
     let headers = answer.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(NDJSON));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -109,7 +126,9 @@ pub(crate) async fn execute_stream<P: Plugin>(
 
 /// `POST /v1/cleanup`: run the plugin's cleanup now.
 pub(crate) async fn cleanup<P: Plugin>(shared: &Shared<P>) -> Handled {
-    guarded(shared.plugin.cleanup()).await?;
+    let plugin = Arc::clone(&shared.plugin);
+    let work = async move { guarded(plugin.cleanup()).await };
+    offload(shared.exec.as_ref(), work).await??;
     shared.cleaned.store(true, Ordering::Release);
     Ok(reply::json(StatusCode::OK, &json!({"status": "cleaned"})))
 }
@@ -174,7 +193,6 @@ mod tests {
     use crate::state::Counters;
     use http_body_util::BodyExt;
     use std::sync::atomic::AtomicBool;
-    use std::sync::Arc;
     use tokio_util::sync::CancellationToken;
 
     struct Nop;
@@ -200,6 +218,7 @@ mod tests {
             shutdown: CancellationToken::new(),
             counters: Arc::new(Counters::default()),
             cleaned: AtomicBool::new(false),
+            exec: None,
         }
     }
 

@@ -33,6 +33,7 @@ mod guardian;
 mod handlers;
 mod listener;
 mod ndjson;
+mod offload;
 mod options;
 mod reply;
 mod request;

@@ -29,6 +29,10 @@ pub struct ServeOptions {
     pub grace: Duration,
     /// How long `Plugin::cleanup` may take during shutdown.
     pub cleanup_timeout: Duration,
+    /// The runtime plugin code runs on. `None` (the default for [`crate::serve`]) runs it on
+    /// the serving runtime; [`crate::run`] gives it a runtime of its own so that a plugin that
+    /// blocks its threads cannot stall `/v1/health`.
+    pub plugin_runtime: Option<tokio::runtime::Handle>,
 }
 
 impl ServeOptions {
@@ -40,7 +44,14 @@ impl ServeOptions {
             max_body: DEFAULT_MAX_BODY,
             grace: DEFAULT_GRACE,
             cleanup_timeout: DEFAULT_CLEANUP_TIMEOUT,
+            plugin_runtime: None,
         }
+    }
+
+    /// The same options with plugin code running on `runtime`.
+    pub fn with_plugin_runtime(mut self, runtime: tokio::runtime::Handle) -> Self {
+        self.plugin_runtime = Some(runtime);
+        self
     }
 
     /// The same options with a transfer directory.

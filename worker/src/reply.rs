@@ -1,6 +1,7 @@
 //! Building answers: JSON bodies, error bodies with the status of their kind, and `ResBody`.
 
 use crate::ndjson::NdjsonBody;
+use crate::offload::PumpedBody;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
@@ -9,8 +10,9 @@ use plugvisor_proto::wire::ErrorBody;
 use plugvisor_proto::{ErrorKind, WireError};
 use serde::Serialize;
 
-/// The body of every answer: a complete JSON document or an NDJSON stream.
-pub(crate) type ResBody = Either<Full<Bytes>, NdjsonBody>;
+/// The body of every answer: a complete JSON document or an NDJSON stream, encoded on the
+/// serving runtime or pumped from the plugin runtime.
+pub(crate) type ResBody = Either<Full<Bytes>, Either<NdjsonBody, PumpedBody>>;
 
 /// An answer of the worker.
 pub(crate) type Reply = Response<ResBody>;

@@ -51,12 +51,15 @@ pub fn run<P: Plugin>(plugin: P) -> ! {
             tracing::warn!(error = %e, "no group guardian; grandchildren may outlive a dead host");
         }
     }
-    let runtime = match build_runtime(config.worker_threads) {
-        Ok(runtime) => runtime,
-        Err(e) => exit_with(&program, &WorkerError::io("starting the runtime", e)),
+    let (server, plugins) = match build_runtimes(config.worker_threads) {
+        Ok(runtimes) => runtimes,
+        Err(e) => exit_with(&program, &WorkerError::io("starting the runtimes", e)),
     };
-    let result = runtime.block_on(start(plugin, config));
-    runtime.shutdown_timeout(Duration::from_millis(250));
+    let mut config = config;
+    config.options.plugin_runtime = Some(plugins.handle().clone());
+    let result = server.block_on(start(plugin, config));
+    plugins.shutdown_timeout(Duration::from_millis(250));
+    server.shutdown_timeout(Duration::from_millis(250));
     crate::guardian::dismiss();
     match result {
         Ok(()) => std::process::exit(0),
@@ -111,12 +114,20 @@ fn init_logging() {
         .try_init();
 }
 
-fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads)
-        .thread_name("worker")
+/// The server's runtime (this thread: accept, HTTP, health) and the plugin's
+/// (`worker_threads` threads), so plugin code that blocks cannot stall the server.
+fn build_runtimes(
+    worker_threads: usize,
+) -> std::io::Result<(tokio::runtime::Runtime, tokio::runtime::Runtime)> {
+    let server = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
+        .build()?;
+    let plugins = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
+        .thread_name("plugin")
+        .enable_all()
+        .build()?;
+    Ok((server, plugins))
 }
 
 /// The binary's file name, or `<plugin>-worker`.

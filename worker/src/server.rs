@@ -99,6 +99,7 @@ fn shared_state<P: Plugin>(
         shutdown,
         counters: Arc::new(Counters::default()),
         cleaned: AtomicBool::new(false),
+        exec: options.plugin_runtime.clone(),
     })
 }
 

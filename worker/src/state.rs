@@ -21,6 +21,8 @@ pub(crate) struct Shared<P> {
     pub counters: Arc<Counters>,
     /// True once `cleanup` ran and no `initialize` followed.
     pub cleaned: AtomicBool,
+    /// Where plugin code runs; `None`: inline on the serving runtime.
+    pub exec: Option<tokio::runtime::Handle>,
 }
 
 /// Calls running now and calls started so far.
