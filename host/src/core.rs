@@ -106,6 +106,11 @@ impl WorkerCore {
         self.stopped.get_or_init(|| self.stop_once()).await;
     }
 
+    /// True once a stop has completed.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.initialized()
+    }
+
     async fn stop_once(&self) {
         let already_stopping = self.process.is_stopping();
         self.process.begin_stop();

@@ -76,11 +76,22 @@ impl HostDir {
     }
 }
 
+impl HostDir {
+    /// Removes the directory and everything in it (again on drop; a second time is a no-op).
+    pub(crate) fn remove(&self) {
+        match fs::remove_dir_all(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "could not remove host directory")
+            }
+        }
+    }
+}
+
 impl Drop for HostDir {
     fn drop(&mut self) {
-        if let Err(e) = fs::remove_dir_all(&self.path) {
-            tracing::warn!(path = %self.path.display(), error = %e, "could not remove host directory");
-        }
+        self.remove();
     }
 }
 

@@ -146,6 +146,8 @@ impl Host {
         let workers = self.shared.live_workers();
         let stops = workers.iter().map(|core| core.stop());
         futures_util::future::join_all(stops).await;
+        // Every worker is gone; handles still held elsewhere must not keep the files alive.
+        self.shared.dir.remove();
     }
 }
 

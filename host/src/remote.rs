@@ -89,6 +89,9 @@ impl RemotePlugin {
 
 impl Drop for RemotePlugin {
     fn drop(&mut self) {
+        if self.core.is_stopped() {
+            return;
+        }
         let core = Arc::clone(&self.core);
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
