@@ -94,6 +94,11 @@ impl WorkerCore {
         self.calls.load(Ordering::Relaxed)
     }
 
+    /// Calls in flight on this worker now.
+    pub(crate) fn in_flight(&self) -> u64 {
+        *self.in_flight.borrow()
+    }
+
     /// Waits until no call is in flight on this worker.
     pub(crate) async fn drained(&self) {
         let mut rx = self.in_flight.subscribe();

@@ -83,6 +83,23 @@ pub enum EventKind {
         /// Its pid, if one was running.
         pid: Option<u32>,
     },
+    /// The manager loaded the plugin.
+    Loaded {
+        /// Its version.
+        version: String,
+    },
+    /// The manager unloaded the plugin.
+    Unloaded,
+    /// The manager replaced the plugin's worker with a fresh one (hot swap).
+    Reloaded {
+        /// The new version.
+        version: String,
+    },
+    /// The plugin's configuration changed (secrets shown as `"***"`).
+    ConfigChanged {
+        /// The configuration now in force, masked.
+        config: serde_json::Value,
+    },
 }
 
 impl EventKind {
@@ -99,6 +116,10 @@ impl EventKind {
             Self::Reset => "reset",
             Self::Recycled { .. } => "recycled",
             Self::Stopped { .. } => "stopped",
+            Self::Loaded { .. } => "loaded",
+            Self::Unloaded => "unloaded",
+            Self::Reloaded { .. } => "reloaded",
+            Self::ConfigChanged { .. } => "config_changed",
         }
     }
 }

@@ -71,7 +71,7 @@ impl HostShared {
 /// removes what hosts that died without cleaning up left behind.
 #[derive(Debug)]
 pub struct Host {
-    shared: Arc<HostShared>,
+    pub(crate) shared: Arc<HostShared>,
 }
 
 impl Host {
@@ -142,6 +142,11 @@ impl Host {
 
     /// Stops every worker this host started and waits until they are gone.
     pub async fn shutdown(self) {
+        self.stop_all().await;
+    }
+
+    /// [`Host::shutdown`] for a host that is shared (the manager's): nothing starts after it.
+    pub(crate) async fn stop_all(&self) {
         self.shared.closing.store(true, Ordering::Release);
         let workers = self.shared.live_workers();
         let stops = workers.iter().map(|core| core.stop());

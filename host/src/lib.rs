@@ -19,6 +19,7 @@
 //! parent-death signal, reaping, stopping); `client` is the pooled HTTP/1.1 client;
 //! `remote` is the proxy; `transfer` handles file-backed data.
 
+pub mod api;
 mod client;
 mod core;
 mod dirs;
@@ -26,6 +27,7 @@ mod error;
 mod events;
 mod host;
 mod launch;
+pub mod manager;
 mod process;
 mod remote;
 mod rss;
@@ -41,6 +43,7 @@ pub use dirs::RUNTIME_DIR_ENV;
 pub use error::HostError;
 pub use events::{EventBus, EventKind, HookHandle, LifecycleEvent};
 pub use host::{Host, HostConfig};
+pub use manager::{ManagerConfig, ManagerError, PluginManager};
 pub use plugvisor_proto::{self as proto, DynPlugin, FileRef, Plugin, PluginError};
 pub use remote::RemotePlugin;
 pub use spec::{ResourceLimits, WorkerSpec};

@@ -42,7 +42,8 @@ static LEAKED: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 /// Set by `ignore_sigterm`: cleanup then never finishes.
 static HANG_CLEANUP: AtomicBool = AtomicBool::new(false);
 
-/// The chaos plugin. Its configuration: `{"crash_on_initialize": bool}`.
+/// The chaos plugin. Its configuration: `{"crash_on_initialize": bool, "api_key": string}`
+/// (`api_key` is a `writeOnly` secret that does nothing: it shows that secrets are masked).
 #[derive(Debug, Default)]
 pub struct Chaos {
     config: Mutex<Value>,
@@ -109,7 +110,12 @@ impl Plugin for Chaos {
         json!({
             "type": "object",
             "properties": {
-                "crash_on_initialize": {"type": "boolean", "default": false}
+                "crash_on_initialize": {"type": "boolean", "default": false},
+                "api_key": {
+                    "type": "string",
+                    "writeOnly": true,
+                    "description": "A secret, only to show that secrets are masked; never used."
+                }
             },
             "additionalProperties": false
         })

@@ -49,14 +49,12 @@ pub fn env_layer(plugin: &str, vars: impl Iterator<Item = (String, String)>) -> 
             continue;
         };
         let value = serde_json::from_str(&raw).unwrap_or(Value::String(raw));
-        let nested = path
-            .split("__")
-            .rev()
-            .fold(value, |inner, part| {
-                let mut map = Map::new();
-                map.insert(part.to_lowercase(), inner);
-                Value::Object(map)
-            });
+        let parts: Vec<&str> = path.split("__").collect();
+        let nested = parts.into_iter().rev().fold(value, |inner, part| {
+            let mut map = Map::new();
+            map.insert(part.to_lowercase(), inner);
+            Value::Object(map)
+        });
         merge(&mut out, &nested);
     }
     out
@@ -75,9 +73,16 @@ pub fn validate(schema: &Value, config: &Value) -> Result<(), Vec<String>> {
         .map(|e| {
             let field = e.instance_path().to_string();
             let field = field.trim_start_matches('/').replace('/', ".");
-            let field = if field.is_empty() { "(root)".to_owned() } else { field };
+            let field = if field.is_empty() {
+                "(root)".to_owned()
+            } else {
+                field
+            };
             let message = mask_in_message(schema, &e.to_string(), config);
-            format!("{field}: {message} (rule: {})", rule_of(e.schema_path().to_string()))
+            format!(
+                "{field}: {message} (rule: {})",
+                rule_of(e.schema_path().to_string())
+            )
         })
         .collect();
     if problems.is_empty() {
@@ -118,7 +123,9 @@ fn collect_secrets(schema: &Value, config: &Value, found: &mut Vec<String>) {
         return;
     };
     for (key, sub) in props {
-        let Some(value) = config.get(key) else { continue };
+        let Some(value) = config.get(key) else {
+            continue;
+        };
         if is_secret(sub) {
             found.push(match value {
                 Value::String(s) => s.clone(),
@@ -144,7 +151,9 @@ pub fn mask_secrets(schema: &Value, config: &Value) -> Value {
 }
 
 fn mask_in_place(schema: &Value, config: &mut Value) {
-    let (Some(props), Value::Object(map)) = (schema.get("properties").and_then(Value::as_object), config) else {
+    let (Some(props), Value::Object(map)) =
+        (schema.get("properties").and_then(Value::as_object), config)
+    else {
         return;
     };
     for (key, sub) in props {
@@ -177,7 +186,10 @@ mod tests {
 
     #[test]
     fn defaults_come_from_the_schema() {
-        assert_eq!(schema_defaults(&schema()), json!({"mode": "a", "limits": {"max": 3}}));
+        assert_eq!(
+            schema_defaults(&schema()),
+            json!({"mode": "a", "limits": {"max": 3}})
+        );
     }
 
     #[test]
@@ -188,7 +200,10 @@ mod tests {
         let env = env_layer(
             "my-plugin",
             [
-                ("PLUGVISOR__MY_PLUGIN__LIMITS__MAX".to_owned(), "7".to_owned()),
+                (
+                    "PLUGVISOR__MY_PLUGIN__LIMITS__MAX".to_owned(),
+                    "7".to_owned(),
+                ),
                 ("PLUGVISOR__MY_PLUGIN__MODE".to_owned(), "a".to_owned()),
                 ("PLUGVISOR__OTHER__MODE".to_owned(), "b".to_owned()),
             ]
@@ -200,9 +215,20 @@ mod tests {
 
     #[test]
     fn violations_name_the_field_and_the_rule() {
-        let errors = validate(&schema(), &json!({"mode": "c", "limits": {"max": "x"}})).unwrap_err();
-        assert!(errors.iter().any(|e| e.starts_with("mode: ") && e.ends_with("(rule: enum)")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.starts_with("limits.max: ") && e.ends_with("(rule: type)")), "{errors:?}");
+        let errors =
+            validate(&schema(), &json!({"mode": "c", "limits": {"max": "x"}})).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("mode: ") && e.ends_with("(rule: enum)")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("limits.max: ") && e.ends_with("(rule: type)")),
+            "{errors:?}"
+        );
         let extra = validate(&schema(), &json!({"nope": 1})).unwrap_err();
         assert!(extra[0].contains("additionalProperties"), "{extra:?}");
         assert!(validate(&schema(), &json!({"mode": "b"})).is_ok());

@@ -37,7 +37,8 @@ pub fn services(nodes: &[Node<'_>]) -> BTreeMap<String, String> {
     sorted.sort_by_key(|n| n.name);
     for node in sorted {
         for service in node.provides {
-            map.entry(service.clone()).or_insert_with(|| node.name.to_owned());
+            map.entry(service.clone())
+                .or_insert_with(|| node.name.to_owned());
         }
     }
     map
@@ -121,9 +122,21 @@ mod tests {
         let (p2, r2) = (s(&["api"]), s(&["db"]));
         let (p3, r3) = (s(&[]), s(&["api", "db"]));
         let nodes = [
-            Node { name: "web", provides: &p3, requires: &r3 },
-            Node { name: "api", provides: &p2, requires: &r2 },
-            Node { name: "store", provides: &p1, requires: &r1 },
+            Node {
+                name: "web",
+                provides: &p3,
+                requires: &r3,
+            },
+            Node {
+                name: "api",
+                provides: &p2,
+                requires: &r2,
+            },
+            Node {
+                name: "store",
+                provides: &p1,
+                requires: &r1,
+            },
         ];
         assert_eq!(start_order(&nodes).unwrap(), ["store", "api", "web"]);
         assert_eq!(services(&nodes)["db"], "store");
@@ -132,7 +145,11 @@ mod tests {
     #[test]
     fn a_missing_service_and_a_cycle_name_the_plugins() {
         let (none, needs_x) = (s(&[]), s(&["x"]));
-        let missing = [Node { name: "a", provides: &none, requires: &needs_x }];
+        let missing = [Node {
+            name: "a",
+            provides: &none,
+            requires: &needs_x,
+        }];
         assert_eq!(
             start_order(&missing).unwrap_err().to_string(),
             "plugin a requires service \"x\", which no plugin provides"
@@ -140,9 +157,20 @@ mod tests {
         let (pa, ra) = (s(&["sa"]), s(&["sb"]));
         let (pb, rb) = (s(&["sb"]), s(&["sa"]));
         let cycle = [
-            Node { name: "a", provides: &pa, requires: &ra },
-            Node { name: "b", provides: &pb, requires: &rb },
+            Node {
+                name: "a",
+                provides: &pa,
+                requires: &ra,
+            },
+            Node {
+                name: "b",
+                provides: &pb,
+                requires: &rb,
+            },
         ];
-        assert_eq!(start_order(&cycle).unwrap_err().to_string(), "dependency cycle: a -> b -> a");
+        assert_eq!(
+            start_order(&cycle).unwrap_err().to_string(),
+            "dependency cycle: a -> b -> a"
+        );
     }
 }

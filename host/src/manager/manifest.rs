@@ -228,7 +228,10 @@ impl Manifest {
             return Err("command must not be empty".to_owned());
         }
         if self.requires.iter().any(|r| self.provides.contains(r)) {
-            return Err(format!("{} requires a service it provides itself", self.name));
+            return Err(format!(
+                "{} requires a service it provides itself",
+                self.name
+            ));
         }
         Ok(())
     }

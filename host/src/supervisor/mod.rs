@@ -191,6 +191,17 @@ impl Supervisor {
             .map(|w| w.process.pid)
     }
 
+    /// Calls running on the current worker now.
+    pub fn in_flight(&self) -> u64 {
+        self.inner
+            .slot
+            .borrow()
+            .worker
+            .as_ref()
+            .map(|w| w.in_flight())
+            .unwrap_or(0)
+    }
+
     /// Restarts since supervision began.
     pub fn restarts(&self) -> u64 {
         self.inner

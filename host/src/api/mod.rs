@@ -1,0 +1,1 @@
+//! The management REST API over a PluginManager (see docs/API.md).
