@@ -117,21 +117,14 @@ async fn errors_go_to_stderr_with_a_non_zero_exit() {
 async fn a_host_killed_with_sigkill_leaves_no_worker_alive() {
     let _turn = serial().await;
     let base = tempfile::tempdir().unwrap();
-    let mut host = Command::new(bin("plugvisor"))
-        .args([
+    let (mut host, first) = streaming_host(
+        &[
             "stream",
             "ticker",
             r#"{"n": 1000000000, "bytes": 8, "interval_ms": 20}"#,
-        ])
-        .env("PLUGVISOR_RUNTIME_DIR", base.path().join("run"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(host.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+        ],
+        base.path(),
+    );
     assert!(!first.is_empty(), "the stream started");
     let workers = children_of(host.id());
     assert_eq!(workers.len(), 1, "one worker: {workers:?}");
@@ -160,6 +153,22 @@ async fn a_host_killed_with_sigkill_leaves_no_worker_alive() {
     assert!(host_dirs().is_empty(), "{:?}", host_dirs());
 }
 
+/// Starts `plugvisor ARGS` as a host process and returns it with its first stdout line.
+fn streaming_host(args: &[&str], base: &std::path::Path) -> (std::process::Child, String) {
+    let mut host = Command::new(bin("plugvisor"))
+        .args(args)
+        .env("PLUGVISOR_RUNTIME_DIR", base.join("run"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(host.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    (host, first)
+}
+
 /// Pids whose parent is `pid`.
 fn children_of(pid: u32) -> Vec<u32> {
     proc_entries()
@@ -173,17 +182,10 @@ fn children_of(pid: u32) -> Vec<u32> {
 async fn a_host_killed_with_sigkill_takes_the_workers_grandchildren_too() {
     let _turn = serial().await;
     let base = tempfile::tempdir().unwrap();
-    let mut host = Command::new(bin("plugvisor"))
-        .args(["stream", "chaos", r#"{"fault": "stream_fork"}"#])
-        .env("PLUGVISOR_RUNTIME_DIR", base.path().join("run"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(host.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    let (mut host, first) = streaming_host(
+        &["stream", "chaos", r#"{"fault": "stream_fork"}"#],
+        base.path(),
+    );
     let line: Value = serde_json::from_str(first.trim()).unwrap();
     let grandchild = line["grandchild"].as_u64().unwrap() as u32;
     let workers = children_of(host.id());

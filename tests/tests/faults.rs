@@ -12,6 +12,17 @@ fn sigkill(pid: u32) {
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
 }
 
+/// Polls the worker's in-flight count until it is 0 or `limit` passes; returns the last count.
+async fn in_flight_after(plugin: &plugvisor_host::RemotePlugin, limit: Duration) -> u64 {
+    let deadline = Instant::now() + limit;
+    loop {
+        let in_flight = plugin.health().await.unwrap().in_flight;
+        if in_flight == 0 || Instant::now() > deadline {
+            return in_flight;
+        }
+    }
+}
+
 #[tokio::test]
 async fn dropping_a_stream_after_one_chunk_stops_the_producer() {
     let mut world = World::new().await;
@@ -23,11 +34,7 @@ async fn dropping_a_stream_after_one_chunk_stops_the_producer() {
     stream.next().await.unwrap().unwrap();
     assert_eq!(ticker.health().await.unwrap().in_flight, 1);
     drop(stream);
-    let mut in_flight = 1;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while in_flight != 0 && Instant::now() < deadline {
-        in_flight = ticker.health().await.unwrap().in_flight;
-    }
+    let in_flight = in_flight_after(&ticker, Duration::from_secs(2)).await;
     assert_eq!(
         in_flight, 0,
         "the worker is still producing after the stream was dropped"
@@ -43,11 +50,7 @@ async fn dropping_a_call_future_cancels_it_in_the_worker() {
     let slow = ticker.execute(json!({"n": 1000, "interval_ms": 10}));
     let timed_out = tokio::time::timeout(Duration::from_millis(100), slow).await;
     assert!(timed_out.is_err(), "the slow call should still be running");
-    let mut in_flight = 1;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while in_flight != 0 && Instant::now() < deadline {
-        in_flight = ticker.health().await.unwrap().in_flight;
-    }
+    let in_flight = in_flight_after(&ticker, Duration::from_secs(2)).await;
     assert_eq!(
         in_flight, 0,
         "the call kept running after its future was dropped"

@@ -369,12 +369,7 @@ impl PluginManager {
     ) -> Result<PluginInfo, ManagerError> {
         let name = found.manifest.name.clone();
         let plan = Plan {
-            file_layer: self
-                .inner
-                .file_layers
-                .get(&name)
-                .cloned()
-                .unwrap_or(Value::Null),
+            file_layer: self.file_layer(&name),
             worker_dir: self.inner.worker_dir.clone(),
             api_layer: api.unwrap_or(Value::Object(Default::default())),
             found,
@@ -451,12 +446,7 @@ impl PluginManager {
         let found = self.discovered(name)?;
         let api = old_api_layer(&old);
         let plan = Plan {
-            file_layer: self
-                .inner
-                .file_layers
-                .get(name)
-                .cloned()
-                .unwrap_or(Value::Null),
+            file_layer: self.file_layer(&name),
             worker_dir: self.inner.worker_dir.clone(),
             api_layer: api,
             found,
@@ -612,6 +602,16 @@ impl PluginManager {
         futures_util::future::join_all(stops).await;
         write(&self.inner.loaded, BTreeMap::new());
         self.inner.host.stop_all().await;
+    }
+
+    /// The host file's layer for `name`; an empty object when it has none (never `null`,
+    /// which would wipe the layers below in a merge).
+    fn file_layer(&self, name: &str) -> Value {
+        self.inner
+            .file_layers
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| Value::Object(Default::default()))
     }
 
     fn emit(&self, name: &str, kind: EventKind) {

@@ -1,12 +1,16 @@
 //! `plugvisor call` and `plugvisor stream`: run one plugin call embedded and print the result.
 
+use crate::client::{check, ApiClient};
 use crate::resolve::worker_binary;
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use futures_util::StreamExt;
+use http::Method;
+use http_body_util::BodyExt;
 use plugvisor_host::{Host, OutputFile, Plugin, RemotePlugin, WorkerSpec};
 use plugvisor_proto::file_ref::rewrite_file_refs;
-use plugvisor_proto::{FileRef, Value};
+use plugvisor_proto::wire::StreamFrame;
+use plugvisor_proto::{json, FileRef, PluginError, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -33,10 +37,17 @@ pub(crate) struct CallArgs {
     /// Pretty-print the result.
     #[arg(long)]
     pretty: bool,
+    /// Call through a running server (`http://127.0.0.1:8620`) instead of starting the worker
+    /// here. `--config` then replaces the server's API config layer for the plugin.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
 }
 
 /// `plugvisor call`.
 pub(crate) async fn call(args: CallArgs) -> anyhow::Result<()> {
+    if let Some(url) = &args.server {
+        return call_server(url, &args).await;
+    }
     let (host, plugin, input) = start(&args).await?;
     let result = plugin.call(input).await;
     let printed = match result {
@@ -53,6 +64,9 @@ pub(crate) async fn call(args: CallArgs) -> anyhow::Result<()> {
 
 /// `plugvisor stream`.
 pub(crate) async fn stream(args: CallArgs) -> anyhow::Result<()> {
+    if let Some(url) = &args.server {
+        return stream_server(url, &args).await;
+    }
     let (host, plugin, input) = start(&args).await?;
     let result = print_stream(&plugin, input, args.pretty).await;
     plugin.shutdown().await;
@@ -66,6 +80,68 @@ async fn print_stream(plugin: &RemotePlugin, input: Value, pretty: bool) -> anyh
         print_json(&item?, pretty)?;
     }
     Ok(())
+}
+
+/// Applies `--config` on the server, then returns the request body for the call.
+async fn server_call_body(api: &ApiClient, args: &CallArgs) -> anyhow::Result<Value> {
+    if let Some(config) = &args.config {
+        let config: Value = serde_json::from_str(config).context("--config is not valid JSON")?;
+        let path = format!("/api/plugins/{}/config", args.plugin);
+        api.json(Method::PUT, &path, Some(&json!({ "config": config })))
+            .await
+            .with_context(|| format!("{} rejected --config", args.plugin))?;
+    }
+    let input = build_input(&args.input, &args.files)?;
+    Ok(json!({"plugin_id": args.plugin, "input": input}))
+}
+
+async fn call_server(url: &str, args: &CallArgs) -> anyhow::Result<()> {
+    let api = ApiClient::new(url)?;
+    let body = server_call_body(&api, args).await?;
+    let answer = api
+        .json(Method::POST, "/api/plugins/execute", Some(&body))
+        .await
+        .with_context(|| format!("{} failed", args.plugin))?;
+    print_json(&answer["output"], args.pretty)
+}
+
+async fn stream_server(url: &str, args: &CallArgs) -> anyhow::Result<()> {
+    let api = ApiClient::new(url)?;
+    let body = server_call_body(&api, args).await?;
+    let response = api
+        .send(Method::POST, "/api/plugins/execute_stream", Some(&body))
+        .await?;
+    let status = response.status();
+    let mut body = response.into_body();
+    if !status.is_success() {
+        let bytes = body.collect().await?.to_bytes();
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        check(status, &value).with_context(|| format!("{} failed", args.plugin))?;
+        bail!("{}: unexpected answer {status}", args.plugin);
+    }
+    let mut pending = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        pending.extend_from_slice(&data);
+        while let Some(at) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=at).collect();
+            if print_frame(&line, args.pretty)? {
+                return Ok(());
+            }
+        }
+    }
+    bail!("{}: the stream ended without a terminal frame", args.plugin)
+}
+
+/// Prints an item frame; true at the `end` frame; an `error` frame becomes the error.
+fn print_frame(line: &[u8], pretty: bool) -> anyhow::Result<bool> {
+    match serde_json::from_slice::<StreamFrame>(line)? {
+        StreamFrame::Item(value) => print_json(&value, pretty).map(|()| false),
+        StreamFrame::End { .. } => Ok(true),
+        StreamFrame::Error(e) => Err(anyhow!(PluginError::from(e))),
+    }
 }
 
 async fn start(args: &CallArgs) -> anyhow::Result<(Host, RemotePlugin, Value)> {

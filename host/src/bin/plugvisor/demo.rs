@@ -4,11 +4,15 @@ use crate::resolve::worker_binary;
 use anyhow::{bail, ensure, Context};
 use clap::Args;
 use futures_util::StreamExt;
-use plugvisor_host::{Host, HostConfig, Plugin, PluginError, RemotePlugin, WorkerSpec};
+use plugvisor_host::{
+    BackoffConfig, Host, HostConfig, Plugin, PluginError, RemotePlugin, SupervisorConfig,
+    WorkerSpec, WorkerState,
+};
 use plugvisor_proto::{json, FileRef, Value};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use std::time::Instant;
 
 /// Arguments of `plugvisor demo`.
@@ -31,6 +35,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let host = Host::with_config(HostConfig {
         base_dir: Some(base.path().join("run")),
     })?;
+    let mut events = host.events();
     let dir = args.worker_dir.as_deref();
     let result = tour(&host, dir, &args, base.path()).await;
     let host_dir = host.dir().to_path_buf();
@@ -41,7 +46,13 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "host directory {} was left behind",
         host_dir.display()
     );
-    say("done: every worker stopped and reaped, sockets and transfer files removed");
+    let pids = started_pids(&mut events);
+    let alive: Vec<u32> = pids.iter().copied().filter(|p| is_alive(*p)).collect();
+    ensure!(alive.is_empty(), "workers {alive:?} are still running");
+    say(&format!(
+        "done: all {} worker processes stopped and reaped; sockets and transfer files removed",
+        pids.len()
+    ));
     Ok(())
 }
 
@@ -59,7 +70,67 @@ async fn tour(
     let files = spawn(host, "files", dir).await?;
     hash_file(&files, scratch, args.file_mib).await?;
     files.shutdown().await;
-    crash_and_recover(host, echo, dir).await
+    crash_and_recover(host, echo, dir).await?;
+    supervised_chaos(host, dir).await
+}
+
+/// A supervised chaos worker aborts mid-call and is back for the next call.
+async fn supervised_chaos(host: &Host, dir: Option<&Path>) -> anyhow::Result<()> {
+    let config = SupervisorConfig {
+        backoff: BackoffConfig {
+            initial: Duration::from_millis(10),
+            ..BackoffConfig::default()
+        },
+        ..SupervisorConfig::default()
+    };
+    let chaos = host.supervise(WorkerSpec::new(worker_binary("chaos", dir)?), config);
+    ensure!(
+        chaos.wait_ready(Duration::from_secs(10)).await == WorkerState::Ready,
+        "chaos did not start"
+    );
+    let before = chaos.pid();
+    let started = Instant::now();
+    let crashed = chaos.execute(json!({"fault": "abort"})).await;
+    let Err(PluginError::WorkerCrashed(report)) = crashed else {
+        bail!("expected the chaos worker to crash, got {crashed:?}");
+    };
+    say(&format!(
+        "chaos aborted mid-call: the caller got WorkerCrashed ({:?}) in {:.1} ms",
+        report.cause,
+        ms(started)
+    ));
+    let started = Instant::now();
+    let answer = chaos.execute(json!({"fault": "none"})).await?;
+    say(&format!(
+        "the supervisor restarted it (pid {:?} -> {}); the next call was answered {:.1} ms later",
+        before,
+        answer["pid"],
+        ms(started)
+    ));
+    chaos.shutdown().await;
+    Ok(())
+}
+
+fn started_pids(
+    events: &mut tokio::sync::broadcast::Receiver<plugvisor_host::LifecycleEvent>,
+) -> Vec<u32> {
+    std::iter::from_fn(|| events.try_recv().ok())
+        .filter_map(|e| match e.kind {
+            plugvisor_host::EventKind::Started { pid } => Some(pid),
+            _ => None,
+        })
+        .collect()
+}
+
+/// True while `pid` exists and is not a zombie.
+fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            !stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }
 
 async fn spawn(host: &Host, name: &str, dir: Option<&Path>) -> anyhow::Result<RemotePlugin> {

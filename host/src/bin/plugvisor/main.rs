@@ -1,10 +1,14 @@
-//! The `plugvisor` command: call and stream plugins in crash-isolated workers, run the demo.
+//! The `plugvisor` command: serve plugins over HTTP, call and stream them (embedded or through
+//! a server), list, inspect and validate them, and run the demo.
 
 mod call;
+mod client;
 mod demo;
+mod manage;
 mod resolve;
+mod serve;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// Run plugins crash-isolated, each in its own worker process.
@@ -17,17 +21,39 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Load the plugins of a manifest directory and manage them over a REST API.
+    Serve(serve::ServeArgs),
     /// Call a plugin once and print its result as JSON.
     Call(call::CallArgs),
     /// Call a plugin's stream and print one JSON line per item as it arrives.
     Stream(call::CallArgs),
-    /// Start the bundled plugins, call, stream and hash a file through them, and report.
+    /// List plugins: name, version, kind, state.
+    List(manage::ListArgs),
+    /// Show a plugin's metadata, config schema and current config (secrets masked).
+    Inspect(manage::InspectArgs),
+    /// Check manifests; print every problem and exit non-zero if there is one.
+    Validate(manage::ValidateArgs),
+    /// Start the bundled plugins, call, stream, hash a file, crash one, and report.
     Demo(demo::DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "plugvisor",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -36,16 +62,22 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::anyhow!("cannot start the async runtime: {e}")),
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Call(args) => call::call(args).await,
-            Command::Stream(args) => call::stream(args).await,
-            Command::Demo(args) => demo::run(args).await,
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
         Err(e) => fail(&e),
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(args) => serve::serve(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Call(args) => call::call(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Stream(args) => call::stream(args).await.map(|()| ExitCode::SUCCESS),
+        Command::List(args) => manage::list(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Inspect(args) => manage::inspect(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Validate(args) => manage::validate(args),
+        Command::Demo(args) => demo::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Completions { .. } => Ok(ExitCode::SUCCESS),
     }
 }
 

@@ -47,3 +47,21 @@ pub(crate) fn available(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// The manifest directory: `explicit`, else `$PLUGVISOR_PLUGINS`, else `./plugins/manifests`,
+/// else the bundled manifests of the source tree this binary was built from.
+pub(crate) fn manifest_dir(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = explicit {
+        return Ok(dir.to_path_buf());
+    }
+    if let Some(dir) = std::env::var_os("PLUGVISOR_PLUGINS") {
+        return Ok(PathBuf::from(dir));
+    }
+    let candidates = [
+        PathBuf::from("plugins/manifests"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/manifests"),
+    ];
+    candidates.into_iter().find(|d| d.is_dir()).ok_or_else(|| {
+        anyhow::anyhow!("no manifest directory: pass --plugins DIR or set PLUGVISOR_PLUGINS")
+    })
+}

@@ -1,0 +1,149 @@
+//! bare-hyper: a minimal hyper HTTP/1.1 server in its own process that parses a small JSON
+//! body `{"input": …}` and answers `{"output": …}`: the floor for a call over HTTP.
+//!
+//! It runs `#[tokio::main]`'s default runtime (one thread per core), serving each connection
+//! inline in its task; it is the hidden subcommand `serve-bare-hyper ADDR` of the benchmark
+//! binary, with `ADDR` a socket path or `tcp://127.0.0.1:0`.
+
+use crate::baseline::client::HttpConn;
+use crate::procs::{spawn_self, ChildGuard};
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+
+/// Where a bare-hyper server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Addr {
+    /// A Unix socket path.
+    Unix(PathBuf),
+    /// A TCP `host:port`.
+    Tcp(String),
+}
+
+/// Serves until killed (the hidden subcommand).
+///
+/// # Errors
+/// When the runtime cannot start or the address cannot be bound.
+pub fn serve(addr: &str) -> Result<()> {
+    let runtime = if std::env::var_os("BENCH_BARE_CT").is_some() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(async {
+        if let Some(hostport) = addr.strip_prefix("tcp://") {
+            let listener = TcpListener::bind(hostport).await?;
+            println!("ready tcp://{}", listener.local_addr()?);
+            loop {
+                let (stream, _) = listener.accept().await?;
+                stream.set_nodelay(true)?;
+                tokio::spawn(connection(stream));
+            }
+        } else {
+            let _ = std::fs::remove_file(addr);
+            let listener = UnixListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+            println!("ready {addr}");
+            loop {
+                let (stream, _) = listener.accept().await?;
+                tokio::spawn(connection(stream));
+            }
+        }
+    })
+}
+
+async fn connection<S>(stream: S)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service_fn(answer))
+        .await;
+}
+
+/// Parses `{"input": …}` and answers `{"output": …}`.
+async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let body = req.into_body().collect().await.map(|c| c.to_bytes());
+    let parsed = body
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+    let (status, out) = match parsed {
+        Some(mut request) => {
+            let input = request.get_mut("input").map(Value::take);
+            (StatusCode::OK, json!({ "output": input }))
+        }
+        None => (StatusCode::BAD_REQUEST, json!({"error": "bad json"})),
+    };
+    let bytes = serde_json::to_vec(&out).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
+/// A running bare-hyper server process.
+#[derive(Debug)]
+pub struct BareHyper {
+    /// Where it listens.
+    pub addr: Addr,
+    _server: ChildGuard,
+}
+
+impl BareHyper {
+    /// Starts a server on a Unix socket in `dir`.
+    ///
+    /// # Errors
+    /// When the process does not start.
+    pub fn unix(dir: &Path) -> Result<Self> {
+        let socket = dir.join("bare-hyper.sock");
+        let path = socket.to_str().context("non-UTF-8 scratch path")?;
+        let (server, _) = spawn_self(&["serve-bare-hyper", path])?;
+        Ok(Self {
+            addr: Addr::Unix(socket),
+            _server: server,
+        })
+    }
+
+    /// Starts a server on TCP loopback.
+    ///
+    /// # Errors
+    /// When the process does not start or announces no address.
+    pub fn tcp() -> Result<Self> {
+        let (server, line) = spawn_self(&["serve-bare-hyper", "tcp://127.0.0.1:0"])?;
+        let addr = line
+            .strip_prefix("ready tcp://")
+            .context("bare-hyper announced no TCP address")?
+            .to_owned();
+        Ok(Self {
+            addr: Addr::Tcp(addr),
+            _server: server,
+        })
+    }
+
+    /// A new kept-alive connection to it.
+    ///
+    /// # Errors
+    /// When connecting fails.
+    pub async fn connect(&self) -> Result<HttpConn> {
+        match &self.addr {
+            Addr::Unix(path) => HttpConn::unix(path, None).await,
+            Addr::Tcp(addr) => HttpConn::tcp(addr, None).await,
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The baselines measured in the same run as plugvisor: the floors it is compared with.
+//!
+//! - [`raw_uds`]: two processes exchanging 16-byte messages over a Unix socket.
+//! - [`bare_hyper`]: a minimal hyper HTTP/1.1 JSON server in its own process.
+//! - [`client`]: a plain hyper client on one kept-alive connection (for bare-hyper, and for
+//!   calling a worker directly over a Unix socket or TCP).
+//! - [`bare_spawn`]: spawning a minimal binary that binds a Unix socket and prints one line.
+//! - in-process: the plugins called through the trait, in the scenarios themselves.
+
+pub mod bare_hyper;
+pub mod bare_spawn;
+pub mod client;
+pub mod raw_uds;

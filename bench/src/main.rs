@@ -1,0 +1,187 @@
+//! `plugvisor-bench`: measures plugvisor and, in the same run, its baselines (raw-uds,
+//! bare-hyper, in-process, bare-spawn); prints a table and writes `target/bench/latest.json`.
+//!
+//! Run it through `scripts/bench` (which builds the release binaries first); `--quick`
+//! shrinks sizes and durations. The hidden subcommands `serve-bare-hyper` and
+//! `serve-raw-uds` are the baseline servers, started by the benchmark itself.
+
+mod baseline;
+mod machine;
+mod plan;
+mod procs;
+mod report;
+mod scenario;
+mod stats;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use plugvisor_host::Host;
+use report::{Outcome, Report};
+use scenario::Ctx;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Benchmark plugvisor against its baselines.
+#[derive(Debug, Parser)]
+#[command(name = "plugvisor-bench")]
+struct Cli {
+    /// Shrink sizes and durations (1 GiB → 128 MiB, 3 s → 1 s, 200 workers → 50).
+    #[arg(long)]
+    quick: bool,
+    /// Run only these scenarios, e.g. `--only P1,P7` (the others are marked skipped).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Where to write the JSON document [default: target/bench/latest.json].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(subcommand)]
+    serve: Option<Serve>,
+}
+
+/// The baseline servers (started by the benchmark itself).
+#[derive(Debug, Subcommand)]
+enum Serve {
+    /// bare-hyper on a socket path or `tcp://HOST:PORT`.
+    #[command(name = "serve-bare-hyper", hide = true)]
+    BareHyper { addr: String },
+    /// raw-uds on a socket path.
+    #[command(name = "serve-raw-uds", hide = true)]
+    RawUds { socket: PathBuf },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match &cli.serve {
+        Some(Serve::BareHyper { addr }) => {
+            procs::die_with_parent();
+            return baseline::bare_hyper::serve(addr);
+        }
+        Some(Serve::RawUds { socket }) => {
+            procs::die_with_parent();
+            return baseline::raw_uds::serve(socket);
+        }
+        None => {}
+    }
+    raise_fd_limit();
+    let runtime = if std::env::var_os("BENCH_RT_CT").is_some() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+    };
+    let report = runtime.block_on(run(&cli))?;
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    print!("{}", report.table());
+    let out = match &cli.out {
+        Some(path) => path.clone(),
+        None => procs::bin_dir()?.join("../bench/latest.json"),
+    };
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let text = serde_json::to_string_pretty(&report.to_json())?;
+    std::fs::write(&out, text + "\n").with_context(|| format!("writing {}", out.display()))?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Runs every selected scenario in turn.
+async fn run(cli: &Cli) -> Result<Report> {
+    let started = Instant::now();
+    let ctx = Ctx {
+        plan: plan::Plan::new(cli.quick),
+        host: Host::new().context("creating the host")?,
+        scratch: procs::scratch()?,
+    };
+    let wants = |ids: &[&str]| {
+        cli.only.is_empty()
+            || ids
+                .iter()
+                .any(|id| cli.only.iter().any(|o| o.eq_ignore_ascii_case(id)))
+    };
+    let mut outcomes = Vec::new();
+    if wants(&["P1", "P11"]) {
+        let pair = step("P1/P11", scenario::calls::sequential(&ctx)).await;
+        outcomes.extend(pair_or_errors(pair, ["P1", "P11"]));
+    }
+    if wants(&["P2"]) {
+        let one = step("P2", scenario::calls::concurrent(&ctx)).await;
+        outcomes.push(one_or_error(one, "P2"));
+    }
+    if wants(&["P3", "P4"]) {
+        let pair = step("P3/P4", scenario::streams::streams(&ctx)).await;
+        outcomes.extend(pair_or_errors(pair, ["P3", "P4"]));
+    }
+    if wants(&["P5", "P6"]) {
+        let pair = step("P5/P6", scenario::files::files(&ctx)).await;
+        outcomes.extend(pair_or_errors(pair, ["P5", "P6"]));
+    }
+    if wants(&["P7"]) {
+        let one = step("P7", scenario::lifecycle::spawn(&ctx)).await;
+        outcomes.push(one_or_error(one, "P7"));
+    }
+    if wants(&["P8"]) {
+        let one = step("P8", scenario::lifecycle::crash(&ctx)).await;
+        outcomes.push(one_or_error(one, "P8"));
+    }
+    if wants(&["P9"]) {
+        let one = step("P9", scenario::lifecycle::restart(&ctx)).await;
+        outcomes.push(one_or_error(one, "P9"));
+    }
+    if wants(&["P10"]) {
+        let one = step("P10", scenario::scale::scale(&ctx)).await;
+        outcomes.push(one_or_error(one, "P10"));
+    }
+    outcomes.sort_by_key(|o| report::SCENARIOS.iter().position(|id| *id == o.id));
+    let plan = ctx.plan.to_json();
+    ctx.host.shutdown().await;
+    Ok(Report {
+        machine: machine::Machine::detect(),
+        quick: cli.quick,
+        plan,
+        duration_s: started.elapsed().as_secs_f64(),
+        outcomes,
+    })
+}
+
+/// Runs one scenario step, saying on stderr what runs and how long it took.
+async fn step<T>(name: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
+    eprint!("{name} … ");
+    let start = Instant::now();
+    let result = work.await;
+    match &result {
+        Ok(_) => eprintln!("{:.1} s", start.elapsed().as_secs_f64()),
+        Err(e) => eprintln!("failed: {e:#}"),
+    }
+    result
+}
+
+fn one_or_error(result: Result<Outcome>, id: &'static str) -> Outcome {
+    result.unwrap_or_else(|e| failed(id, &e))
+}
+
+fn pair_or_errors(result: Result<(Outcome, Outcome)>, ids: [&'static str; 2]) -> Vec<Outcome> {
+    match result {
+        Ok((a, b)) => vec![a, b],
+        Err(e) => ids.iter().map(|id| failed(id, &e)).collect(),
+    }
+}
+
+fn failed(id: &'static str, err: &anyhow::Error) -> Outcome {
+    let mut o = Outcome::new(id, "", "");
+    o.error = Some(format!("{err:#}"));
+    o.measured_text = "error".to_owned();
+    o
+}
+
+/// Many workers at once need many descriptors: use the hard limit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}

@@ -1,0 +1,82 @@
+//! P10: the memory of an idle worker, the host's memory per worker, and how long many
+//! workers take to start at once.
+
+use crate::procs::{children, pss_bytes, rss_bytes};
+use crate::report::{Check, Outcome};
+use crate::scenario::{small_input, Ctx};
+use anyhow::{Context as _, Result};
+use plugvisor_proto::Plugin;
+use std::time::{Duration, Instant};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// P10.
+///
+/// # Errors
+/// When workers cannot be started or `/proc` cannot be read.
+pub async fn scale(ctx: &Ctx) -> Result<Outcome> {
+    let spec = ctx.spec("echo")?;
+    let mut o = Outcome::new(
+        "P10",
+        "idle worker memory; host memory per worker and time to ready with many workers",
+        "worker RSS <= 5 MiB; host RSS growth <= 256 KiB per worker; all ready <= 2 s",
+    );
+
+    let echo = ctx.host.spawn(spec.clone()).await?;
+    echo.execute(small_input()).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = echo.pid();
+    let rss = rss_bytes(pid).context("reading the worker's RSS")? as f64;
+    let pss = pss_bytes(pid).unwrap_or(0) as f64;
+    let guardian = children(pid).first().copied();
+    let guardian_rss = guardian.and_then(rss_bytes).unwrap_or(0) as f64;
+    let guardian_pss = guardian.and_then(pss_bytes).unwrap_or(0) as f64;
+    echo.shutdown().await;
+
+    let n = ctx.plan.workers;
+    let own = std::process::id();
+    let before = rss_bytes(own).context("reading the host's RSS")? as f64;
+    let start = Instant::now();
+    let spawns = (0..n).map(|_| ctx.host.spawn(spec.clone()));
+    let results = futures_util::future::join_all(spawns).await;
+    let ready = start.elapsed().as_secs_f64();
+    let after = rss_bytes(own).context("reading the host's RSS")? as f64;
+    let started: Vec<_> = results.into_iter().collect::<Result<_, _>>()?;
+    let first_calls = started.iter().map(|w| w.execute(small_input()));
+    let answered = futures_util::future::join_all(first_calls).await;
+    let failures = answered.iter().filter(|r| r.is_err()).count();
+    let stops = started.into_iter().map(|w| w.shutdown());
+    futures_util::future::join_all(stops).await;
+    let per_worker_kib = (after - before) / n as f64 / 1024.0;
+
+    o.measure("idle_worker_rss_mib", rss / MIB);
+    o.measure("idle_worker_pss_mib", pss / MIB);
+    o.measure("guardian_rss_mib", guardian_rss / MIB);
+    o.measure("guardian_pss_mib", guardian_pss / MIB);
+    o.measure("workers", n as u64);
+    o.measure("host_rss_growth_per_worker_kib", per_worker_kib);
+    o.measure("all_ready_s", ready);
+    o.measure("first_call_failures", failures as u64);
+    o.checks
+        .push(Check::at_most("worker RSS (MiB)", rss / MIB, 5.0));
+    o.checks.push(Check::at_most(
+        "host RSS growth per worker (KiB)",
+        per_worker_kib,
+        256.0,
+    ));
+    o.checks.push(Check::at_most("all ready (s)", ready, 2.0));
+    o.checks
+        .push(Check::at_most("failed first calls", failures as f64, 0.0));
+    o.measured_text = format!(
+        "worker {:.1} MiB; host +{per_worker_kib:.0} KiB/worker; {n} ready in {ready:.2} s",
+        rss / MIB
+    );
+    o.baseline_text = "-".to_owned();
+    o.notes.push(format!(
+        "each worker also has a guardian process (RSS {:.1} MiB, PSS {:.2} MiB) that kills its \
+         process group if the worker dies with its host",
+        guardian_rss / MIB,
+        guardian_pss / MIB
+    ));
+    Ok(o)
+}

@@ -1,0 +1,380 @@
+//! The OpenAPI 3.1 document of the API (`GET /api/openapi.json`), built from the route table
+//! so that every route is described and nothing else is.
+
+use super::routes::{Endpoint, Op, ENDPOINTS};
+use super::DEFAULT_PORT;
+use serde_json::{json, Map, Value};
+
+/// How one operation is described.
+struct Doc {
+    summary: &'static str,
+    /// Schema name and an example of the request body; `required` when the body must be there.
+    body: Option<(&'static str, Value, bool)>,
+    /// Media type and schema name of the 200 answer.
+    ok: (&'static str, &'static str),
+    /// Error statuses the route can answer (401 and 500 are added to all).
+    errors: Vec<u16>,
+}
+
+const BODY_ERRORS: [u16; 3] = [400, 408, 413];
+
+/// The OpenAPI 3.1 document describing every route of the API.
+pub fn openapi_document() -> Value {
+    let mut paths = Map::new();
+    for endpoint in ENDPOINTS {
+        let item = paths
+            .entry(endpoint.path.to_owned())
+            .or_insert_with(|| json!({}));
+        item[endpoint.method.to_lowercase()] = operation(endpoint);
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "plugvisor management API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Load, configure, reload, unload and call crash-isolated plugins. \
+                When the server has a token, every route needs `Authorization: Bearer <token>`."
+        },
+        "servers": [{ "url": format!("http://127.0.0.1:{DEFAULT_PORT}") }],
+        "security": [{ "bearerAuth": [] }, {}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": { "bearerAuth": { "type": "http", "scheme": "bearer" } },
+            "schemas": schemas(),
+        },
+    })
+}
+
+/// The operation object of `endpoint`.
+fn operation(endpoint: &Endpoint) -> Value {
+    let doc = describe(endpoint.op);
+    let mut op = json!({
+        "operationId": format!("{:?}", endpoint.op),
+        "summary": doc.summary,
+        "responses": responses(&doc),
+    });
+    let mut parameters = Vec::new();
+    if endpoint.path.contains("{id}") {
+        parameters.push(json!({
+            "name": "id", "in": "path", "required": true,
+            "description": "The plugin id (its manifest's `name`).",
+            "schema": { "type": "string", "pattern": "^[A-Za-z0-9_-]+$" },
+            "example": "echo"
+        }));
+    }
+    if endpoint.op == Op::Unload {
+        parameters.push(json!({
+            "name": "force", "in": "query", "required": false,
+            "description": "Unload even though loaded plugins require it.",
+            "schema": { "type": "boolean" }
+        }));
+    }
+    if !parameters.is_empty() {
+        op["parameters"] = Value::Array(parameters);
+    }
+    if let Some((schema, example, required)) = doc.body {
+        op["requestBody"] = json!({
+            "required": required,
+            "content": { "application/json": { "schema": schema_ref(schema), "example": example } }
+        });
+    }
+    op
+}
+
+/// The responses object of `doc`: 200 with its media type, then each error status.
+fn responses(doc: &Doc) -> Value {
+    let (media, schema) = doc.ok;
+    let mut out = Map::new();
+    out.insert(
+        "200".to_owned(),
+        json!({ "description": "OK", "content": { media: { "schema": schema_ref(schema) } } }),
+    );
+    let mut codes = doc.errors.clone();
+    codes.extend([401, 500]);
+    codes.sort_unstable();
+    codes.dedup();
+    for code in codes {
+        let (media, schema) = match (code, doc.ok.1) {
+            (503, "Health") => ("application/health+json", "Health"),
+            _ => ("application/json", "Error"),
+        };
+        out.insert(
+            code.to_string(),
+            json!({ "description": reason(code), "content": { media: { "schema": schema_ref(schema) } } }),
+        );
+    }
+    Value::Object(out)
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+/// What an error status means in this API.
+fn reason(code: u16) -> &'static str {
+    match code {
+        400 => "Malformed JSON or a body of the wrong shape (the message names the problem), or the plugin rejected the input (`invalid_input`)",
+        401 => "A token is configured and the request has no or a wrong `Authorization: Bearer` header",
+        403 => "The plugin refused a file reference (`file_access_denied`)",
+        404 => "No plugin with this id (`not_found`)",
+        408 => "The request body did not arrive within the read timeout",
+        409 => "Conflict with the plugin's state: `already_loaded`, `not_loaded`, `required_by_others` (with `dependents`), or the plugin is `not_initialized`",
+        413 => "The request body exceeds the server's limit",
+        422 => "The configuration fails the plugin's schema (`invalid_config`, with `problems` naming field and rule); nothing was changed",
+        424 => "A required service is provided by no plugin, or requirements form a cycle (`dependency_unmet`)",
+        499 => "The plugin cancelled the call (`cancelled`)",
+        500 => "The plugin failed (`plugin_failed`), or an internal error",
+        502 => "The worker crashed (`worker_crashed`, with a `crash` report), could not start (`start_failed`), or spoke garbage (`protocol`)",
+        503 => "The plugin cannot take calls now (`unavailable`, e.g. failed after too many restarts)",
+        504 => "The call exceeded its deadline (`timed_out`)",
+        _ => "Error",
+    }
+}
+
+/// The description of each operation.
+fn describe(op: Op) -> Doc {
+    const CALL_ERRORS: &[u16] = &[400, 403, 404, 408, 409, 413, 422, 499, 502, 503, 504];
+    const CHANGE_ERRORS: &[u16] = &[400, 404, 408, 409, 413, 422, 502, 503, 504];
+    let read = |summary, schema| Doc {
+        summary,
+        body: None,
+        ok: ("application/json", schema),
+        errors: Vec::new(),
+    };
+    match op {
+        Op::ListLoaded => read("Loaded plugins", "PluginList"),
+        Op::ListAvailable => read(
+            "Every discovered plugin, loaded or not, and broken manifests",
+            "AvailableList",
+        ),
+        Op::Status => read(
+            "Start order, services and per-plugin state",
+            "ManagerStatus",
+        ),
+        Op::Get => Doc {
+            errors: vec![404],
+            ..read(
+                "One plugin; with its config schema and config (secrets masked) when loaded",
+                "PluginDetail",
+            )
+        },
+        Op::Health => Doc {
+            ok: ("application/health+json", "Health"),
+            errors: vec![503],
+            ..read("Health of every loaded plugin's worker", "Health")
+        },
+        Op::Events => Doc {
+            ok: ("application/x-ndjson", "LifecycleEvent"),
+            ..read("Live lifecycle events, one JSON object per line", "")
+        },
+        Op::OpenApi => read("This document", "OpenApi"),
+        Op::Metrics => Doc {
+            ok: ("text/plain; version=0.0.4", "Metrics"),
+            ..read("Prometheus metrics", "")
+        },
+        other => describe_change(other, CALL_ERRORS, CHANGE_ERRORS),
+    }
+}
+
+/// The description of each operation that takes a body.
+fn describe_change(op: Op, call_errors: &'static [u16], change_errors: &'static [u16]) -> Doc {
+    let (summary, body, ok, errors): (_, (&str, Value, bool), _, &'static [u16]) = match op {
+        Op::Load => (
+            "Load a plugin (and first the plugins providing what it requires)",
+            (
+                "LoadRequest",
+                json!({"plugin_id": "echo", "config": {"mode": "upper"}}),
+                true,
+            ),
+            "PluginInfo",
+            &[400, 404, 408, 409, 413, 422, 424, 502, 503, 504],
+        ),
+        Op::Unload => (
+            "Unload a plugin",
+            ("UnloadRequest", json!({"force": false}), false),
+            "PluginInfo",
+            &[400, 404, 408, 409, 413],
+        ),
+        Op::Reload => (
+            "Hot swap: start a new worker, switch calls to it, drain and stop the old one",
+            ("ReloadRequest", json!({}), false),
+            "PluginInfo",
+            change_errors,
+        ),
+        Op::SetConfig => (
+            "Replace the API configuration layer and re-initialize the plugin (no restart)",
+            ("ConfigRequest", json!({"config": {"mode": "upper"}}), true),
+            "ConfigAnswer",
+            change_errors,
+        ),
+        Op::ExecuteStream => (
+            "Stream a call's results as NDJSON frames ending with `end` or `error`",
+            (
+                "ExecuteStreamRequest",
+                json!({"plugin_id": "echo", "input": "one two three"}),
+                true,
+            ),
+            "StreamFrame",
+            call_errors,
+        ),
+        _ => (
+            "Call a plugin once",
+            (
+                "ExecuteRequest",
+                json!({"plugin_id": "echo", "input": {"text": "hi"}, "timeout_ms": 5000}),
+                true,
+            ),
+            "ExecuteAnswer",
+            call_errors,
+        ),
+    };
+    let media = match op {
+        Op::ExecuteStream => "application/x-ndjson",
+        _ => "application/json",
+    };
+    let mut all = errors.to_vec();
+    all.extend(BODY_ERRORS);
+    all.sort_unstable();
+    all.dedup();
+    Doc {
+        summary,
+        body: Some(body),
+        ok: (media, ok),
+        errors: all,
+    }
+}
+
+/// The component schemas.
+fn schemas() -> Value {
+    let mut all = Map::new();
+    for part in [info_schemas(), request_schemas(), answer_schemas()] {
+        if let Value::Object(map) = part {
+            all.extend(map);
+        }
+    }
+    Value::Object(all)
+}
+
+fn info_schemas() -> Value {
+    json!({
+        "PluginInfo": {
+            "type": "object",
+            "required": ["name", "version", "loaded", "state"],
+            "properties": {
+                "name": {"type": "string"}, "version": {"type": "string"},
+                "description": {"type": "string"},
+                "kind": {"enum": ["provider", "tool", "middleware", "export", "system"]},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "loaded": {"type": "boolean"},
+                "state": {"type": "string", "description": "ready, starting, unhealthy, exited, backoff, stopping, failed, stopped; idle (lazy, not running); available (not loaded)"},
+                "start": {"enum": ["eager", "lazy"]},
+                "pid": {"type": ["integer", "null"]}, "restarts": {"type": "integer"},
+                "uptime_secs": {"type": ["number", "null"]},
+                "provides": {"type": "array", "items": {"type": "string"}},
+                "requires": {"type": "array", "items": {"type": "string"}},
+                "manifest": {"type": "string"}
+            }
+        },
+        "PluginDetail": {"allOf": [{"$ref": "#/components/schemas/PluginInfo"}, {
+            "type": "object",
+            "properties": {
+                "config_schema": {"type": "object", "description": "JSON Schema of the plugin's config (when loaded)"},
+                "config": {"type": "object", "description": "Config in force, secrets (`writeOnly` fields) as \"***\" (when loaded)"}
+            }
+        }]},
+        "PluginList": {"type": "object", "properties": {"plugins": {"type": "array", "items": {"$ref": "#/components/schemas/PluginInfo"}}}},
+        "ManifestError": {"type": "object", "properties": {"file": {"type": "string"}, "line": {"type": ["integer", "null"]}, "reason": {"type": "string"}}},
+        "AvailableList": {"type": "object", "properties": {
+            "plugins": {"type": "array", "items": {"$ref": "#/components/schemas/PluginInfo"}},
+            "manifest_errors": {"type": "array", "items": {"$ref": "#/components/schemas/ManifestError"}}
+        }},
+        "ManagerStatus": {"type": "object", "properties": {
+            "initialization_order": {"type": "array", "items": {"type": "string"}},
+            "services": {"type": "object", "additionalProperties": {"type": "string"}},
+            "plugins": {"type": "array", "items": {"$ref": "#/components/schemas/PluginInfo"}},
+            "manifest_errors": {"type": "array", "items": {"type": "string"}}
+        }},
+    })
+}
+
+fn request_schemas() -> Value {
+    json!({
+        "LoadRequest": {"type": "object", "required": ["plugin_id"], "additionalProperties": false, "properties": {
+            "plugin_id": {"type": "string"},
+            "config": {"type": "object", "description": "The API configuration layer (on top of schema defaults, manifest, host file, environment)"}
+        }},
+        "UnloadRequest": {"type": "object", "additionalProperties": false, "properties": {"force": {"type": "boolean", "default": false}}},
+        "ReloadRequest": {"type": "object", "additionalProperties": false, "properties": {}},
+        "ConfigRequest": {"type": "object", "required": ["config"], "additionalProperties": false, "properties": {"config": {"type": "object"}}},
+        "ExecuteRequest": {"type": "object", "required": ["plugin_id", "input"], "additionalProperties": false, "properties": {
+            "plugin_id": {"type": "string"}, "input": {},
+            "timeout_ms": {"type": "integer", "minimum": 1, "description": "Deadline of this call (default: the manifest's call_timeout_ms, or none)"}
+        }},
+        "ExecuteStreamRequest": {"type": "object", "required": ["plugin_id", "input"], "additionalProperties": false, "properties": {
+            "plugin_id": {"type": "string"}, "input": {}
+        }},
+    })
+}
+
+fn answer_schemas() -> Value {
+    json!({
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["kind", "message"],
+            "properties": {
+                "kind": {"type": "string"}, "message": {"type": "string"},
+                "crash": {"$ref": "#/components/schemas/CrashReport"},
+                "problems": {"type": "array", "items": {"type": "string"}},
+                "dependents": {"type": "array", "items": {"type": "string"}}
+            }
+        }}},
+        "CrashReport": {"type": "object", "properties": {
+            "plugin": {"type": "string"}, "pid": {"type": "integer"}, "exit": {},
+            "cause": {"type": "string"}, "stderr_tail": {"type": "array", "items": {"type": "string"}}
+        }},
+        "ExecuteAnswer": {"type": "object", "required": ["output"], "properties": {"output": {}}},
+        "ConfigAnswer": {"type": "object", "required": ["config"], "properties": {"config": {"type": "object"}}},
+        "StreamFrame": {"oneOf": [
+            {"type": "object", "required": ["item"], "properties": {"item": {}}},
+            {"type": "object", "required": ["end"], "properties": {"end": {"type": "object", "properties": {"count": {"type": "integer"}}}}},
+            {"type": "object", "required": ["error"], "properties": {"error": {"$ref": "#/components/schemas/Error/properties/error"}}}
+        ]},
+        "LifecycleEvent": {"type": "object", "required": ["plugin", "at_ms", "event"], "properties": {
+            "plugin": {"type": "string"}, "at_ms": {"type": "integer"},
+            "event": {"type": "string", "description": "started, ready, unhealthy, crashed, start_failed, restarting, failed, reset, recycled, stopped, loaded, unloaded, reloaded, config_changed"}
+        }, "additionalProperties": true},
+        "Health": {"type": "object", "required": ["status"], "properties": {
+            "status": {"enum": ["pass", "warn", "fail"]},
+            "checks": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "object", "properties": {
+                "componentId": {"type": "string"}, "componentType": {"type": "string"},
+                "observedValue": {"type": "string"}, "status": {"enum": ["pass", "warn", "fail"]},
+                "time": {"type": "string"}, "output": {"type": "string"}
+            }}}}
+        }},
+        "Metrics": {"type": "string", "description": "Prometheus text exposition format 0.0.4"},
+        "OpenApi": {"type": "object", "description": "This document"},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_documented_once_with_its_refs_resolving() {
+        let doc = openapi_document();
+        for e in ENDPOINTS {
+            let op = &doc["paths"][e.path][e.method.to_lowercase()];
+            assert!(op.is_object(), "{} {} missing", e.method, e.path);
+            assert!(op["responses"]["200"].is_object());
+            assert!(op["responses"]["401"].is_object());
+        }
+        let text = doc.to_string();
+        for piece in text.split("#/components/schemas/").skip(1) {
+            let name = piece.split(['"', '/']).next().unwrap();
+            assert!(
+                doc["components"]["schemas"][name].is_object(),
+                "dangling $ref {name}"
+            );
+        }
+    }
+}
