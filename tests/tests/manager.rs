@@ -339,6 +339,11 @@ async fn dependencies_give_the_start_order_and_bad_ones_are_named() {
 async fn reload_under_continuous_calls_fails_no_call() {
     let _turn = serial().await;
     let s = setup(&[("echo", manifest("echo", "echo", ""))], None);
+    let reloads = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = std::sync::Arc::clone(&reloads);
+    s.manager.register_hook("plugin_reloaded", move |_| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
     s.manager
         .load("echo", Some(json!({"prefix": "x:"})))
         .await
@@ -375,6 +380,10 @@ async fn reload_under_continuous_calls_fails_no_call() {
     assert!(ok > 10, "only {ok} calls ran during the reloads");
     pids.dedup();
     assert_eq!(pids.len(), 4, "each reload swapped the worker: {pids:?}");
+    let hooked = eventually(Duration::from_secs(2), || {
+        reloads.load(std::sync::atomic::Ordering::SeqCst) == 3
+    });
+    assert!(hooked.await, "the plugin_reloaded hook ran for each reload");
     for old in &pids[..3] {
         assert!(eventually(Duration::from_secs(3), || process_state(*old).is_none()).await);
     }

@@ -138,7 +138,17 @@ pub async fn sequential(ctx: &Ctx) -> Result<(Outcome, Outcome)> {
             if debug {
                 let (w1, h1) = (ctxsw(echo.pid()), ctxsw(std::process::id()));
                 let n = ctx.plan.calls as f64;
-                eprintln!("{name}: worker {:?} host {:?} per call", w1.iter().zip(&w0).map(|(a,b)| (a-b) as f64 / n).collect::<Vec<_>>(), h1.iter().zip(&h0).map(|(a,b)| (a-b) as f64 / n).collect::<Vec<_>>());
+                eprintln!(
+                    "{name}: worker {:?} host {:?} per call",
+                    w1.iter()
+                        .zip(&w0)
+                        .map(|(a, b)| (a - b) as f64 / n)
+                        .collect::<Vec<_>>(),
+                    h1.iter()
+                        .zip(&h0)
+                        .map(|(a, b)| (a - b) as f64 / n)
+                        .collect::<Vec<_>>()
+                );
             }
         }
     }
@@ -333,9 +343,13 @@ async fn bare_rate(conns: Vec<HttpConn>, window: Duration) -> Result<(f64, Vec<H
 /// (voluntary, involuntary) context switches summed over all threads of `pid` (debugging).
 fn ctxsw(pid: u32) -> [u64; 2] {
     let mut out = [0, 0];
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
     for t in tasks.flatten() {
-        let Ok(status) = std::fs::read_to_string(t.path().join("status")) else { continue };
+        let Ok(status) = std::fs::read_to_string(t.path().join("status")) else {
+            continue;
+        };
         for line in status.lines() {
             let mut it = line.split_whitespace();
             match (it.next(), it.next().and_then(|v| v.parse::<u64>().ok())) {

@@ -204,6 +204,16 @@ impl PluginManager {
         &self.inner.host
     }
 
+    /// Calls `hook` for every event named `name`: `"plugin_loaded"`, `"plugin_unloaded"`,
+    /// `"plugin_reloaded"`, `"plugin_config_changed"`, `"plugin_crashed"`, … (the `plugin_`
+    /// prefix is optional; `"*"` matches all). See [`crate::EventBus::register_hook`].
+    pub fn register_hook<F>(&self, name: &str, hook: F) -> crate::HookHandle
+    where
+        F: Fn(&crate::LifecycleEvent) + Send + Sync + 'static,
+    {
+        self.inner.host.register_hook(name, hook)
+    }
+
     /// Re-reads every manifest directory.
     pub fn rediscover(&self) {
         let mut available = BTreeMap::new();
