@@ -45,6 +45,9 @@ pub struct WorkerSpec {
     pub max_body: u64,
     /// Resource limits. Default none.
     pub limits: ResourceLimits,
+    /// The name used in logs, events and crash reports. Default: the program's file name
+    /// without a `-worker` suffix (the manager sets the manifest's name).
+    pub name: Option<String>,
 }
 
 impl WorkerSpec {
@@ -58,7 +61,14 @@ impl WorkerSpec {
             stop_grace: Duration::from_secs(5),
             max_body: plugvisor_proto::wire::DEFAULT_MAX_BODY,
             limits: ResourceLimits::default(),
+            name: None,
         }
+    }
+
+    /// Sets the name used in logs, events and crash reports.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
     }
 
     /// Sets the resource limits.
@@ -97,8 +107,12 @@ impl WorkerSpec {
         self
     }
 
-    /// A short label for logs: the program's file name without a `-worker` suffix.
+    /// The label for logs and events: [`WorkerSpec::name`], else the program's file name
+    /// without a `-worker` suffix.
     pub(crate) fn label(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
         let name = self
             .program
             .file_name()

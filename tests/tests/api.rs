@@ -275,7 +275,10 @@ async fn load_errors(c: &Client) {
     assert_eq!(ticker.json()["state"], "idle", "lazy: {}", ticker.text());
     let health = c.get("/api/plugins/health").await.json();
     assert_eq!(health["status"], "pass", "idle counts as pass: {health}");
-    assert_eq!(health["checks"]["ticker:worker"][0]["observedValue"], "idle");
+    assert_eq!(
+        health["checks"]["ticker:worker"][0]["observedValue"],
+        "idle"
+    );
 }
 
 async fn calls_and_config(c: &Client) {
@@ -443,8 +446,6 @@ async fn reload_status_and_metrics(c: &Client) {
     let health = c.get("/api/plugins/health").await;
     assert_eq!(health.status, 200, "{}", health.text());
     assert_eq!(health.json()["status"], "pass");
-        "idle"
-    );
 
     let metrics = c.get("/metrics").await;
     assert_eq!(metrics.status, 200);
@@ -842,6 +843,8 @@ async fn slow_clients_time_out_and_bodies_are_bounded() {
 
     let half_head = raw_exchange(addr, b"GET /api/plugins HTTP/1.1\r\nHost: x\r\n", limit).await;
     assert!(half_head.is_some(), "a half-sent head is cut off");
+    let silent = raw_exchange(addr, b"", limit).await;
+    assert!(silent.is_some(), "a silent connection is closed");
     let half_body =
         b"POST /api/plugins/load HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"plu";
     let answer = raw_exchange(addr, half_body, limit)

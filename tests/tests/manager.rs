@@ -467,3 +467,44 @@ async fn zz_debug() {
     eprintln!("CONFIG {:?}", s.manager.config("echo"));
     finish(s, &[]).await;
 }
+
+#[tokio::test]
+async fn events_carry_the_manifest_name_and_a_broken_requirement_blocks_only_its_plugin() {
+    let _turn = serial().await;
+    let s = setup(
+        &[
+            (
+                "f",
+                manifest("fragile", "chaos", "[supervision]\nbackoff_initial_ms = 10"),
+            ),
+            (
+                "x",
+                manifest("needy", "echo", "requires = [\"nothing-provides-this\"]"),
+            ),
+        ],
+        None,
+    );
+    let mut events = s.manager.host().events();
+    s.manager.load("fragile", None).await.unwrap();
+    let err = s.manager.load("needy", None).await.unwrap_err();
+    assert!(err.to_string().contains("needy requires service"), "{err}");
+    let crashed = s
+        .manager
+        .call("fragile", json!({"fault": "abort"}), CallOptions::default())
+        .await;
+    let Err(PluginError::WorkerCrashed(report)) = crashed else {
+        panic!("{crashed:?}")
+    };
+    assert_eq!(report.plugin, "fragile");
+    let all: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    assert!(all.iter().all(|e| e.plugin == "fragile"), "{all:?}");
+    assert!(all.iter().any(|e| e.kind.name() == "crashed"), "{all:?}");
+    let pids: Vec<u32> = all
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Started { pid } => Some(pid),
+            _ => None,
+        })
+        .collect();
+    finish(s, &pids).await;
+}

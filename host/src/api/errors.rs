@@ -9,7 +9,21 @@ use crate::manager::{ManagerError, PluginManager};
 use http::header::{HeaderName, HeaderValue, ALLOW, CONNECTION, WWW_AUTHENTICATE};
 use http::StatusCode;
 use plugvisor_proto::{ErrorKind, PluginError};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorObject<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorObject<'a> {
+    kind: &'a str,
+    message: &'a str,
+    #[serde(flatten)]
+    extra: &'a Map<String, Value>,
+}
 
 /// An error answer.
 #[derive(Debug)]
@@ -117,13 +131,16 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
 
-    /// The `error` object of the body.
-    pub(crate) fn body(&self) -> Value {
-        let mut error = Map::new();
-        error.insert("kind".to_owned(), json!(self.kind));
-        error.insert("message".to_owned(), json!(self.message));
-        error.extend(self.extra.clone());
-        json!({ "error": error })
+    /// The body, `{"error": {"kind", "message", ...}}`, `kind` and `message` first.
+    pub(crate) fn body_bytes(&self) -> Vec<u8> {
+        let body = ErrorBody {
+            error: ErrorObject {
+                kind: &self.kind,
+                message: &self.message,
+                extra: &self.extra,
+            },
+        };
+        serde_json::to_vec(&body).unwrap_or_default()
     }
 
     /// The error of a plugin call, with the status of its kind.
@@ -196,6 +213,12 @@ mod tests {
     use super::*;
     use plugvisor_proto::{CrashCause, CrashReport, ExitReason};
 
+    impl ApiError {
+        fn body(&self) -> Value {
+            serde_json::from_slice(&self.body_bytes()).unwrap()
+        }
+    }
+
     #[test]
     fn plugin_errors_keep_their_status_and_crash_report() {
         let crash = PluginError::WorkerCrashed(CrashReport {
@@ -219,5 +242,10 @@ mod tests {
         let e = ApiError::method_not_allowed("DELETE", "/api/plugins", &["GET"]);
         assert_eq!(e.status, StatusCode::METHOD_NOT_ALLOWED);
         assert!(e.headers.iter().any(|(n, v)| n == ALLOW && v == "GET"));
+        let text = String::from_utf8(e.body_bytes()).unwrap();
+        assert!(
+            text.starts_with(r#"{"error":{"kind":"method_not_allowed","message":"#),
+            "{text}"
+        );
     }
 }

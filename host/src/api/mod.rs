@@ -219,6 +219,26 @@ mod tests {
         assert!(check_bind(&local, Some(" ")).is_err());
     }
 
+    #[tokio::test]
+    async fn an_empty_token_is_refused() {
+        let base = tempfile::tempdir().unwrap();
+        let manager = PluginManager::new(crate::manager::ManagerConfig {
+            host: crate::host::HostConfig {
+                base_dir: Some(base.path().to_path_buf()),
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let options = ApiOptions {
+            token: Some(String::new()),
+            ..ApiOptions::default()
+        };
+        let served = serve_api(listener, manager.clone(), options, CancellationToken::new()).await;
+        assert_eq!(served.unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
+        manager.shutdown().await;
+    }
+
     #[test]
     fn debug_hides_the_token() {
         let options = ApiOptions {

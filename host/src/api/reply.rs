@@ -36,7 +36,7 @@ pub(crate) fn ok<T: Serialize>(value: &T) -> Reply {
 
 /// The answer for `err`: its status and headers, body `{"error": {...}}`.
 pub(crate) fn error(err: ApiError) -> Reply {
-    let bytes = serde_json::to_vec(&err.body()).unwrap_or_default();
+    let bytes = err.body_bytes();
     let mut reply = with_body(err.status, JSON, Bytes::from(bytes));
     for (name, value) in err.headers {
         reply.headers_mut().insert(name, value);

@@ -273,7 +273,7 @@ fn worker_spec(found: &Discovered, worker_dir: &Path) -> Result<WorkerSpec, Mana
             format!("worker binary {} does not exist", program.display()),
         ));
     }
-    let mut spec = WorkerSpec::new(program);
+    let mut spec = WorkerSpec::new(program).name(m.name.clone());
     spec.args = m.args.iter().map(Into::into).collect();
     spec.env = m.env.iter().map(|(k, v)| (k.into(), v.into())).collect();
     if let Some(secs) = m.supervision.start_timeout_secs {

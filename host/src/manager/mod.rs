@@ -330,14 +330,18 @@ impl PluginManager {
         Ok(order)
     }
 
-    /// The start order of `names` and everything they require, from the available manifests.
+    /// The start order of `names` and everything they require, from the available manifests
+    /// (a broken requirement elsewhere does not block them).
     fn order_for(&self, names: &[String]) -> Result<Vec<String>, ManagerError> {
         let available = read(&self.inner.available);
         let manifests: Vec<&Manifest> = available.values().map(|d| &d.manifest).collect();
-        let nodes: Vec<Node<'_>> = manifests.iter().map(|m| node(m)).collect();
-        let full = deps::start_order(&nodes)?;
         let needed = closure(&manifests, names);
-        Ok(full.into_iter().filter(|n| needed.contains(n)).collect())
+        let nodes: Vec<Node<'_>> = manifests
+            .iter()
+            .filter(|m| needed.contains(&m.name))
+            .map(|m| node(m))
+            .collect();
+        Ok(deps::start_order(&nodes)?)
     }
 
     /// Loads `name` (and, first, the plugins providing what it requires) with `config` as
@@ -456,7 +460,7 @@ impl PluginManager {
         let found = self.discovered(name)?;
         let api = old_api_layer(&old);
         let plan = Plan {
-            file_layer: self.file_layer(&name),
+            file_layer: self.file_layer(name),
             worker_dir: self.inner.worker_dir.clone(),
             api_layer: api,
             found,
@@ -534,6 +538,15 @@ impl PluginManager {
     /// # Errors
     /// As [`PluginManager::call`].
     pub async fn stream(&self, name: &str, input: Value) -> Result<PluginStream, PluginError> {
+        let started = Instant::now();
+        let result = self.stream_inner(name, input).await;
+        // A stream counts as one call, timed to its start.
+        let error = result.as_ref().err().map(PluginError::kind);
+        self.inner.metrics.record(name, started.elapsed(), error);
+        result
+    }
+
+    async fn stream_inner(&self, name: &str, input: Value) -> Result<PluginStream, PluginError> {
         let managed = self.managed(name).ok_or_else(|| not_loaded(name))?;
         match managed.stream(input.clone()).await {
             Err(PluginError::Unavailable(_))

@@ -28,7 +28,9 @@ impl Backoff {
         let capped = grown.min(c.max.as_secs_f64());
         self.attempt = self.attempt.saturating_add(1);
         let spread = 1.0 + c.jitter.clamp(0.0, 1.0) * (2.0 * random - 1.0);
-        Duration::from_secs_f64((capped * spread).max(0.0))
+        // The cap holds after the jitter too: `max` is a real maximum.
+        let jittered = (capped * spread).min(c.max.as_secs_f64());
+        Duration::from_secs_f64(jittered.max(0.0))
     }
 }
 
@@ -104,6 +106,9 @@ mod tests {
         let mut high = Backoff::new(config());
         assert_eq!(low.next(0.0).as_millis(), 80);
         assert_eq!(high.next(0.999_999).as_millis(), 119);
+        let mut capped = Backoff::new(config());
+        let delays: Vec<u128> = (0..8).map(|_| capped.next(0.999_999).as_millis()).collect();
+        assert!(delays.iter().all(|d| *d <= 1000), "{delays:?}");
         let r = random_unit();
         assert!((0.0..1.0).contains(&r));
     }
