@@ -6,7 +6,7 @@ use super::{Command, Inner, WorkerState};
 use crate::core::WorkerCore;
 use crate::error::HostError;
 use crate::events::EventKind;
-use plugvisor_proto::{CrashCause, ExitReason};
+use plugvisor_proto::ExitReason;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -250,15 +250,14 @@ impl Life {
         }
         self.inner.publish(WorkerState::Exited, None);
         let report = core.process.crash_report().await;
-        let unresponsive = report.cause == CrashCause::Unresponsive;
         self.emit(EventKind::Crashed { report });
         core.client.close_idle();
         core.process.remove_files();
-        let why = match unresponsive {
-            true => Ending::StartFailed,
-            false => Ending::Exited(exit),
-        };
-        Outcome::Ended { why, ran }
+        // A worker killed as unresponsive ended by SIGKILL: a failure for every policy.
+        Outcome::Ended {
+            why: Ending::Exited(exit),
+            ran,
+        }
     }
 
     async fn stop(&self, core: &WorkerCore) -> Outcome {
