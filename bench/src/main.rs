@@ -44,7 +44,12 @@ struct Cli {
 enum Serve {
     /// bare-hyper on a socket path or `tcp://HOST:PORT`.
     #[command(name = "serve-bare-hyper", hide = true)]
-    BareHyper { addr: String },
+    BareHyper {
+        addr: String,
+        /// Threads: 1 is a current-thread runtime.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
     /// raw-uds on a socket path.
     #[command(name = "serve-raw-uds", hide = true)]
     RawUds { socket: PathBuf },
@@ -53,9 +58,9 @@ enum Serve {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.serve {
-        Some(Serve::BareHyper { addr }) => {
+        Some(Serve::BareHyper { addr, threads }) => {
             procs::die_with_parent();
-            return baseline::bare_hyper::serve(addr);
+            return baseline::bare_hyper::serve(addr, *threads);
         }
         Some(Serve::RawUds { socket }) => {
             procs::die_with_parent();
@@ -64,15 +69,11 @@ fn main() -> Result<()> {
         None => {}
     }
     raise_fd_limit();
-    let runtime = if std::env::var_os("BENCH_RT_CT").is_some() {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-    };
+    // One thread, like a caller awaiting its calls one after the other; P2 brings a
+    // multi-thread runtime of its own for its concurrent callers.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let report = runtime.block_on(run(&cli))?;
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     print!("{}", report.table());
@@ -112,14 +113,7 @@ async fn run(cli: &Cli) -> Result<Report> {
         let one = step("P2", scenario::calls::concurrent(&ctx)).await;
         outcomes.push(one_or_error(one, "P2"));
     }
-    if wants(&["P3", "P4"]) {
-        let pair = step("P3/P4", scenario::streams::streams(&ctx)).await;
-        outcomes.extend(pair_or_errors(pair, ["P3", "P4"]));
-    }
-    if wants(&["P5", "P6"]) {
-        let pair = step("P5/P6", scenario::files::files(&ctx)).await;
-        outcomes.extend(pair_or_errors(pair, ["P5", "P6"]));
-    }
+    // Spawning forks the host process, so it runs before the big-memory scenarios (P5).
     if wants(&["P7"]) {
         let one = step("P7", scenario::lifecycle::spawn(&ctx)).await;
         outcomes.push(one_or_error(one, "P7"));
@@ -135,6 +129,14 @@ async fn run(cli: &Cli) -> Result<Report> {
     if wants(&["P10"]) {
         let one = step("P10", scenario::scale::scale(&ctx)).await;
         outcomes.push(one_or_error(one, "P10"));
+    }
+    if wants(&["P3", "P4"]) {
+        let pair = step("P3/P4", scenario::streams::streams(&ctx)).await;
+        outcomes.extend(pair_or_errors(pair, ["P3", "P4"]));
+    }
+    if wants(&["P5", "P6"]) {
+        let pair = step("P5/P6", scenario::files::files(&ctx)).await;
+        outcomes.extend(pair_or_errors(pair, ["P5", "P6"]));
     }
     outcomes.sort_by_key(|o| report::SCENARIOS.iter().position(|id| *id == o.id));
     let plan = ctx.plan.to_json();

@@ -1,9 +1,16 @@
-//! The HTTP/1.1 client that talks to one worker: a small pool of kept-alive connections.
+//! The HTTP/1.1 client that talks to one worker: small pools of kept-alive connections.
 //!
 //! Every call leases a connection (reusing an idle one, else dialling a new one) and gives it
 //! back only once the response body has been read to its end. A lease dropped before that (the
 //! caller dropped the call future or the result stream) aborts the connection's task, which
 //! closes the socket: that is how a cancelled call reaches the worker.
+//!
+//! Connections come in two lanes that never mix: *call* connections carry requests that run
+//! plugin code (`initialize`, `execute`, `execute_stream`, `cleanup`) and *control*
+//! connections everything else (`health`, `info`, `config`, `shutdown`). A worker serves a
+//! connection on the thread its first request calls for: call connections on the plugin's
+//! runtime (no hand-off per call), control connections on its server thread, which plugin code
+//! never blocks, so health probes answer even while the plugin is stuck.
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
@@ -12,7 +19,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use plugvisor_proto::wire::Transport;
+use plugvisor_proto::wire::{routes, Transport};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
@@ -40,11 +47,30 @@ struct Conn {
     task: JoinHandle<()>,
 }
 
-/// A pool of connections to one worker, with its bearer token.
+/// Which pool a connection belongs to (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// Requests that run plugin code.
+    Call = 0,
+    /// Health, info, config, shutdown.
+    Control = 1,
+}
+
+impl Lane {
+    fn of(method: &Method, path: &str) -> Self {
+        if *method == Method::GET || path == routes::SHUTDOWN {
+            Self::Control
+        } else {
+            Self::Call
+        }
+    }
+}
+
+/// Pools of connections to one worker, with its bearer token.
 pub(crate) struct WorkerClient {
     transport: Transport,
     auth: HeaderValue,
-    idle: Mutex<Vec<Conn>>,
+    idle: [Mutex<Vec<Conn>>; 2],
 }
 
 impl std::fmt::Debug for WorkerClient {
@@ -64,7 +90,7 @@ impl WorkerClient {
         Ok(Self {
             transport,
             auth,
-            idle: Mutex::new(Vec::new()),
+            idle: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
         })
     }
 
@@ -79,16 +105,18 @@ impl WorkerClient {
         path: &str,
         body: Bytes,
     ) -> Result<(Response<Incoming>, Lease), ClientError> {
+        let lane = Lane::of(&method, path);
         let request = Request::builder()
             .method(method)
             .uri(path)
-            .header(HOST, "plugvisor")
+            .header(HOST, HeaderValue::from_static("plugvisor"))
             .header(AUTHORIZATION, self.auth.clone())
-            .header(CONTENT_TYPE, "application/json")
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(Full::new(body))?;
         let mut lease = Lease {
-            conn: Some(self.checkout().await?),
+            conn: Some(self.checkout(lane).await?),
             client: Arc::clone(self),
+            lane,
             finished: false,
         };
         let conn = lease
@@ -99,8 +127,8 @@ impl WorkerClient {
         Ok((response, lease))
     }
 
-    async fn checkout(&self) -> Result<Conn, ClientError> {
-        while let Some(mut conn) = self.pop_idle() {
+    async fn checkout(&self, lane: Lane) -> Result<Conn, ClientError> {
+        while let Some(mut conn) = self.pop_idle(lane) {
             if conn.sender.ready().await.is_ok() {
                 return Ok(conn);
             }
@@ -109,16 +137,16 @@ impl WorkerClient {
         self.dial().await
     }
 
-    fn pop_idle(&self) -> Option<Conn> {
-        self.idle.lock().ok()?.pop()
+    fn pop_idle(&self, lane: Lane) -> Option<Conn> {
+        self.idle[lane as usize].lock().ok()?.pop()
     }
 
-    fn checkin(&self, conn: Conn) {
+    fn checkin(&self, lane: Lane, conn: Conn) {
         if conn.sender.is_closed() {
             conn.task.abort();
             return;
         }
-        match self.idle.lock() {
+        match self.idle[lane as usize].lock() {
             Ok(mut idle) if idle.len() < MAX_IDLE => idle.push(conn),
             _ => conn.task.abort(),
         }
@@ -144,9 +172,11 @@ impl WorkerClient {
 
     /// Closes every idle connection.
     pub(crate) fn close_idle(&self) {
-        if let Ok(mut idle) = self.idle.lock() {
-            for conn in idle.drain(..) {
-                conn.task.abort();
+        for lane in &self.idle {
+            if let Ok(mut idle) = lane.lock() {
+                for conn in idle.drain(..) {
+                    conn.task.abort();
+                }
             }
         }
     }
@@ -180,6 +210,7 @@ fn gone() -> std::io::Error {
 pub(crate) struct Lease {
     conn: Option<Conn>,
     client: Arc<WorkerClient>,
+    lane: Lane,
     finished: bool,
 }
 
@@ -196,7 +227,7 @@ impl Drop for Lease {
             return;
         };
         if self.finished {
-            self.client.checkin(conn);
+            self.client.checkin(self.lane, conn);
         } else {
             conn.task.abort();
         }

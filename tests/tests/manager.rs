@@ -496,7 +496,19 @@ async fn events_carry_the_manifest_name_and_a_broken_requirement_blocks_only_its
         panic!("{crashed:?}")
     };
     assert_eq!(report.plugin, "fragile");
-    let all: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    // The supervisor reports the crash on its own task, possibly after the caller saw it.
+    let mut all = Vec::new();
+    let until_crashed = async {
+        while let Ok(event) = events.recv().await {
+            let crashed = event.kind.name() == "crashed";
+            all.push(event);
+            if crashed {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), until_crashed).await;
+    all.extend(std::iter::from_fn(|| events.try_recv().ok()));
     assert!(all.iter().all(|e| e.plugin == "fragile"), "{all:?}");
     assert!(all.iter().any(|e| e.kind.name() == "crashed"), "{all:?}");
     let pids: Vec<u32> = all

@@ -1,7 +1,7 @@
 //! One handler per route: read the request, call the plugin (panics contained), answer.
 
 use crate::ndjson::NdjsonBody;
-use crate::offload::{offload, PumpedBody};
+use crate::offload::{offload, on_runtime, PumpedBody};
 use crate::reply::{self, Reply};
 use crate::request::read_json;
 use crate::state::Shared;
@@ -113,9 +113,10 @@ pub(crate) async fn execute_stream<P: Plugin>(
     let work = async move { guarded(plugin.execute_stream(request.input)).await };
     let stream = offload(shared.exec.as_ref(), work).await??;
     let body = NdjsonBody::new(stream, in_flight);
+    // On a call connection (already on the plugin runtime) the body is encoded inline.
     let body = match &shared.exec {
-        Some(exec) => Either::Right(PumpedBody::new(body, exec)),
-        None => Either::Left(body),
+        Some(exec) if !on_runtime(exec) => Either::Right(PumpedBody::new(body, exec)),
+        _ => Either::Left(body),
     };
     let mut answer = Response::new(Either::Right(body));
     let headers = answer.headers_mut();

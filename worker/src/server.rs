@@ -1,4 +1,6 @@
 //! `serve`: the accept loop, one hyper connection task per client, and graceful shutdown.
+//! With a plugin runtime, call connections are served there and control connections on the
+//! server thread (see `offload`).
 //!
 //! Shutdown runs in this order: stop accepting and remove the socket file; ask every
 //! connection to finish its current request and close; after the grace period drop whatever
@@ -7,6 +9,7 @@
 use crate::error::WorkerError;
 use crate::files;
 use crate::listener::Listener;
+use crate::offload::{is_call, read_head, AbortOnDrop, Prefixed, Rehome};
 use crate::options::ServeOptions;
 use crate::router;
 use crate::state::{Counters, Shared};
@@ -21,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::runtime::Handle;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -136,16 +140,71 @@ async fn accept<P: Plugin>(
     match listener {
         Listener::Unix(listener) => {
             let (stream, _) = listener.accept().await?;
-            connections.spawn(connection(stream, Arc::clone(shared)));
+            spawn_connection(stream, shared, connections);
         }
         Listener::Tcp(listener) => {
             let (stream, peer) = listener.accept().await?;
             stream.set_nodelay(true)?;
             tracing::debug!(%peer, "tcp connection");
-            connections.spawn(connection(stream, Arc::clone(shared)));
+            spawn_connection(stream, shared, connections);
         }
     }
     Ok(())
+}
+
+/// Spawns the task of one connection: routed by its first request when there is a plugin
+/// runtime (see `offload`), served here otherwise.
+fn spawn_connection<P, S>(stream: S, shared: &Arc<Shared<P>>, connections: &mut JoinSet<()>)
+where
+    P: Plugin,
+    S: Rehome + AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let shared = Arc::clone(shared);
+    match shared.exec.clone() {
+        Some(exec) => connections.spawn(routed(stream, shared, exec)),
+        None => connections.spawn(connection(stream, shared)),
+    };
+}
+
+/// Serves a call connection on the plugin runtime `exec` (plugin code inline, no hand-off
+/// per call) and any other connection here, on the server thread.
+async fn routed<P, S>(mut stream: S, shared: Arc<Shared<P>>, exec: Handle)
+where
+    P: Plugin,
+    S: Rehome + AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let head = tokio::select! {
+        biased;
+        () = shared.shutdown.cancelled() => return,
+        head = read_head(&mut stream) => head,
+    };
+    let head = match head {
+        Ok(head) if !head.is_empty() => head,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::debug!(error = %e, "connection failed before its first request");
+            return;
+        }
+    };
+    if !is_call(&head) {
+        return connection(Prefixed::new(head, stream), shared).await;
+    }
+    let std = match stream.into_std() {
+        Ok(std) => std,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot move a connection to the plugin runtime");
+            return;
+        }
+    };
+    let task = exec.spawn(async move {
+        match S::from_std(std) {
+            Ok(stream) => connection(Prefixed::new(head, stream), shared).await,
+            Err(e) => tracing::warn!(error = %e, "cannot serve a connection on the plugin runtime"),
+        }
+    });
+    // Aborting this task (shutdown past its grace period) aborts the connection with it.
+    let mut task = AbortOnDrop(task);
+    let _ = (&mut task.0).await;
 }
 
 /// Serves HTTP/1.1 on one connection until the client leaves or shutdown completes it.
@@ -207,5 +266,122 @@ pub(crate) fn remove_socket_file(path: &std::path::Path) {
             tracing::warn!(path = %path.display(), error = %e, "cannot remove the socket file");
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::listener::ListenAddr;
+    use plugvisor_proto::{PluginError, Value};
+    use std::path::Path;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
+
+    /// Blocks its thread (not only its task) in `execute` until released.
+    struct Blocker(Arc<AtomicBool>);
+
+    impl Plugin for Blocker {
+        fn name(&self) -> &str {
+            "blocker"
+        }
+        fn version(&self) -> &str {
+            "0.0.0"
+        }
+        async fn execute(&self, _input: Value) -> Result<Value, PluginError> {
+            while !self.0.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(Value::from("released"))
+        }
+    }
+
+    async fn send(conn: &mut UnixStream, method: &str, path: &str, body: &str) {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: w\r\nauthorization: Bearer t\r\n\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+    }
+
+    /// Reads one answer with a `content-length` body; returns its body.
+    async fn answer(conn: &mut UnixStream) -> String {
+        let mut buf = Vec::new();
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 1024];
+            let n = conn.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the connection closed");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        while buf.len() < end + length {
+            let mut chunk = [0u8; 1024];
+            let n = conn.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the connection closed");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8(buf[end..end + length].to_vec()).unwrap()
+    }
+
+    async fn in_flight(control: &mut UnixStream) -> u64 {
+        send(control, "GET", "/v1/health", "").await;
+        let within = Duration::from_secs(2);
+        let body = tokio::time::timeout(within, answer(control))
+            .await
+            .expect("health answers while plugin code blocks");
+        let health: Value = serde_json::from_str(&body).unwrap();
+        health["in_flight"].as_u64().unwrap()
+    }
+
+    async fn scenario(socket: &Path, plugins: Handle, release: Arc<AtomicBool>) {
+        let listener = Listener::bind(&ListenAddr::Unix(socket.to_path_buf()))
+            .await
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let options = ServeOptions::new("t").with_plugin_runtime(plugins);
+        let plugin = Arc::new(Blocker(Arc::clone(&release)));
+        let serving = tokio::spawn(serve(listener, plugin, options, shutdown.clone()));
+        // A call connection: served on the plugin runtime, whose only thread the call blocks.
+        let mut call = UnixStream::connect(socket).await.unwrap();
+        send(&mut call, "POST", "/v1/execute", r#"{"input":null}"#).await;
+        // A control connection: served on the server thread, so health still answers.
+        let mut control = UnixStream::connect(socket).await.unwrap();
+        while in_flight(&mut control).await == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(in_flight(&mut control).await, 1, "still blocked");
+        release.store(true, Ordering::Release);
+        assert_eq!(answer(&mut call).await, r#"{"output":"released"}"#);
+        shutdown.cancel();
+        serving.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn health_answers_on_a_control_connection_while_a_call_blocks_every_plugin_thread() {
+        let plugins = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("w.sock");
+        let release = Arc::new(AtomicBool::new(false));
+        server.block_on(scenario(&socket, plugins.handle().clone(), release));
+        plugins.shutdown_timeout(Duration::from_secs(1));
     }
 }

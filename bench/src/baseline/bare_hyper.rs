@@ -1,9 +1,10 @@
 //! bare-hyper: a minimal hyper HTTP/1.1 server in its own process that parses a small JSON
 //! body `{"input": …}` and answers `{"output": …}`: the floor for a call over HTTP.
 //!
-//! It runs `#[tokio::main]`'s default runtime (one thread per core), serving each connection
-//! inline in its task; it is the hidden subcommand `serve-bare-hyper ADDR` of the benchmark
-//! binary, with `ADDR` a socket path or `tcp://127.0.0.1:0`.
+//! Each connection is served inline in its task, on a current-thread runtime
+//! (`#[tokio::main(flavor = "current_thread")]`) or a multi-thread one with `--threads N`; it
+//! is the hidden subcommand `serve-bare-hyper ADDR [--threads N]` of the benchmark binary,
+//! with `ADDR` a socket path or `tcp://127.0.0.1:0`.
 
 use crate::baseline::client::HttpConn;
 use crate::procs::{spawn_self, ChildGuard};
@@ -19,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 
@@ -31,17 +33,18 @@ pub enum Addr {
     Tcp(String),
 }
 
-/// Serves until killed (the hidden subcommand).
+/// Serves until killed (the hidden subcommand), on `threads` threads.
 ///
 /// # Errors
 /// When the runtime cannot start or the address cannot be bound.
-pub fn serve(addr: &str) -> Result<()> {
-    let runtime = if std::env::var_os("BENCH_BARE_CT").is_some() {
+pub fn serve(addr: &str, threads: usize) -> Result<()> {
+    let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
             .enable_all()
             .build()?
     };
@@ -106,21 +109,24 @@ pub struct BareHyper {
 }
 
 impl BareHyper {
-    /// Starts a server on a Unix socket in `dir`.
+    /// Starts a server with `threads` threads on a Unix socket in `dir`.
     ///
     /// # Errors
     /// When the process does not start.
-    pub fn unix(dir: &Path) -> Result<Self> {
-        let socket = dir.join("bare-hyper.sock");
+    pub fn unix(dir: &Path, threads: usize) -> Result<Self> {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let socket = dir.join(format!("bare-hyper-{n}.sock"));
         let path = socket.to_str().context("non-UTF-8 scratch path")?;
-        let (server, _) = spawn_self(&["serve-bare-hyper", path])?;
+        let threads = threads.to_string();
+        let (server, _) = spawn_self(&["serve-bare-hyper", path, "--threads", &threads])?;
         Ok(Self {
             addr: Addr::Unix(socket),
             _server: server,
         })
     }
 
-    /// Starts a server on TCP loopback.
+    /// Starts a server with one thread on TCP loopback.
     ///
     /// # Errors
     /// When the process does not start or announces no address.

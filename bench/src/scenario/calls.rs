@@ -4,7 +4,7 @@
 use crate::baseline::bare_hyper::BareHyper;
 use crate::baseline::client::HttpConn;
 use crate::baseline::raw_uds::RawUds;
-use crate::procs::{binary, spawn_with_line, ChildGuard};
+use crate::procs::{binary, context_switches, spawn_with_line, ChildGuard};
 use crate::report::{Check, Outcome};
 use crate::scenario::{rate, small_input, us, Ctx};
 use crate::stats::{median, Latency};
@@ -111,7 +111,7 @@ fn check_echo(output: Option<&Value>, input: &Value) -> Result<()> {
 pub async fn sequential(ctx: &Ctx) -> Result<(Outcome, Outcome)> {
     let dir = ctx.dir();
     let echo = ctx.host.spawn(ctx.spec("echo")?).await?;
-    let bare_uds = BareHyper::unix(dir)?;
+    let bare_uds = BareHyper::unix(dir, 1)?;
     let bare_tcp = BareHyper::tcp()?;
     let socket = dir.join("echo-direct.sock");
     let direct_unix = DirectWorker::start(&format!("unix:{}", socket.display())).await?;
@@ -130,25 +130,14 @@ pub async fn sequential(ctx: &Ctx) -> Result<(Outcome, Outcome)> {
     for (_, c) in &mut contenders {
         c.trial(WARMUP, &input).await?;
     }
+    let mut switches = Vec::new();
     for _ in 0..ctx.plan.trials {
         for ((name, c), t) in contenders.iter_mut().zip(&mut trials) {
-            let debug = std::env::var_os("BENCH_CTX").is_some();
-            let (w0, h0) = (ctxsw(echo.pid()), ctxsw(std::process::id()));
+            let before = context_switches(echo.pid());
             t.push(Latency::of(&c.trial(ctx.plan.calls, &input).await?));
-            if debug {
-                let (w1, h1) = (ctxsw(echo.pid()), ctxsw(std::process::id()));
-                let n = ctx.plan.calls as f64;
-                eprintln!(
-                    "{name}: worker {:?} host {:?} per call",
-                    w1.iter()
-                        .zip(&w0)
-                        .map(|(a, b)| (a - b) as f64 / n)
-                        .collect::<Vec<_>>(),
-                    h1.iter()
-                        .zip(&h0)
-                        .map(|(a, b)| (a - b) as f64 / n)
-                        .collect::<Vec<_>>()
-                );
+            if *name == "plugvisor" {
+                let after = context_switches(echo.pid());
+                switches.push(after.saturating_sub(before) as f64 / ctx.plan.calls as f64);
             }
         }
     }
@@ -165,7 +154,9 @@ pub async fn sequential(ctx: &Ctx) -> Result<(Outcome, Outcome)> {
             .map(|(_, l)| *l)
             .context("missing contender")
     };
-    Ok((p1(ctx, &get)?, p11(&get)?))
+    let mut p1 = p1(ctx, &get)?;
+    p1.measure("worker_context_switches_per_call", median(&switches));
+    Ok((p1, p11(&get)?))
 }
 
 fn p1(ctx: &Ctx, get: &dyn Fn(&str) -> Result<Latency>) -> Result<Outcome> {
@@ -237,36 +228,27 @@ fn p11(get: &dyn Fn(&str) -> Result<Latency>) -> Result<Outcome> {
 }
 
 /// P2: calls per second of `callers` concurrent callers through one `RemotePlugin`, against
-/// bare-hyper with as many connections.
+/// bare-hyper with as many connections (its faster flavour: one thread, or one per core).
+///
+/// The callers run on a multi-thread runtime of their own (one thread per core), on a thread
+/// of their own, as in a server application.
 ///
 /// # Errors
 /// When a server or worker cannot be started or a call fails.
 pub async fn concurrent(ctx: &Ctx) -> Result<Outcome> {
-    let echo = Arc::new(ctx.host.spawn(ctx.spec("echo")?).await?);
-    let bare = BareHyper::unix(ctx.dir())?;
-    let (callers, window) = (ctx.plan.callers, ctx.plan.concurrent_for);
-    let mut pv_rates = Vec::new();
-    let mut bare_rates = Vec::new();
-    // A short warm-up of both, so pools and connections exist.
-    remote_rate(&echo, callers, Duration::from_millis(200)).await?;
-    let mut conns = Vec::new();
-    for _ in 0..callers {
-        conns.push(bare.connect().await?);
-    }
-    let (_, back) = bare_rate(conns, Duration::from_millis(200)).await?;
-    conns = back;
-    for _ in 0..ctx.plan.trials.min(3) {
-        let (r, back) = bare_rate(conns, window).await?;
-        conns = back;
-        bare_rates.push(r);
-        pv_rates.push(remote_rate(&echo, callers, window).await?);
-    }
-    drop(conns);
-    if let Ok(echo) = Arc::try_unwrap(echo) {
-        echo.shutdown().await;
-    }
-    let (pv, base) = (median(&pv_rates), median(&bare_rates));
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let work = || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores)
+            .enable_all()
+            .build()?;
+        runtime.block_on(concurrent_rates(ctx, cores))
+    };
+    let (pv, bare1, bare_n) = std::thread::scope(|s| s.spawn(work).join())
+        .map_err(|_| anyhow::anyhow!("the P2 thread panicked"))??;
+    let base = bare1.max(bare_n);
     let ratio = pv / base;
+    let callers = ctx.plan.callers;
     let mut o = Outcome::new(
         "P2",
         "8 concurrent callers through one RemotePlugin (echo)",
@@ -274,15 +256,54 @@ pub async fn concurrent(ctx: &Ctx) -> Result<Outcome> {
     );
     o.measure("calls_per_s", pv);
     o.measure("callers", callers as u64);
-    o.measure("seconds_per_trial", window.as_secs_f64());
+    o.measure("seconds_per_trial", ctx.plan.concurrent_for.as_secs_f64());
     o.measure("ratio_to_bare_hyper", ratio);
     o.base("bare_hyper_calls_per_s", base);
+    o.base("bare_hyper_1_thread_calls_per_s", bare1);
+    o.base(&format!("bare_hyper_{cores}_threads_calls_per_s"), bare_n);
     o.checks
         .push(Check::at_least("calls/s / bare-hyper calls/s", ratio, 0.5));
     o.measured_text = format!("{} ({ratio:.2}x)", rate(pv, "calls"));
     o.baseline_text = format!("bare-hyper {}", rate(base, "calls"));
     o.reference = "go-plugin ~40,000 calls/s with 8 callers";
+    o.notes.push(format!(
+        "callers on a {cores}-thread runtime; the baseline is the faster of a 1-thread and a \
+         {cores}-thread bare-hyper server"
+    ));
     Ok(o)
+}
+
+/// Medians over trials of (plugvisor, bare-hyper 1 thread, bare-hyper `cores` threads).
+async fn concurrent_rates(ctx: &Ctx, cores: usize) -> Result<(f64, f64, f64)> {
+    let echo = Arc::new(ctx.host.spawn(ctx.spec("echo")?).await?);
+    let (callers, window) = (ctx.plan.callers, ctx.plan.concurrent_for);
+    let warm = Duration::from_millis(200);
+    let mut bares = Vec::new();
+    for threads in [1, cores] {
+        let server = BareHyper::unix(ctx.dir(), threads)?;
+        let mut conns = Vec::new();
+        for _ in 0..callers {
+            conns.push(server.connect().await?);
+        }
+        let (_, conns) = bare_rate(conns, warm).await?;
+        bares.push((server, conns, Vec::new()));
+    }
+    remote_rate(&echo, callers, warm).await?;
+    let mut pv_rates = Vec::new();
+    for _ in 0..ctx.plan.trials.min(3) {
+        for (_, conns, rates) in &mut bares {
+            let (r, back) = bare_rate(std::mem::take(conns), window).await?;
+            *conns = back;
+            rates.push(r);
+        }
+        pv_rates.push(remote_rate(&echo, callers, window).await?);
+    }
+    if let Ok(echo) = Arc::try_unwrap(echo) {
+        echo.shutdown().await;
+    }
+    let bare1 = median(&bares[0].2);
+    let bare_n = median(&bares[1].2);
+    Ok((median(&pv_rates), bare1, bare_n))
 }
 
 /// Calls per second of `callers` tasks calling `echo` for `window`.
@@ -338,26 +359,4 @@ async fn bare_rate(conns: Vec<HttpConn>, window: Duration) -> Result<(f64, Vec<H
         back.push(conn);
     }
     Ok((total as f64 / start.elapsed().as_secs_f64(), back))
-}
-
-/// (voluntary, involuntary) context switches summed over all threads of `pid` (debugging).
-fn ctxsw(pid: u32) -> [u64; 2] {
-    let mut out = [0, 0];
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for t in tasks.flatten() {
-        let Ok(status) = std::fs::read_to_string(t.path().join("status")) else {
-            continue;
-        };
-        for line in status.lines() {
-            let mut it = line.split_whitespace();
-            match (it.next(), it.next().and_then(|v| v.parse::<u64>().ok())) {
-                (Some("voluntary_ctxt_switches:"), Some(v)) => out[0] += v,
-                (Some("nonvoluntary_ctxt_switches:"), Some(v)) => out[1] += v,
-                _ => {}
-            }
-        }
-    }
-    out
 }
