@@ -102,8 +102,8 @@ async fn supervised_chaos(host: &Host, dir: Option<&Path>) -> anyhow::Result<()>
     let started = Instant::now();
     let answer = chaos.execute(json!({"fault": "none"})).await?;
     say(&format!(
-        "the supervisor restarted it (pid {:?} -> {}); the next call was answered {:.1} ms later",
-        before,
+        "the supervisor restarted it (pid {} -> {}); the next call was answered {:.1} ms later",
+        before.map_or_else(|| "?".to_owned(), |p| p.to_string()),
         answer["pid"],
         ms(started)
     ));
