@@ -1,11 +1,13 @@
 //! `plugvisor-bench`: measures plugvisor and, in the same run, its baselines (raw-uds,
-//! bare-hyper, in-process, bare-spawn); prints a table and writes `target/bench/latest.json`.
+//! bare-hyper, in-process, bare-spawn); prints a table and writes `target/bench/latest.json`
+//! (and a chart of how each figure compares with its target, `latest.svg`).
 //!
 //! Run it through `scripts/bench` (which builds the release binaries first); `--quick`
 //! shrinks sizes and durations. The hidden subcommands `serve-bare-hyper` and
 //! `serve-raw-uds` are the baseline servers, started by the benchmark itself.
 
 mod baseline;
+mod chart;
 mod machine;
 mod plan;
 mod procs;
@@ -79,14 +81,21 @@ fn main() -> Result<()> {
     print!("{}", report.table());
     let out = match &cli.out {
         Some(path) => path.clone(),
-        None => procs::bin_dir()?.join("../bench/latest.json"),
+        // target/release/plugvisor-bench → target/bench/latest.json
+        None => {
+            let bin = procs::bin_dir()?;
+            bin.parent().unwrap_or(&bin).join("bench/latest.json")
+        }
     };
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let text = serde_json::to_string_pretty(&report.to_json())?;
     std::fs::write(&out, text + "\n").with_context(|| format!("writing {}", out.display()))?;
-    println!("wrote {}", out.display());
+    let chart = out.with_extension("svg");
+    std::fs::write(&chart, chart::svg(&report))
+        .with_context(|| format!("writing {}", chart.display()))?;
+    println!("wrote {} and {}", out.display(), chart.display());
     Ok(())
 }
 

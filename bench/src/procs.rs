@@ -59,15 +59,13 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Starts `command` with stdout piped and returns it with the first line it prints.
+/// Starts `command` with stdout piped and returns it with the first line it prints (stdin is
+/// the caller's choice).
 ///
 /// # Errors
 /// When it cannot be started or closes stdout without a line (it is killed then).
 pub fn spawn_with_line(mut command: Command) -> Result<(ChildGuard, String)> {
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    command.stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut child = command
         .spawn()
         .with_context(|| format!("starting {command:?}"))?;
@@ -93,7 +91,7 @@ pub fn first_line(stdout: Option<ChildStdout>) -> Result<String> {
 pub fn spawn_self(args: &[&str]) -> Result<(ChildGuard, String)> {
     let exe = std::env::current_exe()?;
     let mut command = Command::new(exe);
-    command.args(args);
+    command.args(args).stdin(Stdio::null());
     spawn_with_line(command)
 }
 

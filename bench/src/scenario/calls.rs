@@ -13,7 +13,8 @@ use bytes::Bytes;
 use plugvisor_host::RemotePlugin;
 use plugvisor_plugins::Echo;
 use plugvisor_proto::{json, Plugin, Value};
-use std::process::Command;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,10 +34,15 @@ struct DirectWorker {
 impl DirectWorker {
     async fn start(listen: &str) -> Result<Self> {
         let mut command = Command::new(binary("echo-worker")?);
+        // As the host starts workers: own process group, exit when stdin (held by the
+        // guard) closes, so nothing outlives a benchmark that dies.
         command
             .args(["--listen", listen])
             .env("PLUGVISOR_TOKEN", TOKEN)
-            .env_remove("PLUGVISOR_WATCH_STDIN");
+            .env("PLUGVISOR_WATCH_STDIN", "1")
+            .env("PLUGVISOR_LOG", "warn")
+            .stdin(Stdio::piped())
+            .process_group(0);
         let (process, line) = spawn_with_line(command)?;
         let mut words = line.split_whitespace().skip(2);
         let conn = match (words.next(), words.next()) {
