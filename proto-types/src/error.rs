@@ -136,6 +136,48 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [ErrorKind; 16] = [
+        Self::BadRequest,
+        Self::InvalidInput,
+        Self::Unauthorized,
+        Self::FileAccessDenied,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::NotInitialized,
+        Self::PayloadTooLarge,
+        Self::InvalidConfig,
+        Self::PluginFailed,
+        Self::Cancelled,
+        Self::WorkerCrashed,
+        Self::Protocol,
+        Self::Unavailable,
+        Self::TimedOut,
+        Self::Unknown,
+    ];
+
+    /// The wire name of the kind, exactly as it is serialized (`"worker_crashed"`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::InvalidInput => "invalid_input",
+            Self::Unauthorized => "unauthorized",
+            Self::FileAccessDenied => "file_access_denied",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::NotInitialized => "not_initialized",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::InvalidConfig => "invalid_config",
+            Self::PluginFailed => "plugin_failed",
+            Self::Cancelled => "cancelled",
+            Self::WorkerCrashed => "worker_crashed",
+            Self::Protocol => "protocol",
+            Self::Unavailable => "unavailable",
+            Self::TimedOut => "timed_out",
+            Self::Unknown => "unknown",
+        }
+    }
+
     /// The HTTP status a worker answers with for this kind.
     pub fn http_status(self) -> u16 {
         match self {
@@ -354,6 +396,13 @@ impl fmt::Display for CrashReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kind_names_are_the_serialized_names() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+    }
 
     #[test]
     fn every_plugin_error_survives_the_wire() {

@@ -43,6 +43,39 @@ pub mod routes {
     pub const CLEANUP: &str = "/v1/cleanup";
     /// `POST`: clean up and exit.
     pub const SHUTDOWN: &str = "/v1/shutdown";
+
+    /// Which lane a request belongs to: a connection carries requests of one lane only.
+    ///
+    /// *Call* requests run plugin code (`initialize`, `execute`, `execute_stream`,
+    /// `cleanup`); a worker serves their connections where plugin code runs. *Control*
+    /// requests (every `GET`, and `shutdown`) never wait for plugin code, so a worker serves
+    /// them on a thread plugin code cannot block, and health probes answer while a plugin is
+    /// stuck. Host and worker both route by this one rule.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Lane {
+        /// Requests that run plugin code.
+        Call,
+        /// Health, info, config, shutdown.
+        Control,
+    }
+
+    impl Lane {
+        /// The lane of a request by its method and path (`is_get`: the method is `GET`).
+        ///
+        /// ```
+        /// use plugvisor_proto::wire::routes::{self, Lane};
+        /// assert_eq!(Lane::of(false, routes::EXECUTE), Lane::Call);
+        /// assert_eq!(Lane::of(true, routes::HEALTH), Lane::Control);
+        /// assert_eq!(Lane::of(false, routes::SHUTDOWN), Lane::Control);
+        /// ```
+        pub fn of(is_get: bool, path: &str) -> Self {
+            if is_get || path == SHUTDOWN {
+                Self::Control
+            } else {
+                Self::Call
+            }
+        }
+    }
 }
 
 /// Where a worker listens, as announced in its handshake line.
@@ -82,14 +115,13 @@ impl Handshake {
     /// Parses a handshake line (a trailing newline is ignored).
     ///
     /// # Errors
-    /// A message quoting the line when it is not `plugvisor <u32> unix|tcp <address>`.
-    /// The version is not checked here; compare it with [`PROTOCOL_VERSION`].
-    pub fn parse(line: &str) -> Result<Self, String> {
+    /// [`BadHandshake`], quoting the line, when it is not
+    /// `plugvisor <u32> unix|tcp <address>`. The version is not checked here; compare it with
+    /// [`PROTOCOL_VERSION`].
+    pub fn parse(line: &str) -> Result<Self, BadHandshake> {
         let line = line.trim_end_matches(['\n', '\r']);
-        let bad = || {
-            format!(
-                "bad handshake line {line:?}: expected \"plugvisor <version> unix|tcp <address>\""
-            )
+        let bad = || BadHandshake {
+            line: line.to_owned(),
         };
         let mut parts = line.splitn(4, ' ');
         if parts.next() != Some("plugvisor") {
@@ -108,6 +140,14 @@ impl Handshake {
             transport,
         })
     }
+}
+
+/// A line that is not a handshake (see [`Handshake::parse`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad handshake line {line:?}: expected \"plugvisor <version> unix|tcp <address>\"")]
+pub struct BadHandshake {
+    /// The line as read, without its newline.
+    pub line: String,
 }
 
 impl fmt::Display for Handshake {

@@ -5,9 +5,8 @@ use plugvisor_host::{
     EventKind, Host, HostConfig, RemotePlugin, Supervisor, SupervisorConfig, WorkerSpec,
 };
 use std::path::{Path, PathBuf};
-use std::sync::{Once, OnceLock};
+use std::sync::Once;
 use std::time::{Duration, Instant};
-use tokio::sync::{Mutex, MutexGuard};
 
 /// The directory holding the workspace's binaries (`target/<profile>`), next to the test
 /// executable's own `deps/` directory.
@@ -50,11 +49,23 @@ pub fn spec(name: &str) -> WorkerSpec {
         .stop_grace(Duration::from_secs(2))
 }
 
-/// Process tests run one at a time: on two cores that keeps timings honest, and it makes the
-/// process-wide fd count a meaningful baseline.
-pub async fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: OnceLock<Mutex<()>> = OnceLock::new();
-    LOCK.get_or_init(|| Mutex::new(())).lock().await
+/// Runs one process test: waits for its turn (process tests run one at a time), then runs
+/// `test` on a fresh current-thread runtime.
+///
+/// One at a time keeps timings honest on two cores and makes the process-wide fd count a
+/// meaningful baseline for the leak audit. The turn is taken *before* the runtime exists: a
+/// waiting test must not hold open the fds of a runtime of its own (epoll, eventfd, the
+/// signal socket) while another test audits the process. Pure tests do not call this and run
+/// in parallel.
+pub fn serially(test: impl std::future::Future<Output = ()>) {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A failed test poisons the lock; the next one may still run.
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("test runtime")
+        .block_on(test);
 }
 
 /// One test's world: a host in a private base directory, and what to audit at the end.
@@ -65,13 +76,11 @@ pub struct World {
     pub base: tempfile::TempDir,
     pids: std::sync::Arc<std::sync::Mutex<Vec<u32>>>,
     fds_before: usize,
-    _turn: MutexGuard<'static, ()>,
 }
 
 impl World {
-    /// Waits for its turn, then makes a host in a fresh base directory.
+    /// Makes a host in a fresh base directory (inside [`serially`]).
     pub async fn new() -> Self {
-        let turn = serial().await;
         let base = tempfile::tempdir().expect("tempdir");
         let fds_before = open_fds();
         let host = Host::with_config(HostConfig {
@@ -91,7 +100,6 @@ impl World {
             base,
             pids,
             fds_before,
-            _turn: turn,
         }
     }
 
@@ -129,7 +137,6 @@ impl World {
             base,
             pids,
             fds_before,
-            _turn,
         } = self;
         host.shutdown().await;
         audit(&pids, base.path(), fds_before).await;

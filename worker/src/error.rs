@@ -1,5 +1,8 @@
-//! `WorkerError`: what can stop a worker from starting or serving.
+//! `WorkerError`: what can stop a worker from starting or serving, and `Chain` to print one
+//! with its causes.
 
+use std::error::Error;
+use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
@@ -7,6 +10,10 @@ use std::path::PathBuf;
 ///
 /// Errors of single requests never appear here: they become HTTP error answers. A
 /// `WorkerError` means the worker as a whole cannot run.
+///
+/// `Display` says what the worker was doing, one level only; the error that caused it is
+/// [`Error::source`]; print the whole chain to show it to a person (`{:#}` of `anyhow`, or
+/// walk `source()`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WorkerError {
@@ -22,30 +29,33 @@ pub enum WorkerError {
     #[error("no token: {0}")]
     MissingToken(String),
     /// Binding the listening socket failed.
-    #[error("cannot listen on {address}: {source}")]
+    #[error("cannot listen on {address}")]
     Bind {
         /// The address that could not be bound.
         address: String,
         /// The underlying error.
+        #[source]
         source: io::Error,
     },
     /// Something else already listens on the Unix socket path.
     #[error("another process is already listening on {0}")]
     AddressInUse(PathBuf),
     /// The transfer directory cannot be opened.
-    #[error("cannot open transfer directory {path}: {source}")]
+    #[error("cannot open transfer directory {path}")]
     TransferDir {
         /// The directory.
         path: PathBuf,
         /// The underlying error.
+        #[source]
         source: io::Error,
     },
     /// Any other I/O failure (stdout, runtime, accept).
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What the worker was doing.
         context: &'static str,
         /// The underlying error.
+        #[source]
         source: io::Error,
     },
 }
@@ -62,5 +72,61 @@ impl WorkerError {
             Self::BadAddress { .. } | Self::MissingToken(_) => 2,
             _ => 1,
         }
+    }
+}
+
+/// Displays an error and every [`Error::source`] below it, joined by `": "`, e.g.
+/// `cannot listen on unix:/x/w.sock: No such file or directory (os error 2)`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_is_one_level_and_the_chain_has_every_level() {
+        let not_found = || io::Error::new(io::ErrorKind::NotFound, "no such file");
+        let err = WorkerError::Bind {
+            address: "unix:/x/w.sock".into(),
+            source: not_found(),
+        };
+        assert_eq!(err.to_string(), "cannot listen on unix:/x/w.sock");
+        assert_eq!(
+            err.source().map(ToString::to_string).as_deref(),
+            Some("no such file")
+        );
+        assert_eq!(
+            Chain(&err).to_string(),
+            "cannot listen on unix:/x/w.sock: no such file"
+        );
+        let err = WorkerError::TransferDir {
+            path: "/t".into(),
+            source: not_found(),
+        };
+        assert_eq!(
+            Chain(&err).to_string(),
+            "cannot open transfer directory /t: no such file"
+        );
+        let err = WorkerError::io("printing the handshake", not_found());
+        assert_eq!(err.to_string(), "printing the handshake");
+        assert_eq!(
+            Chain(&err).to_string(),
+            "printing the handshake: no such file"
+        );
+        let err = WorkerError::MissingToken("set PLUGVISOR_TOKEN".into());
+        assert_eq!(Chain(&err).to_string(), err.to_string());
     }
 }

@@ -22,15 +22,21 @@ pub(crate) fn dismiss() {
     }
 }
 
-/// Forks the guardian. Must be called while the process is single-threaded.
+/// Forks the guardian.
+///
+/// # Safety
+/// Call it only while the process is single-threaded: before any other thread or the tokio
+/// runtime exists. The forked child is a copy of the calling thread alone; with other threads
+/// about, a lock one of them held (the allocator's, stdio's) would stay locked in the child
+/// for good.
 ///
 /// # Errors
 /// The `fork` error; the worker then runs without a guardian (its own stdin watch and
 /// parent-death signal still apply).
-pub(crate) fn spawn() -> nix::Result<()> {
+pub(crate) unsafe fn spawn() -> nix::Result<()> {
     let worker = nix::unistd::getpid();
-    // SAFETY: called from `run` before the tokio runtime or any other thread exists, so the
-    // child is a faithful single-threaded copy; it only makes plain syscalls and never returns.
+    // SAFETY: the caller guarantees the process is single-threaded, so the child is a
+    // faithful copy; it only makes plain syscalls (`guard`) and never returns.
     match unsafe { fork() }? {
         ForkResult::Parent { child } => {
             let _ = GUARDIAN.set(child);

@@ -21,6 +21,9 @@
 //!   triggers (`watch.rs`: signals, stdin EOF, watchdog).
 //! - [`serve`] (`server.rs`): accept loop, hyper connections, graceful shutdown; usable
 //!   in-process with a [`Listener`] and [`ServeOptions`].
+//! - `lanes.rs`: each connection goes to the plugin runtime (calls) or stays on the server
+//!   thread (control) by its first request line; `offload.rs`: plugin work asked for on the
+//!   server thread runs on the plugin runtime.
 //! - `router.rs` / `handlers.rs`: auth, routes, plugin calls with panics contained
 //!   (`unwind.rs`); `request.rs` / `reply.rs`: bodies in and out; `ndjson.rs`: the batched
 //!   stream body.
@@ -31,6 +34,7 @@ mod error;
 pub mod files;
 mod guardian;
 mod handlers;
+mod lanes;
 mod listener;
 mod ndjson;
 mod offload;

@@ -1,7 +1,7 @@
 //! `run`: the whole `main` of a worker binary (arguments, logging, runtime, handshake, serve).
 
 use crate::cli::{Args, WorkerConfig, LOG_ENV};
-use crate::error::WorkerError;
+use crate::error::{Chain, WorkerError};
 use crate::files;
 use crate::listener::Listener;
 use crate::server::serve;
@@ -47,7 +47,11 @@ pub fn run<P: Plugin>(plugin: P) -> ! {
         Err(e) => exit_with(&program, &e),
     };
     if config.watch_stdin {
-        if let Err(e) = crate::guardian::spawn() {
+        // SAFETY: the process is still single-threaded here. `run` is documented as the
+        // whole `main` of a worker binary, and so far it has only parsed arguments, set up
+        // logging (which starts no thread) and read the environment; the runtimes, and with
+        // them the first other threads, are built below.
+        if let Err(e) = unsafe { crate::guardian::spawn() } {
             tracing::warn!(error = %e, "no group guardian; grandchildren may outlive a dead host");
         }
     }
@@ -149,7 +153,8 @@ fn usage_line(program: &str, plugin: &str) -> String {
     )
 }
 
+/// Prints `err` with all its causes on stderr and exits with its exit code.
 fn exit_with(program: &str, err: &WorkerError) -> ! {
-    eprintln!("{program}: error: {err}");
+    eprintln!("{program}: error: {}", Chain(err));
     std::process::exit(err.exit_code())
 }

@@ -1,6 +1,6 @@
 //! `serve`: the accept loop, one hyper connection task per client, and graceful shutdown.
 //! With a plugin runtime, call connections are served there and control connections on the
-//! server thread (see `offload`).
+//! server thread (see `lanes.rs`).
 //!
 //! Shutdown runs in this order: stop accepting and remove the socket file; ask every
 //! connection to finish its current request and close; after the grace period drop whatever
@@ -8,8 +8,9 @@
 
 use crate::error::WorkerError;
 use crate::files;
+use crate::lanes::{lane, read_head, Prefixed, Rehome};
 use crate::listener::Listener;
-use crate::offload::{is_call, read_head, AbortOnDrop, Prefixed, Rehome};
+use crate::offload::AbortOnDrop;
 use crate::options::ServeOptions;
 use crate::router;
 use crate::state::{Counters, Shared};
@@ -18,6 +19,7 @@ use crate::unwind::guarded;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use plugvisor_proto::wire::routes::Lane;
 use plugvisor_proto::Plugin;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -153,7 +155,7 @@ async fn accept<P: Plugin>(
 }
 
 /// Spawns the task of one connection: routed by its first request when there is a plugin
-/// runtime (see `offload`), served here otherwise.
+/// runtime (see `lanes.rs`), served here otherwise.
 fn spawn_connection<P, S>(stream: S, shared: &Arc<Shared<P>>, connections: &mut JoinSet<()>)
 where
     P: Plugin,
@@ -186,7 +188,7 @@ where
             return;
         }
     };
-    if !is_call(&head) {
+    if lane(&head) == Lane::Control {
         return connection(Prefixed::new(head, stream), shared).await;
     }
     let std = match stream.into_std() {

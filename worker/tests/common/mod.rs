@@ -14,7 +14,7 @@ use plugvisor_proto::wire::HealthResponse;
 use plugvisor_proto::{json, FileRef, Plugin, PluginError, PluginStream, Value};
 use plugvisor_worker::{serve, ListenAddr, Listener, ServeOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -123,10 +123,15 @@ fn read_file(value: &Value) -> Result<Value, PluginError> {
     Ok(json!({"text": text}))
 }
 
+/// Set once a server with a transfer directory has started in this process.
+static TRANSFER_DIR_TAKEN: AtomicBool = AtomicBool::new(false);
+
 /// A server running in this test's runtime.
 pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    /// A directory for file references; the server's transfer directory only when started
+    /// by [`TestServer::start_with_transfer_dir`].
     pub transfer: PathBuf,
     pub plugin: Arc<Scripted>,
     pub shutdown: CancellationToken,
@@ -134,16 +139,43 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// A server without a transfer directory.
     pub async fn start() -> Self {
         Self::start_with(|o| o).await
     }
 
+    /// A server without a transfer directory, with `tune`d options.
     pub async fn start_with(tune: impl FnOnce(ServeOptions) -> ServeOptions) -> Self {
+        Self::start_inner(false, tune).await
+    }
+
+    /// A server whose transfer directory is `transfer`, which then also becomes the
+    /// process-global `plugvisor_worker::files::transfer_dir` for good (the first one in a
+    /// process wins). So at most one test per test binary may call this: tests run side by
+    /// side in one process, and a second caller would find the first one's directory there,
+    /// whatever the order; a lock could not undo that. Panics when called twice.
+    pub async fn start_with_transfer_dir() -> Self {
+        let taken = TRANSFER_DIR_TAKEN.swap(true, Ordering::SeqCst);
+        assert!(
+            !taken,
+            "only one test per binary may serve with a transfer directory"
+        );
+        Self::start_inner(true, |o| o).await
+    }
+
+    async fn start_inner(
+        with_transfer_dir: bool,
+        tune: impl FnOnce(ServeOptions) -> ServeOptions,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("w.sock");
         let transfer = dir.path().join("transfer");
         std::fs::create_dir(&transfer).unwrap();
-        let options = tune(ServeOptions::new(TOKEN).with_transfer_dir(&transfer));
+        let mut options = ServeOptions::new(TOKEN);
+        if with_transfer_dir {
+            options = options.with_transfer_dir(&transfer);
+        }
+        let options = tune(options);
         let listener = Listener::bind(&ListenAddr::Unix(socket.clone()))
             .await
             .unwrap();

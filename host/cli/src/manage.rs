@@ -1,0 +1,217 @@
+//! `plugvisor list`, `inspect` and `validate`.
+
+use crate::client::ApiClient;
+use crate::resolve::manifest_dir;
+use anyhow::Context;
+use clap::Args;
+use http::Method;
+use plugvisor_manager::deps::{self, Node};
+use plugvisor_manager::manifest::{self, Discovered, ManifestError};
+use plugvisor_manager::{ManagerConfig, PluginManager};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Arguments of `plugvisor list`.
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    /// Ask a running server (`http://127.0.0.1:8620`) instead of reading manifests.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// Manifest directory (when not asking a server).
+    #[arg(long, value_name = "DIR")]
+    plugins: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `plugvisor list`.
+pub(crate) async fn list(args: ListArgs) -> anyhow::Result<()> {
+    let plugins = match &args.server {
+        Some(url) => {
+            let answer = ApiClient::new(url)?
+                .json(Method::GET, "/api/plugins/available", None)
+                .await?;
+            answer.get("plugins").cloned().unwrap_or(answer)
+        }
+        None => {
+            let dir = manifest_dir(args.plugins.as_deref())?;
+            let (found, errors) = manifest::discover(&dir);
+            for e in errors {
+                eprintln!("plugvisor: skipped manifest: {e}");
+            }
+            Value::from(found.iter().map(available_row).collect::<Vec<_>>())
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&plugins)?);
+    } else {
+        print!("{}", table(&plugins));
+    }
+    Ok(())
+}
+
+fn available_row(d: &Discovered) -> Value {
+    let m = &d.manifest;
+    json!({"name": m.name, "version": m.version, "kind": m.kind, "state": "available",
+           "description": m.description})
+}
+
+/// A plain-text table of name, version, kind and state.
+fn table(plugins: &Value) -> String {
+    let rows: Vec<[String; 4]> = plugins
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let s = |k: &str| p[k].as_str().unwrap_or("-").to_owned();
+            [s("name"), s("version"), s("kind"), s("state")]
+        })
+        .collect();
+    let header = ["NAME", "VERSION", "KIND", "STATE"].map(str::to_owned);
+    let widths: Vec<usize> = (0..4)
+        .map(|i| {
+            rows.iter()
+                .chain([&header])
+                .map(|r| r[i].len())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    std::iter::once(&header)
+        .chain(rows.iter())
+        .map(|r| {
+            let cells: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            format!("{}\n", cells.join("  ").trim_end())
+        })
+        .collect()
+}
+
+/// Arguments of `plugvisor inspect`.
+#[derive(Debug, Args)]
+pub(crate) struct InspectArgs {
+    /// The plugin.
+    plugin: String,
+    /// Ask a running server instead of starting the plugin here.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// Manifest directory (when not asking a server).
+    #[arg(long, value_name = "DIR")]
+    plugins: Option<PathBuf>,
+}
+
+/// `plugvisor inspect`: metadata, schema and current config (secrets masked).
+pub(crate) async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
+    let shown = match &args.server {
+        Some(url) => {
+            let path = format!("/api/plugins/{}", args.plugin);
+            ApiClient::new(url)?.json(Method::GET, &path, None).await?
+        }
+        None => inspect_embedded(&args).await?,
+    };
+    println!("{}", serde_json::to_string_pretty(&shown)?);
+    Ok(())
+}
+
+async fn inspect_embedded(args: &InspectArgs) -> anyhow::Result<Value> {
+    let manager = PluginManager::new(ManagerConfig {
+        manifest_dirs: vec![manifest_dir(args.plugins.as_deref())?],
+        ..ManagerConfig::default()
+    })?;
+    let shown = async {
+        let info = manager.load(&args.plugin, None).await?;
+        let config = manager.config(&args.plugin)?;
+        let mut shown = serde_json::to_value(info)?;
+        shown["config_schema"] = config.schema;
+        shown["config"] = config.config;
+        anyhow::Ok(shown)
+    }
+    .await;
+    manager.shutdown().await;
+    shown
+}
+
+/// Arguments of `plugvisor validate`.
+#[derive(Debug, Args)]
+pub(crate) struct ValidateArgs {
+    /// A manifest file or directory (default: the plugins directory).
+    path: Option<PathBuf>,
+    /// Where bare worker names resolve (default: beside plugvisor).
+    #[arg(long, value_name = "DIR")]
+    worker_dir: Option<PathBuf>,
+}
+
+/// `plugvisor validate`: every problem printed; non-zero exit if there is any.
+pub(crate) fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let path = match args.path {
+        Some(p) => p,
+        None => manifest_dir(None)?,
+    };
+    let (found, mut problems) = read_manifests(&path)?;
+    let worker_dir = args
+        .worker_dir
+        .unwrap_or_else(plugvisor_manager::default_worker_dir);
+    problems.extend(found.iter().filter_map(|d| missing_binary(d, &worker_dir)));
+    let mut messages: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    let manifests: Vec<&manifest::Manifest> = found.iter().map(|d| &d.manifest).collect();
+    let nodes: Vec<Node<'_>> = manifests
+        .iter()
+        .map(|m| Node {
+            name: &m.name,
+            provides: &m.provides,
+            requires: &m.requires,
+        })
+        .collect();
+    if let Err(e) = deps::start_order(&nodes) {
+        messages.push(format!("{}: {e}", path.display()));
+    }
+    for m in &messages {
+        println!("{m}");
+    }
+    if messages.is_empty() {
+        println!("{} manifest(s) OK", found.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("plugvisor: {} problem(s)", messages.len());
+    Ok(ExitCode::FAILURE)
+}
+
+fn read_manifests(path: &Path) -> anyhow::Result<(Vec<Discovered>, Vec<ManifestError>)> {
+    if path.is_dir() {
+        return Ok(manifest::discover(path));
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(match manifest::Manifest::parse(&text, path) {
+        Ok(m) => (
+            vec![Discovered {
+                manifest: m,
+                file: path.to_path_buf(),
+            }],
+            vec![],
+        ),
+        Err(e) => (vec![], vec![e]),
+    })
+}
+
+fn missing_binary(d: &Discovered, worker_dir: &Path) -> Option<ManifestError> {
+    let command = &d.manifest.command;
+    let program = if command.contains('/') {
+        d.file.parent().unwrap_or(Path::new(".")).join(command)
+    } else {
+        worker_dir.join(command)
+    };
+    (!program.is_file()).then(|| ManifestError {
+        file: d.file.clone(),
+        line: None,
+        reason: format!(
+            "command: worker binary {} does not exist",
+            program.display()
+        ),
+    })
+}

@@ -1,0 +1,226 @@
+//! The HTTP/1.1 client that talks to one worker: small pools of kept-alive connections.
+//!
+//! Every call leases a connection (reusing an idle one, else dialling a new one) and gives it
+//! back only once the response body has been read to its end. A lease dropped before that (the
+//! caller dropped the call future or the result stream) aborts the connection's task, which
+//! closes the socket: that is how a cancelled call reaches the worker.
+//!
+//! Connections come in two lanes that never mix ([`Lane`], the rule written once in the
+//! protocol crate): *call* connections carry requests that run plugin code (`initialize`,
+//! `execute`, `execute_stream`, `cleanup`) and *control* connections everything else
+//! (`health`, `info`, `config`, `shutdown`). A worker serves a connection on the thread its
+//! first request calls for: call connections on the plugin's runtime (no hand-off per call),
+//! control connections on its server thread, which plugin code never blocks, so health probes
+//! answer even while the plugin is stuck.
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use http::{HeaderValue, Method, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use plugvisor_proto::wire::routes::Lane;
+use plugvisor_proto::wire::Transport;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::task::JoinHandle;
+
+/// Idle connections kept per worker; more concurrent calls dial extra connections.
+const MAX_IDLE: usize = 64;
+
+/// Why a request did not get a response.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClientError {
+    /// The worker's address could not be reached.
+    #[error("cannot connect to the worker")]
+    Connect(#[source] std::io::Error),
+    /// The connection failed mid-request (typically: the worker died).
+    #[error("connection to the worker failed")]
+    Http(#[from] hyper::Error),
+    /// The request could not be built (a bug, reported rather than panicking).
+    #[error("cannot build the request")]
+    Build(#[from] http::Error),
+}
+
+struct Conn {
+    sender: SendRequest<Full<Bytes>>,
+    task: JoinHandle<()>,
+}
+
+/// Pools of connections to one worker, with its bearer token.
+pub(crate) struct WorkerClient {
+    transport: Transport,
+    auth: HeaderValue,
+    idle: [Mutex<Vec<Conn>>; 2],
+}
+
+/// The index of `lane`'s pool in [`WorkerClient::idle`].
+fn slot(lane: Lane) -> usize {
+    match lane {
+        Lane::Call => 0,
+        Lane::Control => 1,
+    }
+}
+
+impl std::fmt::Debug for WorkerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is deliberately left out.
+        f.debug_struct("WorkerClient")
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerClient {
+    /// A client for the worker at `transport`, authenticating with `token`.
+    pub(crate) fn new(transport: Transport, token: &str) -> Result<Self, http::Error> {
+        let mut auth = HeaderValue::try_from(format!("Bearer {token}"))?;
+        auth.set_sensitive(true);
+        Ok(Self {
+            transport,
+            auth,
+            idle: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
+        })
+    }
+
+    /// Sends one request and returns the response head plus the lease on its connection.
+    ///
+    /// # Cancel safety
+    /// Dropping the future closes the connection it was using, which cancels the work in the
+    /// worker; no other call is affected.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(Response<Incoming>, Lease), ClientError> {
+        let lane = Lane::of(method == Method::GET, path);
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, HeaderValue::from_static("plugvisor"))
+            .header(AUTHORIZATION, self.auth.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(Full::new(body))?;
+        let mut lease = Lease {
+            conn: Some(self.checkout(lane).await?),
+            client: Arc::clone(self),
+            lane,
+            finished: false,
+        };
+        let conn = lease
+            .conn
+            .as_mut()
+            .ok_or_else(|| ClientError::Connect(gone()))?;
+        let response = conn.sender.send_request(request).await?;
+        Ok((response, lease))
+    }
+
+    async fn checkout(&self, lane: Lane) -> Result<Conn, ClientError> {
+        while let Some(mut conn) = self.pop_idle(lane) {
+            if conn.sender.ready().await.is_ok() {
+                return Ok(conn);
+            }
+            conn.task.abort();
+        }
+        self.dial().await
+    }
+
+    fn pop_idle(&self, lane: Lane) -> Option<Conn> {
+        self.idle[slot(lane)].lock().ok()?.pop()
+    }
+
+    fn checkin(&self, lane: Lane, conn: Conn) {
+        if conn.sender.is_closed() {
+            conn.task.abort();
+            return;
+        }
+        match self.idle[slot(lane)].lock() {
+            Ok(mut idle) if idle.len() < MAX_IDLE => idle.push(conn),
+            _ => conn.task.abort(),
+        }
+    }
+
+    async fn dial(&self) -> Result<Conn, ClientError> {
+        match &self.transport {
+            Transport::Unix(path) => {
+                let stream = UnixStream::connect(path)
+                    .await
+                    .map_err(ClientError::Connect)?;
+                handshake(stream).await
+            }
+            Transport::Tcp(addr) => {
+                let stream = TcpStream::connect(addr)
+                    .await
+                    .map_err(ClientError::Connect)?;
+                stream.set_nodelay(true).map_err(ClientError::Connect)?;
+                handshake(stream).await
+            }
+        }
+    }
+
+    /// Closes every idle connection.
+    pub(crate) fn close_idle(&self) {
+        for lane in &self.idle {
+            if let Ok(mut idle) = lane.lock() {
+                for conn in idle.drain(..) {
+                    conn.task.abort();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for WorkerClient {
+    fn drop(&mut self) {
+        self.close_idle();
+    }
+}
+
+async fn handshake<S>(stream: S) -> Result<Conn, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "worker connection ended");
+        }
+    });
+    Ok(Conn { sender, task })
+}
+
+fn gone() -> std::io::Error {
+    std::io::Error::other("connection lease already released")
+}
+
+/// A connection on loan to one request. Give it back with [`Lease::finish`] once the response
+/// body has been read to its end; dropping it unfinished closes the connection.
+pub(crate) struct Lease {
+    conn: Option<Conn>,
+    client: Arc<WorkerClient>,
+    lane: Lane,
+    finished: bool,
+}
+
+impl Lease {
+    /// Marks the exchange complete, so the connection returns to the pool when dropped.
+    pub(crate) fn finish(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if self.finished {
+            self.client.checkin(self.lane, conn);
+        } else {
+            conn.task.abort();
+        }
+    }
+}

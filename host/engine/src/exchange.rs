@@ -1,0 +1,92 @@
+//! JSON exchanges with a worker: send one request, read its whole answer, and turn it into a
+//! value or the worker's typed error. What a failed connection *means* (a crash, or a live
+//! worker that cannot be reached) is decided by the caller, who knows the process.
+
+use crate::client::{ClientError, Lease, WorkerClient};
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use plugvisor_proto::wire::ErrorBody;
+use plugvisor_proto::PluginError;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+
+/// Why an exchange produced no value.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The connection failed: no answer, or the answer was cut off.
+    Transport(ClientError),
+    /// The worker answered, with an error or with something unreadable.
+    Answer(PluginError),
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Self::Transport(e)
+    }
+}
+
+/// Sends a request; a success answer's body is returned unread with its connection lease, an
+/// error answer is read and parsed into the worker's error.
+///
+/// # Cancel safety
+/// Dropping the future closes the connection, which cancels the work in the worker.
+pub(crate) async fn send(
+    client: &Arc<WorkerClient>,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> Result<(Incoming, Lease), Failure> {
+    let (response, lease) = client.send(method, path, body).await?;
+    let status = response.status();
+    let body = response.into_body();
+    if status.is_success() {
+        return Ok((body, lease));
+    }
+    let bytes = read_all(body, lease).await?;
+    Err(Failure::Answer(error_from_body(status, &bytes)))
+}
+
+/// Reads a body to its end and gives the connection back to the pool.
+pub(crate) async fn read_all(body: Incoming, mut lease: Lease) -> Result<Bytes, ClientError> {
+    let collected = body.collect().await?;
+    lease.finish();
+    Ok(collected.to_bytes())
+}
+
+/// Sends a request and parses its JSON answer.
+pub(crate) async fn json<T: DeserializeOwned>(
+    client: &Arc<WorkerClient>,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> Result<T, Failure> {
+    let (body, lease) = send(client, method, path, body).await?;
+    let bytes = read_all(body, lease).await?;
+    parse(&bytes).map_err(Failure::Answer)
+}
+
+/// Parses a worker's JSON answer.
+pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PluginError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| PluginError::Protocol(format!("unreadable answer from the worker: {e}")))
+}
+
+/// The worker's typed error from an error answer, or a protocol error quoting what it sent.
+pub(crate) fn error_from_body(status: StatusCode, bytes: &[u8]) -> PluginError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(body) => body.error.into(),
+        Err(_) => PluginError::Protocol(format!(
+            "worker answered {status} with {}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+        )),
+    }
+}
+
+/// Serializes a request body.
+pub(crate) fn to_body<T: serde::Serialize>(value: &T) -> Result<Bytes, PluginError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| PluginError::InvalidInput(format!("input is not serializable: {e}")))
+}

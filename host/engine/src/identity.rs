@@ -1,0 +1,26 @@
+//! `PluginIdentity`: who a worker said it is in `/v1/info` (name, version, config schema).
+
+use plugvisor_proto::wire::InfoResponse;
+use plugvisor_proto::Value;
+
+/// What a worker reports about its plugin: its id, version and the JSON Schema of its
+/// configuration. Held once per worker; a supervisor keeps the first one it saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginIdentity {
+    /// The plugin's id, e.g. `"echo"`.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The JSON Schema of its configuration.
+    pub config_schema: Value,
+}
+
+impl From<InfoResponse> for PluginIdentity {
+    fn from(info: InfoResponse) -> Self {
+        Self {
+            name: info.name,
+            version: info.version,
+            config_schema: info.config_schema,
+        }
+    }
+}

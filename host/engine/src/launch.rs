@@ -1,0 +1,270 @@
+//! Starting a worker: spawn, read the handshake, ask for `/v1/info`.
+
+use crate::client::WorkerClient;
+use crate::dirs::HostDir;
+use crate::error::HostError;
+use crate::events::{EventBus, EventKind};
+use crate::exchange::{self, Failure};
+use crate::identity::PluginIdentity;
+use crate::process::{ProcessParts, WorkerProcess};
+use crate::spawner::{self, ExitWatch};
+use crate::spec::WorkerSpec;
+use crate::stderr::StderrTail;
+use bytes::Bytes;
+use http::Method;
+use plugvisor_proto::wire::{self, Handshake, InfoResponse, Transport};
+use plugvisor_proto::PluginError;
+use std::os::fd::OwnedFd;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::unix::pipe;
+
+/// Longest handshake line accepted.
+const MAX_HANDSHAKE: u64 = 4096;
+
+/// How long output a worker wrote before it exited may take to arrive.
+const GRACE_AFTER_EXIT: Duration = Duration::from_millis(250);
+
+/// A started worker: its process, a client for it, and what it said about itself.
+#[derive(Debug)]
+pub(crate) struct Launched {
+    pub(crate) process: WorkerProcess,
+    pub(crate) client: Arc<WorkerClient>,
+    pub(crate) identity: PluginIdentity,
+}
+
+/// Spawns the worker of `spec` as worker number `n` of `host_dir`.
+///
+/// On any error the process group is killed and reaped and its files removed before returning
+/// (dropping the half-built [`WorkerProcess`] does that).
+pub(crate) async fn launch(
+    spec: &WorkerSpec,
+    n: u64,
+    host_dir: &Arc<HostDir>,
+    events: &EventBus,
+) -> Result<Launched, HostError> {
+    let io_err = |source| HostError::Spawn {
+        program: spec.program.clone(),
+        source,
+    };
+    let socket = host_dir.socket_path(n);
+    let transfer_dir = host_dir.transfer_dir(n).map_err(io_err)?;
+    let token = new_token();
+    let command = build_command(spec, &socket, &transfer_dir, &token);
+    let mut child = spawner::spawn(command, spec.limits).await.map_err(io_err)?;
+    let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let pid = child.id();
+    let exit = start_waiter(child).map_err(io_err)?;
+    events.emit(&spec.label(), EventKind::Started { pid });
+    let stderr = match stderr {
+        Some(s) => StderrTail::start(s, spec.label(), pid),
+        None => Err(std::io::Error::other("stderr was not piped")),
+    };
+    let process = WorkerProcess::new(ProcessParts {
+        label: spec.label(),
+        pid,
+        stdin,
+        exit,
+        stderr: stderr.map_err(io_err)?,
+        grace: spec.stop_grace,
+        socket,
+        transfer_dir,
+        host_dir: Arc::clone(host_dir),
+    });
+    match connect(spec, &process, stdout, &token).await {
+        Ok((client, info)) => {
+            tracing::info!(plugin = %info.name, version = %info.version, pid, "worker ready");
+            Ok(Launched {
+                process,
+                client,
+                identity: info.into(),
+            })
+        }
+        Err(e) => {
+            process.kill().await;
+            Err(e)
+        }
+    }
+}
+
+async fn connect(
+    spec: &WorkerSpec,
+    process: &WorkerProcess,
+    stdout: Option<std::process::ChildStdout>,
+    token: &str,
+) -> Result<(Arc<WorkerClient>, InfoResponse), HostError> {
+    let stdout = stdout.ok_or_else(|| HostError::Spawn {
+        program: spec.program.clone(),
+        source: std::io::Error::other("stdout was not piped"),
+    })?;
+    let handshake = await_handshake(spec, process, stdout).await?;
+    let client = WorkerClient::new(handshake.transport, token).map_err(|e| HostError::Spawn {
+        program: spec.program.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    let client = Arc::new(client);
+    let info = fetch_info(spec, &client).await?;
+    Ok((client, info))
+}
+
+fn start_waiter(child: Child) -> std::io::Result<Arc<ExitWatch>> {
+    let pid = child.id();
+    ExitWatch::start(child).inspect_err(|_| {
+        // No thread to reap it: kill it now; it stays a zombie until the host exits.
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    })
+}
+
+/// 256 random bits, hex.
+fn new_token() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+fn build_command(
+    spec: &WorkerSpec,
+    socket: &std::path::Path,
+    transfer_dir: &std::path::Path,
+    token: &str,
+) -> Command {
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .arg("--socket")
+        .arg(socket)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .env(wire::TOKEN_ENV, token)
+        .env(wire::TRANSFER_DIR_ENV, transfer_dir)
+        .env(wire::WATCH_STDIN_ENV, "1")
+        .env(wire::MAX_BODY_ENV, spec.max_body.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Reads the handshake line, racing the start timeout and the process's exit.
+async fn await_handshake(
+    spec: &WorkerSpec,
+    process: &WorkerProcess,
+    stdout: std::process::ChildStdout,
+) -> Result<Handshake, HostError> {
+    let program = spec.program.clone();
+    let receiver = pipe::Receiver::from_owned_fd(OwnedFd::from(stdout)).map_err(|source| {
+        HostError::Spawn {
+            program: program.clone(),
+            source,
+        }
+    })?;
+    let read = read_line(receiver);
+    tokio::pin!(read);
+    let raced = tokio::select! {
+        line = tokio::time::timeout(spec.start_timeout, &mut read) => Some(line),
+        _ = process.exit.wait() => None,
+    };
+    let line = match raced {
+        Some(line) => line.map_err(|_| HostError::StartTimeout {
+            program: program.clone(),
+            timeout: spec.start_timeout,
+        })?,
+        // It exited; a line it printed first still says more than the exit alone (the pipe
+        // holds it, but the exit may have been seen before the line was read).
+        None => tokio::time::timeout(GRACE_AFTER_EXIT, &mut read)
+            .await
+            .unwrap_or_else(|_| Ok(String::new())),
+    };
+    let line = line.map_err(|source| HostError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    if line.is_empty() {
+        // stdout closed: usually because the process exited; say so if it did.
+        if let Some(exit) = process.exit.wait_timeout(2 * GRACE_AFTER_EXIT).await {
+            process.stderr.wait_closed(GRACE_AFTER_EXIT).await;
+            let stderr_tail = process.stderr.lines();
+            return Err(HostError::ExitedEarly {
+                program,
+                exit,
+                stderr_tail,
+            });
+        }
+    }
+    check_handshake(&program, &line, process)
+}
+
+async fn read_line(receiver: pipe::Receiver) -> std::io::Result<String> {
+    let mut reader = BufReader::new(receiver.take(MAX_HANDSHAKE));
+    let mut line = String::new();
+    reader.read_line(&mut line).await?;
+    // The rest of stdout is dropped with the reader: after the handshake a worker's stdout
+    // is redirected to its stderr, and nothing the host needs comes there.
+    Ok(line)
+}
+
+fn check_handshake(
+    program: &std::path::Path,
+    line: &str,
+    process: &WorkerProcess,
+) -> Result<Handshake, HostError> {
+    let incompatible = |reason: String| HostError::Incompatible {
+        program: program.to_path_buf(),
+        reason,
+    };
+    if line.is_empty() {
+        return Err(incompatible(
+            "stdout closed without a handshake line".to_owned(),
+        ));
+    }
+    let handshake = Handshake::parse(line).map_err(|e| incompatible(e.to_string()))?;
+    if handshake.protocol != wire::PROTOCOL_VERSION {
+        return Err(incompatible(format!(
+            "it speaks protocol {}, this host speaks {}",
+            handshake.protocol,
+            wire::PROTOCOL_VERSION
+        )));
+    }
+    if handshake.transport != Transport::Unix(process.socket.clone()) {
+        return Err(incompatible(format!(
+            "it listens on {line:?}, not on the socket it was given ({})",
+            process.socket.display()
+        )));
+    }
+    Ok(handshake)
+}
+
+async fn fetch_info(
+    spec: &WorkerSpec,
+    client: &Arc<WorkerClient>,
+) -> Result<InfoResponse, HostError> {
+    let err = |source: PluginError| HostError::Info {
+        program: spec.program.clone(),
+        source,
+    };
+    let fetch =
+        exchange::json::<InfoResponse>(client, Method::GET, wire::routes::INFO, Bytes::new());
+    let info = match tokio::time::timeout(spec.start_timeout, fetch).await {
+        Err(_) => {
+            let late = format!("no answer within {:?}", spec.start_timeout);
+            return Err(err(PluginError::TimedOut(late)));
+        }
+        Ok(Err(Failure::Answer(e))) => return Err(err(e)),
+        Ok(Err(Failure::Transport(e))) => {
+            return Err(err(PluginError::Unavailable(crate::error::chain(&e))))
+        }
+        Ok(Ok(info)) => info,
+    };
+    if info.protocol != wire::PROTOCOL_VERSION {
+        return Err(HostError::Incompatible {
+            program: spec.program.clone(),
+            reason: format!("/v1/info reports protocol {}", info.protocol),
+        });
+    }
+    Ok(info)
+}

@@ -1,0 +1,287 @@
+//! Calls through a [`Supervisor`]: a slot in the bounded queue, a ready worker, a deadline,
+//! and an opt-in retry for idempotent plugins.
+
+use super::{Command, Inner, Supervisor, WorkerState};
+use crate::side_thread::block_on_side_thread;
+use crate::worker::{CallOutput, WorkerCore};
+use futures_util::StreamExt;
+use plugvisor_proto::{Plugin, PluginError, PluginStream, Value};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+/// Per-call settings that override the supervisor's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallOptions {
+    /// Deadline of this call (instead of [`super::SupervisorConfig::call_timeout`]).
+    pub timeout: Option<Duration>,
+}
+
+impl Inner {
+    /// Takes a slot: fails fast when the queue is full, waits up to the queue timeout.
+    async fn admit(&self, deadline: Instant) -> Result<OwnedSemaphorePermit, PluginError> {
+        if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
+            return Ok(permit);
+        }
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.config.max_queue {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(PluginError::Unavailable(format!(
+                "{}: call queue full ({} waiting)",
+                self.label, self.config.max_queue
+            )));
+        }
+        let acquired =
+            tokio::time::timeout_at(deadline, Arc::clone(&self.permits).acquire_owned()).await;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        match acquired {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(PluginError::Unavailable(format!(
+                "{} is shut down",
+                self.label
+            ))),
+            Err(_) => Err(self.queue_timeout()),
+        }
+    }
+
+    fn queue_timeout(&self) -> PluginError {
+        PluginError::Unavailable(format!(
+            "{}: no worker ready within the queue timeout ({:?})",
+            self.label, self.config.queue_timeout
+        ))
+    }
+
+    /// Waits for a ready worker other than `not` (a worker a retry must avoid).
+    async fn ready_worker(
+        &self,
+        deadline: Instant,
+        not: Option<u32>,
+    ) -> Result<Arc<WorkerCore>, PluginError> {
+        let mut rx = self.slot.subscribe();
+        loop {
+            {
+                let slot = rx.borrow_and_update();
+                match slot.state {
+                    WorkerState::Ready | WorkerState::Unhealthy => {
+                        if let Some(w) = slot.worker.as_ref().filter(|w| usable(w, not)) {
+                            return Ok(Arc::clone(w));
+                        }
+                    }
+                    WorkerState::Failed | WorkerState::Stopped => {
+                        let why = slot.reason.as_deref().unwrap_or_default();
+                        return Err(PluginError::Unavailable(format!(
+                            "{} is {}: {why}",
+                            self.label, slot.state
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return Err(self.queue_timeout());
+            }
+        }
+    }
+
+    /// Runs `op` on a ready worker under the call's deadline, retrying once per allowed retry
+    /// on a crash when the plugin is idempotent. `op` borrows the call's input, so a retry
+    /// sends it again without a copy having been made for it.
+    async fn run<T, F, Fut>(&self, options: CallOptions, op: F) -> Result<T, PluginError>
+    where
+        F: Fn(Arc<WorkerCore>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, PluginError>>,
+    {
+        let queue_deadline = Instant::now() + self.config.queue_timeout;
+        let _permit = self.admit(queue_deadline).await?;
+        let timeout = options.timeout.or(self.config.call_timeout);
+        let mut avoid = None;
+        let mut retries = 0;
+        loop {
+            let worker = self.ready_worker(queue_deadline, avoid).await?;
+            self.count_call(&worker);
+            let pid = worker.process.pid;
+            let result = with_deadline(timeout, op(worker)).await;
+            match result {
+                Err(PluginError::WorkerCrashed(_)) if self.may_retry(retries) => {
+                    tracing::info!(plugin = %self.label, pid, "retrying an idempotent call after a crash");
+                    retries += 1;
+                    avoid = Some(pid);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn may_retry(&self, retries: u32) -> bool {
+        self.config.idempotent && retries < self.config.max_retries
+    }
+
+    /// At its call budget, a worker takes this last call and no more: it is retired (later
+    /// calls wait for its replacement) and a recycle is asked for.
+    fn count_call(&self, worker: &WorkerCore) {
+        if let Some(limit) = self.config.recycle_after_calls {
+            if worker.calls_started() + 1 == limit {
+                worker.retire();
+                self.send(Command::Recycle(format!("served {limit} calls")));
+            }
+        }
+    }
+}
+
+fn usable(worker: &WorkerCore, not: Option<u32>) -> bool {
+    worker.process.exit.get().is_none() && !worker.is_retiring() && Some(worker.process.pid) != not
+}
+
+async fn with_deadline<T>(
+    timeout: Option<Duration>,
+    call: impl std::future::Future<Output = Result<T, PluginError>>,
+) -> Result<T, PluginError> {
+    match timeout {
+        None => call.await,
+        Some(limit) => match tokio::time::timeout(limit, call).await {
+            Ok(result) => result,
+            Err(_) => Err(PluginError::TimedOut(format!(
+                "no answer within {limit:?}; the call was cancelled"
+            ))),
+        },
+    }
+}
+
+impl Supervisor {
+    /// [`Plugin::execute`] with per-call options (a deadline).
+    ///
+    /// # Errors
+    /// As [`Plugin::execute`]; [`PluginError::TimedOut`] past the deadline.
+    pub async fn execute_with(
+        &self,
+        input: Value,
+        options: CallOptions,
+    ) -> Result<Value, PluginError> {
+        self.call_ref(&input, options)
+            .await
+            .map(CallOutput::leave_files)
+    }
+
+    /// Like [`crate::RemotePlugin::call`]: the output's files are handed to the caller.
+    ///
+    /// # Errors
+    /// As [`Plugin::execute`].
+    pub async fn call_with(
+        &self,
+        input: Value,
+        options: CallOptions,
+    ) -> Result<CallOutput, PluginError> {
+        self.call_ref(&input, options).await
+    }
+
+    /// [`Supervisor::call_with`] on a borrowed input: the caller keeps it, so it can send it
+    /// elsewhere when this call fails before reaching a worker, without having copied it.
+    ///
+    /// # Errors
+    /// As [`Plugin::execute`].
+    pub async fn call_ref(
+        &self,
+        input: &Value,
+        options: CallOptions,
+    ) -> Result<CallOutput, PluginError> {
+        self.inner
+            .run(options, |w| async move { w.call(input).await })
+            .await
+    }
+
+    /// [`Plugin::execute_stream`] on a borrowed input (see [`Supervisor::call_ref`]).
+    ///
+    /// # Errors
+    /// As [`Plugin::execute_stream`].
+    pub async fn stream_ref(&self, input: &Value) -> Result<PluginStream, PluginError> {
+        let queue_deadline = Instant::now() + self.inner.config.queue_timeout;
+        let permit = self.inner.admit(queue_deadline).await?;
+        let worker = self.inner.ready_worker(queue_deadline, None).await?;
+        self.inner.count_call(&worker);
+        let timeout = self.inner.config.call_timeout;
+        let stream = with_deadline(timeout, worker.execute_stream(input)).await?;
+        // The slot is held until the stream ends or is dropped.
+        Ok(Box::pin(stream.map(move |item| {
+            let _held = &permit;
+            item
+        })))
+    }
+
+    /// Health of the current worker, if one is up.
+    ///
+    /// # Errors
+    /// [`PluginError::Unavailable`] when no worker is up.
+    pub async fn health(&self) -> Result<plugvisor_proto::wire::HealthResponse, PluginError> {
+        let worker = self.inner.slot.borrow().worker.clone();
+        match worker {
+            Some(w) => w.health().await,
+            None => Err(PluginError::Unavailable(format!(
+                "{} has no worker up",
+                self.inner.label
+            ))),
+        }
+    }
+}
+
+impl Plugin for Supervisor {
+    fn name(&self) -> &str {
+        self.identity()
+            .map(|i| i.name.as_str())
+            .unwrap_or(&self.inner.label)
+    }
+
+    fn version(&self) -> &str {
+        self.identity().map(|i| i.version.as_str()).unwrap_or("")
+    }
+
+    /// Configures the live worker, and remembers the configuration so every restarted worker
+    /// gets it too.
+    async fn initialize(&self, config: Option<Value>) -> Result<(), PluginError> {
+        let config_ref = &config;
+        let applied = self
+            .inner
+            .run(CallOptions::default(), |w| async move {
+                w.initialize(config_ref.clone()).await
+            })
+            .await?;
+        drop(applied);
+        if let Ok(mut kept) = self.inner.plugin_config.lock() {
+            *kept = config;
+        }
+        Ok(())
+    }
+
+    async fn execute(&self, input: Value) -> Result<Value, PluginError> {
+        self.execute_with(input, CallOptions::default()).await
+    }
+
+    async fn execute_stream(&self, input: Value) -> Result<PluginStream, PluginError> {
+        self.stream_ref(&input).await
+    }
+
+    fn config_schema(&self) -> Value {
+        self.identity()
+            .map(|i| i.config_schema.clone())
+            .unwrap_or_else(|| serde_json::json!({"type": "object"}))
+    }
+
+    fn current_config(&self) -> Value {
+        let worker = self.inner.slot.borrow().worker.clone();
+        match worker {
+            Some(w) => {
+                block_on_side_thread(async move { w.fetch_config().await.unwrap_or(Value::Null) })
+            }
+            None => Value::Null,
+        }
+    }
+
+    async fn cleanup(&self) -> Result<(), PluginError> {
+        self.inner
+            .run(CallOptions::default(), |w| async move { w.cleanup().await })
+            .await
+    }
+}

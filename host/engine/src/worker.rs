@@ -1,0 +1,294 @@
+//! `WorkerCore`: one live worker and every operation on it (calls, streams, staging,
+//! in-flight count, stop), shared by `RemotePlugin` and the supervisor; and crash attribution:
+//! where a failed connection is told apart as a crash (the process exited) or a live worker
+//! that cannot be reached ([`WorkerCore::failure`]).
+
+use crate::client::{ClientError, Lease, WorkerClient};
+use crate::error::chain;
+use crate::exchange::{self, to_body, Failure};
+use crate::identity::PluginIdentity;
+use crate::launch::Launched;
+use crate::process::WorkerProcess;
+use crate::stream::{self, Fault};
+use crate::transfer::{self, OutputFile, StagedInputs};
+use bytes::Bytes;
+use futures_util::future::Either;
+use futures_util::StreamExt;
+use http::Method;
+use hyper::body::Incoming;
+use plugvisor_proto::wire::{self, routes, ExecuteRequest};
+use plugvisor_proto::{PluginError, PluginStream, Value};
+use serde::de::DeserializeOwned;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How long a failed connection waits for the worker's exit before calling it a crash.
+const CRASH_WAIT: Duration = Duration::from_secs(1);
+
+/// The result of a call that hands output files to the caller.
+#[derive(Debug)]
+pub struct CallOutput {
+    /// The plugin's output, `FileRef`s included as the worker returned them.
+    pub value: Value,
+    /// The files referenced by `value`, deleted when dropped unless persisted.
+    pub files: Vec<OutputFile>,
+}
+
+/// One live worker: its process, the client that talks to it, and what it said about itself.
+#[derive(Debug)]
+pub(crate) struct WorkerCore {
+    pub(crate) process: WorkerProcess,
+    pub(crate) client: Arc<WorkerClient>,
+    pub(crate) identity: PluginIdentity,
+    in_flight: watch::Sender<u64>,
+    calls: AtomicU64,
+    retiring: AtomicBool,
+    stopped: tokio::sync::OnceCell<()>,
+}
+
+/// Counts one call as in flight on a worker until dropped.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    counter: watch::Sender<u64>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.counter.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl WorkerCore {
+    pub(crate) fn new(launched: Launched) -> Self {
+        Self {
+            process: launched.process,
+            client: launched.client,
+            identity: launched.identity,
+            in_flight: watch::channel(0).0,
+            calls: AtomicU64::new(0),
+            retiring: AtomicBool::new(false),
+            stopped: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Marks one call in flight (see [`WorkerCore::drained`]).
+    pub(crate) fn begin_call(&self) -> InFlight {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.send_modify(|n| *n += 1);
+        InFlight {
+            counter: self.in_flight.clone(),
+        }
+    }
+
+    /// Takes no new calls from now on (it is about to be replaced).
+    pub(crate) fn retire(&self) {
+        self.retiring.store(true, Ordering::Release);
+    }
+
+    /// True once [`WorkerCore::retire`] was called.
+    pub(crate) fn is_retiring(&self) -> bool {
+        self.retiring.load(Ordering::Acquire)
+    }
+
+    /// Calls started on this worker so far.
+    pub(crate) fn calls_started(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Calls in flight on this worker now.
+    pub(crate) fn in_flight(&self) -> u64 {
+        *self.in_flight.borrow()
+    }
+
+    /// Waits until no call is in flight on this worker.
+    pub(crate) async fn drained(&self) {
+        let mut rx = self.in_flight.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// Stops the worker: shutdown request, then SIGTERM, then SIGKILL; files removed. Runs
+    /// once; concurrent and later callers wait for that one stop to finish.
+    pub(crate) async fn stop(&self) {
+        self.stopped.get_or_init(|| self.stop_once()).await;
+    }
+
+    /// True once a stop has completed.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.initialized()
+    }
+
+    async fn stop_once(&self) {
+        let already_stopping = self.process.is_stopping();
+        self.process.begin_stop();
+        if !already_stopping && self.process.exit.get().is_none() {
+            let ask = self
+                .client
+                .send(Method::POST, routes::SHUTDOWN, Bytes::new());
+            let _ = tokio::time::timeout(self.process.grace, ask).await;
+        }
+        let exit = self.process.terminate().await;
+        tracing::info!(plugin = %self.identity.name, pid = self.process.pid, %exit, "worker stopped");
+        self.client.close_idle();
+        self.process.remove_files();
+    }
+
+    /// Turns a failed connection into the right error: a crash if the worker died.
+    pub(crate) async fn failure(&self, err: ClientError) -> PluginError {
+        let reason = format!("worker {}: {}", self.identity.name, chain(&err));
+        self.failure_with(reason).await
+    }
+
+    /// A crash report if the worker died (waiting briefly for its exit), else `Unavailable`
+    /// with `message`; `Unavailable` too when the host itself stopped the worker.
+    pub(crate) async fn failure_with(&self, message: String) -> PluginError {
+        if self.process.is_stopping() {
+            return PluginError::Unavailable(format!("worker {} was stopped", self.identity.name));
+        }
+        if self.process.exit.wait_timeout(CRASH_WAIT).await.is_some() {
+            return PluginError::WorkerCrashed(self.process.crash_report().await);
+        }
+        PluginError::Unavailable(message)
+    }
+
+    /// The error of a failed exchange: the worker's own, or an attributed connection failure.
+    async fn attribute(&self, failure: Failure) -> PluginError {
+        match failure {
+            Failure::Answer(e) => e,
+            Failure::Transport(e) => self.failure(e).await,
+        }
+    }
+
+    /// The last item of a stream that did not end with `end`.
+    async fn attribute_stream(&self, fault: Fault) -> PluginError {
+        match fault {
+            Fault::Plugin(e) => e,
+            Fault::Broken(e) => self.failure(e).await,
+            Fault::CutShort => {
+                let msg = "the stream ended without a terminal frame".to_owned();
+                // A stream cut short while the worker lives is a protocol error, never an end.
+                match self.failure_with(msg).await {
+                    PluginError::Unavailable(m) => PluginError::Protocol(m),
+                    other => other,
+                }
+            }
+        }
+    }
+
+    async fn post(&self, path: &str, body: Bytes) -> Result<(Incoming, Lease), PluginError> {
+        match exchange::send(&self.client, Method::POST, path, body).await {
+            Ok(ok) => Ok(ok),
+            Err(f) => Err(self.attribute(f).await),
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<T, PluginError> {
+        match exchange::json(&self.client, method, path, body).await {
+            Ok(value) => Ok(value),
+            Err(f) => Err(self.attribute(f).await),
+        }
+    }
+
+    /// `POST /v1/initialize`.
+    pub(crate) async fn initialize(&self, config: Option<Value>) -> Result<Value, PluginError> {
+        let body = to_body(&wire::InitializeRequest { config })?;
+        let answer: wire::ConfigResponse =
+            self.json(Method::POST, routes::INITIALIZE, body).await?;
+        Ok(answer.config)
+    }
+
+    /// `POST /v1/execute`, staging input files and adopting output files.
+    pub(crate) async fn call(&self, input: &Value) -> Result<CallOutput, PluginError> {
+        let _guard = self.begin_call();
+        let (body, staged) = self.request_body(input).await?;
+        let response: wire::ExecuteResponse =
+            self.json(Method::POST, routes::EXECUTE, body).await?;
+        let dir = &self.process.transfer_dir;
+        let files = transfer::adopt_outputs(dir, &response.output, &staged)?;
+        Ok(CallOutput {
+            value: response.output,
+            files,
+        })
+    }
+
+    /// `POST /v1/execute_stream`. The stream holds the call's staged input files and its
+    /// in-flight count until it ends or is dropped.
+    pub(crate) async fn execute_stream(
+        self: &Arc<Self>,
+        input: &Value,
+    ) -> Result<PluginStream, PluginError> {
+        let guard = self.begin_call();
+        let (body, staged) = self.request_body(input).await?;
+        let (body, lease) = self.post(routes::EXECUTE_STREAM, body).await?;
+        let core = Arc::clone(self);
+        let held = (staged, guard);
+        let items = stream::decode(body, lease).then(move |item| {
+            let _held = &held;
+            match item {
+                Ok(value) => Either::Left(std::future::ready(Ok(value))),
+                Err(fault) => {
+                    let core = Arc::clone(&core);
+                    Either::Right(async move { Err(core.attribute_stream(fault).await) })
+                }
+            }
+        });
+        Ok(Box::pin(items))
+    }
+
+    /// The body of a call on `input`. File references are staged into the transfer directory
+    /// first, on a copy of the input rewritten to point at the staged files (the caller's
+    /// input is not touched, so it can be sent again).
+    async fn request_body(&self, input: &Value) -> Result<(Bytes, StagedInputs), PluginError> {
+        if !plugvisor_proto::file_ref::contains_file_refs(input) {
+            let body = to_body(&ExecuteRequest { input })?;
+            return Ok((body, StagedInputs::default()));
+        }
+        let dir = self.process.transfer_dir.clone();
+        let mut owned = input.clone();
+        let (staged, owned) = tokio::task::spawn_blocking(move || {
+            let staged = transfer::stage_inputs(&dir, &mut owned);
+            (staged, owned)
+        })
+        .await
+        .map_err(|e| PluginError::Failed(format!("staging files panicked: {e}")))?;
+        let staged = staged?;
+        let body = to_body(&ExecuteRequest { input: &owned })?;
+        Ok((body, staged))
+    }
+
+    /// `GET /v1/health`.
+    pub(crate) async fn health(&self) -> Result<wire::HealthResponse, PluginError> {
+        self.json(Method::GET, routes::HEALTH, Bytes::new()).await
+    }
+
+    /// `GET /v1/config`.
+    pub(crate) async fn fetch_config(&self) -> Result<Value, PluginError> {
+        let answer: wire::ConfigResponse =
+            self.json(Method::GET, routes::CONFIG, Bytes::new()).await?;
+        Ok(answer.config)
+    }
+
+    /// `POST /v1/cleanup`.
+    pub(crate) async fn cleanup(&self) -> Result<(), PluginError> {
+        let _: Value = self
+            .json(Method::POST, routes::CLEANUP, Bytes::new())
+            .await?;
+        Ok(())
+    }
+}
+
+impl CallOutput {
+    /// The value alone; the files stay in the worker's transfer directory until it stops.
+    pub(crate) fn leave_files(self) -> Value {
+        for file in self.files {
+            file.disarm();
+        }
+        self.value
+    }
+}

@@ -1,0 +1,232 @@
+//! One function per route: authenticate, match the route, read and check the body, ask the
+//! manager, answer.
+
+use super::errors::ApiError;
+use super::reply::{self, Reply};
+use super::request::{authorize, parse, parse_optional, query_flag, read_body};
+use super::routes::{resolve, Op};
+use super::{health, openapi, streams, Ctx};
+use crate::PluginManager;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+use plugvisor_host::CallOptions;
+use plugvisor_proto::Value;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// `POST /api/plugins/load`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoadRequest {
+    plugin_id: String,
+    #[serde(default)]
+    config: Option<Value>,
+}
+
+/// `POST /api/plugins/{id}/unload` (the body is optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnloadRequest {
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /api/plugins/{id}/reload` takes no fields (an empty body or `{}`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReloadRequest {}
+
+/// `PUT /api/plugins/{id}/config`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigRequest {
+    config: Value,
+}
+
+/// `POST /api/plugins/execute`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecuteRequest {
+    plugin_id: String,
+    input: Value,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+/// `POST /api/plugins/execute_stream`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamRequest {
+    plugin_id: String,
+    input: Value,
+}
+
+/// Answers one request; every failure becomes an error answer.
+pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Reply {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let reply = match route(&ctx, &parts, body).await {
+        Ok(reply) => reply,
+        Err(e) => reply::error(e),
+    };
+    tracing::debug!(
+        method = %parts.method,
+        path = parts.uri.path(),
+        status = reply.status().as_u16(),
+        took_us = started.elapsed().as_micros() as u64,
+        "API request"
+    );
+    reply
+}
+
+async fn route(ctx: &Ctx, parts: &Parts, body: Incoming) -> Result<Reply, ApiError> {
+    authorize(parts, ctx.options.token.as_deref())?;
+    let matched = resolve(&parts.method, parts.uri.path())?;
+    let id = matched.id.unwrap_or_default();
+    let m = &ctx.manager;
+    match matched.op {
+        Op::ListLoaded => Ok(reply::ok(&json!({ "plugins": m.loaded() }))),
+        Op::ListAvailable => Ok(available(m)),
+        Op::Health => Ok(health::answer(m)),
+        Op::Status => Ok(reply::ok(&m.status())),
+        Op::Events => Ok(reply::streamed(
+            streams::NDJSON,
+            streams::events(m, ctx.shutdown.clone()),
+        )),
+        Op::Load => load(ctx, parse(&body_of(ctx, parts, body).await?)?).await,
+        Op::Execute => execute(m, parse(&body_of(ctx, parts, body).await?)?).await,
+        Op::ExecuteStream => execute_stream(m, parse(&body_of(ctx, parts, body).await?)?).await,
+        Op::Get => get(m, &id),
+        Op::Unload => {
+            let req: UnloadRequest = parse_optional(&body_of(ctx, parts, body).await?)?;
+            let force = req.force || query_flag(parts.uri.query(), "force")?;
+            unload(m, &id, force).await
+        }
+        Op::Reload => {
+            let ReloadRequest {} = parse_optional(&body_of(ctx, parts, body).await?)?;
+            reload(m, &id).await
+        }
+        Op::SetConfig => set_config(m, &id, parse(&body_of(ctx, parts, body).await?)?).await,
+        Op::OpenApi => Ok(reply::ok(&openapi::openapi_document())),
+        Op::Metrics => Ok(metrics(m)),
+    }
+}
+
+async fn body_of(ctx: &Ctx, parts: &Parts, body: Incoming) -> Result<Bytes, ApiError> {
+    read_body(parts, body, &ctx.options).await
+}
+
+/// Every manifest (re-read from disk first) and the problems of broken ones.
+fn available(m: &PluginManager) -> Reply {
+    m.rediscover();
+    reply::ok(&json!({
+        "plugins": m.available(),
+        "manifest_errors": m.manifest_errors(),
+    }))
+}
+
+/// A plugin's info, plus its schema and configuration (secrets masked) when loaded.
+fn get(m: &PluginManager, id: &str) -> Result<Reply, ApiError> {
+    let info = m.info(id).map_err(|e| ApiError::from_manager(e))?;
+    let mut doc = serde_json::to_value(&info).map_err(|e| ApiError::internal(e.to_string()))?;
+    if let (Ok(config), Some(fields)) = (m.config(id), doc.as_object_mut()) {
+        fields.insert("config_schema".to_owned(), config.schema);
+        fields.insert("config".to_owned(), config.config);
+    }
+    Ok(reply::ok(&doc))
+}
+
+async fn load(ctx: &Ctx, req: LoadRequest) -> Result<Reply, ApiError> {
+    let m = &ctx.manager;
+    if let Some(config) = &req.config {
+        require_object(config)?;
+    }
+    if m.info(&req.plugin_id).is_err() {
+        // A manifest added since the last discovery.
+        m.rediscover();
+    }
+    let info = m
+        .load(&req.plugin_id, req.config)
+        .await
+        .map_err(|e| ApiError::from_manager(e))?;
+    Ok(reply::ok(&info))
+}
+
+async fn unload(m: &PluginManager, id: &str, force: bool) -> Result<Reply, ApiError> {
+    m.unload(id, force)
+        .await
+        .map_err(|e| ApiError::from_manager(e))?;
+    match m.info(id) {
+        Ok(info) => Ok(reply::ok(&info)),
+        Err(_) => Ok(reply::ok(&json!({"name": id, "loaded": false}))),
+    }
+}
+
+async fn reload(m: &PluginManager, id: &str) -> Result<Reply, ApiError> {
+    let info = m.reload(id).await.map_err(|e| ApiError::from_manager(e))?;
+    Ok(reply::ok(&info))
+}
+
+async fn set_config(m: &PluginManager, id: &str, req: ConfigRequest) -> Result<Reply, ApiError> {
+    require_object(&req.config)?;
+    let masked = m
+        .set_config(id, req.config)
+        .await
+        .map_err(|e| ApiError::from_manager(e))?;
+    Ok(reply::ok(&json!({ "config": masked })))
+}
+
+async fn execute(m: &PluginManager, req: ExecuteRequest) -> Result<Reply, ApiError> {
+    let timeout = match req.timeout_ms {
+        Some(0) => return Err(ApiError::bad_request("timeout_ms must be at least 1")),
+        other => other.map(Duration::from_millis),
+    };
+    let output = m
+        .call(&req.plugin_id, req.input, CallOptions { timeout })
+        .await
+        .map_err(ApiError::from_call)?;
+    Ok(reply::ok(&json!({ "output": output.value })))
+}
+
+async fn execute_stream(m: &PluginManager, req: StreamRequest) -> Result<Reply, ApiError> {
+    let stream = m
+        .stream(&req.plugin_id, req.input)
+        .await
+        .map_err(ApiError::from_call)?;
+    Ok(reply::streamed(streams::NDJSON, streams::frames(stream)))
+}
+
+fn metrics(m: &PluginManager) -> Reply {
+    reply::with_body(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        Bytes::from(m.metrics()),
+    )
+}
+
+/// A configuration must be a JSON object (400 otherwise).
+fn require_object(config: &Value) -> Result<(), ApiError> {
+    if config.is_object() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "config must be a JSON object, got {}",
+            kind_of(config)
+        )))
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

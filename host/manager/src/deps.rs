@@ -1,0 +1,226 @@
+//! Dependency order from `provides`/`requires`: providers start first; a missing service or a
+//! cycle is an error naming the plugins involved; and the closure of what a plugin needs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Why plugins cannot be ordered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DepError {
+    /// A required service nobody provides.
+    #[error("plugin {plugin} requires service {service:?}, which no plugin provides")]
+    Missing {
+        /// The plugin with the requirement.
+        plugin: String,
+        /// The service.
+        service: String,
+    },
+    /// Plugins that require each other, in cycle order.
+    #[error("dependency cycle: {}", .0.join(" -> "))]
+    Cycle(Vec<String>),
+}
+
+/// One plugin's services.
+#[derive(Debug, Clone)]
+pub struct Node<'a> {
+    /// Plugin name.
+    pub name: &'a str,
+    /// Services it provides.
+    pub provides: &'a [String],
+    /// Services it requires.
+    pub requires: &'a [String],
+}
+
+/// Which plugin provides each service (the first by name when several do).
+pub fn services(nodes: &[Node<'_>]) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    let mut sorted: Vec<&Node<'_>> = nodes.iter().collect();
+    sorted.sort_by_key(|n| n.name);
+    for node in sorted {
+        for service in node.provides {
+            map.entry(service.clone())
+                .or_insert_with(|| node.name.to_owned());
+        }
+    }
+    map
+}
+
+/// The plugins each plugin depends on.
+fn edges(nodes: &[Node<'_>]) -> Result<BTreeMap<String, BTreeSet<String>>, DepError> {
+    let providers = services(nodes);
+    let mut deps = BTreeMap::new();
+    for node in nodes {
+        let mut mine = BTreeSet::new();
+        for service in node.requires {
+            let provider = providers.get(service).ok_or_else(|| DepError::Missing {
+                plugin: node.name.to_owned(),
+                service: service.clone(),
+            })?;
+            mine.insert(provider.clone());
+        }
+        deps.insert(node.name.to_owned(), mine);
+    }
+    Ok(deps)
+}
+
+/// A start order with every provider before the plugins that require it (ties by name).
+///
+/// # Errors
+/// [`DepError::Missing`] or [`DepError::Cycle`].
+pub fn start_order(nodes: &[Node<'_>]) -> Result<Vec<String>, DepError> {
+    let mut pending = edges(nodes)?;
+    let mut order = Vec::with_capacity(pending.len());
+    while !pending.is_empty() {
+        let ready: Vec<String> = pending
+            .iter()
+            .filter(|(_, deps)| deps.iter().all(|d| !pending.contains_key(d)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if ready.is_empty() {
+            return Err(DepError::Cycle(find_cycle(&pending)));
+        }
+        for name in ready {
+            pending.remove(&name);
+            order.push(name);
+        }
+    }
+    Ok(order)
+}
+
+/// `names` and every plugin they transitively require (each provider of each required
+/// service), in the order they were found.
+pub fn closure(nodes: &[Node<'_>], names: &[String]) -> Vec<String> {
+    let mut needed: Vec<String> = names.to_vec();
+    let mut i = 0;
+    while i < needed.len() {
+        if let Some(node) = nodes.iter().find(|n| n.name == needed[i]) {
+            for service in node.requires {
+                for provider in nodes.iter().filter(|p| p.provides.contains(service)) {
+                    if !needed.iter().any(|n| n == provider.name) {
+                        needed.push(provider.name.to_owned());
+                    }
+                }
+            }
+        }
+        i += 1;
+    }
+    needed
+}
+
+/// Walks dependencies from the first pending plugin until one repeats.
+fn find_cycle(pending: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    let Some(start) = pending.keys().next() else {
+        return Vec::new();
+    };
+    let mut path = vec![start.clone()];
+    loop {
+        let last = path.last().cloned().unwrap_or_default();
+        let next = pending
+            .get(&last)
+            .and_then(|deps| deps.iter().find(|d| pending.contains_key(*d)))
+            .cloned();
+        let Some(next) = next else { return path };
+        if let Some(at) = path.iter().position(|p| *p == next) {
+            let mut cycle = path.split_off(at);
+            cycle.push(next);
+            return cycle;
+        }
+        path.push(next);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| (*x).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_closure_follows_requirements_transitively() {
+        let (none, db, api) = (s(&[]), s(&["db"]), s(&["api"]));
+        let nodes = [
+            Node {
+                name: "web",
+                provides: &none,
+                requires: &api,
+            },
+            Node {
+                name: "api",
+                provides: &api,
+                requires: &db,
+            },
+            Node {
+                name: "store",
+                provides: &db,
+                requires: &none,
+            },
+            Node {
+                name: "other",
+                provides: &none,
+                requires: &none,
+            },
+        ];
+        assert_eq!(closure(&nodes, &s(&["web"])), ["web", "api", "store"]);
+        assert_eq!(closure(&nodes, &s(&["other"])), ["other"]);
+        assert_eq!(closure(&nodes, &s(&["ghost"])), ["ghost"]);
+    }
+
+    #[test]
+    fn providers_come_first() {
+        let (p1, r1) = (s(&["db"]), s(&[]));
+        let (p2, r2) = (s(&["api"]), s(&["db"]));
+        let (p3, r3) = (s(&[]), s(&["api", "db"]));
+        let nodes = [
+            Node {
+                name: "web",
+                provides: &p3,
+                requires: &r3,
+            },
+            Node {
+                name: "api",
+                provides: &p2,
+                requires: &r2,
+            },
+            Node {
+                name: "store",
+                provides: &p1,
+                requires: &r1,
+            },
+        ];
+        assert_eq!(start_order(&nodes).unwrap(), ["store", "api", "web"]);
+        assert_eq!(services(&nodes)["db"], "store");
+    }
+
+    #[test]
+    fn a_missing_service_and_a_cycle_name_the_plugins() {
+        let (none, needs_x) = (s(&[]), s(&["x"]));
+        let missing = [Node {
+            name: "a",
+            provides: &none,
+            requires: &needs_x,
+        }];
+        assert_eq!(
+            start_order(&missing).unwrap_err().to_string(),
+            "plugin a requires service \"x\", which no plugin provides"
+        );
+        let (pa, ra) = (s(&["sa"]), s(&["sb"]));
+        let (pb, rb) = (s(&["sb"]), s(&["sa"]));
+        let cycle = [
+            Node {
+                name: "a",
+                provides: &pa,
+                requires: &ra,
+            },
+            Node {
+                name: "b",
+                provides: &pb,
+                requires: &rb,
+            },
+        ];
+        assert_eq!(
+            start_order(&cycle).unwrap_err().to_string(),
+            "dependency cycle: a -> b -> a"
+        );
+    }
+}

@@ -1,0 +1,35 @@
+//! plugvisor-manager: plugins described by manifests, loaded in dependency order with layered
+//! and validated configuration, hot-reloaded, and managed over a REST API. Built only on the
+//! public API of the engine (`plugvisor-host`).
+//!
+//! # Modules
+//! - `manager`: [`PluginManager`] and [`ManagerConfig`]: discovery, load, unload, reload,
+//!   configuration changes, calls and streams, status.
+//! - `managed`: one loaded plugin: lazy start, idle stop, hot swap.
+//! - [`manifest`]: the manifest format, line-numbered errors, discovery.
+//! - [`config`]: configuration layers, JSON Schema validation, secret masking.
+//! - `host_config`: the host configuration file (`plugvisor.toml`).
+//! - [`deps`]: start order, missing services, cycles, the dependency closure.
+//! - `idle`: the idle stopper of plugins with `idle_stop_secs`.
+//! - [`metrics`]: call counters, latency histogram, restarts and workers in Prometheus text.
+//! - `error`: [`ManagerError`].
+//! - `status`: what the manager reports: [`PluginInfo`], [`ManagerStatus`],
+//!   [`PluginConfig`], [`PluginHealth`].
+//! - [`api`]: the management REST API over a [`PluginManager`] (`docs/API.md`).
+
+pub mod api;
+pub mod config;
+pub mod deps;
+mod error;
+mod host_config;
+mod idle;
+mod managed;
+mod manager;
+pub mod manifest;
+pub mod metrics;
+mod status;
+
+pub use error::ManagerError;
+pub use host_config::default_worker_dir;
+pub use manager::{ManagerConfig, PluginManager};
+pub use status::{ManagerStatus, PluginConfig, PluginHealth, PluginInfo};

@@ -1,0 +1,373 @@
+//! `Managed`: one loaded plugin: its manifest, its layered configuration, and its supervisor,
+//! started eagerly or on the first call, stopped after an idle period, swapped on reload.
+
+use crate::config::{env_layer, mask_secrets, merge, schema_defaults, validate};
+use crate::error::ManagerError;
+use crate::idle::{self, IdleStop};
+use crate::manifest::{Discovered, StartMode};
+use plugvisor_host::{
+    CallOptions, CallOutput, Host, Plugin, PluginError, PluginIdentity, Supervisor,
+    SupervisorConfig, WorkerSpec, WorkerState,
+};
+use plugvisor_proto::{PluginStream, Value};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+/// One loaded plugin.
+#[derive(Debug)]
+pub(crate) struct Managed {
+    pub(crate) found: Discovered,
+    spec: WorkerSpec,
+    supervision: SupervisorConfig,
+    /// What the worker said about itself when the plugin was loaded.
+    pub(crate) identity: PluginIdentity,
+    /// Config layers below the API's, merged: schema defaults, manifest, host file, env.
+    base_config: Value,
+    state: Mutex<State>,
+    /// Held while a lazy start or an idle stop runs.
+    starting: tokio::sync::Mutex<()>,
+    /// Set when a reload replaced this plugin or it was unloaded: calls that failed before
+    /// reaching a worker are sent to the replacement.
+    replaced: AtomicBool,
+    idle_stopper: OnceLock<AbortHandle>,
+    host: Arc<Host>,
+}
+
+/// What changes while the plugin is loaded.
+#[derive(Debug)]
+struct State {
+    /// The API/CLI configuration layer.
+    api_layer: Value,
+    /// The configuration in force (validated).
+    config: Value,
+    /// The running supervisor; `None` for a lazy plugin between calls.
+    current: Option<Supervisor>,
+    last_call: Instant,
+    started_at: Option<Instant>,
+}
+
+/// How to build a [`Managed`].
+pub(crate) struct Plan {
+    pub(crate) found: Discovered,
+    pub(crate) worker_dir: PathBuf,
+    pub(crate) file_layer: Value,
+    pub(crate) api_layer: Value,
+}
+
+impl Managed {
+    /// Starts (eager) or probes (lazy) the worker, layers and validates the configuration, and
+    /// applies it. Nothing is left running on error.
+    pub(crate) async fn load(host: Arc<Host>, plan: Plan) -> Result<Arc<Self>, ManagerError> {
+        let manifest = &plan.found.manifest;
+        let spec = worker_spec(&plan.found, &plan.worker_dir)?;
+        let supervision = manifest.supervision.to_config();
+        let first = supervise(&host, &spec, &supervision, &manifest.name).await?;
+        let identity = match first.identity() {
+            Some(identity) => identity.clone(),
+            None => {
+                first.shutdown().await;
+                return Err(ManagerError::Start {
+                    plugin: manifest.name.clone(),
+                    reason: "the worker reported no identity".to_owned(),
+                });
+            }
+        };
+        let mut base = schema_defaults(&identity.config_schema);
+        merge(&mut base, &manifest.config_json());
+        merge(&mut base, &plan.file_layer);
+        merge(&mut base, &env_layer(&manifest.name, std::env::vars()));
+        let managed = Arc::new(Self {
+            spec,
+            supervision,
+            identity,
+            base_config: base,
+            state: Mutex::new(State {
+                api_layer: plan.api_layer,
+                config: Value::Null,
+                current: None,
+                last_call: Instant::now(),
+                started_at: None,
+            }),
+            starting: tokio::sync::Mutex::new(()),
+            replaced: AtomicBool::new(false),
+            idle_stopper: OnceLock::new(),
+            host,
+            found: plan.found,
+        });
+        if let Err(e) = managed.configure_first(&first).await {
+            first.shutdown().await;
+            return Err(e);
+        }
+        if managed.found.manifest.start == StartMode::Lazy {
+            first.shutdown().await;
+        } else {
+            managed.install(first);
+        }
+        managed.start_idle_stopper();
+        Ok(managed)
+    }
+
+    /// Validates the layered configuration and applies it to the first worker.
+    async fn configure_first(&self, first: &Supervisor) -> Result<(), ManagerError> {
+        let config = self.effective(None)?;
+        first
+            .initialize(Some(config.clone()))
+            .await
+            .map_err(|e| self.plugin_error(e))?;
+        self.lock().config = config;
+        Ok(())
+    }
+
+    fn start_idle_stopper(self: &Arc<Self>) {
+        if let Some(secs) = self.found.manifest.idle_stop_secs {
+            let task = idle::spawn(Arc::downgrade(self), Duration::from_secs(secs));
+            let _ = self.idle_stopper.set(task.abort_handle());
+        }
+    }
+
+    /// The plugin's id.
+    pub(crate) fn name(&self) -> &str {
+        &self.found.manifest.name
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state is only ever replaced field by field; a panic elsewhere leaves it whole.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn plugin_error(&self, source: PluginError) -> ManagerError {
+        ManagerError::Plugin {
+            plugin: self.name().to_owned(),
+            source,
+        }
+    }
+
+    /// The configuration with `api` (or the current API layer) on top, validated.
+    fn effective(&self, api: Option<&Value>) -> Result<Value, ManagerError> {
+        let mut config = self.base_config.clone();
+        match api {
+            Some(layer) => merge(&mut config, layer),
+            None => merge(&mut config, &self.lock().api_layer),
+        }
+        let schema = &self.identity.config_schema;
+        validate(schema, &config).map_err(|problems| ManagerError::InvalidConfig {
+            plugin: self.name().to_owned(),
+            problems,
+        })?;
+        Ok(config)
+    }
+
+    /// The API configuration layer.
+    pub(crate) fn api_layer(&self) -> Value {
+        self.lock().api_layer.clone()
+    }
+
+    /// The configuration in force, secrets masked.
+    pub(crate) fn masked_config(&self) -> Value {
+        mask_secrets(&self.identity.config_schema, &self.lock().config)
+    }
+
+    /// Replaces the API layer and applies the result to the running plugin (no restart).
+    /// An invalid configuration is refused before it reaches the plugin.
+    pub(crate) async fn set_config(&self, api: Value) -> Result<Value, ManagerError> {
+        let config = self.effective(Some(&api))?;
+        if let Some(sup) = self.current() {
+            sup.initialize(Some(config.clone()))
+                .await
+                .map_err(|e| self.plugin_error(e))?;
+        }
+        let mut state = self.lock();
+        state.api_layer = api;
+        state.config = config;
+        drop(state);
+        Ok(self.masked_config())
+    }
+
+    fn install(&self, sup: Supervisor) {
+        let mut state = self.lock();
+        state.current = Some(sup);
+        state.started_at = Some(Instant::now());
+    }
+
+    /// The running supervisor, if any.
+    pub(crate) fn current(&self) -> Option<Supervisor> {
+        self.lock().current.clone()
+    }
+
+    /// When the current worker was started.
+    pub(crate) fn started_at(&self) -> Option<Instant> {
+        self.lock().started_at
+    }
+
+    /// Marks the plugin replaced (reload) or unloaded: no lazy start from now on.
+    pub(crate) fn retire(&self) {
+        self.replaced.store(true, Ordering::Release);
+    }
+
+    /// True once [`Managed::retire`] was called.
+    pub(crate) fn is_retired(&self) -> bool {
+        self.replaced.load(Ordering::Acquire)
+    }
+
+    /// The running supervisor, starting one first for a lazy plugin.
+    async fn supervisor(&self) -> Result<Supervisor, PluginError> {
+        self.lock().last_call = Instant::now();
+        if let Some(sup) = self.current() {
+            return Ok(sup);
+        }
+        if self.is_retired() {
+            let gone = format!("{} was replaced", self.name());
+            return Err(PluginError::Unavailable(gone));
+        }
+        let _starting = self.starting.lock().await;
+        if let Some(sup) = self.current() {
+            return Ok(sup);
+        }
+        let sup = supervise(&self.host, &self.spec, &self.supervision, self.name())
+            .await
+            .map_err(|e| PluginError::Unavailable(plugvisor_host::error_chain(&e)))?;
+        let config = self.lock().config.clone();
+        sup.initialize(Some(config)).await?;
+        self.install(sup.clone());
+        Ok(sup)
+    }
+
+    /// One call, starting the worker first if needed. The input is borrowed: the caller may
+    /// send it to a replacement if this one was retired before the call reached a worker.
+    pub(crate) async fn call(
+        &self,
+        input: &Value,
+        options: CallOptions,
+    ) -> Result<CallOutput, PluginError> {
+        self.supervisor().await?.call_ref(input, options).await
+    }
+
+    /// One stream, starting the worker first if needed (input borrowed as for calls).
+    pub(crate) async fn stream(&self, input: &Value) -> Result<PluginStream, PluginError> {
+        self.supervisor().await?.stream_ref(input).await
+    }
+
+    /// The state to report: the supervisor's, or `idle` for a lazy plugin not running.
+    pub(crate) fn state(&self) -> &'static str {
+        match self.current() {
+            Some(sup) => sup.state().as_str(),
+            None => "idle",
+        }
+    }
+
+    /// Stops the worker if it has had no call for `idle` and none is running.
+    async fn stop_idle(&self, idle: Duration) -> bool {
+        let (quiet, sup) = {
+            let state = self.lock();
+            (state.last_call.elapsed() >= idle, state.current.clone())
+        };
+        let Some(sup) = sup else {
+            return false;
+        };
+        if !quiet || sup.in_flight() > 0 {
+            return false;
+        }
+        let _starting = self.starting.lock().await;
+        {
+            let mut state = self.lock();
+            state.current = None;
+            state.started_at = None;
+        }
+        sup.shutdown().await;
+        true
+    }
+
+    /// Stops the worker after its in-flight calls finish (at most `drain`), and the idle
+    /// stopper with it.
+    pub(crate) async fn stop(&self, drain: Duration) {
+        if let Some(stopper) = self.idle_stopper.get() {
+            stopper.abort();
+        }
+        let sup = self.lock().current.take();
+        if let Some(sup) = sup {
+            let _ = tokio::time::timeout(drain, sup.drained()).await;
+            sup.shutdown().await;
+        }
+    }
+
+    /// Reports whether a running worker is healthy: `Ready`, or no worker (lazy, idle).
+    pub(crate) fn healthy(&self) -> Option<bool> {
+        self.current()
+            .map(|sup| matches!(sup.state(), WorkerState::Ready))
+    }
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        if let Some(stopper) = self.idle_stopper.get() {
+            stopper.abort();
+        }
+    }
+}
+
+impl IdleStop for Managed {
+    fn name(&self) -> &str {
+        Managed::name(self)
+    }
+
+    fn retired(&self) -> bool {
+        self.is_retired()
+    }
+
+    async fn stop_if_idle(&self, idle: Duration) -> bool {
+        self.stop_idle(idle).await
+    }
+}
+
+/// Starts a supervisor for `spec` and waits until it is ready.
+async fn supervise(
+    host: &Host,
+    spec: &WorkerSpec,
+    config: &SupervisorConfig,
+    name: &str,
+) -> Result<Supervisor, ManagerError> {
+    let sup = host.supervise(spec.clone(), config.clone());
+    let wait = spec.start_timeout + Duration::from_secs(1);
+    match sup.wait_ready(wait).await {
+        WorkerState::Ready => Ok(sup),
+        state => {
+            let reason = sup.reason().unwrap_or_else(|| state.to_string());
+            sup.shutdown().await;
+            Err(ManagerError::Start {
+                plugin: name.to_owned(),
+                reason,
+            })
+        }
+    }
+}
+
+/// The worker spec a manifest describes.
+fn worker_spec(found: &Discovered, worker_dir: &Path) -> Result<WorkerSpec, ManagerError> {
+    let m = &found.manifest;
+    let program = if m.command.contains('/') {
+        let base = found.file.parent().unwrap_or(Path::new("."));
+        base.join(&m.command)
+    } else {
+        worker_dir.join(&m.command)
+    };
+    if !program.is_file() {
+        return Err(ManagerError::Start {
+            plugin: m.name.clone(),
+            reason: format!("worker binary {} does not exist", program.display()),
+        });
+    }
+    let mut spec = WorkerSpec::new(program).name(m.name.clone());
+    spec.args = m.args.iter().map(Into::into).collect();
+    spec.env = m.env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+    if let Some(secs) = m.supervision.start_timeout_secs {
+        spec.start_timeout = Duration::from_secs(secs);
+    }
+    if let Some(ms) = m.supervision.stop_grace_ms {
+        spec.stop_grace = Duration::from_millis(ms);
+    }
+    Ok(spec)
+}

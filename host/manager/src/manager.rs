@@ -1,0 +1,529 @@
+//! `PluginManager`: discovers plugins from manifests, loads them in dependency order with
+//! validated layered configuration, reloads them without failing a call, and reports status.
+
+use crate::deps::{self, Node};
+use crate::error::ManagerError;
+use crate::host_config::{self, default_worker_dir};
+use crate::managed::{Managed, Plan};
+use crate::manifest::{self, Discovered, Manifest, ManifestError};
+use crate::metrics::{self, Metrics};
+use crate::status::{ManagerStatus, PluginConfig, PluginHealth, PluginInfo};
+use plugvisor_host::{
+    CallOptions, CallOutput, EventKind, HookHandle, Host, HostConfig, LifecycleEvent, PluginError,
+};
+use plugvisor_proto::{PluginStream, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+/// How long an unloaded or replaced plugin's in-flight calls may finish before it stops.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// Where the manager finds plugins and their configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ManagerConfig {
+    /// Directories of `*.toml` manifests (later ones win on a name clash).
+    pub manifest_dirs: Vec<PathBuf>,
+    /// Where bare `command` names resolve (default: beside the running executable).
+    pub worker_dir: Option<PathBuf>,
+    /// Host configuration file (`plugvisor.toml`) with `[plugins.<name>.config]` tables.
+    pub host_config_file: Option<PathBuf>,
+    /// Settings of the underlying [`Host`].
+    pub host: HostConfig,
+}
+
+struct Inner {
+    host: Arc<Host>,
+    config: ManagerConfig,
+    worker_dir: PathBuf,
+    file_layers: BTreeMap<String, Value>,
+    available: RwLock<BTreeMap<String, Discovered>>,
+    problems: RwLock<Vec<ManifestError>>,
+    loaded: RwLock<BTreeMap<String, Arc<Managed>>>,
+    ops: tokio::sync::Mutex<()>,
+    metrics: Metrics,
+}
+
+/// Discovers, loads, configures, reloads and unloads plugins. Cheap to clone.
+#[derive(Clone)]
+pub struct PluginManager {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PluginManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginManager")
+            .field("manifest_dirs", &self.inner.config.manifest_dirs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginManager {
+    /// A manager over `config`: makes the host and discovers every manifest directory. Broken
+    /// manifests are kept as problems ([`PluginManager::manifest_errors`]), not errors.
+    ///
+    /// # Errors
+    /// The host's runtime directory or the host configuration file cannot be used.
+    pub fn new(config: ManagerConfig) -> Result<Self, ManagerError> {
+        let host = Arc::new(Host::with_config(config.host.clone())?);
+        let worker_dir = match &config.worker_dir {
+            Some(dir) => dir.clone(),
+            None => default_worker_dir(),
+        };
+        let file_layers = match &config.host_config_file {
+            Some(path) => host_config::read(path)?,
+            None => BTreeMap::new(),
+        };
+        let manager = Self {
+            inner: Arc::new(Inner {
+                host,
+                config,
+                worker_dir,
+                file_layers,
+                available: RwLock::new(BTreeMap::new()),
+                problems: RwLock::new(Vec::new()),
+                loaded: RwLock::new(BTreeMap::new()),
+                ops: tokio::sync::Mutex::new(()),
+                metrics: Metrics::default(),
+            }),
+        };
+        manager.rediscover();
+        Ok(manager)
+    }
+
+    /// The host the plugins run under (events, hooks).
+    pub fn host(&self) -> &Host {
+        &self.inner.host
+    }
+
+    /// Calls `hook` for every event named `name`: `"plugin_loaded"`, `"plugin_unloaded"`,
+    /// `"plugin_reloaded"`, `"plugin_config_changed"`, `"plugin_crashed"`, … (the `plugin_`
+    /// prefix is optional; `"*"` matches all). See [`plugvisor_host::EventBus::register_hook`].
+    pub fn register_hook<F>(&self, name: &str, hook: F) -> HookHandle
+    where
+        F: Fn(&LifecycleEvent) + Send + Sync + 'static,
+    {
+        self.inner.host.register_hook(name, hook)
+    }
+
+    /// Re-reads every manifest directory.
+    pub fn rediscover(&self) {
+        let mut available = BTreeMap::new();
+        let mut problems = Vec::new();
+        for dir in &self.inner.config.manifest_dirs {
+            let (found, errors) = manifest::discover(dir);
+            for d in found {
+                available.insert(d.manifest.name.clone(), d);
+            }
+            problems.extend(errors);
+        }
+        for p in &problems {
+            tracing::warn!(problem = %p, "manifest skipped");
+        }
+        *write(&self.inner.available) = available;
+        *write(&self.inner.problems) = problems;
+    }
+
+    /// Manifests that could not be used, with file, line and reason.
+    pub fn manifest_errors(&self) -> Vec<ManifestError> {
+        read(&self.inner.problems).clone()
+    }
+
+    /// Every discovered plugin, loaded or not.
+    pub fn available(&self) -> Vec<PluginInfo> {
+        let available = read(&self.inner.available);
+        available.values().map(|d| self.info_of(d)).collect()
+    }
+
+    /// Every loaded plugin.
+    pub fn loaded(&self) -> Vec<PluginInfo> {
+        self.all_loaded()
+            .iter()
+            .map(|m| info_of(&m.found, Some(m)))
+            .collect()
+    }
+
+    /// One plugin (loaded or available).
+    ///
+    /// # Errors
+    /// [`ManagerError::Unknown`].
+    pub fn info(&self, name: &str) -> Result<PluginInfo, ManagerError> {
+        if let Some(m) = self.managed(name) {
+            return Ok(info_of(&m.found, Some(&m)));
+        }
+        read(&self.inner.available)
+            .get(name)
+            .map(|d| info_of(d, None))
+            .ok_or_else(|| ManagerError::Unknown(name.to_owned()))
+    }
+
+    fn info_of(&self, found: &Discovered) -> PluginInfo {
+        info_of(found, self.managed(&found.manifest.name).as_ref())
+    }
+
+    /// Every loaded plugin, as a list (the map's lock is not held while they are used).
+    fn all_loaded(&self) -> Vec<Arc<Managed>> {
+        read(&self.inner.loaded).values().cloned().collect()
+    }
+
+    fn managed(&self, name: &str) -> Option<Arc<Managed>> {
+        read(&self.inner.loaded).get(name).cloned()
+    }
+
+    /// The loaded plugin `name`; [`ManagerError::NotLoaded`] if a manifest describes it,
+    /// [`ManagerError::Unknown`] if none does.
+    fn loaded_or_err(&self, name: &str) -> Result<Arc<Managed>, ManagerError> {
+        if let Some(m) = self.managed(name) {
+            return Ok(m);
+        }
+        if read(&self.inner.available).contains_key(name) {
+            Err(ManagerError::NotLoaded(name.to_owned()))
+        } else {
+            Err(ManagerError::Unknown(name.to_owned()))
+        }
+    }
+
+    /// The JSON Schema and the configuration in force (secrets masked) of a loaded plugin.
+    ///
+    /// # Errors
+    /// [`ManagerError::NotLoaded`], [`ManagerError::Unknown`].
+    pub fn config(&self, name: &str) -> Result<PluginConfig, ManagerError> {
+        let m = self.loaded_or_err(name)?;
+        Ok(PluginConfig {
+            schema: m.identity.config_schema.clone(),
+            config: m.masked_config(),
+        })
+    }
+
+    /// Loads every discovered plugin in dependency order (lazy ones are checked but start on
+    /// their first call).
+    ///
+    /// # Errors
+    /// A missing requirement or a cycle (nothing is started then), or the first plugin that
+    /// fails to load (those loaded before it stay loaded).
+    pub async fn load_all(&self) -> Result<Vec<String>, ManagerError> {
+        let names: Vec<String> = read(&self.inner.available).keys().cloned().collect();
+        let order = self.order_for(&names)?;
+        for name in &order {
+            if self.managed(name).is_none() {
+                self.load(name, None).await?;
+            }
+        }
+        Ok(order)
+    }
+
+    /// The start order of `names` and everything they require, from the available manifests
+    /// (a broken requirement elsewhere does not block them).
+    fn order_for(&self, names: &[String]) -> Result<Vec<String>, ManagerError> {
+        let available = read(&self.inner.available);
+        let all: Vec<Node<'_>> = available.values().map(|d| node(&d.manifest)).collect();
+        let needed = deps::closure(&all, names);
+        let nodes: Vec<Node<'_>> = all
+            .into_iter()
+            .filter(|n| needed.iter().any(|name| name == n.name))
+            .collect();
+        Ok(deps::start_order(&nodes)?)
+    }
+
+    /// Loads `name` (and, first, the plugins providing what it requires) with `config` as
+    /// its API configuration layer.
+    ///
+    /// # Errors
+    /// Unknown plugin, already loaded, unmet requirements or a cycle, a configuration that
+    /// fails the plugin's schema (nothing left running), or a worker that does not start.
+    pub async fn load(
+        &self,
+        name: &str,
+        config: Option<Value>,
+    ) -> Result<PluginInfo, ManagerError> {
+        let _op = self.inner.ops.lock().await;
+        if self.managed(name).is_some() {
+            return Err(ManagerError::AlreadyLoaded(name.to_owned()));
+        }
+        let found = self.discovered(name)?;
+        let order = self.order_for(&[name.to_owned()])?;
+        for dep in order.iter().filter(|d| d.as_str() != name) {
+            if self.managed(dep).is_none() {
+                self.load_one(self.discovered(dep)?, None).await?;
+            }
+        }
+        self.load_one(found, config).await
+    }
+
+    fn discovered(&self, name: &str) -> Result<Discovered, ManagerError> {
+        read(&self.inner.available)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ManagerError::Unknown(name.to_owned()))
+    }
+
+    async fn load_one(
+        &self,
+        found: Discovered,
+        api: Option<Value>,
+    ) -> Result<PluginInfo, ManagerError> {
+        let name = found.manifest.name.clone();
+        let plan = Plan {
+            file_layer: self.file_layer(&name),
+            worker_dir: self.inner.worker_dir.clone(),
+            api_layer: api.unwrap_or(Value::Object(Default::default())),
+            found,
+        };
+        let managed = Managed::load(Arc::clone(&self.inner.host), plan).await?;
+        let version = managed.identity.version.clone();
+        write(&self.inner.loaded).insert(name.clone(), managed);
+        self.emit(&name, EventKind::Loaded { version });
+        self.info(&name)
+    }
+
+    /// Unloads `name`. Refused while loaded plugins require a service only it provides,
+    /// unless `force`.
+    ///
+    /// # Errors
+    /// [`ManagerError::NotLoaded`], [`ManagerError::Required`].
+    pub async fn unload(&self, name: &str, force: bool) -> Result<(), ManagerError> {
+        let _op = self.inner.ops.lock().await;
+        let managed = self.loaded_or_err(name)?;
+        let dependents = self.dependents(&managed);
+        if !dependents.is_empty() && !force {
+            return Err(ManagerError::Required {
+                plugin: name.to_owned(),
+                dependents,
+            });
+        }
+        write(&self.inner.loaded).remove(name);
+        managed.retire();
+        managed.stop(DRAIN).await;
+        self.emit(name, EventKind::Unloaded);
+        Ok(())
+    }
+
+    /// Loaded plugins that require a service only `managed` provides.
+    fn dependents(&self, managed: &Managed) -> Vec<String> {
+        let loaded = read(&self.inner.loaded);
+        let gone = &managed.found.manifest;
+        let others = loaded.values().filter(|m| m.name() != gone.name);
+        let still_provided = |service: &String| {
+            loaded
+                .values()
+                .any(|m| m.name() != gone.name && m.found.manifest.provides.contains(service))
+        };
+        others
+            .filter(|m| {
+                m.found
+                    .manifest
+                    .requires
+                    .iter()
+                    .any(|s| gone.provides.contains(s) && !still_provided(s))
+            })
+            .map(|m| m.name().to_owned())
+            .collect()
+    }
+
+    /// Hot swap: re-reads the manifest, starts a new worker, waits until it is ready and
+    /// configured, switches calls to it, then drains and stops the old one. No call fails.
+    ///
+    /// # Errors
+    /// Not loaded, or the new worker cannot start (the old one then keeps serving).
+    pub async fn reload(&self, name: &str) -> Result<PluginInfo, ManagerError> {
+        let _op = self.inner.ops.lock().await;
+        let old = self.loaded_or_err(name)?;
+        self.rediscover();
+        let found = self.discovered(name)?;
+        let plan = Plan {
+            file_layer: self.file_layer(name),
+            worker_dir: self.inner.worker_dir.clone(),
+            api_layer: old.api_layer(),
+            found,
+        };
+        let new = Managed::load(Arc::clone(&self.inner.host), plan).await?;
+        let version = new.identity.version.clone();
+        write(&self.inner.loaded).insert(name.to_owned(), new);
+        old.retire();
+        old.stop(DRAIN).await;
+        self.emit(name, EventKind::Reloaded { version });
+        self.info(name)
+    }
+
+    /// Replaces the API configuration layer of `name` and re-initializes the running plugin
+    /// (no restart). Returns the configuration now in force, secrets masked.
+    ///
+    /// # Errors
+    /// [`ManagerError::InvalidConfig`] naming each field and rule (the plugin is not touched),
+    /// or the plugin's own refusal.
+    pub async fn set_config(&self, name: &str, config: Value) -> Result<Value, ManagerError> {
+        let _op = self.inner.ops.lock().await;
+        let managed = self.loaded_or_err(name)?;
+        let masked = managed.set_config(config).await?;
+        self.emit(
+            name,
+            EventKind::ConfigChanged {
+                config: masked.clone(),
+            },
+        );
+        Ok(masked)
+    }
+
+    /// Calls `name` once. A call that found the plugin mid-reload is sent to the new worker.
+    ///
+    /// # Errors
+    /// [`ManagerError::Unknown`] for a name no manifest has, [`ManagerError::NotLoaded`] for
+    /// a plugin that is not loaded, and [`ManagerError::Plugin`] with the call's own error
+    /// (as [`plugvisor_host::Supervisor`] calls).
+    pub async fn call(
+        &self,
+        name: &str,
+        input: Value,
+        options: CallOptions,
+    ) -> Result<CallOutput, ManagerError> {
+        let managed = self.loaded_or_err(name)?;
+        let started = Instant::now();
+        let mut result = managed.call(&input, options).await;
+        if resend(&result, &managed) {
+            // It never reached a worker: safe to send to the replacement.
+            let next = self.loaded_or_err(name)?;
+            result = next.call(&input, options).await;
+        }
+        self.record(name, started, &result);
+        result.map_err(|source| plugin_error(name, source))
+    }
+
+    /// Streams from `name`. A stream counts as one call, timed to its start.
+    ///
+    /// # Errors
+    /// As [`PluginManager::call`].
+    pub async fn stream(&self, name: &str, input: Value) -> Result<PluginStream, ManagerError> {
+        let managed = self.loaded_or_err(name)?;
+        let started = Instant::now();
+        let mut result = managed.stream(&input).await;
+        if resend(&result, &managed) {
+            let next = self.loaded_or_err(name)?;
+            result = next.stream(&input).await;
+        }
+        self.record(name, started, &result);
+        result.map_err(|source| plugin_error(name, source))
+    }
+
+    fn record<T>(&self, name: &str, started: Instant, result: &Result<T, PluginError>) {
+        let error = result.as_ref().err().map(PluginError::kind);
+        self.inner.metrics.record(name, started.elapsed(), error);
+    }
+
+    /// Start order, services and per-plugin state.
+    pub fn status(&self) -> ManagerStatus {
+        let plugins = self.loaded();
+        let loaded = self.all_loaded();
+        let nodes: Vec<Node<'_>> = loaded.iter().map(|m| node(&m.found.manifest)).collect();
+        ManagerStatus {
+            initialization_order: deps::start_order(&nodes).unwrap_or_default(),
+            services: deps::services(&nodes),
+            plugins,
+            manifest_errors: self
+                .manifest_errors()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        }
+    }
+
+    /// Health of every loaded plugin, by name.
+    pub fn health(&self) -> BTreeMap<String, PluginHealth> {
+        self.all_loaded()
+            .iter()
+            .map(|m| {
+                let health = PluginHealth {
+                    state: m.state().to_owned(),
+                    healthy: m.healthy(),
+                };
+                (m.name().to_owned(), health)
+            })
+            .collect()
+    }
+
+    /// Prometheus text: calls, errors by kind, latency, restarts, workers by state.
+    pub fn metrics(&self) -> String {
+        let mut out = String::new();
+        self.inner.metrics.render(&mut out);
+        metrics::render_plugins(&mut out, &self.loaded());
+        out
+    }
+
+    /// Stops every plugin and the host; waits until every worker is gone.
+    pub async fn shutdown(self) {
+        let all = std::mem::take(&mut *write(&self.inner.loaded));
+        let stops = all.values().map(|m| m.stop(Duration::from_secs(5)));
+        futures_util::future::join_all(stops).await;
+        self.inner.host.stop_all().await;
+    }
+
+    /// The host file's layer for `name`; an empty object when it has none (never `null`,
+    /// which would wipe the layers below in a merge).
+    fn file_layer(&self, name: &str) -> Value {
+        self.inner
+            .file_layers
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| Value::Object(Default::default()))
+    }
+
+    fn emit(&self, name: &str, kind: EventKind) {
+        self.inner.host.emit(name, kind);
+    }
+}
+
+/// True when a call failed before reaching a worker because its plugin was replaced.
+fn resend<T>(result: &Result<T, PluginError>, managed: &Managed) -> bool {
+    matches!(result, Err(PluginError::Unavailable(_))) && managed.is_retired()
+}
+
+fn plugin_error(name: &str, source: PluginError) -> ManagerError {
+    ManagerError::Plugin {
+        plugin: name.to_owned(),
+        source,
+    }
+}
+
+fn node(m: &Manifest) -> Node<'_> {
+    Node {
+        name: &m.name,
+        provides: &m.provides,
+        requires: &m.requires,
+    }
+}
+
+/// What the API shows of `found`, loaded as `managed` or not loaded.
+fn info_of(found: &Discovered, managed: Option<&Arc<Managed>>) -> PluginInfo {
+    let m = &found.manifest;
+    let sup = managed.and_then(|x| x.current());
+    PluginInfo {
+        name: m.name.clone(),
+        version: managed
+            .map(|x| x.identity.version.clone())
+            .unwrap_or_else(|| m.version.clone()),
+        description: m.description.clone(),
+        kind: m.kind,
+        tags: m.tags.clone(),
+        loaded: managed.is_some(),
+        state: managed.map(|x| x.state()).unwrap_or("available").to_owned(),
+        start: m.start,
+        pid: sup.as_ref().and_then(|s| s.pid()),
+        restarts: sup.as_ref().map(|s| s.restarts()).unwrap_or(0),
+        uptime_secs: managed
+            .and_then(|x| x.started_at())
+            .map(|t| t.elapsed().as_secs_f64()),
+        provides: m.provides.clone(),
+        requires: m.requires.clone(),
+        manifest: found.file.clone(),
+    }
+}
+
+// The maps are replaced or edited whole under the lock; a panic elsewhere cannot leave one
+// half-written, so a poisoned lock is still good to use.
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,343 @@
+//! Plugin manifests (`plugins/manifests/*.toml`): their format, parsing with line numbers,
+//! and discovery of a directory.
+
+use plugvisor_host::{HealthConfig, RestartPolicy, SupervisorConfig};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What a plugin is for (the seed systems' plugin types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginKind {
+    /// Provides a service to other plugins or the application (e.g. a model provider).
+    Provider,
+    /// A tool the application calls.
+    #[default]
+    Tool,
+    /// Sits in a request path and transforms it.
+    Middleware,
+    /// Exports data somewhere.
+    Export,
+    /// Part of the platform itself.
+    System,
+}
+
+/// When the worker starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StartMode {
+    /// When the plugin is loaded.
+    #[default]
+    Eager,
+    /// On its first call.
+    Lazy,
+}
+
+/// One plugin manifest.
+///
+/// ```toml
+/// name = "echo"
+/// version = "0.1.0"
+/// description = "Returns its input transformed"
+/// kind = "tool"
+/// tags = ["example"]
+/// command = "echo-worker"          # a path, or a binary name beside plugvisor
+/// start = "eager"                   # or "lazy"
+/// provides = ["text.transform"]
+/// requires = []
+///
+/// [config]
+/// mode = "identity"
+///
+/// [supervision]
+/// max_restarts = 5
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Unique plugin id.
+    pub name: String,
+    /// Version (semver).
+    pub version: String,
+    /// One line for people.
+    #[serde(default)]
+    pub description: String,
+    /// What it is for.
+    #[serde(default)]
+    pub kind: PluginKind,
+    /// Free-form tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The worker binary: a path (relative to the manifest's directory) or a bare name
+    /// resolved in the worker directory (beside `plugvisor`).
+    pub command: String,
+    /// Extra arguments for the worker.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment for the worker.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Configuration defaults (above the schema's defaults).
+    #[serde(default)]
+    pub config: Option<toml::Table>,
+    /// Service names this plugin provides.
+    #[serde(default)]
+    pub provides: Vec<String>,
+    /// Service names that must be provided (by other loaded plugins) before this one starts.
+    #[serde(default)]
+    pub requires: Vec<String>,
+    /// Eager or lazy start.
+    #[serde(default)]
+    pub start: StartMode,
+    /// Stop the worker after this many seconds without calls (it restarts on the next call).
+    #[serde(default)]
+    pub idle_stop_secs: Option<u64>,
+    /// Supervision knobs.
+    #[serde(default)]
+    pub supervision: SupervisionManifest,
+}
+
+/// The `[supervision]` table: every knob optional, defaults as in [`SupervisorConfig`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisionManifest {
+    /// `always`, `on_failure` or `never`.
+    pub restart: Option<RestartPolicy>,
+    /// Restarts allowed within the window.
+    pub max_restarts: Option<u32>,
+    /// The restart window, seconds.
+    pub restart_window_secs: Option<u64>,
+    /// First backoff delay, milliseconds.
+    pub backoff_initial_ms: Option<u64>,
+    /// Largest backoff delay, milliseconds.
+    pub backoff_max_ms: Option<u64>,
+    /// Start (handshake) timeout, seconds.
+    pub start_timeout_secs: Option<u64>,
+    /// Stop grace period, milliseconds.
+    pub stop_grace_ms: Option<u64>,
+    /// Health probe interval, milliseconds (0 turns probing off).
+    pub health_interval_ms: Option<u64>,
+    /// Default call timeout, milliseconds.
+    pub call_timeout_ms: Option<u64>,
+    /// Calls running at once.
+    pub max_concurrent: Option<usize>,
+    /// Retry calls after a crash (the plugin must be idempotent).
+    pub idempotent: Option<bool>,
+    /// Recycle after this many calls.
+    pub recycle_after_calls: Option<u64>,
+    /// Recycle above this resident memory, MiB.
+    pub rss_limit_mib: Option<u64>,
+}
+
+impl SupervisionManifest {
+    /// The supervisor configuration these knobs describe.
+    pub fn to_config(&self) -> SupervisorConfig {
+        let mut c = SupervisorConfig::default();
+        let ms = Duration::from_millis;
+        if let Some(v) = self.restart {
+            c.restart = v;
+        }
+        if let Some(v) = self.max_restarts {
+            c.max_restarts = v;
+        }
+        if let Some(v) = self.restart_window_secs {
+            c.restart_window = Duration::from_secs(v);
+        }
+        if let Some(v) = self.backoff_initial_ms {
+            c.backoff.initial = ms(v);
+        }
+        if let Some(v) = self.backoff_max_ms {
+            c.backoff.max = ms(v);
+        }
+        match self.health_interval_ms {
+            Some(0) => c.health = None,
+            Some(v) => {
+                c.health = Some(HealthConfig {
+                    interval: ms(v),
+                    ..HealthConfig::default()
+                })
+            }
+            None => {}
+        }
+        c.call_timeout = self.call_timeout_ms.map(ms).or(c.call_timeout);
+        c.max_concurrent = self.max_concurrent.unwrap_or(c.max_concurrent);
+        c.idempotent = self.idempotent.unwrap_or(c.idempotent);
+        c.recycle_after_calls = self.recycle_after_calls;
+        c.rss_limit = self.rss_limit_mib.map(|m| m << 20);
+        c
+    }
+}
+
+/// A manifest that could not be used: which file, where, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{}{}: {reason}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ManifestError {
+    /// The manifest file.
+    pub file: PathBuf,
+    /// The line the problem is on, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// A parsed manifest and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Discovered {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// Its file.
+    pub file: PathBuf,
+}
+
+impl Manifest {
+    /// Parses manifest text; `file` is only used in errors.
+    ///
+    /// # Errors
+    /// [`ManifestError`] with the line of the problem: bad TOML, an unknown key, a missing
+    /// field, a wrong type, or an invalid name.
+    pub fn parse(text: &str, file: &Path) -> Result<Self, ManifestError> {
+        let manifest: Manifest = toml::from_str(text).map_err(|e| ManifestError {
+            file: file.to_path_buf(),
+            line: e.span().map(|span| line_of(text, span.start)),
+            reason: e.message().trim().to_owned(),
+        })?;
+        manifest.check().map_err(|reason| ManifestError {
+            file: file.to_path_buf(),
+            line: None,
+            reason,
+        })?;
+        Ok(manifest)
+    }
+
+    /// Rules serde cannot express.
+    fn check(&self) -> Result<(), String> {
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if !valid(&self.name) {
+            return Err(format!(
+                "name {:?} must be non-empty letters, digits, '-' or '_'",
+                self.name
+            ));
+        }
+        if self.command.trim().is_empty() {
+            return Err("command must not be empty".to_owned());
+        }
+        if self.requires.iter().any(|r| self.provides.contains(r)) {
+            return Err(format!(
+                "{} requires a service it provides itself",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+
+    /// The manifest's `[config]` as JSON.
+    pub fn config_json(&self) -> serde_json::Value {
+        match &self.config {
+            Some(table) => serde_json::to_value(table).unwrap_or_default(),
+            None => serde_json::json!({}),
+        }
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Reads every `*.toml` in `dir`, in name order. Good manifests and the problems of bad ones
+/// are both returned: one broken manifest never hides the others.
+pub fn discover(dir: &Path) -> (Vec<Discovered>, Vec<ManifestError>) {
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect(),
+        Err(e) => {
+            errors.push(ManifestError {
+                file: dir.to_path_buf(),
+                line: None,
+                reason: format!("cannot read the directory: {e}"),
+            });
+            return (found, errors);
+        }
+    };
+    files.sort();
+    for file in files {
+        let parsed = std::fs::read_to_string(&file)
+            .map_err(|e| ManifestError {
+                file: file.clone(),
+                line: None,
+                reason: format!("cannot read: {e}"),
+            })
+            .and_then(|text| Manifest::parse(&text, &file));
+        match parsed {
+            Ok(manifest) => found.push(Discovered { manifest, file }),
+            Err(e) => errors.push(e),
+        }
+    }
+    (found, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "echo"
+version = "0.1.0"
+command = "echo-worker"
+provides = ["text"]
+
+[config]
+mode = "upper"
+
+[supervision]
+max_restarts = 2
+rss_limit_mib = 64
+"#;
+
+    #[test]
+    fn parses_a_manifest_and_its_knobs() {
+        let m = Manifest::parse(GOOD, Path::new("echo.toml")).unwrap();
+        assert_eq!(m.name, "echo");
+        assert_eq!(m.start, StartMode::Eager);
+        assert_eq!(m.config_json(), serde_json::json!({"mode": "upper"}));
+        let c = m.supervision.to_config();
+        assert_eq!(c.max_restarts, 2);
+        assert_eq!(c.rss_limit, Some(64 << 20));
+    }
+
+    #[test]
+    fn errors_name_the_file_the_line_and_the_reason() {
+        let bad = GOOD.replace("max_restarts = 2", "max_restarts = \"two\"");
+        let err = Manifest::parse(&bad, Path::new("m/echo.toml")).unwrap_err();
+        assert_eq!(err.line, Some(11));
+        assert!(err.to_string().starts_with("m/echo.toml:11: "), "{err}");
+        let unknown = GOOD.replace("command =", "comand =");
+        let err = Manifest::parse(&unknown, Path::new("x.toml")).unwrap_err();
+        assert!(err.reason.contains("comand"), "{err}");
+        let bad_name = GOOD.replace("\"echo\"", "\"e cho\"");
+        assert!(Manifest::parse(&bad_name, Path::new("x.toml")).is_err());
+    }
+
+    #[test]
+    fn discovery_keeps_good_manifests_beside_a_broken_one() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.toml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("b.toml"), "name = ").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        let (found, errors) = discover(dir.path());
+        assert_eq!(found.len(), 1);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].file.ends_with("b.toml"));
+        assert_eq!(errors[0].line, Some(1));
+    }
+}

@@ -1,0 +1,74 @@
+//! What the manager reports: one plugin ([`PluginInfo`]), the whole ([`ManagerStatus`]), a
+//! plugin's configuration ([`PluginConfig`]) and health ([`PluginHealth`]).
+
+use crate::manifest::{PluginKind, StartMode};
+use plugvisor_proto::Value;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// What `GET /api/plugins` and `list` show of one plugin.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginInfo {
+    /// Plugin id.
+    pub name: String,
+    /// Version (from the running worker when loaded, else the manifest).
+    pub version: String,
+    /// One line for people.
+    pub description: String,
+    /// Kind.
+    pub kind: PluginKind,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Whether it is loaded.
+    pub loaded: bool,
+    /// `ready`, `starting`, `failed`, … ; `idle` for a lazy plugin not running; `available`
+    /// when not loaded.
+    pub state: String,
+    /// Eager or lazy.
+    pub start: StartMode,
+    /// Current worker pid.
+    pub pid: Option<u32>,
+    /// Restarts of the current supervisor.
+    pub restarts: u64,
+    /// Seconds since the current worker was started.
+    pub uptime_secs: Option<f64>,
+    /// Services it provides.
+    pub provides: Vec<String>,
+    /// Services it requires.
+    pub requires: Vec<String>,
+    /// The manifest file.
+    pub manifest: PathBuf,
+}
+
+/// `GET /api/plugins/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManagerStatus {
+    /// Loaded plugins in the order they were (or would be) started.
+    pub initialization_order: Vec<String>,
+    /// Which loaded plugin provides each service.
+    pub services: BTreeMap<String, String>,
+    /// Every loaded plugin.
+    pub plugins: Vec<PluginInfo>,
+    /// Manifests that could not be read.
+    pub manifest_errors: Vec<String>,
+}
+
+/// A loaded plugin's configuration: its JSON Schema and the configuration in force.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginConfig {
+    /// The JSON Schema the worker reported.
+    pub schema: Value,
+    /// The configuration in force, secret fields shown as `"***"`.
+    pub config: Value,
+}
+
+/// A loaded plugin's health, as `GET /api/plugins/health` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginHealth {
+    /// The state shown in [`PluginInfo::state`].
+    pub state: String,
+    /// `Some(true)` ready, `Some(false)` running but not ready, `None` not running (a lazy
+    /// plugin between calls).
+    pub healthy: Option<bool>,
+}

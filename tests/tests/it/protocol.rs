@@ -1,0 +1,240 @@
+//! The worker protocol spoken by hand over a Unix socket: auth, errors, file-reference refusals.
+//!
+//! These bypass the host's proxy on purpose: the worker must defend itself against any client.
+
+use plugvisor_proto::{json, FileRef, Value};
+use plugvisor_tests::{bin, eventually, process_state, serially};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+const TOKEN: &str = "test-token-0123456789";
+
+/// A worker started by hand, with its socket and transfer dir in a tempdir.
+struct HandWorker {
+    child: Child,
+    socket: PathBuf,
+    transfer: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl HandWorker {
+    fn start(name: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("w.sock");
+        let transfer = dir.path().join("xfer");
+        std::fs::create_dir(&transfer).unwrap();
+        let mut child = Command::new(bin(&format!("{name}-worker")))
+            .arg("--socket")
+            .arg(&socket)
+            .env("PLUGVISOR_TOKEN", TOKEN)
+            .env("PLUGVISOR_TRANSFER_DIR", &transfer)
+            .env("PLUGVISOR_WATCH_STDIN", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim_end(),
+            format!("plugvisor 1 unix {}", socket.display())
+        );
+        Self {
+            child,
+            socket,
+            transfer,
+            dir,
+        }
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> (u16, Value) {
+        let mut stream = UnixStream::connect(&self.socket).await.unwrap();
+        let mut head = format!("{method} {path} HTTP/1.1\r\nhost: w\r\nconnection: close\r\n");
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // The server may answer (413) and close before reading it all.
+        let _ = stream.write_all(body).await;
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw).await;
+        parse_response(&raw)
+    }
+
+    async fn post(&self, path: &str, body: &[u8]) -> (u16, Value) {
+        let headers = [
+            ("authorization", format!("Bearer {TOKEN}")),
+            ("content-length", body.len().to_string()),
+        ];
+        self.request("POST", path, &headers, body).await
+    }
+
+    async fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let pid = self.child.id();
+        self.child.wait().unwrap();
+        assert!(eventually(Duration::from_secs(2), || process_state(pid).is_none()).await);
+        assert!(
+            !self.socket.exists(),
+            "the worker removes its socket on exit"
+        );
+        drop(self.dir);
+    }
+}
+
+fn parse_response(raw: &[u8]) -> (u16, Value) {
+    let text = String::from_utf8_lossy(raw);
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let body = if text
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+fn kind(body: &Value) -> &str {
+    body["error"]["kind"].as_str().unwrap_or("<none>")
+}
+
+#[test]
+fn auth_is_required_and_checked() {
+    serially(async {
+        let w = HandWorker::start("echo");
+        let (status, body) = w.request("GET", "/v1/health", &[], b"").await;
+        assert_eq!((status, kind(&body)), (401, "unauthorized"));
+        let wrong = [("authorization", "Bearer nope".to_owned())];
+        let (status, body) = w.request("GET", "/v1/health", &wrong, b"").await;
+        assert_eq!((status, kind(&body)), (401, "unauthorized"));
+        let right = [("authorization", format!("Bearer {TOKEN}"))];
+        let (status, body) = w.request("GET", "/v1/health", &right, b"").await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+        w.stop().await;
+    })
+}
+
+#[test]
+fn client_mistakes_get_typed_4xx_answers() {
+    serially(async {
+        let w = HandWorker::start("echo");
+        let (status, body) = w.post("/v1/execute", b"{not json").await;
+        assert_eq!((status, kind(&body)), (400, "bad_request"));
+        let (status, body) = w.post("/v1/execute", br#"{"inptu": 1}"#).await;
+        assert_eq!((status, kind(&body)), (400, "bad_request"));
+        let (status, body) = w.post("/v1/nope", b"{}").await;
+        assert_eq!((status, kind(&body)), (404, "not_found"));
+        let (status, body) = w
+            .post("/v1/initialize", br#"{"config": {"mode": "shout"}}"#)
+            .await;
+        assert_eq!((status, kind(&body)), (422, "invalid_config"));
+        let (status, body) = w.post("/v1/execute", br#"{"input": "still alive"}"#).await;
+        assert_eq!((status, &body["output"]), (200, &json!("still alive")));
+        w.stop().await;
+    })
+}
+
+#[test]
+fn oversized_bodies_get_413() {
+    serially(async {
+        let w = HandWorker::start("echo");
+        let huge = vec![b' '; 65 * 1024 * 1024];
+        let (status, body) = w.post("/v1/execute", &huge).await;
+        assert_eq!((status, kind(&body)), (413, "payload_too_large"));
+        w.stop().await;
+    })
+}
+
+async fn refused(w: &HandWorker, file: FileRef) -> (u16, String) {
+    let body = json!({"input": {"op": "sha256", "file": file}});
+    let (status, answer) = w.post("/v1/execute", body.to_string().as_bytes()).await;
+    (
+        status,
+        format!("{} {}", kind(&answer), answer["error"]["message"]),
+    )
+}
+
+#[test]
+fn file_refs_outside_the_transfer_dir_are_refused() {
+    serially(async {
+        let w = HandWorker::start("files");
+        let outside = w.dir.path().join("outside.txt");
+        std::fs::write(&outside, b"secret").unwrap();
+        let inside = w.transfer.join("ok.txt");
+        std::fs::write(&inside, b"fine").unwrap();
+        let link = w.transfer.join("link.txt");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+
+        for (what, path) in [
+            ("absolute path elsewhere", outside.clone()),
+            ("dot-dot", w.transfer.join("../outside.txt")),
+            ("symlink", link.clone()),
+            ("directory", w.transfer.clone()),
+            ("missing", w.transfer.join("missing.txt")),
+        ] {
+            let (status, msg) = refused(&w, FileRef::new(&path, 1)).await;
+            assert_eq!(status, 403, "{what}: {msg}");
+            assert!(msg.starts_with("file_access_denied"), "{what}: {msg}");
+        }
+        let (status, body) = w
+            .post(
+                "/v1/execute",
+                json!({"input": {"op": "sha256", "file": FileRef::new(&inside, 4)}})
+                    .to_string()
+                    .as_bytes(),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["output"]["size"], json!(4));
+        w.stop().await;
+    })
+}
+
+#[test]
+fn a_worker_run_by_hand_without_arguments_explains_itself() {
+    serially(async {
+        let out = Command::new(bin("echo-worker"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--listen"), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(out.stdout.is_empty());
+    })
+}
