@@ -1,6 +1,9 @@
 //! Support for the integration tests: finding the real binaries, a private host per test, and
 //! the leak audit every process test ends with.
 
+// Test support: a failed unwrap is a failed test, with its backtrace.
+#![allow(clippy::unwrap_used)]
+
 use plugvisor_host::{
     EventKind, Host, HostConfig, RemotePlugin, Supervisor, SupervisorConfig, WorkerSpec,
 };

@@ -1,8 +1,11 @@
 //! The integration tests, one binary (linked once): real worker processes, the engine, the
 //! manager, the REST API and the `plugvisor` command, each test ending with a leak audit.
 //!
-//! Process tests take the [`plugvisor_tests::serial`] lock, so they run one at a time while
-//! pure tests run in parallel.
+//! Process tests run inside [`plugvisor_tests::serially`], one at a time, while pure tests run
+//! in parallel.
+
+// Helpers outside #[test] functions unwrap too: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
 
 mod api;
 mod calls;

@@ -303,3 +303,19 @@ impl Supervisor {
         let _ = rx.wait_for(|done| *done).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::WorkerState;
+
+    #[test]
+    fn state_names_are_the_serialized_names() {
+        use WorkerState::*;
+        for state in [
+            Starting, Ready, Unhealthy, Stopping, Exited, Backoff, Failed, Stopped,
+        ] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+            assert_eq!(state.to_string(), state.as_str());
+        }
+    }
+}

@@ -131,7 +131,7 @@ fn available(m: &PluginManager) -> Reply {
 
 /// A plugin's info, plus its schema and configuration (secrets masked) when loaded.
 fn get(m: &PluginManager, id: &str) -> Result<Reply, ApiError> {
-    let info = m.info(id).map_err(|e| ApiError::from_manager(e))?;
+    let info = m.info(id).map_err(ApiError::from_manager)?;
     let mut doc = serde_json::to_value(&info).map_err(|e| ApiError::internal(e.to_string()))?;
     if let (Ok(config), Some(fields)) = (m.config(id), doc.as_object_mut()) {
         fields.insert("config_schema".to_owned(), config.schema);
@@ -152,14 +152,12 @@ async fn load(ctx: &Ctx, req: LoadRequest) -> Result<Reply, ApiError> {
     let info = m
         .load(&req.plugin_id, req.config)
         .await
-        .map_err(|e| ApiError::from_manager(e))?;
+        .map_err(ApiError::from_manager)?;
     Ok(reply::ok(&info))
 }
 
 async fn unload(m: &PluginManager, id: &str, force: bool) -> Result<Reply, ApiError> {
-    m.unload(id, force)
-        .await
-        .map_err(|e| ApiError::from_manager(e))?;
+    m.unload(id, force).await.map_err(ApiError::from_manager)?;
     match m.info(id) {
         Ok(info) => Ok(reply::ok(&info)),
         Err(_) => Ok(reply::ok(&json!({"name": id, "loaded": false}))),
@@ -167,7 +165,7 @@ async fn unload(m: &PluginManager, id: &str, force: bool) -> Result<Reply, ApiEr
 }
 
 async fn reload(m: &PluginManager, id: &str) -> Result<Reply, ApiError> {
-    let info = m.reload(id).await.map_err(|e| ApiError::from_manager(e))?;
+    let info = m.reload(id).await.map_err(ApiError::from_manager)?;
     Ok(reply::ok(&info))
 }
 
@@ -176,7 +174,7 @@ async fn set_config(m: &PluginManager, id: &str, req: ConfigRequest) -> Result<R
     let masked = m
         .set_config(id, req.config)
         .await
-        .map_err(|e| ApiError::from_manager(e))?;
+        .map_err(ApiError::from_manager)?;
     Ok(reply::ok(&json!({ "config": masked })))
 }
 
