@@ -70,19 +70,33 @@ pub struct Client {
     pub addr: SocketAddr,
     /// Sent as `Authorization: Bearer <token>` when set.
     pub token: Option<String>,
+    /// More headers sent with every request; a `Host` here replaces the default one.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Client {
     /// A client of `addr` without a token.
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, token: None }
+        Self {
+            addr,
+            token: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// The same client sending the header `name: value` too (a browser's `Origin`, a
+    /// rebinding page's `Host`).
+    pub fn with_header(&self, name: &str, value: &str) -> Self {
+        let mut client = self.clone();
+        client.headers.push((name.to_owned(), value.to_owned()));
+        client
     }
 
     /// The same client sending `token`.
     pub fn with_token(&self, token: &str) -> Self {
         Self {
-            addr: self.addr,
             token: Some(token.to_owned()),
+            ..self.clone()
         }
     }
 
@@ -127,17 +141,29 @@ impl Client {
     }
 
     fn head(&self, method: &str, path: &str, length: Option<usize>) -> String {
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-            self.addr
-        );
+        let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+        if !self
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("host"))
+        {
+            head.push_str(&format!("Host: {}\r\n", self.addr));
+        }
+        for (name, value) in &self.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
         if let Some(token) = &self.token {
             head.push_str(&format!("Authorization: Bearer {token}\r\n"));
         }
         if let Some(n) = length {
-            head.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {n}\r\n"
-            ));
+            if !self
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+            {
+                head.push_str("Content-Type: application/json\r\n");
+            }
+            head.push_str(&format!("Content-Length: {n}\r\n"));
         }
         head.push_str("\r\n");
         head

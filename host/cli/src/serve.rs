@@ -3,10 +3,14 @@
 use crate::resolve::manifest_dir;
 use anyhow::{bail, Context};
 use clap::Args;
-use plugvisor_manager::api::{check_bind, serve_api, ApiOptions, DEFAULT_PORT};
+use plugvisor_manager::api::{
+    check_bind, serve_api, ApiOptions, BrowserPolicy, FileOptions, DEFAULT_MAX_BODY, DEFAULT_PORT,
+    DEFAULT_READ_TIMEOUT,
+};
 use plugvisor_manager::{ManagerConfig, PluginManager};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Arguments of `plugvisor serve`.
@@ -28,12 +32,74 @@ pub(crate) struct ServeArgs {
     /// Where bare worker names resolve (default: beside plugvisor).
     #[arg(long, value_name = "DIR")]
     worker_dir: Option<PathBuf>,
+    #[command(flatten)]
+    limits: ApiArgs,
+}
+
+/// What API clients may do: limits, files, browsers.
+#[derive(Debug, Args)]
+struct ApiArgs {
+    /// A directory whose files API clients may name by path in `{"$file": …}` inputs
+    /// (repeatable). None by default: clients upload files (POST /api/files).
+    #[arg(long = "file-root", value_name = "DIR")]
+    file_roots: Vec<PathBuf>,
+    /// Largest JSON request body, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BODY)]
+    max_body: usize,
+    /// Seconds a client may take to send a request (or pause within an upload).
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_READ_TIMEOUT.as_secs())]
+    read_timeout_secs: u64,
+    /// Largest upload, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = FileOptions::default().max_upload >> 20)]
+    max_upload_mib: u64,
+    /// Seconds an unused upload or an unfetched download is kept.
+    #[arg(long, value_name = "SECS", default_value_t = FileOptions::default().ttl.as_secs())]
+    file_ttl_secs: u64,
+    /// MiB of live uploads one client (IP address) may hold.
+    #[arg(long, value_name = "MIB", default_value_t = FileOptions::default().quota_bytes >> 20)]
+    upload_quota_mib: u64,
+    /// A host name browsers may address the server by, besides IP addresses and localhost
+    /// (repeatable).
+    #[arg(long = "allow-host", value_name = "NAME")]
+    allowed_hosts: Vec<String>,
+    /// An origin whose web pages may call the API, e.g. http://localhost:3000 (repeatable).
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+}
+
+impl ApiArgs {
+    /// The API options these arguments describe, with `token`.
+    fn options(self, token: Option<String>) -> anyhow::Result<ApiOptions> {
+        let mib = |n: u64| n.checked_mul(1 << 20).context("a size in MiB is too large");
+        Ok(ApiOptions {
+            token,
+            max_body: self.max_body,
+            read_timeout: Duration::from_secs(self.read_timeout_secs.max(1)),
+            browser: BrowserPolicy {
+                allowed_hosts: self.allowed_hosts,
+                allowed_origins: self.allowed_origins,
+            },
+            files: FileOptions {
+                roots: self.file_roots,
+                max_upload: mib(self.max_upload_mib)?,
+                ttl: Duration::from_secs(self.file_ttl_secs.max(1)),
+                quota_bytes: mib(self.upload_quota_mib)?,
+                ..FileOptions::default()
+            },
+        })
+    }
 }
 
 /// Runs the server until SIGINT or SIGTERM, then stops every plugin.
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let token = api_token(args.api_token_file.as_deref())?;
     check_bind(&args.listen, token.as_deref())?;
+    for root in &args.limits.file_roots {
+        if !root.is_dir() {
+            bail!("--file-root {}: not a directory", root.display());
+        }
+    }
+    let options = args.limits.options(token)?;
     let dir = manifest_dir(args.plugins.as_deref())?;
     let manager = PluginManager::new(ManagerConfig {
         manifest_dirs: vec![dir.clone()],
@@ -63,10 +129,6 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    let options = ApiOptions {
-        token,
-        ..ApiOptions::default()
-    };
     let served = serve_api(listener, manager.clone(), options, shutdown).await;
     manager.shutdown().await;
     served.context("the API server failed")

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 /// One test's server: a manager over manifests written for the test, and the API serving it.
-struct Api {
-    client: Client,
-    manager: PluginManager,
+pub(crate) struct Api {
+    pub(crate) client: Client,
+    pub(crate) manager: PluginManager,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     pids: Arc<Mutex<Vec<u32>>>,
@@ -24,7 +24,7 @@ struct Api {
 }
 
 /// A manifest for plugin `name` run by the bundled `<worker>-worker`, with `extra` TOML.
-fn manifest(name: &str, worker: &str, extra: &str) -> (String, String) {
+pub(crate) fn manifest(name: &str, worker: &str, extra: &str) -> (String, String) {
     let command = bin(&format!("{worker}-worker"));
     let text = format!(
         "name = \"{name}\"\nversion = \"0.1.0\"\ndescription = \"{name} for the API tests\"\n\
@@ -34,7 +34,7 @@ fn manifest(name: &str, worker: &str, extra: &str) -> (String, String) {
     (name.to_owned(), text)
 }
 
-fn echo() -> (String, String) {
+pub(crate) fn echo() -> (String, String) {
     manifest(
         "echo",
         "echo",
@@ -42,11 +42,11 @@ fn echo() -> (String, String) {
     )
 }
 
-fn files() -> (String, String) {
+pub(crate) fn files() -> (String, String) {
     manifest("files", "files", "requires = [\"text.transform\"]")
 }
 
-fn ticker() -> (String, String) {
+pub(crate) fn ticker() -> (String, String) {
     manifest("ticker", "ticker", "start = \"lazy\"")
 }
 
@@ -70,7 +70,7 @@ fn fragile_chaos() -> (String, String) {
 }
 
 impl Api {
-    async fn start(manifests: &[(String, String)], options: ApiOptions) -> Self {
+    pub(crate) async fn start(manifests: &[(String, String)], options: ApiOptions) -> Self {
         let dir = tempfile::tempdir().expect("manifest dir");
         for (name, text) in manifests {
             std::fs::write(dir.path().join(format!("{name}.toml")), text).expect("manifest");
@@ -112,7 +112,7 @@ impl Api {
     }
 
     /// Stops the server (it must return promptly), shuts the manager down, and audits.
-    async fn finish(self) {
+    pub(crate) async fn finish(self) {
         self.shutdown.cancel();
         let served = tokio::time::timeout(Duration::from_secs(4), self.server)
             .await
@@ -166,7 +166,7 @@ async fn wait_event(events: &mut Stream, seen: &mut Vec<String>, plugin: &str, n
     }
 }
 
-fn assert_error(answer: &Answer, status: u16, kind: &str) {
+pub(crate) fn assert_error(answer: &Answer, status: u16, kind: &str) {
     assert_eq!(answer.status, status, "{}", answer.text());
     assert_eq!(answer.error_kind(), kind, "{}", answer.text());
     assert!(
@@ -796,12 +796,26 @@ fn documented_routes(doc: &Value) -> Vec<(String, String)> {
 #[test]
 fn every_documented_route_answers_as_documented() {
     serially(async {
-        let api = Api::start(&[echo()], ApiOptions::default()).await;
+        let api = Api::start(&[echo(), files()], ApiOptions::default()).await;
         let c = &api.client;
         let loaded = c
-            .post("/api/plugins/load", &json!({"plugin_id": "echo"}))
+            .post("/api/plugins/load", &json!({"plugin_id": "files"}))
             .await;
         assert_eq!(loaded.status, 200, "{}", loaded.text());
+        // A real download for GET /api/files/{id}.
+        let up = c
+            .send("POST", "/api/files", Some(b"some bytes"))
+            .await
+            .json();
+        let input = json!({"op": "gzip", "file": up["ref"]});
+        let zipped = c
+            .post(
+                "/api/plugins/execute",
+                &json!({"plugin_id": "files", "input": input}),
+            )
+            .await;
+        let download = zipped.json()["output"]["file"]["$download"]["id"].clone();
+        let download = download.as_str().expect("a download id").to_owned();
         let doc = c.get("/api/openapi.json").await.json();
         assert!(
             doc["openapi"].as_str().unwrap().starts_with("3."),
@@ -815,6 +829,10 @@ fn every_documented_route_answers_as_documented() {
         routes.sort_by_key(|(_, path)| path.ends_with("/unload"));
         for (method, path) in routes {
             let template = path.replace("/echo", "/{id}");
+            let path = match path.strip_prefix("/api/files/") {
+                Some(_) => format!("/api/files/{download}"),
+                None => path,
+            };
             let op = &doc["paths"][&template][method.to_lowercase()];
             let body = op["requestBody"]["content"]["application/json"]["example"].to_string();
             let body = op.get("requestBody").map(|_| body.as_bytes());
@@ -834,7 +852,7 @@ fn every_documented_route_answers_as_documented() {
             );
             hit += 1;
         }
-        assert_eq!(hit, 14, "every route of the API is documented");
+        assert_eq!(hit, 16, "every route of the API is documented");
         api.finish().await;
     })
 }
@@ -851,13 +869,17 @@ fn slow_clients_time_out_and_bodies_are_bounded() {
         let addr = api.client.addr;
         let limit = Duration::from_secs(5);
 
-        let half_head =
-            raw_exchange(addr, b"GET /api/plugins HTTP/1.1\r\nHost: x\r\n", limit).await;
+        let half_head = raw_exchange(
+            addr,
+            b"GET /api/plugins HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+            limit,
+        )
+        .await;
         assert!(half_head.is_some(), "a half-sent head is cut off");
         let silent = raw_exchange(addr, b"", limit).await;
         assert!(silent.is_some(), "a silent connection is closed");
         let half_body =
-            b"POST /api/plugins/load HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"plu";
+            b"POST /api/plugins/load HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{\"plu";
         let answer = raw_exchange(addr, half_body, limit)
             .await
             .expect("answered in time");
@@ -872,7 +894,7 @@ fn slow_clients_time_out_and_bodies_are_bounded() {
             .await;
         assert_error(&declared, 413, "payload_too_large");
         let mut chunked =
-        b"POST /api/plugins/load HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n"
+        b"POST /api/plugins/load HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n"
             .to_vec();
         chunked.extend(vec![b' '; 2048]);
         chunked.extend(b"\r\n0\r\n\r\n");

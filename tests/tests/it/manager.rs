@@ -435,6 +435,36 @@ fn a_lazy_plugin_starts_on_its_first_call_and_stops_when_idle() {
     })
 }
 
+/// DEFECTS.md #6: a reload used to drop the idle stopper, so the new worker never stopped.
+#[test]
+fn idle_stop_still_applies_after_a_reload() {
+    serially(async {
+        let s = setup(
+            &[("e", manifest("echo", "echo", "idle_stop_secs = 1"))],
+            None,
+        );
+        s.manager.load("echo", None).await.unwrap();
+        let first = pid_of(&s.manager, "echo");
+        s.manager.reload("echo").await.unwrap();
+        let reloaded = pid_of(&s.manager, "echo");
+        assert_ne!(reloaded, first);
+        s.manager
+            .call("echo", json!("hi"), CallOptions::default())
+            .await
+            .unwrap();
+        let stopped = eventually(Duration::from_secs(5), || {
+            s.manager.info("echo").unwrap().pid.is_none()
+        })
+        .await;
+        assert!(
+            stopped,
+            "the reloaded worker was not stopped after its idle period"
+        );
+        assert_eq!(s.manager.info("echo").unwrap().state, "idle");
+        finish(s, &[first, reloaded]).await;
+    })
+}
+
 #[test]
 fn calls_tell_unknown_from_unloaded_plugins_and_bundled_manifests_parse() {
     serially(async {

@@ -20,6 +20,13 @@ pub(crate) enum ApiKind {
     /// A kind of the worker protocol, with its status (`invalid_input` 400, `not_found` 404,
     /// `worker_crashed` 502, …).
     Wire(ErrorKind),
+    /// 403: the `Host` header names the server by a name it does not answer to (DNS
+    /// rebinding).
+    ForbiddenHost,
+    /// 403: the request comes from a web page of another origin.
+    ForbiddenOrigin,
+    /// 403: an API client named a path of the server's machine outside every `--file-root`.
+    FilePathRefused,
     /// 408: the client took too long to send its body.
     RequestTimeout,
     /// 409: the plugin is already loaded.
@@ -32,6 +39,8 @@ pub(crate) enum ApiKind {
     InvalidManifest,
     /// 424: requirements cannot be met, or form a cycle.
     DependencyUnmet,
+    /// 429: the client holds as many uploads as its quota allows.
+    QuotaExceeded,
     /// 502: the worker could not be started.
     StartFailed,
     /// 500: a fault of the server itself.
@@ -43,7 +52,11 @@ impl ApiKind {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Wire(kind) => kind.as_str(),
+            Self::ForbiddenHost => "forbidden_host",
+            Self::ForbiddenOrigin => "forbidden_origin",
+            Self::FilePathRefused => "file_path_refused",
             Self::RequestTimeout => "request_timeout",
+            Self::QuotaExceeded => "quota_exceeded",
             Self::AlreadyLoaded => "already_loaded",
             Self::NotLoaded => "not_loaded",
             Self::RequiredByOthers => "required_by_others",
@@ -58,7 +71,9 @@ impl ApiKind {
     pub(crate) fn status(self) -> StatusCode {
         let code = match self {
             Self::Wire(kind) => kind.http_status(),
+            Self::ForbiddenHost | Self::ForbiddenOrigin | Self::FilePathRefused => 403,
             Self::RequestTimeout => 408,
+            Self::QuotaExceeded => 429,
             Self::AlreadyLoaded | Self::NotLoaded | Self::RequiredByOthers => 409,
             Self::InvalidManifest => 422,
             Self::DependencyUnmet => 424,

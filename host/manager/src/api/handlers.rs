@@ -3,9 +3,9 @@
 
 use super::errors::ApiError;
 use super::reply::{self, Reply};
-use super::request::{authorize, parse, parse_optional, query_flag, read_body};
+use super::request::{authorize, declared_length, parse, parse_optional, query_flag, read_body};
 use super::routes::{resolve, Op};
-use super::{health, openapi, streams, Ctx};
+use super::{guard, health, openapi, streams, Ctx};
 use crate::PluginManager;
 use bytes::Bytes;
 use http::request::Parts;
@@ -15,6 +15,7 @@ use plugvisor_host::CallOptions;
 use plugvisor_proto::Value;
 use serde::Deserialize;
 use serde_json::json;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,10 +67,10 @@ struct StreamRequest {
 }
 
 /// Answers one request; every failure becomes an error answer.
-pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Reply {
+pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, peer: SocketAddr) -> Reply {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let reply = match route(&ctx, &parts, body).await {
+    let reply = match route(&ctx, &parts, body, peer.ip()).await {
         Ok(reply) => reply,
         Err(e) => reply::error(e),
     };
@@ -83,7 +84,13 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Reply {
     reply
 }
 
-async fn route(ctx: &Ctx, parts: &Parts, body: Incoming) -> Result<Reply, ApiError> {
+async fn route(
+    ctx: &Ctx,
+    parts: &Parts,
+    body: Incoming,
+    client: IpAddr,
+) -> Result<Reply, ApiError> {
+    guard::check(parts, &ctx.options.browser)?;
     authorize(parts, ctx.options.token.as_deref())?;
     let matched = resolve(&parts.method, parts.uri.path())?;
     let id = matched.id.unwrap_or_default();
@@ -98,8 +105,10 @@ async fn route(ctx: &Ctx, parts: &Parts, body: Incoming) -> Result<Reply, ApiErr
             streams::events(m, ctx.shutdown.clone()),
         )),
         Op::Load => load(ctx, parse(&body_of(ctx, parts, body).await?)?).await,
-        Op::Execute => execute(m, parse(&body_of(ctx, parts, body).await?)?).await,
-        Op::ExecuteStream => execute_stream(m, parse(&body_of(ctx, parts, body).await?)?).await,
+        Op::Execute => execute(ctx, parse(&body_of(ctx, parts, body).await?)?, client).await,
+        Op::ExecuteStream => execute_stream(ctx, parse(&body_of(ctx, parts, body).await?)?).await,
+        Op::Upload => upload(ctx, parts, body, client).await,
+        Op::Download => ctx.files.download(&id).await,
         Op::Get => get(m, &id),
         Op::Unload => {
             let req: UnloadRequest = parse_optional(&body_of(ctx, parts, body).await?)?;
@@ -178,24 +187,57 @@ async fn set_config(m: &PluginManager, id: &str, req: ConfigRequest) -> Result<R
     Ok(reply::ok(&json!({ "config": masked })))
 }
 
-async fn execute(m: &PluginManager, req: ExecuteRequest) -> Result<Reply, ApiError> {
+async fn execute(ctx: &Ctx, mut req: ExecuteRequest, client: IpAddr) -> Result<Reply, ApiError> {
     let timeout = match req.timeout_ms {
         Some(0) => return Err(ApiError::bad_request("timeout_ms must be at least 1")),
         other => other.map(Duration::from_millis),
     };
-    let output = m
+    let claimed = ctx.files.resolve_input(&mut req.input)?;
+    let output = ctx
+        .manager
         .call(&req.plugin_id, req.input, CallOptions { timeout })
         .await
         .map_err(ApiError::from_call)?;
-    Ok(reply::ok(&json!({ "output": output.value })))
+    drop(claimed);
+    let mut value = output.value;
+    ctx.files.publish(client, &mut value, output.files);
+    Ok(reply::ok(&json!({ "output": value })))
 }
 
-async fn execute_stream(m: &PluginManager, req: StreamRequest) -> Result<Reply, ApiError> {
-    let stream = m
+async fn execute_stream(ctx: &Ctx, mut req: StreamRequest) -> Result<Reply, ApiError> {
+    let claimed = ctx.files.resolve_input(&mut req.input)?;
+    let stream = ctx
+        .manager
         .stream(&req.plugin_id, req.input)
         .await
         .map_err(ApiError::from_call)?;
+    // The uploads the stream reads are deleted when it ends.
+    let stream = Box::pin(futures_util::StreamExt::map(stream, move |item| {
+        let _held = &claimed;
+        item
+    }));
     Ok(reply::streamed(streams::NDJSON, streams::frames(stream)))
+}
+
+/// `POST /api/files`: the raw body becomes an upload.
+async fn upload(
+    ctx: &Ctx,
+    parts: &Parts,
+    body: Incoming,
+    client: IpAddr,
+) -> Result<Reply, ApiError> {
+    let declared = declared_length(parts);
+    let media_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| !t.starts_with("application/x-www-form-urlencoded"))
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    let idle = ctx.options.read_timeout;
+    ctx.files
+        .upload(client, declared, media_type, body, idle)
+        .await
 }
 
 fn metrics(m: &PluginManager) -> Reply {

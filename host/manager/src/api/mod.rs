@@ -8,11 +8,15 @@
 //! - `request.rs`: authentication, body limits and timeouts, JSON parsing;
 //! - `reply.rs`: JSON and text answers;
 //! - `errors.rs`: `ApiError` and the status of every manager and plugin error;
+//! - `guard.rs`: the `Host` and `Origin` checks that keep web pages out;
+//! - `files.rs`: uploads, downloads, and the paths clients may name;
 //! - `streams.rs`: the NDJSON answers (`execute_stream`, `events`);
 //! - `health.rs`: the health-check document;
 //! - `openapi.rs`: the OpenAPI document, built from the route table.
 
 mod errors;
+mod files;
+mod guard;
 mod handlers;
 mod health;
 mod openapi;
@@ -31,6 +35,8 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+pub use files::{FileOptions, DOWNLOAD_TAG, UPLOAD_TAG};
+pub use guard::BrowserPolicy;
 pub use openapi::openapi_document;
 pub use tokio_util::sync::CancellationToken;
 
@@ -54,8 +60,13 @@ pub struct ApiOptions {
     /// Largest request body in bytes (else 413). Default 1 MiB.
     pub max_body: usize,
     /// How long a client may take to send a request's head, and its body (else the
-    /// connection is closed, or 408). Default 10 s.
+    /// connection is closed, or 408); for uploads, the longest pause between two pieces of
+    /// the body. Default 10 s.
     pub read_timeout: Duration,
+    /// Extra host names and origins browsers may use (see [`BrowserPolicy`]).
+    pub browser: BrowserPolicy,
+    /// Uploads, downloads and the paths clients may name (see [`FileOptions`]).
+    pub files: FileOptions,
 }
 
 impl Default for ApiOptions {
@@ -64,6 +75,8 @@ impl Default for ApiOptions {
             token: None,
             max_body: DEFAULT_MAX_BODY,
             read_timeout: DEFAULT_READ_TIMEOUT,
+            browser: BrowserPolicy::default(),
+            files: FileOptions::default(),
         }
     }
 }
@@ -74,6 +87,8 @@ impl std::fmt::Debug for ApiOptions {
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("max_body", &self.max_body)
             .field("read_timeout", &self.read_timeout)
+            .field("browser", &self.browser)
+            .field("files", &self.files)
             .finish()
     }
 }
@@ -111,6 +126,7 @@ pub enum BindError {
 pub(crate) struct Ctx {
     pub(crate) manager: PluginManager,
     pub(crate) options: ApiOptions,
+    pub(crate) files: files::FileStore,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -118,9 +134,13 @@ pub(crate) struct Ctx {
 /// event streams, lets open answers finish (at most 5 s) and returns. The manager is not shut
 /// down: that is the caller's.
 ///
+/// Files uploaded by clients and files of answers waiting for download live in the host's
+/// directory until used, fetched or expired, and are all removed when this returns.
+///
 /// # Errors
-/// An empty token ([`std::io::ErrorKind::InvalidInput`]). Failed accepts are logged and
-/// retried, never returned.
+/// An empty token ([`std::io::ErrorKind::InvalidInput`]), a `--file-root` that does not exist,
+/// or a file store that cannot be made. Failed accepts are logged and retried, never
+/// returned.
 pub async fn serve_api(
     listener: TcpListener,
     manager: PluginManager,
@@ -136,16 +156,34 @@ pub async fn serve_api(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, auth = options.token.is_some(), "management API listening");
     }
+    let store_dir = manager.host().dir().join("api-files");
+    let files = files::FileStore::new(store_dir, options.files.clone())?;
     let ctx = Arc::new(Ctx {
         manager,
         options,
+        files,
         shutdown: shutdown.clone(),
     });
+    let sweeper = tokio::spawn(sweep_files(Arc::clone(&ctx)));
     let mut connections = JoinSet::new();
     accept_loop(&listener, &ctx, &mut connections).await;
     drop(listener);
     finish_connections(connections).await;
+    sweeper.abort();
+    let _ = sweeper.await;
+    ctx.files.clear();
     Ok(())
+}
+
+/// Deletes expired uploads and downloads until shutdown.
+async fn sweep_files(ctx: Arc<Ctx>) {
+    let mut tick = tokio::time::interval(ctx.files.sweep_interval());
+    loop {
+        tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            _ = tick.tick() => ctx.files.sweep(),
+        }
+    }
 }
 
 /// Accepts connections until shutdown, each served on a task of its own.
@@ -194,7 +232,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
     let read_timeout = ctx.options.read_timeout;
     let service = service_fn(move |req| {
         let ctx = Arc::clone(&ctx);
-        async move { Ok::<_, std::convert::Infallible>(handlers::handle(ctx, req).await) }
+        async move { Ok::<_, std::convert::Infallible>(handlers::handle(ctx, req, peer).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

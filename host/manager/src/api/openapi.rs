@@ -10,8 +10,10 @@ struct Doc {
     summary: &'static str,
     /// Schema name and an example of the request body; `required` when the body must be there.
     body: Option<(&'static str, Value, bool)>,
-    /// Media type and schema name of the 200 answer.
+    /// Media type and schema name of the success answer.
     ok: (&'static str, &'static str),
+    /// Status of the success answer (200, or 201 for an upload).
+    ok_status: u16,
     /// Error statuses the route can answer (401 and 500 are added to all).
     errors: Vec<u16>,
 }
@@ -54,7 +56,13 @@ fn operation(endpoint: &Endpoint) -> Value {
         "responses": responses(&doc),
     });
     let mut parameters = Vec::new();
-    if endpoint.path.contains("{id}") {
+    if endpoint.op == Op::Download {
+        parameters.push(json!({
+            "name": "id", "in": "path", "required": true,
+            "description": "The download id from a `$download` object of a call's output.",
+            "schema": { "type": "string", "pattern": "^[0-9a-f]{32}$" }
+        }));
+    } else if endpoint.path.contains("{id}") {
         parameters.push(json!({
             "name": "id", "in": "path", "required": true,
             "description": "The plugin id (its manifest's `name`).",
@@ -78,6 +86,13 @@ fn operation(endpoint: &Endpoint) -> Value {
             "content": { "application/json": { "schema": schema_ref(schema), "example": example } }
         });
     }
+    if endpoint.op == Op::Upload {
+        op["requestBody"] = json!({
+            "required": true,
+            "description": "The file's bytes, streamed (any media type; it is kept as the file's media type)",
+            "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } }
+        });
+    }
     op
 }
 
@@ -85,12 +100,17 @@ fn operation(endpoint: &Endpoint) -> Value {
 fn responses(doc: &Doc) -> Value {
     let (media, schema) = doc.ok;
     let mut out = Map::new();
+    let described = match schema {
+        "" => json!({}),
+        "Binary" => json!({ "type": "string", "format": "binary" }),
+        name => schema_ref(name),
+    };
     out.insert(
-        "200".to_owned(),
-        json!({ "description": "OK", "content": { media: { "schema": schema_ref(schema) } } }),
+        doc.ok_status.to_string(),
+        json!({ "description": "OK", "content": { media: { "schema": described } } }),
     );
     let mut codes = doc.errors.clone();
-    codes.extend([401, 500]);
+    codes.extend([401, 403, 500]);
     codes.sort_unstable();
     codes.dedup();
     for code in codes {
@@ -115,11 +135,12 @@ fn reason(code: u16) -> &'static str {
     match code {
         400 => "Malformed JSON or a body of the wrong shape (the message names the problem), or the plugin rejected the input (`invalid_input`)",
         401 => "A token is configured and the request has no or a wrong `Authorization: Bearer` header",
-        403 => "The plugin refused a file reference (`file_access_denied`)",
-        404 => "No plugin with this id (`not_found`)",
+        403 => "A browser request from another origin (`forbidden_origin`) or by a host name the server does not answer to (`forbidden_host`); a file path outside every `--file-root` (`file_path_refused`); or the plugin refused a file reference (`file_access_denied`)",
+        404 => "No plugin with this id, or no such upload or download (`not_found`)",
         408 => "The request body did not arrive within the read timeout",
         409 => "Conflict with the plugin's state: `already_loaded`, `not_loaded`, `required_by_others` (with `dependents`), or the plugin is `not_initialized`",
         413 => "The request body exceeds the server's limit",
+        429 => "The client holds as many uploads as its quota allows (`quota_exceeded`)",
         422 => "The configuration fails the plugin's schema (`invalid_config`, with `problems` naming field and rule); nothing was changed",
         424 => "A required service is provided by no plugin, or requirements form a cycle (`dependency_unmet`)",
         499 => "The plugin cancelled the call (`cancelled`)",
@@ -139,6 +160,7 @@ fn describe(op: Op) -> Doc {
         summary,
         body: None,
         ok: ("application/json", schema),
+        ok_status: 200,
         errors: Vec::new(),
     };
     match op {
@@ -168,6 +190,22 @@ fn describe(op: Op) -> Doc {
             ..read("Live lifecycle events, one JSON object per line", "")
         },
         Op::OpenApi => read("This document", "OpenApi"),
+        Op::Upload => Doc {
+            ok_status: 201,
+            errors: vec![400, 408, 413, 429],
+            ..read(
+                "Upload a file; use its `ref` (`{\"$upload\": ID}`) in one call's input",
+                "Upload",
+            )
+        },
+        Op::Download => Doc {
+            ok: ("application/octet-stream", "Binary"),
+            errors: vec![404],
+            ..read(
+                "Download an output file of a call (once; then it is deleted)",
+                "",
+            )
+        },
         Op::Metrics => Doc {
             ok: ("text/plain; version=0.0.4", "Metrics"),
             ..read("Prometheus metrics", "")
@@ -240,6 +278,7 @@ fn describe_change(op: Op, call_errors: &'static [u16], change_errors: &'static 
         summary,
         body: Some(body),
         ok: (media, ok),
+        ok_status: 200,
         errors: all,
     }
 }
@@ -331,7 +370,12 @@ fn answer_schemas() -> Value {
             "plugin": {"type": "string"}, "pid": {"type": "integer"}, "exit": {},
             "cause": {"type": "string"}, "stderr_tail": {"type": "array", "items": {"type": "string"}}
         }},
-        "ExecuteAnswer": {"type": "object", "required": ["output"], "properties": {"output": {}}},
+        "ExecuteAnswer": {"type": "object", "required": ["output"], "properties": {"output": {"description": "The plugin's output; each output file is a `{\"$download\": {\"id\", \"url\", \"size\", \"media_type\", \"name\"}}` object to fetch once from its url"}}},
+        "Upload": {"type": "object", "required": ["id", "size", "sha256", "ref"], "properties": {
+            "id": {"type": "string"}, "size": {"type": "integer"}, "sha256": {"type": "string"},
+            "expires_in_secs": {"type": "integer"},
+            "ref": {"type": "object", "description": "Put this object anywhere in one execute or execute_stream input", "properties": {"$upload": {"type": "string"}}}
+        }},
         "ConfigAnswer": {"type": "object", "required": ["config"], "properties": {"config": {"type": "object"}}},
         "StreamFrame": {"oneOf": [
             {"type": "object", "required": ["item"], "properties": {"item": {}}},
@@ -365,7 +409,8 @@ mod tests {
         for e in ENDPOINTS {
             let op = &doc["paths"][e.path][e.method.to_lowercase()];
             assert!(op.is_object(), "{} {} missing", e.method, e.path);
-            assert!(op["responses"]["200"].is_object());
+            let ok = if e.op == Op::Upload { "201" } else { "200" };
+            assert!(op["responses"][ok].is_object(), "{} {}", e.method, e.path);
             assert!(op["responses"]["401"].is_object());
         }
         let text = doc.to_string();

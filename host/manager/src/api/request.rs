@@ -2,10 +2,10 @@
 
 use super::errors::ApiError;
 use super::ApiOptions;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use http::request::Parts;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 
@@ -38,47 +38,107 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Reads the whole body, at most `options.max_body` bytes, within `options.read_timeout`.
-///
-/// # Errors
-/// 413 over the limit (from `Content-Length` before reading, or while reading), 408 when the
-/// body is too slow, 400 when the connection fails mid-body.
-pub(crate) async fn read_body(
-    parts: &Parts,
-    body: Incoming,
-    options: &ApiOptions,
-) -> Result<Bytes, ApiError> {
-    let declared = parts
+/// The most bytes read and thrown away after a body turned out too large, so the client is
+/// still reading when its 413 comes (a client cut off mid-upload sees a reset instead).
+const DRAIN_MAX: u64 = 16 << 20;
+
+/// The body length the client declared (`Content-Length`).
+pub(crate) fn declared_length(parts: &Parts) -> Option<u64> {
+    parts
         .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > options.max_body as u64) {
-        return Err(ApiError::too_large(options.max_body));
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Reads the whole body, at most `options.max_body` bytes, within `options.read_timeout`.
+///
+/// # Errors
+/// 413 over the limit (from `Content-Length` before reading, or while reading; the rest of the
+/// body is drained, up to 16 MiB, so the client can read the answer), 408 when the body is too
+/// slow, 400 when the connection fails mid-body.
+pub(crate) async fn read_body(
+    parts: &Parts,
+    mut body: Incoming,
+    options: &ApiOptions,
+) -> Result<Bytes, ApiError> {
+    let limit = options.max_body;
+    if declared_length(parts).is_some_and(|n| n > limit as u64) {
+        drain(body, options.read_timeout).await;
+        return Err(ApiError::too_large(limit));
     }
-    let collect = Limited::new(body, options.max_body).collect();
-    match tokio::time::timeout(options.read_timeout, collect).await {
+    let mut data = BytesMut::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+            if let Ok(piece) = frame.into_data() {
+                if data.len() + piece.len() > limit {
+                    return Ok(false);
+                }
+                data.extend_from_slice(&piece);
+            }
+        }
+        Ok(true)
+    };
+    match tokio::time::timeout(options.read_timeout, read).await {
         Err(_) => Err(ApiError::read_timeout()),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(ApiError::too_large(options.max_body)),
-        Ok(Err(e)) => Err(ApiError::bad_request(format!(
-            "cannot read the request body: {e}"
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(true)) => Ok(data.freeze()),
+        Ok(Ok(false)) => {
+            drain(body, options.read_timeout).await;
+            Err(ApiError::too_large(limit))
+        }
+    }
+}
+
+/// Reads and discards what is left of `body`, at most [`DRAIN_MAX`] bytes and `within`.
+pub(crate) async fn drain(mut body: Incoming, within: std::time::Duration) {
+    let mut seen = 0u64;
+    let discard = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(piece) = frame.into_data() {
+                seen += piece.len() as u64;
+                if seen > DRAIN_MAX {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(within, discard).await;
+}
+
+/// Parses `bytes` as the JSON object `T`; an empty body is refused.
+///
+/// # Errors
+/// 400 naming the problem: not an object (serde would read an array as a struct), syntax
+/// with line and column, a missing or unknown field.
+pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        None => Err(ApiError::bad_request(
+            "the request needs a JSON body; see GET /api/openapi.json",
+        )),
+        Some(b'{') => serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}"))),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "the body must be a JSON object, got {}",
+            json_kind(bytes)
         ))),
     }
 }
 
-/// Parses `bytes` as `T`; an empty body is refused.
-///
-/// # Errors
-/// 400 naming the problem (syntax with line and column, a missing or unknown field).
-pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request(
-            "the request needs a JSON body; see GET /api/openapi.json",
-        ));
+/// What kind of JSON value `bytes` hold, for messages.
+fn json_kind(bytes: &[u8]) -> &'static str {
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(serde_json::Value::Array(_)) => "an array",
+        Ok(serde_json::Value::String(_)) => "a string",
+        Ok(serde_json::Value::Number(_)) => "a number",
+        Ok(serde_json::Value::Bool(_)) => "a boolean",
+        Ok(serde_json::Value::Null) => "null",
+        Ok(serde_json::Value::Object(_)) => "an object",
+        Err(_) => "something that is not JSON",
     }
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 /// Parses `bytes` as `T`, or `T::default()` for an empty body.

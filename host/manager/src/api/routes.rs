@@ -34,6 +34,10 @@ pub(crate) enum Op {
     Reload,
     /// `PUT /api/plugins/{id}/config`
     SetConfig,
+    /// `POST /api/files`
+    Upload,
+    /// `GET /api/files/{id}`
+    Download,
     /// `GET /api/openapi.json`
     OpenApi,
     /// `GET /metrics`
@@ -66,6 +70,8 @@ pub(crate) const ENDPOINTS: &[Endpoint] = &[
     ep("POST", "/api/plugins/{id}/unload", Op::Unload),
     ep("POST", "/api/plugins/{id}/reload", Op::Reload),
     ep("PUT", "/api/plugins/{id}/config", Op::SetConfig),
+    ep("POST", "/api/files", Op::Upload),
+    ep("GET", "/api/files/{id}", Op::Download),
     ep("GET", "/api/openapi.json", Op::OpenApi),
     ep("GET", "/metrics", Op::Metrics),
 ];
