@@ -39,6 +39,22 @@ impl ApiClient {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<http::Response<Incoming>> {
+        let bytes = match body {
+            Some(v) => Bytes::from(serde_json::to_vec(v)?),
+            None => Bytes::new(),
+        };
+        let json = [(http::header::CONTENT_TYPE.as_str(), "application/json")];
+        self.send_raw(method, path, bytes, &json).await
+    }
+
+    /// Sends one request with raw `body` bytes and `headers`; the response's body is unread.
+    pub(crate) async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        bytes: Bytes,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<http::Response<Incoming>> {
         let stream = TcpStream::connect(&self.authority)
             .await
             .with_context(|| format!("cannot reach the server at {}", self.authority))?;
@@ -46,15 +62,13 @@ impl ApiClient {
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let bytes = match body {
-            Some(v) => Bytes::from(serde_json::to_vec(v)?),
-            None => Bytes::new(),
-        };
         let mut request = Request::builder()
             .method(method)
             .uri(path)
-            .header(http::header::HOST, &self.authority)
-            .header(http::header::CONTENT_TYPE, "application/json");
+            .header(http::header::HOST, &self.authority);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(token) = &self.token {
             request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }

@@ -71,7 +71,10 @@ async fn tour(
     hash_file(&files, scratch, args.file_mib).await?;
     files.shutdown().await;
     crash_and_recover(host, echo, dir).await?;
-    supervised_chaos(host, dir).await
+    supervised_chaos(host, dir).await?;
+    let files_worker = worker_binary("files", dir)?;
+    let worker_dir = files_worker.parent().unwrap_or(Path::new("."));
+    crate::demo_api::rest_files(scratch, worker_dir, say).await
 }
 
 /// A supervised chaos worker aborts mid-call and is back for the next call.
@@ -111,7 +114,7 @@ async fn supervised_chaos(host: &Host, dir: Option<&Path>) -> anyhow::Result<()>
     Ok(())
 }
 
-fn started_pids(
+pub(crate) fn started_pids(
     events: &mut tokio::sync::broadcast::Receiver<plugvisor_host::LifecycleEvent>,
 ) -> Vec<u32> {
     std::iter::from_fn(|| events.try_recv().ok())
@@ -123,7 +126,7 @@ fn started_pids(
 }
 
 /// True while `pid` exists and is not a zombie.
-fn is_alive(pid: u32) -> bool {
+pub(crate) fn is_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|stat| {
             !stat

@@ -4,6 +4,7 @@
 mod call;
 mod client;
 mod demo;
+mod demo_api;
 mod manage;
 mod resolve;
 mod serve;

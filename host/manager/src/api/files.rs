@@ -257,7 +257,7 @@ impl FileStore {
         ApiError::new(
             ApiKind::Wire(plugvisor_proto::ErrorKind::PayloadTooLarge),
             format!(
-                "the upload exceeds the limit of {} bytes (serve --max-upload)",
+                "the upload exceeds the limit of {} bytes (serve --max-upload-mib)",
                 self.options.max_upload
             ),
         )

@@ -1,0 +1,145 @@
+//! The demo's REST step: `plugvisor serve`'s API in-process, a file uploaded, gzipped by a
+//! plugin and downloaded, and the requests the API refuses (a host path, a foreign web page).
+
+use crate::client::ApiClient;
+use anyhow::{ensure, Context};
+use bytes::Bytes;
+use http::Method;
+use http_body_util::BodyExt;
+use plugvisor_manager::api::{serve_api, ApiOptions, CancellationToken};
+use plugvisor_manager::{ManagerConfig, PluginManager};
+use plugvisor_proto::{json, Value};
+use std::path::Path;
+use std::time::Instant;
+
+/// Serves the API over a `files` plugin, uses it as a client would, and stops it.
+pub(crate) async fn rest_files(
+    scratch: &Path,
+    worker_dir: &Path,
+    say: impl Fn(&str),
+) -> anyhow::Result<()> {
+    let manifests = scratch.join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    let command = worker_dir.join("files-worker");
+    let manifest = format!(
+        "name = \"files\"\nversion = \"0.1.0\"\ncommand = \"{}\"\n",
+        command.display()
+    );
+    std::fs::write(manifests.join("files.toml"), manifest)?;
+    let manager = PluginManager::new(ManagerConfig {
+        manifest_dirs: vec![manifests],
+        host: plugvisor_host::HostConfig {
+            base_dir: Some(scratch.join("api-run")),
+        },
+        ..ManagerConfig::default()
+    })?;
+    let host_dir = manager.host().dir().to_path_buf();
+    let mut events = manager.host().events();
+    let result = serve_and_use(&manager, scratch, say).await;
+    manager.shutdown().await;
+    result?;
+    ensure!(
+        !host_dir.exists(),
+        "the API server left {} behind",
+        host_dir.display()
+    );
+    let pids = crate::demo::started_pids(&mut events);
+    let alive: Vec<u32> = pids
+        .into_iter()
+        .filter(|p| crate::demo::is_alive(*p))
+        .collect();
+    ensure!(alive.is_empty(), "API workers {alive:?} are still running");
+    Ok(())
+}
+
+async fn serve_and_use(
+    manager: &PluginManager,
+    scratch: &Path,
+    say: impl Fn(&str),
+) -> anyhow::Result<()> {
+    manager.load("files", None).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let client = ApiClient::new(&format!("http://{}", listener.local_addr()?))?;
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(serve_api(
+        listener,
+        manager.clone(),
+        ApiOptions::default(),
+        shutdown.clone(),
+    ));
+    let used = use_files(&client, scratch, &say).await;
+    let refused = refusals(&client, &say).await;
+    shutdown.cancel();
+    server.await.context("the API server task")??;
+    used.and(refused)
+}
+
+/// Upload → gzip by reference → download.
+async fn use_files(client: &ApiClient, scratch: &Path, say: &impl Fn(&str)) -> anyhow::Result<()> {
+    let data: Vec<u8> = (0..8u32 << 20).map(|i| (i % 199) as u8).collect();
+    let started = Instant::now();
+    let octets = [("content-type", "application/octet-stream")];
+    let uploaded = client
+        .send_raw(Method::POST, "/api/files", Bytes::from(data), &octets)
+        .await?;
+    let uploaded: Value =
+        serde_json::from_slice(&uploaded.into_body().collect().await?.to_bytes())?;
+    let took = started.elapsed().as_secs_f64() * 1e3;
+    let input = json!({"op": "gzip", "file": uploaded["ref"]});
+    let body = json!({"plugin_id": "files", "input": input});
+    let output = client
+        .json(Method::POST, "/api/plugins/execute", Some(&body))
+        .await?;
+    let download = &output["output"]["file"]["$download"];
+    let url = download["url"]
+        .as_str()
+        .context("no $download in the answer")?;
+    let fetched = client.send_raw(Method::GET, url, Bytes::new(), &[]).await?;
+    let zipped = fetched.into_body().collect().await?.to_bytes();
+    std::fs::write(scratch.join("out.gz"), &zipped)?;
+    ensure!(zipped.len() as u64 == download["size"].as_u64().unwrap_or(0));
+    say(&format!(
+        "REST: uploaded 8 MiB in {took:.1} ms (sha256 {}…), gzipped it by handle, downloaded \
+         {} bytes once",
+        &uploaded["sha256"].as_str().unwrap_or("?")[..12],
+        zipped.len()
+    ));
+    Ok(())
+}
+
+/// What an API client or a web page may not do.
+async fn refusals(client: &ApiClient, say: &impl Fn(&str)) -> anyhow::Result<()> {
+    let shadow = json!({"plugin_id": "files", "input": {"op": "sha256",
+        "file": {"$file": {"path": "/etc/shadow", "size": 0}}}});
+    let path = kind_of(client, &shadow, &[]).await?;
+    let page = [
+        ("origin", "http://evil.example"),
+        ("content-type", "text/plain"),
+    ];
+    let echo = json!({"plugin_id": "files", "input": {"op": "stat"}});
+    let origin = kind_of(client, &echo, &page).await?;
+    ensure!(path == "403 file_path_refused" && origin == "403 forbidden_origin");
+    say(&format!(
+        "REST refuses what a client may not do: /etc/shadow by path → {path}; a POST from a \
+         foreign web page → {origin}"
+    ));
+    Ok(())
+}
+
+/// `"<status> <kind>"` of an execute request with `headers`.
+async fn kind_of(
+    client: &ApiClient,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<String> {
+    let bytes = Bytes::from(serde_json::to_vec(body)?);
+    let answer = client
+        .send_raw(Method::POST, "/api/plugins/execute", bytes, headers)
+        .await?;
+    let status = answer.status().as_u16();
+    let value: Value = serde_json::from_slice(&answer.into_body().collect().await?.to_bytes())?;
+    Ok(format!(
+        "{status} {}",
+        value["error"]["kind"].as_str().unwrap_or("-")
+    ))
+}
