@@ -58,6 +58,8 @@ mod dirs;
 mod error;
 mod events;
 mod exchange;
+#[doc(hidden)]
+pub mod fuzzing;
 mod host;
 mod identity;
 mod launch;

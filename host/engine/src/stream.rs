@@ -117,7 +117,7 @@ impl FrameDecoder {
 /// Splits body data into lines: complete lines inside one piece of data are sliced out of it
 /// (no copy); only a line spanning pieces is gathered into `partial`.
 #[derive(Debug, Default)]
-struct Lines {
+pub(crate) struct Lines {
     /// The start of a line whose end has not arrived yet.
     partial: BytesMut,
     /// Data not searched for a newline yet.
@@ -126,17 +126,17 @@ struct Lines {
 
 impl Lines {
     /// Adds the next piece of data (call only once `next_line` returned `None`).
-    fn push(&mut self, data: Bytes) {
+    pub(crate) fn push(&mut self, data: Bytes) {
         self.pending = data;
     }
 
     /// True when nothing is buffered.
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.partial.is_empty() && self.pending.is_empty()
     }
 
     /// The next complete line, newline included.
-    fn next_line(&mut self) -> Option<Bytes> {
+    pub(crate) fn next_line(&mut self) -> Option<Bytes> {
         match find_newline(&self.pending) {
             Some(i) => {
                 let end = self.pending.split_to(i + 1);
@@ -198,7 +198,7 @@ fn has_json_special(bytes: &[u8]) -> bool {
 
 /// The value of a line `{"item":"<text>"}\n` whose text has no escapes and is UTF-8 (exactly
 /// what the JSON parser would return for it), else `None` (then the parser decides).
-fn plain_string_item(line: &[u8]) -> Option<Value> {
+pub(crate) fn plain_string_item(line: &[u8]) -> Option<Value> {
     let text = line.strip_prefix(b"{\"item\":\"")?.strip_suffix(b"\"}\n")?;
     if has_json_special(text) {
         return None;

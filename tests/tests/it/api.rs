@@ -802,7 +802,7 @@ fn every_documented_route_answers_as_documented() {
             .post("/api/plugins/load", &json!({"plugin_id": "files"}))
             .await;
         assert_eq!(loaded.status, 200, "{}", loaded.text());
-        // A real download for GET /api/files/{id}.
+        // A real download for GET /api/files/{download}.
         let up = c
             .send("POST", "/api/files", Some(b"some bytes"))
             .await

@@ -258,6 +258,17 @@ fn bodies_of_the_wrong_shape_or_size_get_readable_4xx() {
             )
             .await;
         assert_eq!(object.status, 200, "{}", object.text());
+        // A bad query is refused even when the body alone would decide (found by schemathesis).
+        let force = json!({"force": true}).to_string();
+        let query = c
+            .send(
+                "POST",
+                "/api/plugins/echo/unload?force=maybe",
+                Some(force.as_bytes()),
+            )
+            .await;
+        assert_error(&query, 400, "bad_request");
+        assert!(api.manager.info("echo").unwrap().loaded);
         // Eight times the limit, sent whole: the client still reads its 413.
         let huge = vec![b' '; 8 << 20];
         let too_big = c.send("POST", "/api/plugins/execute", Some(&huge)).await;

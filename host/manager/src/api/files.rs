@@ -1,5 +1,5 @@
 //! Files of API clients: uploads (`POST /api/files`) that call inputs refer to as
-//! `{"$upload": ID}`, downloads of a call's output files (`GET /api/files/{id}`), and the rule
+//! `{"$upload": ID}`, downloads of a call's output files (`GET /api/files/{download}`), and the rule
 //! that an API client never names a path of the server's machine outside the operator's
 //! `--file-root` directories.
 //!
@@ -213,6 +213,12 @@ impl FileStore {
         let path = self.dir.join(&id);
         let written = write_upload(&path, &mut body, allowance, idle).await;
         let (size, sha256) = match written {
+            Ok((0, _)) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(ApiError::bad_request(
+                    "an upload needs a body: the file's bytes",
+                ));
+            }
             Ok(done) => done,
             Err(e) => {
                 let _ = std::fs::remove_file(&path);

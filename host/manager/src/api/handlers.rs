@@ -111,8 +111,9 @@ async fn route(
         Op::Download => ctx.files.download(&id).await,
         Op::Get => get(m, &id),
         Op::Unload => {
+            let query = query_flag(parts.uri.query(), "force")?;
             let req: UnloadRequest = parse_optional(&body_of(ctx, parts, body).await?)?;
-            let force = req.force || query_flag(parts.uri.query(), "force")?;
+            let force = req.force || query;
             unload(m, &id, force).await
         }
         Op::Reload => {

@@ -58,7 +58,7 @@ fn operation(endpoint: &Endpoint) -> Value {
     let mut parameters = Vec::new();
     if endpoint.op == Op::Download {
         parameters.push(json!({
-            "name": "id", "in": "path", "required": true,
+            "name": "download", "in": "path", "required": true,
             "description": "The download id from a `$download` object of a call's output.",
             "schema": { "type": "string", "pattern": "^[0-9a-f]{32}$" }
         }));
@@ -90,7 +90,7 @@ fn operation(endpoint: &Endpoint) -> Value {
         op["requestBody"] = json!({
             "required": true,
             "description": "The file's bytes, streamed (any media type; it is kept as the file's media type)",
-            "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } }
+            "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary", "minLength": 1 } } }
         });
     }
     op
@@ -340,14 +340,14 @@ fn request_schemas() -> Value {
     json!({
         "LoadRequest": {"type": "object", "required": ["plugin_id"], "additionalProperties": false, "properties": {
             "plugin_id": {"type": "string"},
-            "config": {"type": "object", "description": "The API configuration layer (on top of schema defaults, manifest, host file, environment)"}
+            "config": {"type": "object", "description": "The API configuration layer (on top of schema defaults, manifest, host file, environment), checked against the plugin's own JSON Schema (422 `invalid_config` when it fails)"}
         }},
         "UnloadRequest": {"type": "object", "additionalProperties": false, "properties": {"force": {"type": "boolean", "default": false}}},
         "ReloadRequest": {"type": "object", "additionalProperties": false, "properties": {}},
-        "ConfigRequest": {"type": "object", "required": ["config"], "additionalProperties": false, "properties": {"config": {"type": "object"}}},
+        "ConfigRequest": {"type": "object", "required": ["config"], "additionalProperties": false, "properties": {"config": {"type": "object", "description": "Checked against the plugin's own JSON Schema (`config_schema` of GET /api/plugins/{id}); a config that fails it is answered 422 `invalid_config` with `problems`, and nothing changes"}}},
         "ExecuteRequest": {"type": "object", "required": ["plugin_id", "input"], "additionalProperties": false, "properties": {
             "plugin_id": {"type": "string"}, "input": {},
-            "timeout_ms": {"type": "integer", "minimum": 1, "description": "Deadline of this call (default: the manifest's call_timeout_ms, or none)"}
+            "timeout_ms": {"type": ["integer", "null"], "minimum": 1, "description": "Deadline of this call (default, or null: the manifest's call_timeout_ms, or none)"}
         }},
         "ExecuteStreamRequest": {"type": "object", "required": ["plugin_id", "input"], "additionalProperties": false, "properties": {
             "plugin_id": {"type": "string"}, "input": {}

@@ -36,7 +36,7 @@ pub(crate) enum Op {
     SetConfig,
     /// `POST /api/files`
     Upload,
-    /// `GET /api/files/{id}`
+    /// `GET /api/files/{download}`
     Download,
     /// `GET /api/openapi.json`
     OpenApi,
@@ -44,7 +44,8 @@ pub(crate) enum Op {
     Metrics,
 }
 
-/// One route: method, path template (`{id}` is a plugin id), and what it does.
+/// One route: method, path template (`{id}` is a plugin id, `{download}` a download id; one
+/// parameter at most), and what it does.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Endpoint {
     pub(crate) method: &'static str,
@@ -71,7 +72,7 @@ pub(crate) const ENDPOINTS: &[Endpoint] = &[
     ep("POST", "/api/plugins/{id}/reload", Op::Reload),
     ep("PUT", "/api/plugins/{id}/config", Op::SetConfig),
     ep("POST", "/api/files", Op::Upload),
-    ep("GET", "/api/files/{id}", Op::Download),
+    ep("GET", "/api/files/{download}", Op::Download),
     ep("GET", "/api/openapi.json", Op::OpenApi),
     ep("GET", "/metrics", Op::Metrics),
 ];
@@ -131,7 +132,9 @@ fn template_match(template: &str, path: &str) -> Option<Option<String>> {
     loop {
         match (want.next(), got.next()) {
             (None, None) => return Some(id),
-            (Some("{id}"), Some(seg)) if !seg.is_empty() => id = Some(seg.to_owned()),
+            (Some(w), Some(seg)) if w.starts_with('{') && !seg.is_empty() => {
+                id = Some(seg.to_owned())
+            }
             (Some(w), Some(g)) if w == g => {}
             _ => return None,
         }
