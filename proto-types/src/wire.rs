@@ -14,6 +14,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const TOKEN_ENV: &str = "PLUGVISOR_TOKEN";
 /// Environment variable naming the only directory a worker may open file references in.
 pub const TRANSFER_DIR_ENV: &str = "PLUGVISOR_TRANSFER_DIR";
+/// Environment variable naming the directory, beneath the transfer directory, where a
+/// sandboxed worker creates its output files (the rest of its transfer area is read-only).
+pub const OUTPUT_DIR_ENV: &str = "PLUGVISOR_OUTPUT_DIR";
+/// Name of that directory inside the transfer directory.
+pub const OUTPUT_SUBDIR: &str = "out";
 /// Environment variable that, set to `1`, makes the worker exit when its stdin reaches EOF.
 pub const WATCH_STDIN_ENV: &str = "PLUGVISOR_WATCH_STDIN";
 /// Environment variable with the largest request body a worker accepts, in bytes.

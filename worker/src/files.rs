@@ -57,10 +57,14 @@ pub fn open(file: &FileRef) -> Result<File, PluginError> {
 /// # Errors
 /// [`PluginError::FileAccess`] when the file cannot be created.
 pub fn create_output(name_hint: &str) -> Result<(File, PathBuf), PluginError> {
-    if let Some(dir) = TRANSFER_DIR.get() {
-        return dir.create(name_hint);
+    // A sandboxed worker may write only in its output area (the host names it).
+    let output_dir = std::env::var_os(plugvisor_proto::wire::OUTPUT_DIR_ENV);
+    if output_dir.is_none() {
+        if let Some(dir) = TRANSFER_DIR.get() {
+            return dir.create(name_hint);
+        }
     }
-    let dir_path = std::env::temp_dir();
+    let dir_path = output_dir.map_or_else(std::env::temp_dir, PathBuf::from);
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
     let dir = fcntl::open(&dir_path, flags, Mode::empty())
         .map_err(|e| transfer::denied(&dir_path, transfer::errno_reason(e)))?;

@@ -31,11 +31,11 @@ const HEAD_MAX: usize = 8 * 1024;
 /// How far the start of a connection is readable as `METHOD SP PATH`.
 #[derive(Debug, PartialEq, Eq)]
 enum RequestLine<'a> {
-    /// Method and path are complete (the path is followed by SP, `?`, CR or LF).
+    /// Method and path are complete (the path is followed by SP, `?`, `#`, CR or LF).
     Complete {
         /// The method is `GET`.
         is_get: bool,
-        /// The path, without its query.
+        /// The path, without its query or fragment.
         path: &'a str,
     },
     /// A valid start of a request line, cut before the end of its path: more bytes can tell.
@@ -45,7 +45,8 @@ enum RequestLine<'a> {
 }
 
 /// Parses the start of `head` as `METHOD SP PATH` (the method a token, the path in origin
-/// form, its query cut off at `?`). Scans only the bytes it needs; no allocation.
+/// form, its query cut off at `?` and a fragment at `#`, as the router sees it). Scans only the
+/// bytes it needs; no allocation.
 fn request_line(head: &[u8]) -> RequestLine<'_> {
     let Some(space) = head.iter().position(|&b| !is_tchar(b)) else {
         return RequestLine::Partial;
@@ -61,11 +62,11 @@ fn request_line(head: &[u8]) -> RequestLine<'_> {
     }
     let Some(end) = target
         .iter()
-        .position(|&b| matches!(b, b' ' | b'?' | b'\r' | b'\n') || b.is_ascii_control())
+        .position(|&b| matches!(b, b' ' | b'?' | b'#' | b'\r' | b'\n') || b.is_ascii_control())
     else {
         return RequestLine::Partial;
     };
-    if !matches!(target[end], b' ' | b'?' | b'\r' | b'\n') {
+    if !matches!(target[end], b' ' | b'?' | b'#' | b'\r' | b'\n') {
         return RequestLine::Invalid;
     }
     match std::str::from_utf8(&target[..end]) {
@@ -287,6 +288,21 @@ mod tests {
                 path: "/v1/execute"
             }
         );
+    }
+
+    #[test]
+    fn a_fragment_is_not_part_of_the_path() {
+        // Found by the `worker_lanes` fuzz target: hyper hands the router `/v1/shutdown` for
+        // this request line, so its connection is control, not call.
+        assert_eq!(lane(b"POST /v1/shutdown#x HTTP/1.1\r\n\r\n"), Lane::Control);
+        assert_eq!(
+            request_line(b"GET /v1/health#top"),
+            RequestLine::Complete {
+                is_get: true,
+                path: "/v1/health"
+            }
+        );
+        assert_eq!(lane(b"POST /v1/execute#x HTTP/1.1\r\n"), Lane::Call);
     }
 
     #[tokio::test]

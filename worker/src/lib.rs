@@ -32,6 +32,8 @@
 mod cli;
 mod error;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 mod guardian;
 mod handlers;
 mod lanes;

@@ -67,6 +67,16 @@ pub enum HostError {
         #[source]
         source: PluginError,
     },
+    /// The sandbox the spec asks for cannot be set up (a kernel feature is missing, or a rule
+    /// path cannot be used). Nothing was started.
+    #[error("cannot sandbox worker {program}")]
+    Sandbox {
+        /// The worker program.
+        program: PathBuf,
+        /// What is missing or wrong.
+        #[source]
+        source: crate::sandbox::SandboxError,
+    },
     /// The host is shutting down.
     #[error("the host is shutting down")]
     ShuttingDown,

@@ -7,6 +7,7 @@ use crate::events::{EventBus, EventKind};
 use crate::exchange::{self, Failure};
 use crate::identity::PluginIdentity;
 use crate::process::{ProcessParts, WorkerProcess};
+use crate::sandbox::{Places, Prepared};
 use crate::spawner::{self, ExitWatch};
 use crate::spec::WorkerSpec;
 use crate::stderr::StderrTail;
@@ -14,6 +15,7 @@ use bytes::Bytes;
 use http::Method;
 use plugvisor_proto::wire::{self, Handshake, InfoResponse, Transport};
 use plugvisor_proto::PluginError;
+use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -52,8 +54,20 @@ pub(crate) async fn launch(
     let socket = host_dir.socket_path(n);
     let transfer_dir = host_dir.transfer_dir(n).map_err(io_err)?;
     let token = new_token();
-    let command = build_command(spec, &socket, &transfer_dir, &token);
-    let mut child = spawner::spawn(command, spec.limits).await.map_err(io_err)?;
+    let mut command = build_command(spec, &socket, &transfer_dir, &token);
+    let sandbox = match sandbox_for(spec, &mut command, host_dir, &transfer_dir) {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&transfer_dir);
+            return Err(e);
+        }
+    };
+    let spawned = spawner::spawn(command, spec.limits, sandbox).await;
+    let mut child = spawned
+        .inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&transfer_dir);
+        })
+        .map_err(io_err)?;
     let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
     let pid = child.id();
     let exit = start_waiter(child).map_err(io_err)?;
@@ -127,6 +141,51 @@ fn new_token() -> String {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     )
+}
+
+/// Prepares the spec's sandbox, if any: the worker's `out/` area, the rules, and an
+/// environment with nothing of the host's but what [`crate::Sandbox`] passes.
+fn sandbox_for(
+    spec: &WorkerSpec,
+    command: &mut Command,
+    host_dir: &HostDir,
+    transfer_dir: &std::path::Path,
+) -> Result<Option<Prepared>, HostError> {
+    let Some(sandbox) = &spec.sandbox else {
+        return Ok(None);
+    };
+    let out_dir = transfer_dir.join(wire::OUTPUT_SUBDIR);
+    std::fs::create_dir(&out_dir).map_err(|source| HostError::Spawn {
+        program: spec.program.clone(),
+        source,
+    })?;
+    let places = Places {
+        program: &spec.program,
+        transfer_dir,
+        out_dir: &out_dir,
+        socket_dir: host_dir.path(),
+    };
+    let prepared = sandbox
+        .prepare(&places)
+        .map_err(|source| HostError::Sandbox {
+            program: spec.program.clone(),
+            source,
+        })?;
+    let protocol: Vec<(OsString, OsString)> = command
+        .get_envs()
+        .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+        .filter(|(k, _)| k.to_string_lossy().starts_with("PLUGVISOR_") || spec_sets(spec, k))
+        .collect();
+    command.env_clear();
+    command.envs(sandbox.environment());
+    command.envs(protocol);
+    command.env(wire::OUTPUT_DIR_ENV, &out_dir);
+    Ok(Some(prepared))
+}
+
+/// True when the spec itself sets `key` (its `env`, which a sandbox keeps).
+fn spec_sets(spec: &WorkerSpec, key: &std::ffi::OsStr) -> bool {
+    spec.env.iter().any(|(k, _)| k == key)
 }
 
 fn build_command(

@@ -23,6 +23,8 @@
 //! - `host`: [`Host`], [`HostConfig`]: start workers ([`Host::spawn`], [`Host::supervise`]),
 //!   own them, publish their events.
 //! - `spec`: [`WorkerSpec`], [`ResourceLimits`]: what to start and how.
+//! - `sandbox`: [`Sandbox`]: confinement of a worker (Landlock, seccomp, a network namespace,
+//!   an allow-listed environment), prepared by the host, applied in the child before exec.
 //! - `remote`: [`RemotePlugin`], the proxy for one unsupervised worker.
 //! - `supervisor/`: [`Supervisor`], one worker kept alive: `mod.rs` (the handle, states),
 //!   `calls.rs` (bounded queue, deadlines, idempotent retry, recycling budget), `actor.rs`
@@ -67,6 +69,7 @@ mod process;
 mod registry;
 mod remote;
 mod rss;
+mod sandbox;
 mod side_thread;
 mod spawner;
 mod spec;
@@ -83,6 +86,7 @@ pub use host::{Host, HostConfig};
 pub use identity::PluginIdentity;
 pub use plugvisor_proto::{self as proto, DynPlugin, FileRef, Plugin, PluginError};
 pub use remote::RemotePlugin;
+pub use sandbox::{FsPolicy, NetPolicy, Sandbox, SandboxError, SyscallPolicy};
 pub use spec::{ResourceLimits, WorkerSpec};
 pub use supervisor::{
     BackoffConfig, CallOptions, HealthConfig, RestartPolicy, Supervisor, SupervisorConfig,

@@ -8,6 +8,7 @@
 //! that pid (never `waitpid(-1)`), so a child is reaped the moment it exits, whatever the async
 //! runtime is doing, even after it has shut down.
 
+use crate::sandbox::Prepared;
 use crate::spec::ResourceLimits;
 use plugvisor_proto::ExitReason;
 use std::io;
@@ -26,9 +27,13 @@ struct SpawnRequest {
 static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
 
 /// Spawns `command` from the spawner thread, in its own process group, with the parent-death
-/// signal set to SIGKILL and `limits` applied.
-pub(crate) async fn spawn(mut command: Command, limits: ResourceLimits) -> io::Result<Child> {
-    prepare(&mut command, limits);
+/// signal set to SIGKILL, `limits` applied and, last before exec, the `sandbox`.
+pub(crate) async fn spawn(
+    mut command: Command,
+    limits: ResourceLimits,
+    sandbox: Option<Prepared>,
+) -> io::Result<Child> {
+    prepare(&mut command, limits, sandbox);
     let (reply, answer) = oneshot::channel();
     sender()?
         .send(SpawnRequest { command, reply })
@@ -58,12 +63,13 @@ fn sender() -> io::Result<mpsc::Sender<SpawnRequest>> {
         .map_err(|_| io::Error::other("spawner lock poisoned"))
 }
 
-fn prepare(command: &mut Command, limits: ResourceLimits) {
+fn prepare(command: &mut Command, limits: ResourceLimits, sandbox: Option<Prepared>) {
     let host_pid = nix::unistd::getpid();
     command.process_group(0);
     // SAFETY: the closure runs in the forked child of a multithreaded process, before exec,
     // where only async-signal-safe work is allowed. It makes the syscalls prctl, getppid and
-    // setrlimit, and allocates nothing: every error it returns is an errno
+    // setrlimit (and the sandbox's unshare, prctl, landlock_restrict_self and seccomp), and
+    // allocates nothing: every error it returns is an errno
     // (`io::Error::from_raw_os_error` stores the number inline).
     unsafe {
         command.pre_exec(move || {
@@ -74,6 +80,9 @@ fn prepare(command: &mut Command, limits: ResourceLimits) {
                 return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
             }
             apply_limits(limits)?;
+            if let Some(sandbox) = &sandbox {
+                sandbox.apply_in_child()?;
+            }
             Ok(())
         });
     }

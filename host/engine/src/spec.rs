@@ -1,5 +1,6 @@
 //! `WorkerSpec`: how to start one worker process.
 
+use crate::sandbox::Sandbox;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -48,6 +49,9 @@ pub struct WorkerSpec {
     /// The name used in logs, events and crash reports. Default: the program's file name
     /// without a `-worker` suffix (the manager sets the manifest's name).
     pub name: Option<String>,
+    /// Confinement of the worker (filesystem, network, syscalls, environment). Default none:
+    /// the worker runs with the host's rights and environment.
+    pub sandbox: Option<Sandbox>,
 }
 
 impl WorkerSpec {
@@ -62,7 +66,14 @@ impl WorkerSpec {
             max_body: plugvisor_proto::wire::DEFAULT_MAX_BODY,
             limits: ResourceLimits::default(),
             name: None,
+            sandbox: None,
         }
+    }
+
+    /// Runs the worker in `sandbox`.
+    pub fn sandbox(mut self, sandbox: Sandbox) -> Self {
+        self.sandbox = Some(sandbox);
+        self
     }
 
     /// Sets the name used in logs, events and crash reports.

@@ -369,5 +369,11 @@ fn worker_spec(found: &Discovered, worker_dir: &Path) -> Result<WorkerSpec, Mana
     if let Some(ms) = m.supervision.stop_grace_ms {
         spec.stop_grace = Duration::from_millis(ms);
     }
+    if let Some(sandbox) = &m.sandbox {
+        spec.sandbox = Some(sandbox.to_sandbox());
+        if sandbox.cpu_seconds.is_some() {
+            spec.limits.cpu_seconds = sandbox.cpu_seconds;
+        }
+    }
     Ok(spec)
 }

@@ -1,7 +1,9 @@
 //! Plugin manifests (`plugins/manifests/*.toml`): their format, parsing with line numbers,
 //! and discovery of a directory.
 
-use plugvisor_host::{HealthConfig, RestartPolicy, SupervisorConfig};
+use plugvisor_host::{
+    FsPolicy, HealthConfig, NetPolicy, RestartPolicy, Sandbox, SupervisorConfig, SyscallPolicy,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -97,6 +99,100 @@ pub struct Manifest {
     /// Supervision knobs.
     #[serde(default)]
     pub supervision: SupervisionManifest,
+    /// Confinement of the worker; present means on (`[sandbox]`, every field optional).
+    #[serde(default)]
+    pub sandbox: Option<SandboxManifest>,
+}
+
+/// The `[sandbox]` table.
+///
+/// ```toml
+/// [sandbox]                  # present = on
+/// filesystem = "strict"      # "strict" (default) | "off"
+/// read = ["/opt/models"]     # extra read-only paths
+/// write = ["/var/lib/myplugin"]
+/// network = "none"           # "none" (default) | "host"
+/// syscalls = "default"       # "default" | "off"
+/// cpu_seconds = 600
+/// allow_degraded = false     # run even if the kernel lacks a requested protection
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxManifest {
+    /// `strict` (default) or `off`.
+    #[serde(default)]
+    pub filesystem: Option<SandboxFilesystem>,
+    /// Extra paths the worker may read.
+    #[serde(default)]
+    pub read: Vec<PathBuf>,
+    /// Extra paths the worker may write.
+    #[serde(default)]
+    pub write: Vec<PathBuf>,
+    /// `none` (default) or `host`.
+    #[serde(default)]
+    pub network: Option<SandboxNetwork>,
+    /// `default` or `off`.
+    #[serde(default)]
+    pub syscalls: Option<SandboxSyscalls>,
+    /// CPU seconds before the worker is killed (`cpu_limit`).
+    #[serde(default)]
+    pub cpu_seconds: Option<u64>,
+    /// Run even when the kernel cannot give a requested protection.
+    #[serde(default)]
+    pub allow_degraded: bool,
+}
+
+/// `filesystem` of `[sandbox]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxFilesystem {
+    /// Landlock confinement.
+    Strict,
+    /// None.
+    Off,
+}
+
+/// `network` of `[sandbox]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxNetwork {
+    /// An empty network namespace.
+    None,
+    /// The host's network.
+    Host,
+}
+
+/// `syscalls` of `[sandbox]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxSyscalls {
+    /// The default deny-list.
+    Default,
+    /// No filter.
+    Off,
+}
+
+impl SandboxManifest {
+    /// The engine's sandbox this table describes.
+    pub fn to_sandbox(&self) -> Sandbox {
+        Sandbox {
+            filesystem: match self.filesystem {
+                Some(SandboxFilesystem::Off) => FsPolicy::Off,
+                _ => FsPolicy::Strict,
+            },
+            read: self.read.clone(),
+            write: self.write.clone(),
+            network: match self.network {
+                Some(SandboxNetwork::Host) => NetPolicy::Host,
+                _ => NetPolicy::None,
+            },
+            syscalls: match self.syscalls {
+                Some(SandboxSyscalls::Off) => SyscallPolicy::Off,
+                _ => SyscallPolicy::Default,
+            },
+            allow_degraded: self.allow_degraded,
+        }
+    }
 }
 
 /// The `[supervision]` table: every knob optional, defaults as in [`SupervisorConfig`].

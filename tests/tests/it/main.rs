@@ -15,5 +15,6 @@ mod cli_manage;
 mod faults;
 mod manager;
 mod protocol;
+mod sandbox;
 mod supervision;
 mod tidy;

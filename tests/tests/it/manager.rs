@@ -435,6 +435,46 @@ fn a_lazy_plugin_starts_on_its_first_call_and_stops_when_idle() {
     })
 }
 
+#[test]
+fn a_sandbox_table_confines_the_plugin_and_unknown_options_are_refused() {
+    serially(async {
+        let s = setup(
+            &[
+                (
+                    "e",
+                    manifest("echo", "echo", "[sandbox]\nnetwork = \"none\""),
+                ),
+                (
+                    "t",
+                    manifest("ticker", "ticker", "[sandbox]\nmemory_mib = 64"),
+                ),
+            ],
+            None,
+        );
+        let problems: Vec<String> = s
+            .manager
+            .manifest_errors()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            problems.iter().any(|p| p.contains("memory_mib")),
+            "{problems:?}"
+        );
+        s.manager.load("echo", None).await.unwrap();
+        let out = s
+            .manager
+            .call("echo", json!("boxed"), CallOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(out.value, json!("boxed"));
+        let pid = pid_of(&s.manager, "echo");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(status.contains("Seccomp:\t2"), "{status}");
+        finish(s, &[pid]).await;
+    })
+}
+
 /// DEFECTS.md #6: a reload used to drop the idle stopper, so the new worker never stopped.
 #[test]
 fn idle_stop_still_applies_after_a_reload() {

@@ -1,9 +1,6 @@
 //! The example worker binaries end to end: spawned as the host would (token by environment,
 //! stdin pipe watched), called over their Unix socket, stopped by closing stdin.
 
-// Helpers outside #[test] functions unwrap too: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
-
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;

@@ -1,0 +1,382 @@
+//! The sandbox of one worker: what a spec asks for ([`Sandbox`]); what the host prepares
+//! before the fork (a Landlock ruleset, compiled seccomp filters, an allow-listed environment);
+//! and the allocation-free steps the forked child takes before `exec`, in this order: leave
+//! the host's network namespace, `no_new_privs`, Landlock, seccomp last.
+
+use landlock::{
+    Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, ABI,
+};
+use nix::libc;
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// What a worker may touch. Every field has a safe default; see `SECURITY.md`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    /// Filesystem confinement (Landlock). Default [`FsPolicy::Strict`].
+    pub filesystem: FsPolicy,
+    /// Extra paths the worker may read (and execute) beneath.
+    pub read: Vec<PathBuf>,
+    /// Extra paths the worker may write beneath.
+    pub write: Vec<PathBuf>,
+    /// Network access. Default [`NetPolicy::None`].
+    pub network: NetPolicy,
+    /// Syscall filtering (seccomp). Default [`SyscallPolicy::Default`].
+    pub syscalls: SyscallPolicy,
+    /// Run even when the kernel cannot give a requested protection (the log says what is
+    /// missing). Default false: the worker is not started, with an error naming it.
+    pub allow_degraded: bool,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self {
+            filesystem: FsPolicy::Strict,
+            read: Vec::new(),
+            write: Vec::new(),
+            network: NetPolicy::None,
+            syscalls: SyscallPolicy::Default,
+            allow_degraded: false,
+        }
+    }
+}
+
+/// Filesystem confinement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FsPolicy {
+    /// Read: the worker's program, system libraries, a few system files, `read` paths and its
+    /// transfer directory (inputs are read-only). Write: its `out/` area and `write` paths.
+    Strict,
+    /// No filesystem confinement.
+    Off,
+}
+
+/// Network access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NetPolicy {
+    /// A network namespace of its own with nothing in it: every connect fails, no packet
+    /// leaves. The Unix socket to the host still works.
+    None,
+    /// The host's network.
+    Host,
+}
+
+/// Syscall filtering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SyscallPolicy {
+    /// Deny (EPERM) the syscalls a plugin has no business making: ptrace, process_vm_*,
+    /// mount family, kexec, bpf, perf_event_open, keyrings, userfaultfd, modules,
+    /// unshare/setns and namespace flags of clone, reboot, io_uring, and more (`SECURITY.md`).
+    Default,
+    /// No filter (`no_new_privs` is still set).
+    Off,
+}
+
+/// Why a sandbox could not be prepared.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SandboxError(String);
+
+/// System files (beyond library directories) a normal dynamically linked program reads.
+const SYSTEM_FILES: [&str; 12] = [
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/localtime",
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/etc/nsswitch.conf",
+    "/etc/gai.conf",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/passwd",
+    "/etc/group",
+];
+
+/// Directories of programs and libraries: read and execute.
+const SYSTEM_DIRS: [&str; 6] = ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin"];
+
+/// Devices any program may read and write.
+const DEVICES: [&str; 4] = ["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"];
+
+/// Host variables a sandboxed worker still gets (when the host has them); nothing else of the
+/// host's environment reaches it.
+const PASSED_ENV: [&str; 5] = ["PLUGVISOR_LOG", "RUST_LOG", "RUST_BACKTRACE", "LANG", "TZ"];
+
+/// Where one worker lives, for its rules.
+pub(crate) struct Places<'a> {
+    pub(crate) program: &'a Path,
+    pub(crate) transfer_dir: &'a Path,
+    pub(crate) out_dir: &'a Path,
+    pub(crate) socket_dir: &'a Path,
+}
+
+/// What the child applies before exec, prepared by the host.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    ruleset: Option<OwnedFd>,
+    filters: Vec<BpfProgram>,
+    unshare_net: bool,
+}
+
+impl Sandbox {
+    /// Prepares the sandbox for a worker at `places`.
+    ///
+    /// # Errors
+    /// A requested protection the kernel cannot give (unless `allow_degraded`), a path that
+    /// cannot be opened for a rule, or a filter that does not compile.
+    pub(crate) fn prepare(&self, places: &Places<'_>) -> Result<Prepared, SandboxError> {
+        let ruleset = match self.filesystem {
+            FsPolicy::Strict => self.ruleset(places)?,
+            FsPolicy::Off => None,
+        };
+        let filters = match self.syscalls {
+            SyscallPolicy::Default => filters()?,
+            SyscallPolicy::Off => Vec::new(),
+        };
+        Ok(Prepared {
+            ruleset,
+            filters,
+            unshare_net: self.network == NetPolicy::None,
+        })
+    }
+
+    /// The environment of a sandboxed worker: `PATH`, a few harmless host variables, then
+    /// the spec's own (the host adds the protocol's variables after these).
+    pub(crate) fn environment(&self) -> Vec<(OsString, OsString)> {
+        let mut env = vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into())];
+        for name in PASSED_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                env.push((name.into(), value));
+            }
+        }
+        env
+    }
+
+    fn ruleset(&self, places: &Places<'_>) -> Result<Option<OwnedFd>, SandboxError> {
+        let abi = ABI::V5;
+        let level = if self.allow_degraded {
+            CompatLevel::BestEffort
+        } else {
+            CompatLevel::HardRequirement
+        };
+        let read = AccessFs::from_read(abi);
+        let write = AccessFs::from_all(abi) & !AccessFs::Execute;
+        let mut rules: Vec<(PathBuf, landlock::BitFlags<AccessFs>)> = Vec::new();
+        let mut add = |path: &Path, access| rules.push((path.to_path_buf(), access));
+        add(places.program, read);
+        for dir in SYSTEM_DIRS.iter().chain(SYSTEM_FILES.iter()) {
+            add(Path::new(dir), read);
+        }
+        for dev in DEVICES {
+            add(Path::new(dev), AccessFs::ReadFile | AccessFs::WriteFile);
+        }
+        add(places.transfer_dir, AccessFs::ReadFile | AccessFs::ReadDir);
+        add(places.out_dir, write);
+        add(places.socket_dir, AccessFs::MakeSock.into());
+        self.read.iter().for_each(|p| add(p, read));
+        self.write.iter().for_each(|p| add(p, write));
+        build_ruleset(abi, level, &rules)
+    }
+}
+
+/// Creates the Landlock ruleset with `rules` (paths that do not exist are skipped, except
+/// the worker's own places, which exist by construction).
+fn build_ruleset(
+    abi: ABI,
+    level: CompatLevel,
+    rules: &[(PathBuf, landlock::BitFlags<AccessFs>)],
+) -> Result<Option<OwnedFd>, SandboxError> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        SandboxError(format!(
+            "filesystem = \"strict\" needs Landlock (ABI {abi:?} or newer): {what}: {e}"
+        ))
+    };
+    let mut created = Ruleset::default()
+        .set_compatibility(level)
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(|e| fail("handled access", &e))?
+        .create()
+        .map_err(|e| fail("create", &e))?;
+    for (path, access) in rules {
+        let Ok(fd) = PathFd::new(path) else {
+            continue;
+        };
+        // Directory-only rights (list, make, remove) mean nothing on a file.
+        let access = match path.is_dir() {
+            true => *access,
+            false => *access & AccessFs::from_file(abi),
+        };
+        created = created
+            .add_rule(PathBeneath::new(fd, access))
+            .map_err(|e| fail(&path.display().to_string(), &e))?;
+    }
+    let fd: Option<OwnedFd> = created.into();
+    if fd.is_none() && level == CompatLevel::HardRequirement {
+        return Err(fail("ruleset", &"this kernel has no Landlock"));
+    }
+    Ok(fd)
+}
+
+/// The syscalls denied with EPERM by [`SyscallPolicy::Default`].
+const DENIED: [i64; 35] = [
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_pidfd_getfd,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_move_mount,
+    libc::SYS_open_tree,
+    libc::SYS_fsopen,
+    libc::SYS_fsmount,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_userfaultfd,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_reboot,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_acct,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_iopl,
+    libc::SYS_ioperm,
+];
+
+/// Namespace flags that `clone` may not carry.
+const NAMESPACE_FLAGS: [u64; 7] = [
+    libc::CLONE_NEWUSER as u64,
+    libc::CLONE_NEWNS as u64,
+    libc::CLONE_NEWNET as u64,
+    libc::CLONE_NEWPID as u64,
+    libc::CLONE_NEWIPC as u64,
+    libc::CLONE_NEWUTS as u64,
+    libc::CLONE_NEWCGROUP as u64,
+];
+
+/// The default filters: the deny-list (EPERM), and `clone3` answered ENOSYS so that libc
+/// falls back to `clone`, whose flags a filter can check (clone3 passes them in memory).
+fn filters() -> Result<Vec<BpfProgram>, SandboxError> {
+    let bad = |e: seccompiler::BackendError| SandboxError(format!("seccomp filter: {e}"));
+    let mut deny: BTreeMap<i64, Vec<SeccompRule>> =
+        DENIED.iter().map(|nr| (*nr, Vec::new())).collect();
+    let clone_rules = NAMESPACE_FLAGS
+        .iter()
+        .map(|flag| {
+            let cond = SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(*flag),
+                *flag,
+            )?;
+            SeccompRule::new(vec![cond])
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad)?;
+    deny.insert(libc::SYS_clone, clone_rules);
+    let eperm = SeccompAction::Errno(libc::EPERM as u32);
+    let arch = TargetArch::x86_64;
+    let deny = SeccompFilter::new(deny, SeccompAction::Allow, eperm, arch).map_err(bad)?;
+    let clone3 = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
+    let enosys = SeccompAction::Errno(libc::ENOSYS as u32);
+    let clone3 = SeccompFilter::new(clone3, SeccompAction::Allow, enosys, arch).map_err(bad)?;
+    [deny, clone3]
+        .into_iter()
+        .map(|f| BpfProgram::try_from(f).map_err(|e| SandboxError(format!("seccomp: {e}"))))
+        .collect()
+}
+
+impl Prepared {
+    /// The child's sandbox steps, between fork and exec. Makes raw syscalls only; allocates
+    /// nothing (every error is an errno).
+    pub(crate) fn apply_in_child(&self) -> io::Result<()> {
+        if self.unshare_net {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+        }
+        nix::sys::prctl::set_no_new_privs()?;
+        if let Some(ruleset) = &self.ruleset {
+            // SAFETY: a plain syscall on a ruleset fd this process owns; no memory is passed.
+            let rc =
+                unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), 0) };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        for filter in &self.filters {
+            seccompiler::apply_filter(filter)
+                .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_filters_compile_and_the_environment_is_small() {
+        let filters = filters().unwrap();
+        assert_eq!(filters.len(), 2);
+        assert!(filters.iter().all(|f| !f.is_empty()));
+        let env = Sandbox::default().environment();
+        assert_eq!(env[0].0, "PATH");
+        assert!(env.len() <= 1 + PASSED_ENV.len());
+        assert!(env
+            .iter()
+            .all(|(k, _)| k != "HOME" && k != "PLUGVISOR_API_TOKEN"));
+    }
+
+    #[test]
+    fn a_strict_filesystem_prepares_a_ruleset_on_this_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let places = Places {
+            program: Path::new("/bin/sh"),
+            transfer_dir: dir.path(),
+            out_dir: &out,
+            socket_dir: dir.path(),
+        };
+        let prepared = Sandbox::default().prepare(&places).unwrap();
+        assert!(
+            prepared.ruleset.is_some(),
+            "this kernel has Landlock (ABI 7)"
+        );
+        assert!(prepared.unshare_net);
+        let open = Sandbox {
+            filesystem: FsPolicy::Off,
+            network: NetPolicy::Host,
+            syscalls: SyscallPolicy::Off,
+            ..Sandbox::default()
+        };
+        let prepared = open.prepare(&places).unwrap();
+        assert!(prepared.ruleset.is_none() && prepared.filters.is_empty());
+        assert!(!prepared.unshare_net);
+    }
+}
