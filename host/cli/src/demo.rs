@@ -5,7 +5,7 @@ use anyhow::{bail, ensure, Context};
 use clap::Args;
 use futures_util::StreamExt;
 use plugvisor_host::{
-    BackoffConfig, Host, HostConfig, Plugin, PluginError, RemotePlugin, SupervisorConfig,
+    BackoffConfig, Host, HostConfig, Plugin, PluginError, RemotePlugin, Sandbox, SupervisorConfig,
     WorkerSpec, WorkerState,
 };
 use plugvisor_proto::{json, FileRef, Value};
@@ -72,9 +72,50 @@ async fn tour(
     files.shutdown().await;
     crash_and_recover(host, echo, dir).await?;
     supervised_chaos(host, dir).await?;
+    sandboxed_intruder(host, dir).await?;
     let files_worker = worker_binary("files", dir)?;
     let worker_dir = files_worker.parent().unwrap_or(Path::new("."));
     crate::demo_api::rest_files(scratch, worker_dir, say).await
+}
+
+/// The same hostile attempts, from an unsandboxed and a sandboxed intruder.
+async fn sandboxed_intruder(host: &Host, dir: Option<&Path>) -> anyhow::Result<()> {
+    let program = worker_binary("intruder", dir)?;
+    let free = host.spawn(WorkerSpec::new(&program)).await?;
+    let started = Instant::now();
+    let boxed = host
+        .spawn(WorkerSpec::new(&program).sandbox(Sandbox::default()))
+        .await?;
+    let spawn_ms = ms(started);
+    let attempts = [
+        (
+            "read /etc/shadow",
+            json!({"op": "read", "path": "/etc/shadow"}),
+        ),
+        (
+            "read the host's environment",
+            json!({"op": "environ", "pid": std::process::id()}),
+        ),
+        ("bpf()", json!({"op": "syscall", "name": "bpf"})),
+    ];
+    let mut lines = Vec::new();
+    for (what, attempt) in attempts {
+        let outside = free.execute(attempt.clone()).await?["ok"] == json!(true);
+        let inside = boxed.execute(attempt).await?["ok"] == json!(true);
+        ensure!(!inside, "the sandboxed intruder could {what}");
+        lines.push(format!(
+            "{what}: {} → refused",
+            if outside { "allowed" } else { "refused" }
+        ));
+    }
+    say(&format!(
+        "sandbox (Landlock, seccomp, no network; started in {spawn_ms:.1} ms): an intruder \
+         unsandboxed / sandboxed: {}",
+        lines.join("; ")
+    ));
+    free.shutdown().await;
+    boxed.shutdown().await;
+    Ok(())
 }
 
 /// A supervised chaos worker aborts mid-call and is back for the next call.
