@@ -127,6 +127,14 @@ async fn run(cli: &Cli) -> Result<Report> {
         let one = step("P7", scenario::lifecycle::spawn(&ctx)).await;
         outcomes.push(one_or_error(one, "P7"));
     }
+    if wants(&["P12"]) {
+        let one = step("P12", scenario::sandbox::calls(&ctx)).await;
+        outcomes.push(one_or_error(one, "P12"));
+    }
+    if wants(&["P13"]) {
+        let one = step("P13", scenario::sandbox::spawn(&ctx)).await;
+        outcomes.push(one_or_error(one, "P13"));
+    }
     if wants(&["P8"]) {
         let one = step("P8", scenario::lifecycle::crash(&ctx)).await;
         outcomes.push(one_or_error(one, "P8"));

@@ -5,10 +5,12 @@
 //! - `files`: P5 (file reference vs size, and inline for contrast), P6 (hashing).
 //! - `lifecycle`: P7 (spawn to first answer), P8 (crash detection), P9 (restart).
 //! - `scale`: P10 (memory and start-up of many workers).
+//! - `sandbox`: P12 (a call, sandboxed vs not), P13 (spawn, sandboxed vs not).
 
 pub mod calls;
 pub mod files;
 pub mod lifecycle;
+pub mod sandbox;
 pub mod scale;
 pub mod streams;
 
