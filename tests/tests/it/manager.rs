@@ -537,7 +537,7 @@ fn calls_tell_unknown_from_unloaded_plugins_and_bundled_manifests_parse() {
 }
 
 #[test]
-fn zz_debug() {
+fn a_manifest_config_that_fails_the_schema_is_refused_at_load() {
     serially(async {
         let s = setup(
             &[(
@@ -546,10 +546,16 @@ fn zz_debug() {
             )],
             None,
         );
-        eprintln!("AVAILABLE {:?}", s.manager.available());
-        let r = s.manager.load("echo", None).await;
-        eprintln!("LOAD {r:?}");
-        eprintln!("CONFIG {:?}", s.manager.config("echo"));
+        assert_eq!(s.manager.available().len(), 1);
+        let err = s.manager.load("echo", None).await.unwrap_err();
+        let ManagerError::InvalidConfig { problems, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert!(problems.iter().any(|p| p.contains("mode")), "{problems:?}");
+        assert!(matches!(
+            s.manager.config("echo"),
+            Err(ManagerError::NotLoaded(_))
+        ));
         finish(s, &[]).await;
     })
 }
