@@ -172,7 +172,10 @@ impl Sandbox {
             CompatLevel::HardRequirement
         };
         let read = AccessFs::from_read(abi);
-        let write = AccessFs::from_all(abi) & !AccessFs::Execute;
+        // Never device nodes: a root worker could mknod the disk beneath a writable path and
+        // read it raw.
+        let write = AccessFs::from_all(abi)
+            & !(AccessFs::Execute | AccessFs::MakeBlock | AccessFs::MakeChar);
         let mut rules: Vec<(PathBuf, landlock::BitFlags<AccessFs>)> = Vec::new();
         let mut add = |path: &Path, access| rules.push((path.to_path_buf(), access));
         add(places.program, read);
