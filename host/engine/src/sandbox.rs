@@ -5,7 +5,7 @@
 
 use landlock::{
     Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, ABI,
+    RulesetCreatedAttr, Scope, ABI,
 };
 use nix::libc;
 use seccompiler::{
@@ -55,6 +55,7 @@ impl Default for Sandbox {
 pub enum FsPolicy {
     /// Read: the worker's program, system libraries, a few system files, `read` paths and its
     /// transfer directory (inputs are read-only). Write: its `out/` area and `write` paths.
+    /// Signals and abstract Unix sockets stay inside the sandbox. Needs Landlock ABI 6.
     Strict,
     /// No filesystem confinement.
     Off,
@@ -165,7 +166,9 @@ impl Sandbox {
     }
 
     fn ruleset(&self, places: &Places<'_>) -> Result<Option<OwnedFd>, SandboxError> {
-        let abi = ABI::V5;
+        // ABI 6 (Linux 6.12): files and directories, truncate, device ioctls, and the scopes
+        // that keep signals and abstract Unix sockets inside the sandbox.
+        let abi = ABI::V6;
         let level = if self.allow_degraded {
             CompatLevel::BestEffort
         } else {
@@ -210,6 +213,8 @@ fn build_ruleset(
         .set_compatibility(level)
         .handle_access(AccessFs::from_all(abi))
         .map_err(|e| fail("handled access", &e))?
+        .scope(Scope::from_all(abi))
+        .map_err(|e| fail("scopes", &e))?
         .create()
         .map_err(|e| fail("create", &e))?;
     for (path, access) in rules {

@@ -100,6 +100,15 @@ fn an_intruder_is_stopped_where_it_succeeds_unsandboxed() {
         let host_pid = std::process::id();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let udp_addr = udp.local_addr().unwrap().to_string();
+        let abstract_name = format!("plugvisor-test-{host_pid}");
+        let abstract_addr = {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes()).unwrap()
+        };
+        let abstract_listener =
+            std::os::unix::net::UnixListener::bind_addr(&abstract_addr).unwrap();
 
         let cases = [
             (
@@ -156,7 +165,7 @@ fn an_intruder_is_stopped_where_it_succeeds_unsandboxed() {
             );
         }
         std::fs::remove_file(&sibling_file).unwrap();
-        drop((listener, free, boxed, sibling));
+        drop((listener, udp, abstract_listener, free, boxed, sibling));
         world.finish().await;
     })
 }
