@@ -62,6 +62,16 @@ pub(crate) async fn launch(
             return Err(e);
         }
     };
+    if let Some(prepared) = &sandbox {
+        let (filesystem, network, syscalls) = prepared.describe();
+        tracing::info!(
+            plugin = %spec.label(),
+            filesystem,
+            network,
+            syscalls,
+            "starting a sandboxed worker"
+        );
+    }
     let spawned = spawner::spawn(command, spec.limits, sandbox).await;
     let mut child = spawned
         .inspect_err(|_| {

@@ -320,6 +320,22 @@ fn filters() -> Result<Vec<BpfProgram>, SandboxError> {
 }
 
 impl Prepared {
+    /// What this sandbox enforces, for the log: `filesystem`, `network`, `syscalls`.
+    pub(crate) fn describe(&self) -> (&'static str, &'static str, &'static str) {
+        let filesystem = if self.ruleset.is_some() {
+            "landlock"
+        } else {
+            "open"
+        };
+        let network = if self.unshare_net { "none" } else { "host" };
+        let syscalls = if self.filters.is_empty() {
+            "unfiltered"
+        } else {
+            "seccomp"
+        };
+        (filesystem, network, syscalls)
+    }
+
     /// The child's sandbox steps, between fork and exec. Makes raw syscalls only; allocates
     /// nothing (every error is an errno).
     pub(crate) fn apply_in_child(&self) -> io::Result<()> {

@@ -515,6 +515,7 @@ fn info_of(found: &Discovered, managed: Option<&Arc<Managed>>) -> PluginInfo {
         provides: m.provides.clone(),
         requires: m.requires.clone(),
         manifest: found.file.clone(),
+        sandbox: m.sandbox.clone(),
     }
 }
 

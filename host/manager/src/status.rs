@@ -39,6 +39,10 @@ pub struct PluginInfo {
     pub requires: Vec<String>,
     /// The manifest file.
     pub manifest: PathBuf,
+    /// The manifest's `[sandbox]`, when it has one: `{filesystem, network, syscalls, read,
+    /// write, cpu_seconds, allow_degraded}`. A worker that cannot get it does not start
+    /// (unless `allow_degraded`); each start logs what was enforced.
+    pub sandbox: Option<crate::manifest::SandboxManifest>,
 }
 
 /// `GET /api/plugins/status`.

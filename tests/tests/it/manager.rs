@@ -469,6 +469,8 @@ fn a_sandbox_table_confines_the_plugin_and_unknown_options_are_refused() {
             .unwrap();
         assert_eq!(out.value, json!("boxed"));
         let pid = pid_of(&s.manager, "echo");
+        let shown = serde_json::to_value(s.manager.info("echo").unwrap()).unwrap();
+        assert_eq!(shown["sandbox"]["network"], json!("none"), "{shown}");
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         assert!(status.contains("Seccomp:\t2"), "{status}");
         finish(s, &[pid]).await;

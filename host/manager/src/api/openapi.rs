@@ -311,7 +311,8 @@ fn info_schemas() -> Value {
                 "uptime_secs": {"type": ["number", "null"]},
                 "provides": {"type": "array", "items": {"type": "string"}},
                 "requires": {"type": "array", "items": {"type": "string"}},
-                "manifest": {"type": "string"}
+                "manifest": {"type": "string"},
+                "sandbox": {"type": ["object", "null"], "description": "The manifest's [sandbox] table (filesystem, network, syscalls, read, write, cpu_seconds, allow_degraded), or null when the plugin runs unsandboxed"}
             }
         },
         "PluginDetail": {"allOf": [{"$ref": "#/components/schemas/PluginInfo"}, {
