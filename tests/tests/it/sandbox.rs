@@ -132,6 +132,22 @@ fn an_intruder_is_stopped_where_it_succeeds_unsandboxed() {
                 "connect to a loopback port",
                 json!({"op": "connect", "addr": addr}),
             ),
+            (
+                "send a UDP datagram",
+                json!({"op": "udp", "addr": udp_addr}),
+            ),
+            (
+                "reach an abstract Unix socket",
+                json!({"op": "abstract", "name": abstract_name}),
+            ),
+            (
+                "signal the host",
+                json!({"op": "signal", "pid": host_pid, "sig": 0}),
+            ),
+            (
+                "signal a sibling",
+                json!({"op": "signal", "pid": sibling.pid(), "sig": 0}),
+            ),
         ];
         for (what, input) in cases {
             stopped(what, &attempt(&free, &boxed, input).await);
