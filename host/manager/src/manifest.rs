@@ -227,7 +227,30 @@ pub struct SupervisionManifest {
     pub rss_limit_mib: Option<u64>,
 }
 
+/// The most calls a worker may run at once (far above any real need; the supervisor's
+/// semaphore cannot hold more than 2^61 permits).
+pub const MAX_CONCURRENT: usize = 1 << 20;
+
 impl SupervisionManifest {
+    /// Values that parse but cannot work.
+    fn check(&self) -> Result<(), (Option<&'static str>, String)> {
+        if let Some(n) = self
+            .max_concurrent
+            .filter(|n| *n == 0 || *n > MAX_CONCURRENT)
+        {
+            let why = format!("max_concurrent = {n}: must be between 1 and {MAX_CONCURRENT}");
+            return Err((Some("max_concurrent"), why));
+        }
+        if let Some(m) = self
+            .rss_limit_mib
+            .filter(|m| m.checked_mul(1 << 20).is_none())
+        {
+            let why = format!("rss_limit_mib = {m}: too large to count in bytes");
+            return Err((Some("rss_limit_mib"), why));
+        }
+        Ok(())
+    }
+
     /// The supervisor configuration these knobs describe.
     pub fn to_config(&self) -> SupervisorConfig {
         let mut c = SupervisorConfig::default();
@@ -261,7 +284,8 @@ impl SupervisionManifest {
         c.max_concurrent = self.max_concurrent.unwrap_or(c.max_concurrent);
         c.idempotent = self.idempotent.unwrap_or(c.idempotent);
         c.recycle_after_calls = self.recycle_after_calls;
-        c.rss_limit = self.rss_limit_mib.map(|m| m << 20);
+        // `check` refused values whose bytes overflow.
+        c.rss_limit = self.rss_limit_mib.and_then(|m| m.checked_mul(1 << 20));
         c
     }
 }
@@ -299,16 +323,21 @@ impl Manifest {
             line: e.span().map(|span| line_of(text, span.start)),
             reason: e.message().trim().to_owned(),
         })?;
-        manifest.check().map_err(|reason| ManifestError {
+        manifest.check().map_err(|(key, reason)| ManifestError {
             file: file.to_path_buf(),
-            line: None,
+            line: key.and_then(|k| line_of_key(text, k)),
             reason,
         })?;
         Ok(manifest)
     }
 
-    /// Rules serde cannot express.
-    fn check(&self) -> Result<(), String> {
+    /// Rules serde cannot express; an error names the key it is about, when there is one.
+    fn check(&self) -> Result<(), (Option<&'static str>, String)> {
+        self.check_identity().map_err(|reason| (None, reason))?;
+        self.supervision.check()
+    }
+
+    fn check_identity(&self) -> Result<(), String> {
         let valid = |s: &str| {
             !s.is_empty()
                 && s.chars()
@@ -339,6 +368,17 @@ impl Manifest {
             None => serde_json::json!({}),
         }
     }
+}
+
+/// The line of the first `key =` in `text`.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -422,6 +462,35 @@ rss_limit_mib = 64
         assert!(err.reason.contains("comand"), "{err}");
         let bad_name = GOOD.replace("\"echo\"", "\"e cho\"");
         assert!(Manifest::parse(&bad_name, Path::new("x.toml")).is_err());
+    }
+
+    /// DEFECTS.md #3 and #10: values that parse but used to panic `serve` (a semaphore of
+    /// 2^63 permits) or wrap around (`rss_limit_mib << 20`).
+    #[test]
+    fn limits_that_cannot_work_are_refused_with_their_line() {
+        let huge = GOOD.replace("max_restarts = 2", "max_concurrent = 9223372036854775807");
+        let err = Manifest::parse(&huge, Path::new("big.toml")).unwrap_err();
+        assert_eq!(err.line, Some(11), "{err}");
+        assert!(err.reason.contains("max_concurrent"), "{err}");
+        let zero = GOOD.replace("max_restarts = 2", "max_concurrent = 0");
+        assert!(Manifest::parse(&zero, Path::new("z.toml")).is_err());
+        let wrap = GOOD.replace("rss_limit_mib = 64", "rss_limit_mib = 17592186044417");
+        let err = Manifest::parse(&wrap, Path::new("w.toml")).unwrap_err();
+        assert_eq!(err.line, Some(12), "{err}");
+        assert!(err.reason.contains("rss_limit_mib"), "{err}");
+        // Positive control: the largest allowed values parse and keep their meaning.
+        let fine = GOOD
+            .replace(
+                "max_restarts = 2",
+                &format!("max_concurrent = {MAX_CONCURRENT}"),
+            )
+            .replace("rss_limit_mib = 64", "rss_limit_mib = 1048576");
+        let c = Manifest::parse(&fine, Path::new("f.toml"))
+            .unwrap()
+            .supervision
+            .to_config();
+        assert_eq!(c.max_concurrent, MAX_CONCURRENT);
+        assert_eq!(c.rss_limit, Some(1 << 40));
     }
 
     #[test]

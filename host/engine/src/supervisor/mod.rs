@@ -176,7 +176,10 @@ impl Supervisor {
         let inner = Arc::new(Inner {
             label: spec.label(),
             identity: OnceLock::new(),
-            permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+            // tokio panics above MAX_PERMITS; no real limit comes near it.
+            permits: Arc::new(Semaphore::new(
+                config.max_concurrent.clamp(1, Semaphore::MAX_PERMITS),
+            )),
             spec,
             config,
             host,
