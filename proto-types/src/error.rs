@@ -393,6 +393,30 @@ impl fmt::Display for CrashReport {
     }
 }
 
+/// Displays an error and every [`std::error::Error::source`] below it, joined by `": "`, e.g.
+/// `cannot listen on unix:/x/w.sock: No such file or directory (os error 2)`: the whole story
+/// on one line, for logs, error answers and messages to people.
+///
+/// ```
+/// use plugvisor_proto::ErrorChain;
+/// let err = std::io::Error::other("disk full");
+/// assert_eq!(ErrorChain(&err).to_string(), "disk full");
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,9 @@ pub mod file_ref;
 pub mod plugin;
 pub mod wire;
 
-pub use error::{CrashCause, CrashReport, ErrorKind, ExitReason, PluginError, WireError};
+pub use error::{
+    CrashCause, CrashReport, ErrorChain, ErrorKind, ExitReason, PluginError, WireError,
+};
 pub use file_ref::{FileBacked, FileRef};
 pub use plugin::{DynPlugin, Plugin, PluginStream};
 pub use serde_json::{json, Value};

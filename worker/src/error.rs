@@ -1,8 +1,5 @@
-//! `WorkerError`: what can stop a worker from starting or serving, and `Chain` to print one
-//! with its causes.
+//! `WorkerError`: what can stop a worker from starting or serving.
 
-use std::error::Error;
-use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
@@ -12,8 +9,8 @@ use std::path::PathBuf;
 /// `WorkerError` means the worker as a whole cannot run.
 ///
 /// `Display` says what the worker was doing, one level only; the error that caused it is
-/// [`Error::source`]; print the whole chain to show it to a person (`{:#}` of `anyhow`, or
-/// walk `source()`).
+/// [`std::error::Error::source`]; print the whole chain to show it to a person
+/// ([`plugvisor_proto::ErrorChain`], or `{:#}` of `anyhow`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WorkerError {
@@ -75,26 +72,11 @@ impl WorkerError {
     }
 }
 
-/// Displays an error and every [`Error::source`] below it, joined by `": "`, e.g.
-/// `cannot listen on unix:/x/w.sock: No such file or directory (os error 2)`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Chain<'a>(pub(crate) &'a (dyn Error + 'static));
-
-impl fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use plugvisor_proto::ErrorChain;
+    use std::error::Error;
 
     #[test]
     fn display_is_one_level_and_the_chain_has_every_level() {
@@ -109,7 +91,7 @@ mod tests {
             Some("no such file")
         );
         assert_eq!(
-            Chain(&err).to_string(),
+            ErrorChain(&err).to_string(),
             "cannot listen on unix:/x/w.sock: no such file"
         );
         let err = WorkerError::TransferDir {
@@ -117,16 +99,16 @@ mod tests {
             source: not_found(),
         };
         assert_eq!(
-            Chain(&err).to_string(),
+            ErrorChain(&err).to_string(),
             "cannot open transfer directory /t: no such file"
         );
         let err = WorkerError::io("printing the handshake", not_found());
         assert_eq!(err.to_string(), "printing the handshake");
         assert_eq!(
-            Chain(&err).to_string(),
+            ErrorChain(&err).to_string(),
             "printing the handshake: no such file"
         );
         let err = WorkerError::MissingToken("set PLUGVISOR_TOKEN".into());
-        assert_eq!(Chain(&err).to_string(), err.to_string());
+        assert_eq!(ErrorChain(&err).to_string(), err.to_string());
     }
 }

@@ -1,13 +1,14 @@
 //! `run`: the whole `main` of a worker binary (arguments, logging, runtime, handshake, serve).
 
 use crate::cli::{Args, WorkerConfig, LOG_ENV};
-use crate::error::{Chain, WorkerError};
+use crate::error::WorkerError;
 use crate::files;
 use crate::listener::Listener;
 use crate::server::serve;
 use crate::watch;
 use clap::Parser;
 use plugvisor_proto::wire::Handshake;
+use plugvisor_proto::ErrorChain;
 use plugvisor_proto::Plugin;
 use std::io::Write;
 use std::sync::Arc;
@@ -155,6 +156,6 @@ fn usage_line(program: &str, plugin: &str) -> String {
 
 /// Prints `err` with all its causes on stderr and exits with its exit code.
 fn exit_with(program: &str, err: &WorkerError) -> ! {
-    eprintln!("{program}: error: {}", Chain(err));
+    eprintln!("{program}: error: {}", ErrorChain(err));
     std::process::exit(err.exit_code())
 }

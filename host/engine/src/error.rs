@@ -98,13 +98,6 @@ fn last_line(tail: &[String]) -> String {
 /// let err = plugvisor_host::HostError::Spawn { program: "w".into(), source: io };
 /// assert_eq!(plugvisor_host::error_chain(&err), "cannot start worker w: disk full");
 /// ```
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    plugvisor_proto::ErrorChain(err).to_string()
 }

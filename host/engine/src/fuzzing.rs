@@ -1,37 +1,13 @@
 //! Entry points for the fuzz targets (`fuzz/`); not a stable API.
 //!
 //! They run the NDJSON stream decoder's own parts (`stream::Lines`, the line splitter, and
-//! `stream::plain_string_item`, the fast path for plain string items) on bytes in memory,
-//! without a connection. The per-line decision mirrors `FrameDecoder::on_frame`: the fast path
-//! first, then the JSON parser.
+//! `stream::plain_string_item`, the fast path for plain string items, and `stream::read_frame`,
+//! the per-line decision the decoder makes) on bytes in memory, without a connection.
 
-use crate::stream::{plain_string_item, Lines};
+use crate::stream::{plain_string_item, read_frame, Frame, Lines};
 use bytes::Bytes;
 use plugvisor_proto::wire::StreamFrame;
-use plugvisor_proto::{PluginError, Value};
-
-/// What one line of a stream means to the decoder.
-enum Frame {
-    /// An item for the caller.
-    Item(Value),
-    /// The `end` frame: the stream is over.
-    End,
-    /// An `error` frame or a line that is not a frame: the stream's last item, an error.
-    Fault(String),
-}
-
-/// One line, decided as `FrameDecoder::on_frame` decides it.
-fn frame(line: &[u8]) -> Frame {
-    if let Some(item) = plain_string_item(line) {
-        return Frame::Item(item);
-    }
-    match serde_json::from_slice::<StreamFrame>(line) {
-        Ok(StreamFrame::Item(value)) => Frame::Item(value),
-        Ok(StreamFrame::End { .. }) => Frame::End,
-        Ok(StreamFrame::Error(wire)) => Frame::Fault(PluginError::from(wire).to_string()),
-        Err(e) => Frame::Fault(format!("bad stream frame: {e}")),
-    }
-}
+use plugvisor_proto::Value;
 
 /// Decodes a streamed answer whose body arrives as `pieces`: the items in order, then (unless
 /// an `end` frame came first) one error, the stream's last item. `"cut short"` is the error of
@@ -42,11 +18,11 @@ pub fn decode_ndjson(pieces: &[&[u8]]) -> Vec<Result<Value, String>> {
     let mut out = Vec::new();
     loop {
         if let Some(line) = lines.next_line() {
-            match frame(&line) {
+            match read_frame(&line) {
                 Frame::Item(value) => out.push(Ok(value)),
                 Frame::End => return out,
-                Frame::Fault(message) => {
-                    out.push(Err(message));
+                Frame::Error(e) | Frame::Bad(e) => {
+                    out.push(Err(e.to_string()));
                     return out;
                 }
             }

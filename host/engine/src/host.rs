@@ -82,7 +82,7 @@ impl Host {
         self.registry.events.subscribe()
     }
 
-    /// Calls `hook` for every event named `name` (see [`EventBus::register_hook`]).
+    /// Calls `hook` for every event named `name` (see [`crate::EventBus::register_hook`]).
     pub fn register_hook<F>(&self, name: &str, hook: F) -> HookHandle
     where
         F: Fn(&LifecycleEvent) + Send + Sync + 'static,

@@ -15,7 +15,6 @@ use bytes::Bytes;
 use http::Method;
 use plugvisor_proto::wire::{self, Handshake, InfoResponse, Transport};
 use plugvisor_proto::PluginError;
-use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -153,8 +152,8 @@ fn new_token() -> String {
     )
 }
 
-/// Prepares the spec's sandbox, if any: the worker's `out/` area, the rules, and an
-/// environment with nothing of the host's but what [`crate::Sandbox`] passes.
+/// Prepares the spec's sandbox, if any: the worker's `out/` area (named to it in the
+/// environment) and the rules. `build_command` already gave it a sandbox's environment.
 fn sandbox_for(
     spec: &WorkerSpec,
     command: &mut Command,
@@ -181,21 +180,8 @@ fn sandbox_for(
             program: spec.program.clone(),
             source,
         })?;
-    let protocol: Vec<(OsString, OsString)> = command
-        .get_envs()
-        .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
-        .filter(|(k, _)| k.to_string_lossy().starts_with("PLUGVISOR_") || spec_sets(spec, k))
-        .collect();
-    command.env_clear();
-    command.envs(sandbox.environment());
-    command.envs(protocol);
     command.env(wire::OUTPUT_DIR_ENV, &out_dir);
     Ok(Some(prepared))
-}
-
-/// True when the spec itself sets `key` (its `env`, which a sandbox keeps).
-fn spec_sets(spec: &WorkerSpec, key: &std::ffi::OsStr) -> bool {
-    spec.env.iter().any(|(k, _)| k == key)
 }
 
 fn build_command(
@@ -205,6 +191,10 @@ fn build_command(
     token: &str,
 ) -> Command {
     let mut cmd = Command::new(&spec.program);
+    if let Some(sandbox) = &spec.sandbox {
+        // Nothing of the host's environment but what the sandbox passes on.
+        cmd.env_clear().envs(sandbox.environment());
+    }
     cmd.args(&spec.args)
         .arg("--socket")
         .arg(socket)

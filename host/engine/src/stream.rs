@@ -80,25 +80,21 @@ impl FrameDecoder {
     }
 
     async fn on_frame(&mut self, line: &[u8]) -> Option<Result<Value, Fault>> {
-        if let Some(item) = plain_string_item(line) {
-            return Some(Ok(item));
-        }
-        match serde_json::from_slice::<StreamFrame>(line) {
-            Ok(StreamFrame::Item(value)) => Some(Ok(value)),
-            Ok(StreamFrame::End { .. }) => {
+        match read_frame(line) {
+            Frame::Item(value) => Some(Ok(value)),
+            Frame::End => {
                 self.done = true;
                 self.finish().await;
                 None
             }
-            Ok(StreamFrame::Error(wire)) => {
+            Frame::Error(e) => {
                 self.done = true;
                 self.finish().await;
-                Some(Err(Fault::Plugin(wire.into())))
+                Some(Err(Fault::Plugin(e)))
             }
-            Err(e) => {
+            Frame::Bad(e) => {
                 self.done = true;
-                let bad = PluginError::Protocol(format!("bad stream frame: {e}"));
-                Some(Err(Fault::Plugin(bad)))
+                Some(Err(Fault::Plugin(e)))
             }
         }
     }
@@ -111,6 +107,32 @@ impl FrameDecoder {
             }
         }
         self.lease.take();
+    }
+}
+
+/// What one line of a streamed answer means.
+#[derive(Debug)]
+pub(crate) enum Frame {
+    /// An item for the caller.
+    Item(Value),
+    /// The `end` frame: the stream is complete.
+    End,
+    /// An `error` frame: the stream's last item.
+    Error(PluginError),
+    /// A line that is not a frame (a protocol error).
+    Bad(PluginError),
+}
+
+/// Reads one line: the fast path for plain string items first, then the JSON parser.
+pub(crate) fn read_frame(line: &[u8]) -> Frame {
+    if let Some(item) = plain_string_item(line) {
+        return Frame::Item(item);
+    }
+    match serde_json::from_slice::<StreamFrame>(line) {
+        Ok(StreamFrame::Item(value)) => Frame::Item(value),
+        Ok(StreamFrame::End { .. }) => Frame::End,
+        Ok(StreamFrame::Error(wire)) => Frame::Error(wire.into()),
+        Err(e) => Frame::Bad(PluginError::Protocol(format!("bad stream frame: {e}"))),
     }
 }
 

@@ -2,11 +2,8 @@
 //! ordinary reason), reports without returning what it read, and leaves nothing behind.
 //! Most tests call the plugin in-process; one runs the `intruder-worker` binary.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use crate::workers::{Worker, TOKEN};
 use plugvisor_plugins::intruder::Intruder;
-use plugvisor_proto::wire::{Handshake, Transport};
 use plugvisor_proto::{json, FileRef, Plugin, PluginError, Value};
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
@@ -509,65 +506,21 @@ fn bad_input_is_invalid_input_never_a_panic() {
 /// The worker binary serves the same ops; its answers carry no values of its environment.
 #[tokio::test]
 async fn the_worker_binary_answers_over_its_socket() {
-    const TOKEN: &str = "intruder-test-token";
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_intruder-worker"))
-        .arg("--socket")
-        .arg(dir.path().join("w.sock"))
-        .env("PLUGVISOR_TOKEN", TOKEN)
-        .env("PLUGVISOR_WATCH_STDIN", "1")
-        .env("PLUGVISOR_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let socket = handshake(&mut child).await;
-    let out = execute(&socket, TOKEN, json!({"op": "own_env"})).await;
+    let w = Worker::start(env!("CARGO_BIN_EXE_intruder-worker")).await;
+    let execute = |input: Value| w.post_json("/v1/execute", json!({ "input": input }));
+    let (_, out) = execute(json!({"op": "own_env"})).await;
     let names = out["output"]["names"].as_array().unwrap();
     assert!(names.contains(&json!("PLUGVISOR_LOG")), "{out}");
     // The worker runtime takes its token out of the environment before serving.
     assert!(!names.contains(&json!("PLUGVISOR_TOKEN")), "{out}");
     assert!(!out.to_string().contains(TOKEN), "{out}");
-    let out = execute(&socket, TOKEN, json!({"op": "status"})).await;
+    let (_, out) = execute(json!({"op": "status"})).await;
     assert_eq!(out["output"]["ok"], true, "{out}");
-    let out = execute(&socket, TOKEN, json!({"op": "nope"})).await;
-    assert_eq!(out["error"]["kind"], "invalid_input", "{out}");
-    drop(child.stdin.take());
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status}");
-}
-
-async fn handshake(child: &mut tokio::process::Child) -> std::path::PathBuf {
-    use tokio::io::AsyncBufReadExt;
-    let mut line = String::new();
-    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
-    tokio::time::timeout(Duration::from_secs(20), stdout.read_line(&mut line))
-        .await
-        .expect("no handshake")
-        .unwrap();
-    let Transport::Unix(socket) = Handshake::parse(&line).unwrap().transport else {
-        panic!("{line}")
-    };
-    socket
-}
-
-async fn execute(socket: &std::path::Path, token: &str, input: Value) -> Value {
-    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let body = Full::new(Bytes::from(json!({ "input": input }).to_string()));
-    let req = hyper::Request::post("/v1/execute")
-        .header("host", "worker")
-        .header("authorization", format!("Bearer {token}"))
-        .body(body)
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    serde_json::from_slice(&bytes).unwrap()
+    let (status, out) = execute(json!({"op": "nope"})).await;
+    assert_eq!(
+        (status, &out["error"]["kind"]),
+        (400, &json!("invalid_input")),
+        "{out}"
+    );
+    w.stop().await;
 }

@@ -13,10 +13,10 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-const TOKEN: &str = "plugins-test-token";
+pub(crate) const TOKEN: &str = "plugins-test-token";
 
 /// A running worker binary in its own tempdir.
-struct Worker {
+pub(crate) struct Worker {
     child: Child,
     socket: PathBuf,
     transfer: PathBuf,
@@ -24,7 +24,7 @@ struct Worker {
 }
 
 impl Worker {
-    async fn start(exe: &str) -> Self {
+    pub(crate) async fn start(exe: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let transfer = dir.path().join("transfer");
         std::fs::create_dir(&transfer).unwrap();
@@ -73,13 +73,13 @@ impl Worker {
         (status, resp.into_body().collect().await.unwrap().to_bytes())
     }
 
-    async fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
+    pub(crate) async fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
         let (status, bytes) = self.post(path, body).await;
         (status, serde_json::from_slice(&bytes).unwrap())
     }
 
     /// Closes stdin, as a dying host does, and expects a clean exit without leftovers.
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         drop(self.child.stdin.take());
         let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
             .await

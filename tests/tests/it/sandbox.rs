@@ -2,7 +2,7 @@
 //! would try (reading host files, the network, ptrace, the host's environment) fails. Every
 //! attempt runs twice: unsandboxed (the positive control: it works) and sandboxed.
 
-use plugvisor_host::{Plugin, Sandbox};
+use plugvisor_host::{Plugin, RemotePlugin, Sandbox};
 use plugvisor_proto::{json, FileRef, Value};
 use plugvisor_tests::{serially, spec, World};
 
@@ -47,6 +47,14 @@ fn a_sandboxed_worker_still_serves_calls_streams_and_files() {
     })
 }
 
+/// An unsandboxed intruder (for the positive controls) and one in the default sandbox.
+async fn intruders(world: &World) -> (RemotePlugin, RemotePlugin) {
+    let free = world.host.spawn(spec("intruder")).await.unwrap();
+    let sandboxed = spec("intruder").sandbox(Sandbox::default());
+    let boxed = world.host.spawn(sandboxed).await.unwrap();
+    (free, boxed)
+}
+
 /// The outcome of one intruder attempt, unsandboxed and sandboxed.
 struct Pair {
     free: Value,
@@ -54,11 +62,7 @@ struct Pair {
 }
 
 /// Runs `attempt` on an unsandboxed and a sandboxed intruder.
-async fn attempt(
-    free: &plugvisor_host::RemotePlugin,
-    boxed: &plugvisor_host::RemotePlugin,
-    attempt: Value,
-) -> Pair {
+async fn attempt(free: &RemotePlugin, boxed: &RemotePlugin, attempt: Value) -> Pair {
     let free = free
         .execute(attempt.clone())
         .await
@@ -87,12 +91,7 @@ fn stopped(what: &str, pair: &Pair) {
 fn an_intruder_is_stopped_where_it_succeeds_unsandboxed() {
     serially(async {
         let world = World::new().await;
-        let free = world.host.spawn(spec("intruder")).await.unwrap();
-        let boxed = world
-            .host
-            .spawn(spec("intruder").sandbox(Sandbox::default()))
-            .await
-            .unwrap();
+        let (free, boxed) = intruders(&world).await;
         let sibling = world.host.spawn(spec("echo")).await.unwrap();
         let sibling_file = sibling.transfer_dir().join("secret-of-a-sibling");
         std::fs::write(&sibling_file, "not yours").unwrap();
@@ -190,12 +189,7 @@ fn an_intruder_is_stopped_where_it_succeeds_unsandboxed() {
 fn a_sandboxed_plugin_cannot_change_the_callers_file_or_see_the_hosts_environment() {
     serially(async {
         let world = World::new().await;
-        let free = world.host.spawn(spec("intruder")).await.unwrap();
-        let boxed = world
-            .host
-            .spawn(spec("intruder").sandbox(Sandbox::default()))
-            .await
-            .unwrap();
+        let (free, boxed) = intruders(&world).await;
         let callers = world.base.path().join("callers.txt");
         std::fs::write(&callers, "original").unwrap();
         let file = FileRef::new(&callers, 8);

@@ -134,6 +134,15 @@ impl FileStore {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Removes and returns the entry `id` if it is of `kind`: no one else can take it then.
+    fn take(&self, id: &str, kind: Kind) -> Option<Entry> {
+        let mut entries = self.lock();
+        match entries.get(id) {
+            Some(e) if e.kind == kind => entries.remove(id),
+            _ => None,
+        }
+    }
+
     /// How often [`FileStore::sweep`] should run.
     pub(crate) fn sweep_interval(&self) -> Duration {
         (self.options.ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(30))
@@ -313,14 +322,7 @@ impl FileStore {
     }
 
     fn take_upload(&self, id: &str, claimed: &mut Claimed) -> Result<Value, ApiError> {
-        let entry = {
-            let mut entries = self.lock();
-            match entries.get(id) {
-                Some(e) if e.kind == Kind::Upload => entries.remove(id),
-                _ => None,
-            }
-        };
-        let Some(entry) = entry else {
+        let Some(entry) = self.take(id, Kind::Upload) else {
             return Err(ApiError::new(
                 ApiKind::Wire(plugvisor_proto::ErrorKind::NotFound),
                 format!("no upload {id:?}: unknown, already used, or expired"),
@@ -419,13 +421,7 @@ impl FileStore {
     /// # Errors
     /// 404 for an unknown, fetched or expired download.
     pub(crate) async fn download(&self, id: &str) -> Result<Reply, ApiError> {
-        let entry = {
-            let mut entries = self.lock();
-            match entries.get(id) {
-                Some(e) if e.kind == Kind::Download => entries.remove(id),
-                _ => None,
-            }
-        };
+        let entry = self.take(id, Kind::Download);
         let gone = || {
             ApiError::new(
                 ApiKind::Wire(plugvisor_proto::ErrorKind::NotFound),
