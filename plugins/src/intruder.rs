@@ -18,6 +18,7 @@
 //! | `list` | `path` | `entries` (a count, never names) |
 //! | `connect` | `addr` `"IP:PORT"` | — (TCP, 2 s timeout) |
 //! | `udp` | `addr` | — (one datagram sent) |
+//! | `loopback` | — | — (listen on its own 127.0.0.1 and connect to itself) |
 //! | `unix` / `abstract` | `path` / `name` | — (connect to a pathname / abstract Unix socket) |
 //! | `fork_bomb` | `max` (10000) | `forked`; every child is killed and reaped before answering |
 //! | `alloc` | `mib` | `mib` (allocated, every page written, freed) |
@@ -100,6 +101,7 @@ fn run(input: &Value) -> Result<Value, PluginError> {
         "list" => list(path(input, "path")?),
         "connect" => connect(socket_addr(input)?),
         "udp" => udp(socket_addr(input)?),
+        "loopback" => loopback(),
         "unix" => unix(path(input, "path")?),
         "abstract" => abstract_socket(text(input, "name")?),
         "fork_bomb" => fork_bomb(number(input, "max", Some(10_000), MAX_FORKS)?),
@@ -395,6 +397,14 @@ fn write_self_exe() -> Answer {
 
 fn connect(addr: SocketAddr) -> Answer {
     Answer::of(&TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT))
+}
+
+fn loopback() -> Answer {
+    let connected = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|listener| {
+        let addr = listener.local_addr()?;
+        TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+    });
+    Answer::of(&connected)
 }
 
 fn udp(addr: SocketAddr) -> Answer {

@@ -331,6 +331,8 @@ pub enum CrashCause {
     Segfault,
     /// SIGKILL from outside: the kernel's OOM killer or a person; Linux does not say which.
     Killed,
+    /// The kernel killed it for its sandbox's `memory_mib` (its cgroup counted an OOM kill).
+    MemoryLimit,
     /// The host killed it because it stopped answering health probes.
     Unresponsive,
     /// It used up its CPU-time limit (SIGXCPU).

@@ -179,6 +179,10 @@ fn leaks(pids: &[u32], base: &Path, fds_before: usize) -> Vec<String> {
     if !left.is_empty() {
         problems.push(format!("files left under {}: {left:?}", base.display()));
     }
+    let groups = worker_cgroups();
+    if !groups.is_empty() {
+        problems.push(format!("worker cgroups left: {groups:?}"));
+    }
     let fds = open_fds();
     if fds > fds_before {
         problems.push(format!(
@@ -187,6 +191,29 @@ fn leaks(pids: &[u32], base: &Path, fds_before: usize) -> Vec<String> {
         ));
     }
     problems
+}
+
+/// The worker cgroups this process's hosts have now (`plugvisor-<our pid>-*/w*` in every
+/// hierarchy under `/sys/fs/cgroup`, up to a few levels down).
+pub fn worker_cgroups() -> Vec<PathBuf> {
+    let prefix = format!("plugvisor-{}-", std::process::id());
+    let mut found = Vec::new();
+    let mut queue = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
+    while let Some((dir, depth)) = queue.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let leaves = std::fs::read_dir(&path).into_iter().flatten().flatten();
+                found.extend(leaves.filter(|l| l.path().is_dir()).map(|l| l.path()));
+            } else if depth < 4 {
+                queue.push((path, depth + 1));
+            }
+        }
+    }
+    found
 }
 
 /// The state letter of `pid` from `/proc` (`Z` for a zombie), or `None` if it is gone.

@@ -23,6 +23,8 @@ const LOCK_FILE: &str = ".lock";
 /// Environment variable naming the base directory when the embedder sets none.
 pub const RUNTIME_DIR_ENV: &str = "PLUGVISOR_RUNTIME_DIR";
 const HOST_DIR_PREFIX: &str = "h-";
+/// Mode of a directory others may pass through but not list or change.
+const TRAVERSABLE: u32 = 0o711;
 
 /// The per-host directory: created private, locked while the host lives, removed on drop.
 #[derive(Debug)]
@@ -61,6 +63,19 @@ impl HostDir {
     /// The directory's path.
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Lets other users traverse (not list) the base and this directory: a worker running as
+    /// another user (`Sandbox::user`) must reach its own transfer directory inside.
+    pub(crate) fn allow_traversal(&self) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [self.path.parent(), Some(self.path.as_path())]
+            .into_iter()
+            .flatten()
+        {
+            fs::set_permissions(dir, fs::Permissions::from_mode(TRAVERSABLE))?;
+        }
+        Ok(())
     }
 
     /// Socket path for worker number `n`.
@@ -123,11 +138,12 @@ fn make_private_dir(dir: &Path, may_exist: bool) -> io::Result<()> {
 fn check_private(dir: &Path) -> io::Result<()> {
     let meta = fs::symlink_metadata(dir)?;
     let ours = meta.uid() == nix::unistd::getuid().as_raw();
-    if !meta.is_dir() || !ours || meta.mode() & 0o077 != 0 {
+    // Others may at most pass through (see `allow_traversal`), never list or write.
+    if !meta.is_dir() || !ours || meta.mode() & 0o066 != 0 {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
-                "{} must be a directory owned by this user with mode 0700",
+                "{} must be a directory owned by this user with mode 0700 (or 0711)",
                 dir.display()
             ),
         ));

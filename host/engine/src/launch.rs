@@ -1,5 +1,6 @@
 //! Starting a worker: spawn, read the handshake, ask for `/v1/info`.
 
+use crate::cgroup::WorkerGroup;
 use crate::client::WorkerClient;
 use crate::dirs::HostDir;
 use crate::error::HostError;
@@ -7,7 +8,7 @@ use crate::events::{EventBus, EventKind};
 use crate::exchange::{self, Failure};
 use crate::identity::PluginIdentity;
 use crate::process::{ProcessParts, WorkerProcess};
-use crate::sandbox::{Places, Prepared};
+use crate::sandbox::{Enforced, Places, Prepared};
 use crate::spawner::{self, ExitWatch};
 use crate::spec::WorkerSpec;
 use crate::stderr::StderrTail;
@@ -22,6 +23,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::unix::pipe;
 
+/// A sandboxed worker's socket, inside its transfer directory.
+const SANDBOXED_SOCKET: &str = "w.sock";
+
 /// Longest handshake line accepted.
 const MAX_HANDSHAKE: u64 = 4096;
 
@@ -34,6 +38,8 @@ pub(crate) struct Launched {
     pub(crate) process: WorkerProcess,
     pub(crate) client: Arc<WorkerClient>,
     pub(crate) identity: PluginIdentity,
+    /// What its sandbox enforces, when it has one.
+    pub(crate) sandbox: Option<Enforced>,
 }
 
 /// Spawns the worker of `spec` as worker number `n` of `host_dir`.
@@ -50,24 +56,34 @@ pub(crate) async fn launch(
         program: spec.program.clone(),
         source,
     };
-    let socket = host_dir.socket_path(n);
     let transfer_dir = host_dir.transfer_dir(n).map_err(io_err)?;
+    // A sandboxed worker makes its socket in its own directory, never beside its siblings'.
+    let socket = match spec.sandbox {
+        Some(_) => transfer_dir.join(SANDBOXED_SOCKET),
+        None => host_dir.socket_path(n),
+    };
     let token = new_token();
     let mut command = build_command(spec, &socket, &transfer_dir, &token);
-    let sandbox = match sandbox_for(spec, &mut command, host_dir, &transfer_dir) {
-        Ok(prepared) => prepared,
+    let (sandbox, group) = match sandbox_for(spec, &mut command, host_dir, &transfer_dir) {
+        Ok(Some((prepared, group))) => (Some(prepared), group),
+        Ok(None) => (None, None),
         Err(e) => {
             let _ = std::fs::remove_dir_all(&transfer_dir);
             return Err(e);
         }
     };
-    if let Some(prepared) = &sandbox {
-        let (filesystem, network, syscalls) = prepared.describe();
+    let enforced = sandbox.as_ref().map(|p| p.enforced.clone());
+    if let Some(e) = &enforced {
         tracing::info!(
             plugin = %spec.label(),
-            filesystem,
-            network,
-            syscalls,
+            filesystem = %e.filesystem,
+            network = %e.network,
+            syscalls = %e.syscalls,
+            memory_mib = ?e.memory_mib,
+            pids = ?e.pids,
+            tree = %e.tree,
+            uid = ?e.uid,
+            missing = ?e.missing,
             "starting a sandboxed worker"
         );
     }
@@ -79,7 +95,7 @@ pub(crate) async fn launch(
         .map_err(io_err)?;
     let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
     let pid = child.id();
-    let exit = start_waiter(child).map_err(io_err)?;
+    let exit = start_waiter(child, group).map_err(io_err)?;
     events.emit(&spec.label(), EventKind::Started { pid });
     let stderr = match stderr {
         Some(s) => StderrTail::start(s, spec.label(), pid),
@@ -103,6 +119,7 @@ pub(crate) async fn launch(
                 process,
                 client,
                 identity: info.into(),
+                sandbox: enforced,
             })
         }
         Err(e) => {
@@ -132,9 +149,9 @@ async fn connect(
     Ok((client, info))
 }
 
-fn start_waiter(child: Child) -> std::io::Result<Arc<ExitWatch>> {
+fn start_waiter(child: Child, group: Option<WorkerGroup>) -> std::io::Result<Arc<ExitWatch>> {
     let pid = child.id();
-    ExitWatch::start(child).inspect_err(|_| {
+    ExitWatch::start(child, group).inspect_err(|_| {
         // No thread to reap it: kill it now; it stays a zombie until the host exits.
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(pid as i32),
@@ -153,13 +170,14 @@ fn new_token() -> String {
 }
 
 /// Prepares the spec's sandbox, if any: the worker's `out/` area (named to it in the
-/// environment) and the rules. `build_command` already gave it a sandbox's environment.
+/// environment), the rules, and its cgroup. `build_command` already gave it a sandbox's
+/// environment.
 fn sandbox_for(
     spec: &WorkerSpec,
     command: &mut Command,
     host_dir: &HostDir,
     transfer_dir: &std::path::Path,
-) -> Result<Option<Prepared>, HostError> {
+) -> Result<Option<(Prepared, Option<WorkerGroup>)>, HostError> {
     let Some(sandbox) = &spec.sandbox else {
         return Ok(None);
     };
@@ -172,7 +190,6 @@ fn sandbox_for(
         program: &spec.program,
         transfer_dir,
         out_dir: &out_dir,
-        socket_dir: host_dir.path(),
     };
     let prepared = sandbox
         .prepare(&places)
@@ -180,8 +197,31 @@ fn sandbox_for(
             program: spec.program.clone(),
             source,
         })?;
+    if let Some((uid, gid)) = prepared.0.identity() {
+        give_to(host_dir, &[transfer_dir, &out_dir], uid, gid).map_err(|source| {
+            HostError::Spawn {
+                program: spec.program.clone(),
+                source,
+            }
+        })?;
+    }
     command.env(wire::OUTPUT_DIR_ENV, &out_dir);
     Ok(Some(prepared))
+}
+
+/// Makes `dirs` the worker user's own, and the host's directories traversable (not listable)
+/// so that it can reach them.
+fn give_to(
+    host_dir: &HostDir,
+    dirs: &[&std::path::Path],
+    uid: u32,
+    gid: u32,
+) -> std::io::Result<()> {
+    host_dir.allow_traversal()?;
+    for dir in dirs {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+    }
+    Ok(())
 }
 
 fn build_command(

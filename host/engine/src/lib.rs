@@ -55,15 +55,18 @@
 //! - `stream`: the NDJSON frame decoder behind every result stream.
 //! - `side_thread`: async work for synchronous trait methods (`current_config`).
 
+mod cgroup;
 mod client;
 mod dirs;
 mod error;
 mod events;
 mod exchange;
+mod fork_thread;
 #[doc(hidden)]
 pub mod fuzzing;
 mod host;
 mod identity;
+mod keeper;
 mod launch;
 mod process;
 mod registry;
@@ -86,7 +89,7 @@ pub use host::{Host, HostConfig};
 pub use identity::PluginIdentity;
 pub use plugvisor_proto::{self as proto, DynPlugin, FileRef, Plugin, PluginError};
 pub use remote::RemotePlugin;
-pub use sandbox::{FsPolicy, NetPolicy, Sandbox, SandboxError, SyscallPolicy};
+pub use sandbox::{Enforced, FsPolicy, NetPolicy, Sandbox, SandboxError, SyscallPolicy};
 pub use spec::{ResourceLimits, WorkerSpec};
 pub use supervisor::{
     BackoffConfig, CallOptions, HealthConfig, RestartPolicy, Supervisor, SupervisorConfig,

@@ -101,9 +101,14 @@ impl WorkerProcess {
             .unwrap_or(ExitReason::Unknown);
         self.stderr.wait_closed(STDERR_DRAIN).await;
         let stderr_tail = self.stderr.lines();
-        let cause = match self.killed_unresponsive.load(Ordering::Acquire) {
-            true => CrashCause::Unresponsive,
-            false => CrashCause::classify(&exit, &stderr_tail),
+        let cause = if self.killed_unresponsive.load(Ordering::Acquire) {
+            CrashCause::Unresponsive
+        } else if self.exit.hit_memory_limit()
+            && matches!(exit, ExitReason::Signal { number: 9, .. })
+        {
+            CrashCause::MemoryLimit
+        } else {
+            CrashCause::classify(&exit, &stderr_tail)
         };
         CrashReport {
             plugin: self.label.clone(),

@@ -1,6 +1,7 @@
 //! `RemotePlugin`: the proxy that implements [`Plugin`] by forwarding every call to one worker.
 
 use crate::identity::PluginIdentity;
+use crate::sandbox::Enforced;
 use crate::side_thread::block_on_side_thread;
 use crate::transfer::StagedFile;
 use crate::worker::{CallOutput, WorkerCore};
@@ -38,6 +39,13 @@ impl RemotePlugin {
     /// What the plugin said about itself in `/v1/info`.
     pub fn identity(&self) -> &PluginIdentity {
         &self.core.identity
+    }
+
+    /// What the worker's sandbox really enforces, when it has one ([`WorkerSpec::sandbox`]).
+    ///
+    /// [`WorkerSpec::sandbox`]: crate::WorkerSpec::sandbox
+    pub fn sandbox(&self) -> Option<&Enforced> {
+        self.core.sandbox.as_ref()
     }
 
     /// The worker's process id.

@@ -1,7 +1,9 @@
 //! The sandbox of one worker: what a spec asks for ([`Sandbox`]); what the host prepares
-//! before the fork (a Landlock ruleset, compiled seccomp filters, an allow-listed environment);
-//! and the allocation-free steps the forked child takes before `exec`, in this order: leave
-//! the host's network namespace, `no_new_privs`, Landlock, seccomp last.
+//! before the fork (a Landlock ruleset, compiled seccomp filters, the worker's cgroups, the
+//! user to become, an allow-listed environment); what was really enforced ([`Enforced`]); and
+//! the allocation-free steps the forked child takes before `exec`, in this order: a session of
+//! its own, join the cgroups, leave the host's network namespace (bringing its own loopback
+//! up if asked), drop to the user, `no_new_privs`, Landlock, seccomp last.
 
 use landlock::{
     Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
@@ -18,6 +20,8 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use crate::cgroup::{GroupLimits, Joiner, WorkerGroup};
+
 /// What a worker may touch. Every field has a safe default; see `SECURITY.md`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sandbox {
@@ -31,6 +35,15 @@ pub struct Sandbox {
     pub network: NetPolicy,
     /// Syscall filtering (seccomp). Default [`SyscallPolicy::Default`].
     pub syscalls: SyscallPolicy,
+    /// Memory limit in MiB (a cgroup's); past it the kernel kills the worker and its crash
+    /// cause is `memory_limit`. Default none.
+    pub memory_mib: Option<u64>,
+    /// Most processes and threads the worker's tree may have (a cgroup's `pids.max`), which
+    /// stops a fork bomb inside it. Default none.
+    pub pids: Option<u64>,
+    /// The user to run as, by name or number; only a host running as root can switch. The
+    /// worker then has no capabilities. Default: the host's user.
+    pub user: Option<String>,
     /// Run even when the kernel cannot give a requested protection (the log says what is
     /// missing). Default false: the worker is not started, with an error naming it.
     pub allow_degraded: bool,
@@ -44,6 +57,9 @@ impl Default for Sandbox {
             write: Vec::new(),
             network: NetPolicy::None,
             syscalls: SyscallPolicy::Default,
+            memory_mib: None,
+            pids: None,
+            user: None,
             allow_degraded: false,
         }
     }
@@ -68,6 +84,9 @@ pub enum NetPolicy {
     /// A network namespace of its own with nothing in it: every connect fails, no packet
     /// leaves. The Unix socket to the host still works.
     None,
+    /// A network namespace of its own with only its own loopback up: it can talk to itself
+    /// on 127.0.0.1, never to the host's loopback or beyond.
+    Loopback,
     /// The host's network.
     Host,
 }
@@ -88,6 +107,28 @@ pub enum SyscallPolicy {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct SandboxError(String);
+
+/// What a worker's sandbox really enforces, as started (shown in logs, `status` and the API).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Enforced {
+    /// `landlock` or `off`.
+    pub filesystem: String,
+    /// `none`, `loopback` or `host`.
+    pub network: String,
+    /// `seccomp` or `off`.
+    pub syscalls: String,
+    /// The cgroup memory limit, MiB.
+    pub memory_mib: Option<u64>,
+    /// The cgroup pids limit.
+    pub pids: Option<u64>,
+    /// How the whole process tree is killed: `cgroup` (v2 `cgroup.kill`, also on the host's
+    /// death) or `process-group` (a descendant in a new session can escape).
+    pub tree: String,
+    /// The uid the worker runs as, when it was switched.
+    pub uid: Option<u32>,
+    /// What was asked for and could not be given (only with `allow_degraded`).
+    pub missing: Vec<String>,
+}
 
 /// System files (beyond library directories) a normal dynamically linked program reads.
 const SYSTEM_FILES: [&str; 12] = [
@@ -120,7 +161,6 @@ pub(crate) struct Places<'a> {
     pub(crate) program: &'a Path,
     pub(crate) transfer_dir: &'a Path,
     pub(crate) out_dir: &'a Path,
-    pub(crate) socket_dir: &'a Path,
 }
 
 /// What the child applies before exec, prepared by the host.
@@ -128,29 +168,118 @@ pub(crate) struct Places<'a> {
 pub(crate) struct Prepared {
     ruleset: Option<OwnedFd>,
     filters: Vec<BpfProgram>,
-    unshare_net: bool,
+    network: NetPolicy,
+    joiner: Option<Joiner>,
+    identity: Option<(libc::uid_t, libc::gid_t)>,
+    host_pid: libc::pid_t,
+    /// What this sandbox enforces.
+    pub(crate) enforced: Enforced,
 }
 
 impl Sandbox {
-    /// Prepares the sandbox for a worker at `places`.
+    /// Prepares the sandbox for a worker at `places`; the worker's cgroup (if any) comes back
+    /// beside it, for the host to kill and remove after the exit.
     ///
     /// # Errors
     /// A requested protection the kernel cannot give (unless `allow_degraded`), a path that
-    /// cannot be opened for a rule, or a filter that does not compile.
-    pub(crate) fn prepare(&self, places: &Places<'_>) -> Result<Prepared, SandboxError> {
+    /// cannot be opened for a rule, a user that does not exist, or a filter that does not
+    /// compile.
+    pub(crate) fn prepare(
+        &self,
+        places: &Places<'_>,
+    ) -> Result<(Prepared, Option<WorkerGroup>), SandboxError> {
+        let mut missing = Vec::new();
         let ruleset = match self.filesystem {
             FsPolicy::Strict => self.ruleset(places)?,
             FsPolicy::Off => None,
         };
+        if self.filesystem == FsPolicy::Strict && ruleset.is_none() {
+            missing.push("filesystem: this kernel has no Landlock".to_owned());
+        }
         let filters = match self.syscalls {
             SyscallPolicy::Default => filters()?,
             SyscallPolicy::Off => Vec::new(),
         };
-        Ok(Prepared {
+        let identity = self.identity().or_else(|e| self.degrade(e, &mut missing))?;
+        let (group, joiner) = self.group().or_else(|e| self.degrade(e, &mut missing))?;
+        let enforced = Enforced {
+            filesystem: if ruleset.is_some() { "landlock" } else { "off" }.to_owned(),
+            network: self.network.as_str().to_owned(),
+            syscalls: if filters.is_empty() { "off" } else { "seccomp" }.to_owned(),
+            memory_mib: group.as_ref().and(self.memory_mib),
+            pids: group.as_ref().and(self.pids),
+            tree: match group.as_ref().is_some_and(WorkerGroup::contains_tree) {
+                true => "cgroup",
+                false => "process-group",
+            }
+            .to_owned(),
+            uid: identity.map(|(uid, _)| uid),
+            missing,
+        };
+        let prepared = Prepared {
             ruleset,
             filters,
-            unshare_net: self.network == NetPolicy::None,
-        })
+            network: self.network,
+            joiner,
+            identity,
+            host_pid: nix::unistd::getpid().as_raw(),
+            enforced,
+        };
+        Ok((prepared, group))
+    }
+
+    /// With `allow_degraded`, records `e` as missing and goes on without it; else fails.
+    fn degrade<T: Default>(
+        &self,
+        e: SandboxError,
+        missing: &mut Vec<String>,
+    ) -> Result<T, SandboxError> {
+        if !self.allow_degraded {
+            return Err(e);
+        }
+        tracing::warn!(error = %e, "sandbox degraded (allow_degraded)");
+        missing.push(e.0);
+        Ok(T::default())
+    }
+
+    /// The worker's cgroups: always tried for the tree kill, required for `memory_mib`/`pids`.
+    fn group(&self) -> Result<(Option<WorkerGroup>, Option<Joiner>), SandboxError> {
+        let limits = GroupLimits {
+            memory_mib: self.memory_mib,
+            pids: self.pids,
+        };
+        match WorkerGroup::create(limits) {
+            Ok((group, joiner)) => Ok((Some(group), Some(joiner))),
+            Err(e) if limits == GroupLimits::default() => {
+                tracing::debug!(error = %e, "no cgroup for the tree kill");
+                Ok((None, None))
+            }
+            Err(e) => Err(SandboxError(e.0)),
+        }
+    }
+
+    /// The uid and gid to switch to, for `user` (a name or a number).
+    fn identity(&self) -> Result<Option<(libc::uid_t, libc::gid_t)>, SandboxError> {
+        let Some(user) = &self.user else {
+            return Ok(None);
+        };
+        if !nix::unistd::geteuid().is_root() {
+            return Err(SandboxError(format!(
+                "user = {user:?} needs a host running as root"
+            )));
+        }
+        let found = match user.parse::<u32>() {
+            Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+            Err(_) => nix::unistd::User::from_name(user),
+        };
+        match found {
+            Ok(Some(u)) if u.uid.is_root() => Err(SandboxError(format!(
+                "user = {user:?} is root; name an unprivileged user"
+            ))),
+            Ok(Some(u)) => Ok(Some((u.uid.as_raw(), u.gid.as_raw()))),
+            Ok(None) => Err(SandboxError(format!("user = {user:?}: no such user"))),
+            Err(e) => Err(SandboxError(format!("user = {user:?}: {e}"))),
+        }
     }
 
     /// The environment of a sandboxed worker: `PATH`, a few harmless host variables, then
@@ -190,7 +319,8 @@ impl Sandbox {
         }
         add(places.transfer_dir, AccessFs::ReadFile | AccessFs::ReadDir);
         add(places.out_dir, write);
-        add(places.socket_dir, AccessFs::MakeSock.into());
+        // Its socket lives in its transfer directory.
+        add(places.transfer_dir, AccessFs::MakeSock.into());
         self.read.iter().for_each(|p| add(p, read));
         self.write.iter().for_each(|p| add(p, write));
         build_ruleset(abi, level, &rules)
@@ -319,28 +449,40 @@ fn filters() -> Result<Vec<BpfProgram>, SandboxError> {
         .collect()
 }
 
+impl NetPolicy {
+    /// The manifest's name of the policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Loopback => "loopback",
+            Self::Host => "host",
+        }
+    }
+}
+
 impl Prepared {
-    /// What this sandbox enforces, for the log: `filesystem`, `network`, `syscalls`.
-    pub(crate) fn describe(&self) -> (&'static str, &'static str, &'static str) {
-        let filesystem = if self.ruleset.is_some() {
-            "landlock"
-        } else {
-            "open"
-        };
-        let network = if self.unshare_net { "none" } else { "host" };
-        let syscalls = if self.filters.is_empty() {
-            "unfiltered"
-        } else {
-            "seccomp"
-        };
-        (filesystem, network, syscalls)
+    /// The uid and gid the worker will run as, when `user` switches it.
+    pub(crate) fn identity(&self) -> Option<(u32, u32)> {
+        self.identity
     }
 
     /// The child's sandbox steps, between fork and exec. Makes raw syscalls only; allocates
     /// nothing (every error is an errno).
     pub(crate) fn apply_in_child(&self) -> io::Result<()> {
-        if self.unshare_net {
+        // A session of its own: no controlling terminal (no TIOCSTI), and the pgid the host
+        // signals is its pid, as with the process group unsandboxed workers get.
+        nix::unistd::setsid()?;
+        if let Some(joiner) = &self.joiner {
+            joiner.join()?;
+        }
+        if self.network != NetPolicy::Host {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+        }
+        if self.network == NetPolicy::Loopback {
+            loopback_up()?;
+        }
+        if let Some((uid, gid)) = self.identity {
+            drop_to(uid, gid, self.host_pid)?;
         }
         nix::sys::prctl::set_no_new_privs()?;
         if let Some(ruleset) = &self.ruleset {
@@ -357,6 +499,63 @@ impl Prepared {
         }
         Ok(())
     }
+}
+
+/// Sets the loopback interface of the (new, empty) network namespace up.
+fn loopback_up() -> io::Result<()> {
+    let check = |rc: libc::c_int| match rc {
+        -1 => Err(io::Error::last_os_error()),
+        _ => Ok(rc),
+    };
+    // SAFETY: `ifr` is a zeroed local whose name is set to "lo"; the ioctls read and write
+    // that struct only; the socket is closed before returning.
+    unsafe {
+        let fd = check(libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            0,
+        ))?;
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo") {
+            *dst = *src as libc::c_char;
+        }
+        let mut result = check(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr));
+        if result.is_ok() {
+            ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            result = check(libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr));
+        }
+        libc::close(fd);
+        result.map(|_| ())
+    }
+}
+
+/// Becomes `uid`/`gid` with no supplementary groups and no capabilities (none bounded,
+/// permitted, effective or ambient), then restores the parent-death signal the switch
+/// cleared and checks the host is still there.
+fn drop_to(uid: libc::uid_t, gid: libc::gid_t, host: libc::pid_t) -> io::Result<()> {
+    let check = |rc: libc::c_int| match rc {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    };
+    // SAFETY: raw syscalls with integer arguments (setgroups gets an empty list).
+    unsafe {
+        for cap in 0..=63 {
+            // Capabilities past the kernel's last one answer EINVAL; the rest must drop.
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap) != 0
+                && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        check(libc::setgroups(0, std::ptr::null()))?;
+        check(libc::setresgid(gid, gid, gid))?;
+        check(libc::setresuid(uid, uid, uid))?;
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
+    }
+    if nix::unistd::getppid().as_raw() != host {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -385,22 +584,23 @@ mod tests {
             program: Path::new("/bin/sh"),
             transfer_dir: dir.path(),
             out_dir: &out,
-            socket_dir: dir.path(),
         };
-        let prepared = Sandbox::default().prepare(&places).unwrap();
+        let (prepared, _group) = Sandbox::default().prepare(&places).unwrap();
         assert!(
             prepared.ruleset.is_some(),
             "this kernel has Landlock (ABI 7)"
         );
-        assert!(prepared.unshare_net);
+        assert_eq!(prepared.network, NetPolicy::None);
+        assert_eq!(prepared.enforced.filesystem, "landlock");
         let open = Sandbox {
             filesystem: FsPolicy::Off,
             network: NetPolicy::Host,
             syscalls: SyscallPolicy::Off,
             ..Sandbox::default()
         };
-        let prepared = open.prepare(&places).unwrap();
+        let (prepared, _group) = open.prepare(&places).unwrap();
         assert!(prepared.ruleset.is_none() && prepared.filters.is_empty());
-        assert!(!prepared.unshare_net);
+        assert_eq!(prepared.enforced.network, "host");
+        assert_eq!(prepared.enforced.syscalls, "off");
     }
 }

@@ -1,33 +1,26 @@
-//! The long-lived spawner thread, and the exit watcher every worker process gets.
-//!
-//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not the process, and
-//! tokio retires idle blocking threads. So every worker is forked from one thread that lives as
-//! long as the host process: if the host dies, the kernel SIGKILLs the workers.
+//! Spawning a worker from the spawner thread (`fork_thread`), and the exit watcher every
+//! worker process gets.
 //!
 //! Each child is then handed to its own small waiter thread that blocks in `wait()` on exactly
 //! that pid (never `waitpid(-1)`), so a child is reaped the moment it exits, whatever the async
 //! runtime is doing, even after it has shut down.
 
+use crate::cgroup::WorkerGroup;
+use crate::fork_thread::on_spawner_thread;
 use crate::sandbox::Prepared;
 use crate::spec::ResourceLimits;
 use plugvisor_proto::ExitReason;
 use std::io;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus};
-use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
-struct SpawnRequest {
-    command: Command,
-    reply: oneshot::Sender<io::Result<Child>>,
-}
-
-static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
-
-/// Spawns `command` from the spawner thread, in its own process group, with the parent-death
-/// signal set to SIGKILL, `limits` applied and, last before exec, the `sandbox`.
+/// Spawns `command` from the spawner thread, in its own process group (a session of its own
+/// when sandboxed), with the parent-death signal set to SIGKILL, `limits` applied and, last
+/// before exec, the `sandbox`.
 pub(crate) async fn spawn(
     mut command: Command,
     limits: ResourceLimits,
@@ -35,37 +28,20 @@ pub(crate) async fn spawn(
 ) -> io::Result<Child> {
     prepare(&mut command, limits, sandbox);
     let (reply, answer) = oneshot::channel();
-    sender()?
-        .send(SpawnRequest { command, reply })
-        .map_err(|_| io::Error::other("the spawner thread is gone"))?;
+    on_spawner_thread(move || {
+        let _ = reply.send(command.spawn());
+    })?;
     answer
         .await
         .map_err(|_| io::Error::other("the spawner thread dropped the request"))?
 }
 
-fn sender() -> io::Result<mpsc::Sender<SpawnRequest>> {
-    let cell = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        let started = std::thread::Builder::new()
-            .name("plugvisor-spawner".into())
-            .spawn(move || {
-                for mut req in rx {
-                    let _ = req.reply.send(req.command.spawn());
-                }
-            });
-        if let Err(e) = started {
-            tracing::error!(error = %e, "cannot start the spawner thread");
-        }
-        Mutex::new(tx)
-    });
-    cell.lock()
-        .map(|tx| tx.clone())
-        .map_err(|_| io::Error::other("spawner lock poisoned"))
-}
-
 fn prepare(command: &mut Command, limits: ResourceLimits, sandbox: Option<Prepared>) {
     let host_pid = nix::unistd::getpid();
-    command.process_group(0);
+    if sandbox.is_none() {
+        // A sandboxed child calls setsid instead, which a group leader may not.
+        command.process_group(0);
+    }
     // SAFETY: the closure runs in the forked child of a multithreaded process, before exec,
     // where only async-signal-safe work is allowed. It makes the syscalls prctl, getppid and
     // setrlimit (and the sandbox's unshare, prctl, landlock_restrict_self and seccomp), and
@@ -126,16 +102,19 @@ pub(crate) struct ExitWatch {
     state: Mutex<Option<ExitReason>>,
     changed: Condvar,
     tx: watch::Sender<Option<ExitReason>>,
+    memory_limit: AtomicBool,
 }
 
 impl ExitWatch {
-    /// Starts the waiter thread that reaps `child` and records how it ended.
-    pub(crate) fn start(mut child: Child) -> io::Result<Arc<Self>> {
+    /// Starts the waiter thread that reaps `child`, kills what it leaves behind (its process
+    /// group, and its whole tree when it has a cgroup), and records how it ended.
+    pub(crate) fn start(mut child: Child, group: Option<WorkerGroup>) -> io::Result<Arc<Self>> {
         let (tx, _) = watch::channel(None);
         let cell = Arc::new(Self {
             state: Mutex::new(None),
             changed: Condvar::new(),
             tx,
+            memory_limit: AtomicBool::new(false),
         });
         let shared = Arc::clone(&cell);
         let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
@@ -147,8 +126,15 @@ impl ExitWatch {
                     Ok(status) => exit_reason(status),
                     Err(_) => ExitReason::Unknown,
                 };
-                // The leader is gone; whatever it left in its group (grandchildren) goes too.
+                // The leader is gone; whatever it left in its group (grandchildren) goes too,
+                // and with a cgroup, descendants that left the group as well.
                 let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+                if let Some(group) = group {
+                    group.kill_tree();
+                    let oom = group.oom_kills() > 0;
+                    shared.memory_limit.store(oom, Ordering::Release);
+                    drop(group);
+                }
                 shared.record(reason);
             })?;
         Ok(cell)
@@ -160,6 +146,12 @@ impl ExitWatch {
         }
         self.changed.notify_all();
         self.tx.send_replace(Some(reason));
+    }
+
+    /// True when the kernel killed a process of the worker's cgroup for its memory limit
+    /// (known once the exit is recorded).
+    pub(crate) fn hit_memory_limit(&self) -> bool {
+        self.memory_limit.load(Ordering::Acquire)
     }
 
     /// How it ended, if it has.

@@ -15,6 +15,7 @@ use plugvisor_proto::{FileBacked, FileRef, PluginError, Value};
 use std::collections::HashSet;
 use std::fs;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 /// Links staged for one call; removed when dropped.
@@ -37,14 +38,20 @@ impl Drop for StagedInputs {
     }
 }
 
-/// Rewrites every foreign `FileRef` in `input` to a staged link inside `dir`.
+/// Rewrites every foreign `FileRef` in `input` to a staged link inside `dir`. For a worker
+/// running as another user (`other_user`), a file that user could not read is staged as a
+/// copy readable by it (never by changing the caller's file).
 ///
 /// Runs blocking file operations; call it from `spawn_blocking` for inputs with file refs.
 ///
 /// # Errors
 /// [`PluginError::InvalidInput`] naming the path when a referenced file is missing or is not a
 /// regular file; links staged before the failure are removed.
-pub(crate) fn stage_inputs(dir: &Path, input: &mut Value) -> Result<StagedInputs, PluginError> {
+pub(crate) fn stage_inputs(
+    dir: &Path,
+    input: &mut Value,
+    other_user: bool,
+) -> Result<StagedInputs, PluginError> {
     let mut staged = StagedInputs::default();
     if !contains_file_refs(input) {
         return Ok(staged);
@@ -53,7 +60,7 @@ pub(crate) fn stage_inputs(dir: &Path, input: &mut Value) -> Result<StagedInputs
         if is_inside(dir, &file.path) {
             return Ok(file);
         }
-        let linked = link_or_copy(dir, &file).map_err(RefError)?;
+        let linked = link_or_copy(dir, &file, other_user).map_err(RefError)?;
         staged.paths.push(linked.path.clone());
         Ok(linked)
     })
@@ -76,7 +83,7 @@ impl From<PluginError> for RefError {
     }
 }
 
-fn link_or_copy(dir: &Path, file: &FileRef) -> Result<FileRef, PluginError> {
+fn link_or_copy(dir: &Path, file: &FileRef, other_user: bool) -> Result<FileRef, PluginError> {
     let source = &file.path;
     let meta = fs::metadata(source).map_err(|e| {
         PluginError::InvalidInput(format!("file reference {}: {e}", source.display()))
@@ -92,8 +99,10 @@ fn link_or_copy(dir: &Path, file: &FileRef) -> Result<FileRef, PluginError> {
         crate::dirs::short_id(),
         safe_name(source)
     ));
-    if fs::hard_link(source, &target).is_err() {
-        fs::copy(source, &target).map_err(|e| {
+    // Another user can read a link only to a file anyone may read.
+    let linkable = !other_user || meta.mode() & 0o004 != 0;
+    if !linkable || fs::hard_link(source, &target).is_err() {
+        copy_readable(source, &target, other_user).map_err(|e| {
             remove_quietly(&target);
             PluginError::InvalidInput(format!("cannot stage {}: {e}", source.display()))
         })?;
@@ -103,6 +112,17 @@ fn link_or_copy(dir: &Path, file: &FileRef) -> Result<FileRef, PluginError> {
         size: meta.len(),
         media_type: file.media_type.clone(),
     })
+}
+
+/// Copies `source` to `target`; with `other_user`, readable by anyone who reaches it (the
+/// worker's own directory is private to the worker's user).
+fn copy_readable(source: &Path, target: &Path, other_user: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::copy(source, target)?;
+    if other_user {
+        fs::set_permissions(target, fs::Permissions::from_mode(0o644))?;
+    }
+    Ok(())
 }
 
 fn safe_name(path: &Path) -> String {
@@ -273,7 +293,7 @@ mod tests {
         let src = outside.path().join("data bin");
         fs::write(&src, b"hello").unwrap();
         let mut input = json!({"a": [{"f": FileRef::new(&src, 0).to_value()}]});
-        let staged = stage_inputs(dir.path(), &mut input).unwrap();
+        let staged = stage_inputs(dir.path(), &mut input, false).unwrap();
         let file = FileRef::from_value(&input["a"][0]["f"]).unwrap().unwrap();
         assert!(is_inside(dir.path(), &file.path));
         assert_eq!(file.size, 5);
@@ -287,7 +307,7 @@ mod tests {
     fn missing_file_is_invalid_input_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let mut input = FileRef::new("/nonexistent/zz", 1).to_value();
-        let err = stage_inputs(dir.path(), &mut input).unwrap_err();
+        let err = stage_inputs(dir.path(), &mut input, false).unwrap_err();
         assert!(matches!(&err, PluginError::InvalidInput(m) if m.contains("/nonexistent/zz")));
     }
 

@@ -9,6 +9,7 @@ use crate::exchange::{self, to_body, Failure};
 use crate::identity::PluginIdentity;
 use crate::launch::Launched;
 use crate::process::WorkerProcess;
+use crate::sandbox::Enforced;
 use crate::stream::{self, Fault};
 use crate::transfer::{self, OutputFile, StagedInputs};
 use bytes::Bytes;
@@ -42,6 +43,7 @@ pub(crate) struct WorkerCore {
     pub(crate) process: WorkerProcess,
     pub(crate) client: Arc<WorkerClient>,
     pub(crate) identity: PluginIdentity,
+    pub(crate) sandbox: Option<Enforced>,
     in_flight: watch::Sender<u64>,
     calls: AtomicU64,
     retiring: AtomicBool,
@@ -66,6 +68,7 @@ impl WorkerCore {
             process: launched.process,
             client: launched.client,
             identity: launched.identity,
+            sandbox: launched.sandbox,
             in_flight: watch::channel(0).0,
             calls: AtomicU64::new(0),
             retiring: AtomicBool::new(false),
@@ -250,9 +253,10 @@ impl WorkerCore {
             return Ok((body, StagedInputs::default()));
         }
         let dir = self.process.transfer_dir.clone();
+        let other_user = self.sandbox.as_ref().is_some_and(|s| s.uid.is_some());
         let mut owned = input.clone();
         let (staged, owned) = tokio::task::spawn_blocking(move || {
-            let staged = transfer::stage_inputs(&dir, &mut owned);
+            let staged = transfer::stage_inputs(&dir, &mut owned, other_user);
             (staged, owned)
         })
         .await

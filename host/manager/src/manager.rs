@@ -516,6 +516,7 @@ fn info_of(found: &Discovered, managed: Option<&Arc<Managed>>) -> PluginInfo {
         requires: m.requires.clone(),
         manifest: found.file.clone(),
         sandbox: m.sandbox.clone(),
+        enforced: sup.as_ref().and_then(|s| s.sandbox()),
     }
 }
 

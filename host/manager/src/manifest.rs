@@ -104,6 +104,9 @@ pub struct Manifest {
     pub sandbox: Option<SandboxManifest>,
 }
 
+/// The largest `pids` (the kernel's own `pid_max` limit).
+const MAX_PIDS: u64 = 1 << 22;
+
 /// The `[sandbox]` table.
 ///
 /// ```toml
@@ -111,8 +114,11 @@ pub struct Manifest {
 /// filesystem = "strict"      # "strict" (default) | "off"
 /// read = ["/opt/models"]     # extra read-only paths
 /// write = ["/var/lib/myplugin"]
-/// network = "none"           # "none" (default) | "host"
+/// network = "none"           # "none" (default) | "loopback" | "host"
 /// syscalls = "default"       # "default" | "off"
+/// memory_mib = 256           # cgroup memory limit; past it: crash cause memory_limit
+/// pids = 64                  # cgroup pids.max: a fork bomb stays inside
+/// user = "nobody"            # only when the host runs as root
 /// cpu_seconds = 600
 /// allow_degraded = false     # run even if the kernel lacks a requested protection
 /// ```
@@ -128,12 +134,21 @@ pub struct SandboxManifest {
     /// Extra paths the worker may write.
     #[serde(default)]
     pub write: Vec<PathBuf>,
-    /// `none` (default) or `host`.
+    /// `none` (default), `loopback` or `host`.
     #[serde(default)]
     pub network: Option<SandboxNetwork>,
     /// `default` or `off`.
     #[serde(default)]
     pub syscalls: Option<SandboxSyscalls>,
+    /// Memory limit in MiB (a cgroup's).
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// Most processes and threads (a cgroup's `pids.max`).
+    #[serde(default)]
+    pub pids: Option<u64>,
+    /// The user to run as (name or number); needs a host running as root.
+    #[serde(default)]
+    pub user: Option<String>,
     /// CPU seconds before the worker is killed (`cpu_limit`).
     #[serde(default)]
     pub cpu_seconds: Option<u64>,
@@ -158,6 +173,8 @@ pub enum SandboxFilesystem {
 pub enum SandboxNetwork {
     /// An empty network namespace.
     None,
+    /// A network namespace of its own with only its loopback up.
+    Loopback,
     /// The host's network.
     Host,
 }
@@ -173,6 +190,25 @@ pub enum SandboxSyscalls {
 }
 
 impl SandboxManifest {
+    /// Refuses limits that cannot work, naming the key.
+    fn check(&self) -> Result<(), (Option<&'static str>, String)> {
+        if let Some(m) = self
+            .memory_mib
+            .filter(|m| *m == 0 || m.checked_mul(1 << 20).is_none())
+        {
+            let why = format!("memory_mib = {m}: must be at least 1 and count in bytes");
+            return Err((Some("memory_mib"), why));
+        }
+        if let Some(p) = self.pids.filter(|p| *p == 0 || *p > MAX_PIDS) {
+            let why = format!("pids = {p}: must be between 1 and {MAX_PIDS} (threads count too)");
+            return Err((Some("pids"), why));
+        }
+        if self.user.as_deref().is_some_and(|u| u.trim().is_empty()) {
+            return Err((Some("user"), "user: must name a user".to_owned()));
+        }
+        Ok(())
+    }
+
     /// The engine's sandbox this table describes.
     pub fn to_sandbox(&self) -> Sandbox {
         Sandbox {
@@ -184,12 +220,16 @@ impl SandboxManifest {
             write: self.write.clone(),
             network: match self.network {
                 Some(SandboxNetwork::Host) => NetPolicy::Host,
+                Some(SandboxNetwork::Loopback) => NetPolicy::Loopback,
                 _ => NetPolicy::None,
             },
             syscalls: match self.syscalls {
                 Some(SandboxSyscalls::Off) => SyscallPolicy::Off,
                 _ => SyscallPolicy::Default,
             },
+            memory_mib: self.memory_mib,
+            pids: self.pids,
+            user: self.user.clone(),
             allow_degraded: self.allow_degraded,
         }
     }
@@ -334,6 +374,9 @@ impl Manifest {
     /// Rules serde cannot express; an error names the key it is about, when there is one.
     fn check(&self) -> Result<(), (Option<&'static str>, String)> {
         self.check_identity().map_err(|reason| (None, reason))?;
+        if let Some(sandbox) = &self.sandbox {
+            sandbox.check()?;
+        }
         self.supervision.check()
     }
 

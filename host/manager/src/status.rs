@@ -40,9 +40,12 @@ pub struct PluginInfo {
     /// The manifest file.
     pub manifest: PathBuf,
     /// The manifest's `[sandbox]`, when it has one: `{filesystem, network, syscalls, read,
-    /// write, cpu_seconds, allow_degraded}`. A worker that cannot get it does not start
-    /// (unless `allow_degraded`); each start logs what was enforced.
+    /// write, memory_mib, pids, user, cpu_seconds, allow_degraded}`. A worker that cannot get
+    /// it does not start (unless `allow_degraded`).
     pub sandbox: Option<crate::manifest::SandboxManifest>,
+    /// What the running worker's sandbox really enforces (`null` when no sandboxed worker is
+    /// up): `{filesystem, network, syscalls, memory_mib, pids, tree, uid, missing}`.
+    pub enforced: Option<plugvisor_host::Enforced>,
 }
 
 /// `GET /api/plugins/status`.

@@ -210,3 +210,84 @@ fn a_host_killed_with_sigkill_takes_the_workers_grandchildren_too() {
         );
     })
 }
+
+/// `plugvisor serve` on a directory holding `manifests`, with its URL (from its first stderr
+/// line).
+fn serve(manifests: &std::path::Path, run: &std::path::Path) -> (std::process::Child, String) {
+    let mut server = Command::new(bin("plugvisor"))
+        .args(["serve", "--plugins", manifests.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0"])
+        .env("PLUGVISOR_RUNTIME_DIR", run)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.split_whitespace().find(|w| w.starts_with("http://"));
+    let url = url
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_owned();
+    (server, url)
+}
+
+#[test]
+fn a_sandboxed_workers_escapee_dies_with_a_host_killed_by_sigkill() {
+    serially(async {
+        let (run, manifests, locks) = (tempdir(), tempdir(), tempdir());
+        let command = bin("intruder-worker");
+        let write = |name: &str, extra: &str| {
+            let text = format!(
+                "name = \"{name}\"\nversion = \"0.1.0\"\ncommand = \"{}\"\n{extra}\n",
+                command.display()
+            );
+            std::fs::write(manifests.path().join(format!("{name}.toml")), text).unwrap();
+        };
+        write("free", "");
+        let lock_dir = locks.path().display();
+        write("boxed", &format!("[sandbox]\nwrite = [\"{lock_dir}\"]"));
+        let (mut server, url) = serve(manifests.path(), run.path());
+        let escape = |name: &str| {
+            let lock = locks.path().join(format!("{name}.lock"));
+            let input = json!({"op": "escape", "lock": lock}).to_string();
+            let out = plugvisor(&["call", name, &input, "--server", &url], run.path());
+            let answer = stdout_json(&out);
+            assert_eq!(answer["locked"], json!(true), "{name}: {answer}");
+            (lock, answer["pid"].as_i64().unwrap() as i32)
+        };
+        let (free_lock, free_pid) = escape("free");
+        let (boxed_lock, _) = escape("boxed");
+        let server_pid = server.id();
+        server.kill().unwrap();
+        server.wait().unwrap();
+        let held = |lock: &std::path::Path| std::fs::File::open(lock).unwrap().try_lock().is_err();
+        let released = eventually(Duration::from_secs(5), || !held(&boxed_lock)).await;
+        assert!(released, "the sandboxed escapee outlived its host");
+        // The positive control: the unsandboxed escapee is still there; the test ends it.
+        assert!(
+            held(&free_lock),
+            "the unsandboxed escapee died with its host?"
+        );
+        let free_pid = nix::unistd::Pid::from_raw(free_pid);
+        nix::sys::signal::kill(free_pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        assert!(eventually(Duration::from_secs(3), || !held(&free_lock)).await);
+        // The keeper removed the host's cgroups, the workers' groups inside included.
+        let prefix = format!("plugvisor-{server_pid}-");
+        let left = || {
+            ["unified", "pids"]
+                .iter()
+                .flat_map(|h| std::fs::read_dir(format!("/sys/fs/cgroup/{h}")).into_iter())
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .count()
+        };
+        assert!(eventually(Duration::from_secs(3), || left() == 0).await);
+    })
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}

@@ -446,7 +446,7 @@ fn a_sandbox_table_confines_the_plugin_and_unknown_options_are_refused() {
                 ),
                 (
                     "t",
-                    manifest("ticker", "ticker", "[sandbox]\nmemory_mib = 64"),
+                    manifest("ticker", "ticker", "[sandbox]\nmemory_mb = 64"),
                 ),
             ],
             None,
@@ -458,7 +458,7 @@ fn a_sandbox_table_confines_the_plugin_and_unknown_options_are_refused() {
             .map(ToString::to_string)
             .collect();
         assert!(
-            problems.iter().any(|p| p.contains("memory_mib")),
+            problems.iter().any(|p| p.contains("memory_mb")),
             "{problems:?}"
         );
         s.manager.load("echo", None).await.unwrap();
@@ -471,6 +471,13 @@ fn a_sandbox_table_confines_the_plugin_and_unknown_options_are_refused() {
         let pid = pid_of(&s.manager, "echo");
         let shown = serde_json::to_value(s.manager.info("echo").unwrap()).unwrap();
         assert_eq!(shown["sandbox"]["network"], json!("none"), "{shown}");
+        assert_eq!(shown["enforced"]["network"], json!("none"), "{shown}");
+        assert_eq!(
+            shown["enforced"]["filesystem"],
+            json!("landlock"),
+            "{shown}"
+        );
+        assert_eq!(shown["enforced"]["tree"], json!("cgroup"), "{shown}");
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         assert!(status.contains("Seccomp:\t2"), "{status}");
         finish(s, &[pid]).await;

@@ -2,9 +2,11 @@
 //! would try (reading host files, the network, ptrace, the host's environment) fails. Every
 //! attempt runs twice: unsandboxed (the positive control: it works) and sandboxed.
 
-use plugvisor_host::{Plugin, RemotePlugin, Sandbox};
-use plugvisor_proto::{json, FileRef, Value};
-use plugvisor_tests::{serially, spec, World};
+use plugvisor_host::{FsPolicy, NetPolicy, Plugin, PluginError, RemotePlugin, Sandbox};
+use plugvisor_proto::{json, CrashCause, FileRef, Value};
+use plugvisor_tests::{eventually, serially, spec, World};
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
 
 #[test]
 fn a_sandboxed_worker_still_serves_calls_streams_and_files() {
@@ -254,6 +256,238 @@ fn a_sandboxed_plugin_cannot_change_the_callers_file_or_see_the_hosts_environmen
         assert_eq!(own["ok"], json!(false), "{own}");
         std::fs::remove_file(&callers).unwrap();
         drop((free, boxed));
+        world.finish().await;
+    })
+}
+
+/// A sandbox with cgroup limits and a writable directory for the escapee's lock.
+fn limited(lock_dir: &std::path::Path) -> Sandbox {
+    Sandbox {
+        memory_mib: Some(64),
+        pids: Some(64),
+        write: vec![lock_dir.to_path_buf()],
+        ..Sandbox::default()
+    }
+}
+
+/// True while some process holds an exclusive flock on `path`.
+fn locked(path: &std::path::Path) -> bool {
+    let file = std::fs::File::open(path).unwrap();
+    file.try_lock().is_err()
+}
+
+#[test]
+fn memory_pids_and_the_whole_tree_are_held_by_the_workers_cgroup() {
+    serially(async {
+        let world = World::new().await;
+        let locks = tempfile::tempdir().unwrap();
+        let free = world.host.spawn(spec("intruder")).await.unwrap();
+        let boxed = world
+            .host
+            .spawn(spec("intruder").sandbox(limited(locks.path())))
+            .await
+            .expect("a worker with cgroup limits starts on this machine");
+        let enforced = boxed.sandbox().expect("sandboxed").clone();
+        assert_eq!(
+            (enforced.memory_mib, enforced.pids, enforced.tree.as_str()),
+            (Some(64), Some(64), "cgroup"),
+            "{enforced:?}"
+        );
+        assert!(enforced.missing.is_empty(), "{enforced:?}");
+
+        // pids: the unsandboxed fork bomb gets all its children, the sandboxed one hits the
+        // limit (its threads count too) and the worker keeps serving.
+        let bomb = attempt(&free, &boxed, json!({"op": "fork_bomb", "max": 200})).await;
+        stopped("fork 200 children", &bomb);
+        assert!(
+            bomb.boxed["forked"].as_u64().unwrap() < 64,
+            "{}",
+            bomb.boxed
+        );
+
+        // The escapee: a new session, a double fork, SIGTERM ignored, a lock held.
+        let free_lock = locks.path().join("free.lock");
+        let boxed_lock = locks.path().join("boxed.lock");
+        let free_escapee = free
+            .execute(json!({"op": "escape", "lock": free_lock}))
+            .await
+            .unwrap();
+        let boxed_escapee = boxed
+            .execute(json!({"op": "escape", "lock": boxed_lock}))
+            .await
+            .unwrap();
+        assert_eq!(free_escapee["locked"], json!(true), "{free_escapee}");
+        assert_eq!(boxed_escapee["locked"], json!(true), "{boxed_escapee}");
+
+        // memory: 32 MiB fit, 256 MiB unsandboxed fit, 256 MiB sandboxed kill the worker with
+        // crash cause memory_limit.
+        let small = boxed
+            .execute(json!({"op": "alloc", "mib": 32}))
+            .await
+            .unwrap();
+        assert_eq!(small["ok"], json!(true), "{small}");
+        let big = json!({"op": "alloc", "mib": 256});
+        assert_eq!(free.execute(big.clone()).await.unwrap()["ok"], json!(true));
+        let Err(PluginError::WorkerCrashed(report)) = boxed.execute(big).await else {
+            panic!("256 MiB in a 64 MiB sandbox must end the worker");
+        };
+        assert_eq!(report.cause, CrashCause::MemoryLimit, "{report:?}");
+
+        // The sandboxed worker is gone, and its escapee with it; the unsandboxed one's escapee
+        // outlives its worker's stop (the positive control), so the test ends it itself.
+        let escaped = |v: &Value| v["pid"].as_u64().unwrap() as i32;
+        assert!(
+            eventually(Duration::from_secs(3), || !locked(&boxed_lock)).await,
+            "the sandboxed escapee survived its worker"
+        );
+        free.shutdown().await;
+        assert!(
+            locked(&free_lock),
+            "the unsandboxed escapee dies with its worker?"
+        );
+        let free_pid = nix::unistd::Pid::from_raw(escaped(&free_escapee));
+        nix::sys::signal::kill(free_pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        assert!(eventually(Duration::from_secs(3), || !locked(&free_lock)).await);
+        drop(boxed);
+        world.finish().await;
+    })
+}
+
+#[test]
+fn loopback_gives_a_worker_its_own_loopback_and_nothing_else() {
+    serially(async {
+        let world = World::new().await;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host_port = json!({"op": "connect", "addr": listener.local_addr().unwrap()});
+        let own = json!({"op": "loopback"});
+        let free = world.host.spawn(spec("intruder")).await.unwrap();
+        let looped = Sandbox {
+            network: NetPolicy::Loopback,
+            ..Sandbox::default()
+        };
+        let looped = world
+            .host
+            .spawn(spec("intruder").sandbox(looped))
+            .await
+            .unwrap();
+        let none = world
+            .host
+            .spawn(spec("intruder").sandbox(Sandbox::default()))
+            .await
+            .unwrap();
+        assert_eq!(looped.sandbox().unwrap().network, "loopback");
+        stopped(
+            "reach the host's loopback",
+            &attempt(&free, &looped, host_port).await,
+        );
+        // Its own loopback works with `loopback`, not with `none` (where lo is down).
+        let ok = |v: Value| v["ok"].clone();
+        let answer = looped.execute(own.clone()).await.unwrap();
+        assert_eq!(answer["ok"], json!(true), "{answer}");
+        assert_eq!(ok(none.execute(own).await.unwrap()), json!(false));
+        drop((listener, free, looped, none));
+        world.finish().await;
+    })
+}
+
+#[test]
+fn user_runs_a_worker_as_another_user_without_capabilities() {
+    serially(async {
+        let world = World::new().await;
+        // The other user must be able to pass through the test's private base directory.
+        let traversable = std::fs::Permissions::from_mode(0o711);
+        std::fs::set_permissions(world.base.path(), traversable).unwrap();
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        let as_nobody = Sandbox {
+            user: Some("nobody".to_owned()),
+            ..Sandbox::default()
+        };
+        let files = world
+            .host
+            .spawn(spec("files").sandbox(as_nobody.clone()))
+            .await
+            .expect("a worker running as nobody starts");
+        assert_eq!(files.sandbox().unwrap().uid, Some(nobody.uid.as_raw()));
+        let field = |pid: u32, name: &str| -> String {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+            line.split_whitespace()
+                .skip(1)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let uid = nobody.uid.as_raw().to_string();
+        assert_eq!(field(files.pid(), "Uid:"), [uid.as_str(); 4].join(" "));
+        for caps in ["CapEff:", "CapPrm:", "CapBnd:", "CapAmb:"] {
+            assert_eq!(field(files.pid(), caps), "0000000000000000", "{caps}");
+        }
+        // A caller's private (0600) file still reaches it, as a readable copy; its output
+        // comes back.
+        let input = world.base.path().join("private.txt");
+        std::fs::write(&input, b"only root may read this").unwrap();
+        std::fs::set_permissions(&input, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let file = FileRef::new(&input, 23);
+        let hashed = files
+            .execute(json!({"op": "sha256", "file": file}))
+            .await
+            .unwrap();
+        assert_eq!(hashed["size"], json!(23), "{hashed}");
+        let zipped = files
+            .call(json!({"op": "gzip", "file": file}))
+            .await
+            .unwrap();
+        assert_eq!(zipped.files.len(), 1, "{:?}", zipped.value);
+        drop(zipped);
+
+        // The uid protects by itself: with Landlock off, nobody still cannot read what only
+        // root may (the positive control: the same read as root works).
+        let dac_only = Sandbox {
+            filesystem: FsPolicy::Off,
+            ..as_nobody
+        };
+        let free = world.host.spawn(spec("intruder")).await.unwrap();
+        let boxed = world
+            .host
+            .spawn(spec("intruder").sandbox(dac_only))
+            .await
+            .unwrap();
+        let read = json!({"op": "read", "path": input});
+        stopped("read a root-only file", &attempt(&free, &boxed, read).await);
+        std::fs::remove_file(&input).unwrap();
+        drop((files, free, boxed));
+        world.finish().await;
+    })
+}
+
+#[test]
+fn a_protection_the_host_cannot_give_is_an_error_unless_degraded() {
+    serially(async {
+        let world = World::new().await;
+        // A protection that cannot be given: a user that does not exist.
+        let ghost = Sandbox {
+            user: Some("no-such-user-plugvisor".to_owned()),
+            ..Sandbox::default()
+        };
+        let err = world
+            .host
+            .spawn(spec("echo").sandbox(ghost.clone()))
+            .await
+            .unwrap_err();
+        assert!(format!("{err:?}").contains("no such user"), "{err:?}");
+        let degraded = Sandbox {
+            allow_degraded: true,
+            ..ghost
+        };
+        let echo = world
+            .host
+            .spawn(spec("echo").sandbox(degraded))
+            .await
+            .unwrap();
+        let enforced = echo.sandbox().unwrap();
+        assert_eq!(enforced.uid, None);
+        assert!(enforced.missing[0].contains("no such user"), "{enforced:?}");
+        assert_eq!(echo.execute(json!(1)).await.unwrap(), json!(1));
+        drop(echo);
         world.finish().await;
     })
 }

@@ -217,6 +217,12 @@ impl Supervisor {
             .map(|w| w.process.pid)
     }
 
+    /// What the current worker's sandbox enforces, if one is up and sandboxed.
+    pub fn sandbox(&self) -> Option<crate::Enforced> {
+        let slot = self.inner.slot.borrow();
+        slot.worker.as_ref().and_then(|w| w.sandbox.clone())
+    }
+
     /// What the plugin said about itself when its first worker became ready.
     pub fn identity(&self) -> Option<&PluginIdentity> {
         self.inner.identity.get()

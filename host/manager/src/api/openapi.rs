@@ -312,7 +312,22 @@ fn info_schemas() -> Value {
                 "provides": {"type": "array", "items": {"type": "string"}},
                 "requires": {"type": "array", "items": {"type": "string"}},
                 "manifest": {"type": "string"},
-                "sandbox": {"type": ["object", "null"], "description": "The manifest's [sandbox] table (filesystem, network, syscalls, read, write, cpu_seconds, allow_degraded), or null when the plugin runs unsandboxed"}
+                "sandbox": {"type": ["object", "null"], "description": "The manifest's [sandbox] table (filesystem, network, syscalls, read, write, memory_mib, pids, user, cpu_seconds, allow_degraded), or null when the plugin runs unsandboxed"},
+                "enforced": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/Enforced"}], "description": "What the running worker's sandbox really enforces; null when no sandboxed worker is up"}
+            }
+        },
+        "Enforced": {
+            "type": "object",
+            "required": ["filesystem", "network", "syscalls", "tree", "missing"],
+            "properties": {
+                "filesystem": {"enum": ["landlock", "off"]},
+                "network": {"enum": ["none", "loopback", "host"]},
+                "syscalls": {"enum": ["seccomp", "off"]},
+                "memory_mib": {"type": ["integer", "null"]},
+                "pids": {"type": ["integer", "null"]},
+                "tree": {"enum": ["cgroup", "process-group"], "description": "cgroup: the whole process tree is killed at stop and on the host's death; process-group: a descendant in a new session can escape"},
+                "uid": {"type": ["integer", "null"], "description": "The uid it runs as, when `user` switched it"},
+                "missing": {"type": "array", "items": {"type": "string"}, "description": "Requested protections the machine could not give (allow_degraded only)"}
             }
         },
         "PluginDetail": {"allOf": [{"$ref": "#/components/schemas/PluginInfo"}, {
