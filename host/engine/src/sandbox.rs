@@ -19,6 +19,7 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use crate::cgroup::{GroupLimits, Joiner, WorkerGroup};
 
@@ -167,7 +168,7 @@ pub(crate) struct Places<'a> {
 #[derive(Debug)]
 pub(crate) struct Prepared {
     ruleset: Option<OwnedFd>,
-    filters: Vec<BpfProgram>,
+    filters: &'static [BpfProgram],
     network: NetPolicy,
     joiner: Option<Joiner>,
     identity: Option<(libc::uid_t, libc::gid_t)>,
@@ -197,8 +198,8 @@ impl Sandbox {
             missing.push("filesystem: this kernel has no Landlock".to_owned());
         }
         let filters = match self.syscalls {
-            SyscallPolicy::Default => filters()?,
-            SyscallPolicy::Off => Vec::new(),
+            SyscallPolicy::Default => default_filters()?,
+            SyscallPolicy::Off => &[],
         };
         let identity = self.identity().or_else(|e| self.degrade(e, &mut missing))?;
         let (group, joiner) = self.group().or_else(|e| self.degrade(e, &mut missing))?;
@@ -311,12 +312,6 @@ impl Sandbox {
         let mut rules: Vec<(PathBuf, landlock::BitFlags<AccessFs>)> = Vec::new();
         let mut add = |path: &Path, access| rules.push((path.to_path_buf(), access));
         add(places.program, read);
-        for dir in SYSTEM_DIRS.iter().chain(SYSTEM_FILES.iter()) {
-            add(Path::new(dir), read);
-        }
-        for dev in DEVICES {
-            add(Path::new(dev), AccessFs::ReadFile | AccessFs::WriteFile);
-        }
         add(places.transfer_dir, AccessFs::ReadFile | AccessFs::ReadDir);
         add(places.out_dir, write);
         // Its socket lives in its transfer directory.
@@ -325,6 +320,35 @@ impl Sandbox {
         self.write.iter().for_each(|p| add(p, write));
         build_ruleset(abi, level, &rules)
     }
+}
+
+/// One opened rule path: its descriptor and the rights on it.
+type OpenRule = (PathFd, landlock::BitFlags<AccessFs>);
+
+/// The rules every worker shares (system directories, files and devices), with their paths
+/// opened once per process: paths that do not exist here are left out.
+fn system_rules(abi: ABI) -> &'static [OpenRule] {
+    static RULES: OnceLock<Vec<OpenRule>> = OnceLock::new();
+    RULES.get_or_init(|| {
+        let read = AccessFs::from_read(abi);
+        let devices = AccessFs::ReadFile | AccessFs::WriteFile;
+        let system = SYSTEM_DIRS.iter().chain(SYSTEM_FILES.iter()).map(|p| (*p, read));
+        let wanted = system.chain(DEVICES.iter().map(|p| (*p, devices)));
+        wanted
+            .filter_map(|(path, access)| opened(Path::new(path), access, abi))
+            .collect()
+    })
+}
+
+/// `path` opened for a rule, its rights narrowed to a file's when it is not a directory.
+fn opened(path: &Path, access: landlock::BitFlags<AccessFs>, abi: ABI) -> Option<OpenRule> {
+    let fd = PathFd::new(path).ok()?;
+    // Directory-only rights (list, make, remove) mean nothing on a file.
+    let access = match path.is_dir() {
+        true => access,
+        false => access & AccessFs::from_file(abi),
+    };
+    Some((fd, access))
 }
 
 /// Creates the Landlock ruleset with `rules` (paths that do not exist are skipped, except
@@ -347,14 +371,14 @@ fn build_ruleset(
         .map_err(|e| fail("scopes", &e))?
         .create()
         .map_err(|e| fail("create", &e))?;
+    for (fd, access) in system_rules(abi) {
+        created = created
+            .add_rule(PathBeneath::new(fd, *access))
+            .map_err(|e| fail("a system path", &e))?;
+    }
     for (path, access) in rules {
-        let Ok(fd) = PathFd::new(path) else {
+        let Some((fd, access)) = opened(path, *access, abi) else {
             continue;
-        };
-        // Directory-only rights (list, make, remove) mean nothing on a file.
-        let access = match path.is_dir() {
-            true => *access,
-            false => *access & AccessFs::from_file(abi),
         };
         created = created
             .add_rule(PathBeneath::new(fd, access))
@@ -417,8 +441,35 @@ const NAMESPACE_FLAGS: [u64; 7] = [
     libc::CLONE_NEWCGROUP as u64,
 ];
 
-/// The default filters: the deny-list (EPERM), and `clone3` answered ENOSYS so that libc
-/// falls back to `clone`, whose flags a filter can check (clone3 passes them in memory).
+/// The default filters, compiled once per process.
+fn default_filters() -> Result<&'static [BpfProgram], SandboxError> {
+    static FILTERS: OnceLock<Result<Vec<BpfProgram>, String>> = OnceLock::new();
+    match FILTERS.get_or_init(|| filters().map_err(|e| e.0)) {
+        Ok(filters) => Ok(filters),
+        Err(e) => Err(SandboxError(e.clone())),
+    }
+}
+
+/// The x32 guard: syscall numbers with the x32 bit (`__X32_SYSCALL_BIT`) are refused with
+/// EPERM, so the deny-list cannot be bypassed through x32 numbers on a kernel that has that
+/// ABI (the other filter already checks the architecture, which stops i386 `int 0x80`).
+fn x32_guard() -> BpfProgram {
+    const LOAD_NR: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS, offset 0: seccomp_data.nr
+    const JUMP_IF_AT_LEAST: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+    const RETURN: u16 = 0x06; // BPF_RET | BPF_K
+    const X32_BIT: u32 = 0x4000_0000;
+    let op = |code, jt, jf, k| seccompiler::sock_filter { code, jt, jf, k };
+    vec![
+        op(LOAD_NR, 0, 0, 0),
+        op(JUMP_IF_AT_LEAST, 0, 1, X32_BIT),
+        op(RETURN, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        op(RETURN, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ]
+}
+
+/// The default filters: the deny-list (EPERM), `clone3` answered ENOSYS so that libc falls
+/// back to `clone`, whose flags a filter can check (clone3 passes them in memory), and the
+/// x32 guard.
 fn filters() -> Result<Vec<BpfProgram>, SandboxError> {
     let bad = |e: seccompiler::BackendError| SandboxError(format!("seccomp filter: {e}"));
     let mut deny: BTreeMap<i64, Vec<SeccompRule>> =
@@ -443,10 +494,12 @@ fn filters() -> Result<Vec<BpfProgram>, SandboxError> {
     let clone3 = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
     let enosys = SeccompAction::Errno(libc::ENOSYS as u32);
     let clone3 = SeccompFilter::new(clone3, SeccompAction::Allow, enosys, arch).map_err(bad)?;
-    [deny, clone3]
+    let mut compiled = [deny, clone3]
         .into_iter()
         .map(|f| BpfProgram::try_from(f).map_err(|e| SandboxError(format!("seccomp: {e}"))))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    compiled.push(x32_guard());
+    Ok(compiled)
 }
 
 impl NetPolicy {
@@ -493,7 +546,7 @@ impl Prepared {
                 return Err(io::Error::last_os_error());
             }
         }
-        for filter in &self.filters {
+        for filter in self.filters {
             seccompiler::apply_filter(filter)
                 .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))?;
         }
@@ -565,7 +618,7 @@ mod tests {
     #[test]
     fn the_default_filters_compile_and_the_environment_is_small() {
         let filters = filters().unwrap();
-        assert_eq!(filters.len(), 2);
+        assert_eq!(filters.len(), 3);
         assert!(filters.iter().all(|f| !f.is_empty()));
         let env = Sandbox::default().environment();
         assert_eq!(env[0].0, "PATH");
