@@ -34,6 +34,7 @@
 //! | `fds` | — | `count`, `targets: [{"fd", "target"}]` (fds 3..4096) |
 //! | `tiocsti` | `fd` (0), `high_bits` (false) | — (`ioctl(fd, TIOCSTI, "x")`) |
 //! | `write_self_exe` | — | — (open `/proc/self/exe` for writing, close at once) |
+//! | `symlink_out` | `target`, `as_ref` (true) | `file`: a `FileRef` to a symlink to `target` made where outputs go (or, with `as_ref` false, its `path` as a plain string) |
 
 use plugvisor_proto::{json, FileRef, Plugin, PluginError, Value};
 use serde_json::Map;
@@ -52,7 +53,7 @@ use libc::{c_int, c_long, c_ulong, pid_t};
 /// The ops, for error messages.
 const OPS: &str = "read, write, truncate, list, connect, udp, unix, abstract, fork_bomb, \
     alloc, ptrace, process_vm_readv, signal, environ, own_env, escape, modify_input, syscall, \
-    status, fds, tiocsti, write_self_exe";
+    status, fds, tiocsti, write_self_exe, loopback, symlink_out";
 /// The syscall probes, for error messages.
 const SYSCALLS: &str = "unshare_user, unshare_net, mount, bpf, perf_event_open, userfaultfd, \
     keyctl, io_uring_setup, kexec_load, init_module, reboot_probe, ptrace_traceme, chroot, setns";
@@ -118,6 +119,10 @@ fn run(input: &Value) -> Result<Value, PluginError> {
         "fds" => fds(),
         "tiocsti" => tiocsti(input)?,
         "write_self_exe" => write_self_exe(),
+        "symlink_out" => symlink_out(
+            path(input, "target")?,
+            input.get("as_ref") != Some(&json!(false)),
+        )?,
         other => {
             return Err(invalid(format!(
                 "op: unknown {other:?}, must be one of {OPS}"
@@ -389,6 +394,19 @@ fn modify_input(file: &FileRef) -> Answer {
 /// Opens its own binary for writing and closes it at once: nothing is written.
 fn write_self_exe() -> Answer {
     Answer::of(&OpenOptions::new().write(true).open("/proc/self/exe"))
+}
+
+/// Makes an output that is a symlink to `target`, and returns it as a file reference (for
+/// the host to adopt, which it must refuse) or as a plain path (for a test to follow).
+fn symlink_out(target: &str, as_ref: bool) -> Result<Answer, PluginError> {
+    let (file, path) = plugvisor_worker::files::create_output("link")?;
+    drop(file);
+    let made = std::fs::remove_file(&path).and_then(|()| std::os::unix::fs::symlink(target, &path));
+    let answer = Answer::of(&made);
+    Ok(match as_ref {
+        true => answer.with("file", FileRef::new(&path, 0).to_value()),
+        false => answer.with("path", path.display().to_string()),
+    })
 }
 
 // ---------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 //! user to become, an allow-listed environment); what was really enforced ([`Enforced`]); and
 //! the allocation-free steps the forked child takes before `exec`, in this order: a session of
 //! its own, join the cgroups, leave the host's network namespace (bringing its own loopback
-//! up if asked), drop to the user, `no_new_privs`, Landlock, seccomp last.
+//! up if asked), no core dumps, drop to the user, `no_new_privs`, Landlock, seccomp last.
 
 use landlock::{
     Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
@@ -312,6 +312,14 @@ impl Sandbox {
         let mut rules: Vec<(PathBuf, landlock::BitFlags<AccessFs>)> = Vec::new();
         let mut add = |path: &Path, access| rules.push((path.to_path_buf(), access));
         add(places.program, read);
+        // Opened for each worker, never cached: a system file replaced by rename (as
+        // resolv.conf often is) must be covered by its new inode.
+        for dir in SYSTEM_DIRS.iter().chain(SYSTEM_FILES.iter()) {
+            add(Path::new(dir), read);
+        }
+        for dev in DEVICES {
+            add(Path::new(dev), AccessFs::ReadFile | AccessFs::WriteFile);
+        }
         add(places.transfer_dir, AccessFs::ReadFile | AccessFs::ReadDir);
         add(places.out_dir, write);
         // Its socket lives in its transfer directory.
@@ -322,26 +330,12 @@ impl Sandbox {
     }
 }
 
-/// One opened rule path: its descriptor and the rights on it.
-type OpenRule = (PathFd, landlock::BitFlags<AccessFs>);
-
-/// The rules every worker shares (system directories, files and devices), with their paths
-/// opened once per process: paths that do not exist here are left out.
-fn system_rules(abi: ABI) -> &'static [OpenRule] {
-    static RULES: OnceLock<Vec<OpenRule>> = OnceLock::new();
-    RULES.get_or_init(|| {
-        let read = AccessFs::from_read(abi);
-        let devices = AccessFs::ReadFile | AccessFs::WriteFile;
-        let system = SYSTEM_DIRS.iter().chain(SYSTEM_FILES.iter()).map(|p| (*p, read));
-        let wanted = system.chain(DEVICES.iter().map(|p| (*p, devices)));
-        wanted
-            .filter_map(|(path, access)| opened(Path::new(path), access, abi))
-            .collect()
-    })
-}
-
 /// `path` opened for a rule, its rights narrowed to a file's when it is not a directory.
-fn opened(path: &Path, access: landlock::BitFlags<AccessFs>, abi: ABI) -> Option<OpenRule> {
+fn opened(
+    path: &Path,
+    access: landlock::BitFlags<AccessFs>,
+    abi: ABI,
+) -> Option<(PathFd, landlock::BitFlags<AccessFs>)> {
     let fd = PathFd::new(path).ok()?;
     // Directory-only rights (list, make, remove) mean nothing on a file.
     let access = match path.is_dir() {
@@ -371,11 +365,6 @@ fn build_ruleset(
         .map_err(|e| fail("scopes", &e))?
         .create()
         .map_err(|e| fail("create", &e))?;
-    for (fd, access) in system_rules(abi) {
-        created = created
-            .add_rule(PathBeneath::new(fd, *access))
-            .map_err(|e| fail("a system path", &e))?;
-    }
     for (path, access) in rules {
         let Some((fd, access)) = opened(path, *access, abi) else {
             continue;
@@ -534,6 +523,8 @@ impl Prepared {
         if self.network == NetPolicy::Loopback {
             loopback_up()?;
         }
+        // No core dumps: a crash must not write the worker's memory anywhere.
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0)?;
         if let Some((uid, gid)) = self.identity {
             drop_to(uid, gid, self.host_pid)?;
         }

@@ -169,6 +169,13 @@ pub(crate) fn adopt_outputs(
                 file.path.display()
             ))));
         }
+        // A symlink would lead the caller to a file the worker may not read itself.
+        if fs::symlink_metadata(&file.path).is_ok_and(|m| !m.is_file()) {
+            return Err(RefError(PluginError::Protocol(format!(
+                "worker returned a file reference to something that is not a regular file: {}",
+                file.path.display()
+            ))));
+        }
         if !staged.contains(&file.path) && seen.insert(file.path.clone()) {
             found.push(file);
         }
@@ -256,21 +263,56 @@ impl OutputFile {
     }
 
     /// Moves the file to `dest` (renaming, or copying across filesystems) and keeps it.
+    /// Only a regular file is kept: a worker could have left a symlink there (to a file it
+    /// may not read itself), which is never followed.
     ///
     /// # Errors
-    /// Any I/O error; the file is then still owned and deleted on drop.
+    /// Any I/O error, or `InvalidData` when the output is not a regular file; the file (or
+    /// whatever is there) is then removed.
     pub fn persist(mut self, dest: impl AsRef<Path>) -> io::Result<PathBuf> {
         let dest = dest.as_ref().to_path_buf();
         let Some(file) = self.file.as_ref() else {
             return Err(io::Error::other("output file already released"));
         };
         if fs::rename(&file.path, &dest).is_err() {
-            fs::copy(&file.path, &dest)?;
+            copy_no_follow(&file.path, &dest)?;
             remove_quietly(&file.path);
+        }
+        // Moved out of the worker's reach: what is at `dest` now cannot change under us.
+        if !fs::symlink_metadata(&dest)?.is_file() {
+            remove_quietly(&dest);
+            return Err(not_regular(&file.path));
         }
         self.file = None;
         Ok(dest)
     }
+}
+
+/// Copies the regular file at `source` (never through a symlink) to a new file `dest`.
+fn copy_no_follow(source: &Path, dest: &Path) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut from = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(source)?;
+    if !from.metadata()?.is_file() {
+        return Err(not_regular(source));
+    }
+    let mut to = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)?;
+    io::copy(&mut from, &mut to).map(|_| ())
+}
+
+fn not_regular(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "{} is not a regular file (a symlink is never followed)",
+            path.display()
+        ),
+    )
 }
 
 impl Drop for OutputFile {
@@ -337,5 +379,24 @@ mod tests {
         drop(files);
         assert!(!a.exists() && !b.exists());
         assert_eq!(fs::read(&kept).unwrap(), b"b");
+    }
+
+    #[test]
+    fn a_symlink_is_neither_adopted_nor_persisted() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        fs::write(&secret, "s").unwrap();
+        let link = dir.path().join("out-link");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        let out = json!({"file": FileRef::new(&link, 1).to_value()});
+        let err = adopt_outputs(dir.path(), &out, &StagedInputs::default()).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        // Swapped in after adoption: persist refuses it and keeps nothing.
+        let dest = dir.path().join("kept");
+        let swapped = OutputFile::adopt(FileRef::new(&link, 1));
+        let err = swapped.persist(&dest).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(fs::symlink_metadata(&dest).is_err() && fs::symlink_metadata(&link).is_err());
+        assert_eq!(fs::read(&secret).unwrap(), b"s");
     }
 }

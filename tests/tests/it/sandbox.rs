@@ -110,6 +110,12 @@ fn an_intruder_is_stopped_where_it_succeeds_unsandboxed() {
         };
         let abstract_listener =
             std::os::unix::net::UnixListener::bind_addr(&abstract_addr).unwrap();
+        let v6 = std::net::TcpListener::bind("[::1]:0").unwrap();
+        let v6_addr = v6.local_addr().unwrap().to_string();
+        // Files in each worker's own transfer area: readable to it, never truncatable.
+        let mine = |p: &RemotePlugin| p.transfer_dir().join("given.txt");
+        std::fs::write(mine(&free), "given").unwrap();
+        std::fs::write(mine(&boxed), "given").unwrap();
 
         let cases = [
             (
@@ -125,6 +131,30 @@ fn an_intruder_is_stopped_where_it_succeeds_unsandboxed() {
                 json!({"op": "list", "path": world.host.dir()}),
             ),
             ("write outside", json!({"op": "write", "path": outside})),
+            (
+                "write into /etc",
+                json!({"op": "write", "path": "/etc/plugvisor-intruder-probe"}),
+            ),
+            (
+                "read a kernel knob",
+                json!({"op": "read", "path": "/proc/sys/kernel/core_pattern"}),
+            ),
+            (
+                "read the cgroup tree",
+                json!({"op": "read", "path": "/sys/fs/cgroup/unified/cgroup.procs"}),
+            ),
+            (
+                "read a sibling's environ",
+                json!({"op": "environ", "pid": sibling.pid()}),
+            ),
+            (
+                "ptrace a sibling",
+                json!({"op": "ptrace", "pid": sibling.pid()}),
+            ),
+            (
+                "connect over IPv6 loopback",
+                json!({"op": "connect", "addr": v6_addr}),
+            ),
             (
                 "read the host's environ",
                 json!({"op": "environ", "pid": host_pid}),
@@ -153,6 +183,29 @@ fn an_intruder_is_stopped_where_it_succeeds_unsandboxed() {
         for (what, input) in cases {
             stopped(what, &attempt(&free, &boxed, input).await);
         }
+        // Reading a sibling's memory at address 0: EFAULT means the call was permitted.
+        let peek = json!({"op": "process_vm_readv", "pid": sibling.pid()});
+        let pair = attempt(&free, &boxed, peek).await;
+        assert_eq!(
+            pair.free["errno"],
+            json!(nix::libc::EFAULT),
+            "{}",
+            pair.free
+        );
+        assert_eq!(
+            pair.boxed["errno"],
+            json!(nix::libc::EPERM),
+            "{}",
+            pair.boxed
+        );
+        // Truncating a file of its own transfer area (different paths, so one pair by hand).
+        let truncate = |p: &RemotePlugin| json!({"op": "truncate", "path": mine(p)});
+        let pair = Pair {
+            free: free.execute(truncate(&free)).await.unwrap(),
+            boxed: boxed.execute(truncate(&boxed)).await.unwrap(),
+        };
+        stopped("truncate a read-only input", &pair);
+        assert_eq!(std::fs::read(mine(&boxed)).unwrap(), b"given");
         assert!(
             !outside.exists(),
             "the unsandboxed write removed its own file"
@@ -182,7 +235,7 @@ fn an_intruder_is_stopped_where_it_succeeds_unsandboxed() {
             );
         }
         std::fs::remove_file(&sibling_file).unwrap();
-        drop((listener, udp, abstract_listener, free, boxed, sibling));
+        drop((listener, udp, abstract_listener, v6, free, boxed, sibling));
         world.finish().await;
     })
 }
@@ -251,6 +304,50 @@ fn a_sandboxed_plugin_cannot_change_the_callers_file_or_see_the_hosts_environmen
         let net = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
         assert_eq!(net(free.pid()), net(std::process::id()));
         assert_ne!(net(boxed.pid()), net(std::process::id()));
+        // A session of its own (no controlling terminal to inject into with TIOCSTI), and no
+        // core dumps; the unsandboxed worker shares the test's session.
+        let stat = |pid: u32| -> Vec<String> {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            let after = text.rsplit_once(')').unwrap().1.to_owned();
+            after.split_whitespace().map(str::to_owned).collect()
+        };
+        let session = |pid: u32| stat(pid)[3].parse::<u32>().unwrap();
+        assert_eq!(session(boxed.pid()), boxed.pid());
+        assert_eq!(stat(boxed.pid())[4], "0", "no controlling terminal");
+        assert_eq!(session(free.pid()), session(std::process::id()));
+        let core = |pid: u32| {
+            let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+            let line = limits
+                .lines()
+                .find(|l| l.starts_with("Max core file size"))
+                .unwrap();
+            // "Max core file size <soft> <hard> bytes": the hard limit.
+            line.split_whitespace().nth(5).unwrap().to_owned()
+        };
+        assert_eq!(core(boxed.pid()), "0");
+        assert_ne!(
+            core(free.pid()),
+            "0",
+            "the test's own hard limit allows cores"
+        );
+        // Only deliberate descriptors reach a worker (the same spawn path sandboxed or not;
+        // a sandboxed worker cannot list its own /proc): no host file, socket or pipe but
+        // its own.
+        let fds = free.execute(json!({"op": "fds"})).await.unwrap();
+        let host_dir = world.host.dir().to_string_lossy().into_owned();
+        for target in fds["targets"].as_array().unwrap() {
+            let target = target["target"].as_str().unwrap();
+            let own = free.transfer_dir().to_string_lossy();
+            let ok = target.starts_with("socket:")
+                || target.starts_with("anon_inode:")
+                || target.starts_with("pipe:")
+                || target.starts_with(own.as_ref())
+                || target.starts_with("/dev/null");
+            assert!(
+                ok && !target.starts_with(&host_dir) || target.starts_with(own.as_ref()),
+                "{fds}"
+            );
+        }
         // Even its own /proc is out of reach.
         let own = boxed.execute(json!({"op": "status"})).await.unwrap();
         assert_eq!(own["ok"], json!(false), "{own}");
@@ -453,8 +550,21 @@ fn user_runs_a_worker_as_another_user_without_capabilities() {
             .unwrap();
         let read = json!({"op": "read", "path": input});
         stopped("read a root-only file", &attempt(&free, &boxed, read).await);
+        // A sibling's pathname socket (Landlock cannot guard those before ABI 9): the uid does.
+        let sibling = world.host.spawn(spec("echo")).await.unwrap();
+        let socket = std::fs::read_dir(world.host.dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "sock"))
+            .expect("the unsandboxed sibling's socket");
+        let connect = json!({"op": "unix", "path": socket});
+        stopped(
+            "connect to a sibling's socket",
+            &attempt(&free, &boxed, connect).await,
+        );
         std::fs::remove_file(&input).unwrap();
-        drop((files, free, boxed));
+        drop((files, free, boxed, sibling));
         world.finish().await;
     })
 }
@@ -488,6 +598,37 @@ fn a_protection_the_host_cannot_give_is_an_error_unless_degraded() {
         assert!(enforced.missing[0].contains("no such user"), "{enforced:?}");
         assert_eq!(echo.execute(json!(1)).await.unwrap(), json!(1));
         drop(echo);
+        world.finish().await;
+    })
+}
+
+#[test]
+fn a_symlink_a_worker_returns_as_output_is_never_followed() {
+    serially(async {
+        let world = World::new().await;
+        let boxed = world
+            .host
+            .spawn(spec("intruder").sandbox(Sandbox::default()))
+            .await
+            .unwrap();
+        // The positive control: the link it made leads to the shadow file for anyone who
+        // follows it as root, as the host would if it adopted the output.
+        let shown = json!({"op": "symlink_out", "target": "/etc/shadow", "as_ref": false});
+        let answer = boxed.execute(shown).await.unwrap();
+        assert_eq!(answer["ok"], json!(true), "{answer}");
+        let link = answer["path"].as_str().unwrap();
+        assert!(
+            !std::fs::read(link).unwrap().is_empty(),
+            "following {link} reads the file"
+        );
+        // Returned as an output file, it is refused and nothing is read.
+        let sent = json!({"op": "symlink_out", "target": "/etc/shadow"});
+        let refused = boxed.call(sent).await.unwrap_err();
+        let PluginError::Protocol(message) = &refused else {
+            panic!("{refused:?}");
+        };
+        assert!(message.contains("not a regular file"), "{message}");
+        drop(boxed);
         world.finish().await;
     })
 }
