@@ -135,6 +135,10 @@ async fn run(cli: &Cli) -> Result<Report> {
         let one = step("P13", scenario::sandbox::spawn(&ctx)).await;
         outcomes.push(one_or_error(one, "P13"));
     }
+    if wants(&["P14"]) {
+        let one = step("P14", scenario::escape::table(&ctx)).await;
+        outcomes.push(one_or_error(one, "P14"));
+    }
     if wants(&["P8"]) {
         let one = step("P8", scenario::lifecycle::crash(&ctx)).await;
         outcomes.push(one_or_error(one, "P8"));

@@ -6,8 +6,10 @@
 //! - `lifecycle`: P7 (spawn to first answer), P8 (crash detection), P9 (restart).
 //! - `scale`: P10 (memory and start-up of many workers).
 //! - `sandbox`: P12 (a call, sandboxed vs not), P13 (spawn, sandboxed vs not).
+//! - `escape`: P14, the escape table (hostile attempts, unsandboxed vs sandboxed).
 
 pub mod calls;
+pub mod escape;
 pub mod files;
 pub mod lifecycle;
 pub mod sandbox;

@@ -73,6 +73,7 @@ async fn tour(
     crash_and_recover(host, echo, dir).await?;
     supervised_chaos(host, dir).await?;
     sandboxed_intruder(host, dir).await?;
+    confined_intruder(host, dir, scratch).await?;
     let files_worker = worker_binary("files", dir)?;
     let worker_dir = files_worker.parent().unwrap_or(Path::new("."));
     crate::demo_api::rest_files(scratch, worker_dir, say).await
@@ -115,6 +116,45 @@ async fn sandboxed_intruder(host: &Host, dir: Option<&Path>) -> anyhow::Result<(
     ));
     free.shutdown().await;
     boxed.shutdown().await;
+    Ok(())
+}
+
+/// The sandbox's cgroup: a fork bomb stopped at `pids`, an escapee killed with its worker,
+/// and a memory balloon ended as `memory_limit`.
+async fn confined_intruder(host: &Host, dir: Option<&Path>, scratch: &Path) -> anyhow::Result<()> {
+    let sandbox = Sandbox {
+        memory_mib: Some(64),
+        pids: Some(32),
+        write: vec![scratch.to_path_buf()],
+        ..Sandbox::default()
+    };
+    let spec = WorkerSpec::new(worker_binary("intruder", dir)?).sandbox(sandbox);
+    let boxed = host.spawn(spec).await?;
+    let tree = boxed.sandbox().map(|e| e.tree.clone()).unwrap_or_default();
+    let bomb = boxed
+        .execute(json!({"op": "fork_bomb", "max": 1000}))
+        .await?;
+    ensure!(
+        bomb["ok"] == json!(false),
+        "the fork bomb was not stopped: {bomb}"
+    );
+    let lock = scratch.join("escapee.lock");
+    let escapee = boxed.execute(json!({"op": "escape", "lock": lock})).await?;
+    ensure!(escapee["locked"] == json!(true), "no escapee: {escapee}");
+    let balloon = boxed.execute(json!({"op": "alloc", "mib": 256})).await;
+    let Err(PluginError::WorkerCrashed(report)) = balloon else {
+        bail!("256 MiB in a 64 MiB sandbox did not end the worker: {balloon:?}");
+    };
+    boxed.shutdown().await;
+    let released = std::fs::File::open(&lock)?.try_lock().is_ok();
+    ensure!(released, "the escapee outlived its worker");
+    std::fs::remove_file(&lock)?;
+    say(&format!(
+        "sandbox cgroup (tree kill: {tree}): a fork bomb stopped after {} children (pids 32); \
+         an escapee in a new session died with its worker; 256 MiB in 64 MiB ended it as {}",
+        bomb["forked"],
+        serde_json::to_value(report.cause)?.as_str().unwrap_or("?")
+    ));
     Ok(())
 }
 
