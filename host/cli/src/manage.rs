@@ -55,22 +55,28 @@ pub(crate) async fn list(args: ListArgs) -> anyhow::Result<()> {
 fn available_row(d: &Discovered) -> Value {
     let m = &d.manifest;
     json!({"name": m.name, "version": m.version, "kind": m.kind, "state": "available",
-           "description": m.description})
+           "description": m.description, "sandbox": m.sandbox})
 }
 
-/// A plain-text table of name, version, kind and state.
+/// A plain-text table of name, version, kind, state and sandbox.
 fn table(plugins: &Value) -> String {
-    let rows: Vec<[String; 4]> = plugins
+    let rows: Vec<[String; 5]> = plugins
         .as_array()
         .into_iter()
         .flatten()
         .map(|p| {
             let s = |k: &str| p[k].as_str().unwrap_or("-").to_owned();
-            [s("name"), s("version"), s("kind"), s("state")]
+            [
+                s("name"),
+                s("version"),
+                s("kind"),
+                s("state"),
+                sandbox_cell(p),
+            ]
         })
         .collect();
-    let header = ["NAME", "VERSION", "KIND", "STATE"].map(str::to_owned);
-    let widths: Vec<usize> = (0..4)
+    let header = ["NAME", "VERSION", "KIND", "STATE", "SANDBOX"].map(str::to_owned);
+    let widths: Vec<usize> = (0..5)
         .map(|i| {
             rows.iter()
                 .chain([&header])
@@ -90,6 +96,34 @@ fn table(plugins: &Value) -> String {
             format!("{}\n", cells.join("  ").trim_end())
         })
         .collect()
+}
+
+/// What a plugin's sandbox enforces, in a few words (`-` when unsandboxed; `requested` when
+/// its manifest has one but no worker is up to say what it got).
+fn sandbox_cell(plugin: &Value) -> String {
+    let e = &plugin["enforced"];
+    if !e.is_object() {
+        let requested = plugin["sandbox"].is_object();
+        return if requested { "requested" } else { "-" }.to_owned();
+    }
+    let text = |k: &str| e[k].as_str().unwrap_or("?").to_owned();
+    let mut parts = vec![text("filesystem"), format!("net={}", text("network"))];
+    parts.push(text("syscalls"));
+    if let Some(mib) = e["memory_mib"].as_u64() {
+        parts.push(format!("mem={mib}MiB"));
+    }
+    if let Some(pids) = e["pids"].as_u64() {
+        parts.push(format!("pids={pids}"));
+    }
+    parts.push(format!("tree={}", text("tree")));
+    if let Some(uid) = e["uid"].as_u64() {
+        parts.push(format!("uid={uid}"));
+    }
+    let missing = e["missing"].as_array().map_or(0, Vec::len);
+    if missing > 0 {
+        parts.push(format!("MISSING {missing}"));
+    }
+    parts.join(",")
 }
 
 /// Arguments of `plugvisor inspect`.

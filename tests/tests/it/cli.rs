@@ -259,6 +259,20 @@ fn a_sandboxed_workers_escapee_dies_with_a_host_killed_by_sigkill() {
         };
         let (free_lock, free_pid) = escape("free");
         let (boxed_lock, _) = escape("boxed");
+        // `plugvisor list` shows what each sandbox really enforces.
+        let list = plugvisor(&["list", "--server", &url], run.path());
+        let listed = String::from_utf8_lossy(&list.stdout).into_owned();
+        let row = |name: &str| {
+            let found = listed.lines().find(|l| l.starts_with(name));
+            found
+                .unwrap_or_else(|| panic!("{name} in {listed}"))
+                .to_owned()
+        };
+        assert!(
+            row("boxed").ends_with("landlock,net=none,seccomp,tree=cgroup"),
+            "{listed}"
+        );
+        assert!(row("free").ends_with(" -"), "{listed}");
         let server_pid = server.id();
         server.kill().unwrap();
         server.wait().unwrap();
