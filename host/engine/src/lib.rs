@@ -96,4 +96,4 @@ pub use supervisor::{
     WorkerState,
 };
 pub use transfer::{OutputFile, StagedFile};
-pub use worker::CallOutput;
+pub use worker::{CallOutput, OutputStream};

@@ -4,7 +4,7 @@ use crate::identity::PluginIdentity;
 use crate::sandbox::Enforced;
 use crate::side_thread::block_on_side_thread;
 use crate::transfer::StagedFile;
-use crate::worker::{CallOutput, WorkerCore};
+use crate::worker::{values_of, CallOutput, OutputStream, WorkerCore};
 use plugvisor_proto::wire;
 use plugvisor_proto::{FileBacked, Plugin, PluginError, PluginStream, Value};
 use std::io;
@@ -80,6 +80,17 @@ impl RemotePlugin {
         self.core.call(&input).await
     }
 
+    /// Like [`Plugin::execute_stream`], but each item hands the files it references to the
+    /// caller (as [`RemotePlugin::call`] does), deleted when the item is dropped unless
+    /// persisted.
+    ///
+    /// # Errors
+    /// As [`Plugin::execute_stream`]; an item referencing a file outside the transfer directory,
+    /// or something that is not a regular file, is a [`PluginError::Protocol`] item.
+    pub async fn stream(&self, input: Value) -> Result<OutputStream, PluginError> {
+        self.core.stream(&input).await
+    }
+
     /// Health as the worker reports it (never touches plugin code).
     ///
     /// # Errors
@@ -137,7 +148,7 @@ impl Plugin for RemotePlugin {
     }
 
     async fn execute_stream(&self, input: Value) -> Result<PluginStream, PluginError> {
-        self.core.execute_stream(&input).await
+        Ok(values_of(self.core.stream(&input).await?))
     }
 
     fn config_schema(&self) -> Value {

@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use plugvisor_proto::wire::{self, routes, ExecuteRequest};
 use plugvisor_proto::{PluginError, PluginStream, Value};
 use serde::de::DeserializeOwned;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,10 @@ pub struct CallOutput {
     /// The files referenced by `value`, deleted when dropped unless persisted.
     pub files: Vec<OutputFile>,
 }
+
+/// A stream whose items own the output files they reference (see [`CallOutput`]).
+pub type OutputStream =
+    Pin<Box<dyn futures_util::Stream<Item = Result<CallOutput, PluginError>> + Send + 'static>>;
 
 /// One live worker: its process, the client that talks to it, and what it said about itself.
 #[derive(Debug)]
@@ -220,21 +225,27 @@ impl WorkerCore {
         })
     }
 
-    /// `POST /v1/execute_stream`. The stream holds the call's staged input files and its
-    /// in-flight count until it ends or is dropped.
-    pub(crate) async fn execute_stream(
+    /// `POST /v1/execute_stream`, each item with the output files it references adopted (see
+    /// [`CallOutput`]). The stream holds the call's staged input files and its in-flight count
+    /// until it ends or is dropped.
+    pub(crate) async fn stream(
         self: &Arc<Self>,
         input: &Value,
-    ) -> Result<PluginStream, PluginError> {
+    ) -> Result<OutputStream, PluginError> {
         let guard = self.begin_call();
         let (body, staged) = self.request_body(input).await?;
         let (body, lease) = self.post(routes::EXECUTE_STREAM, body).await?;
         let core = Arc::clone(self);
         let held = (staged, guard);
         let items = stream::decode(body, lease).then(move |item| {
-            let _held = &held;
+            let (staged, _) = &held;
             match item {
-                Ok(value) => Either::Left(std::future::ready(Ok(value))),
+                Ok(value) => {
+                    let dir = &core.process.transfer_dir;
+                    let adopted = transfer::adopt_outputs(dir, &value, staged);
+                    let output = adopted.map(|files| CallOutput { value, files });
+                    Either::Left(std::future::ready(output))
+                }
                 Err(fault) => {
                     let core = Arc::clone(&core);
                     Either::Right(async move { Err(core.attribute_stream(fault).await) })
@@ -295,4 +306,10 @@ impl CallOutput {
         }
         self.value
     }
+}
+
+/// The values of `outputs`, their files left in the worker's transfer directory (the
+/// [`Plugin::execute_stream`](plugvisor_proto::Plugin::execute_stream) view of a stream).
+pub(crate) fn values_of(outputs: OutputStream) -> PluginStream {
+    Box::pin(outputs.map(|item| item.map(CallOutput::leave_files)))
 }

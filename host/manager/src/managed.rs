@@ -6,10 +6,10 @@ use crate::error::ManagerError;
 use crate::idle::{self, IdleStop};
 use crate::manifest::{Discovered, StartMode};
 use plugvisor_host::{
-    CallOptions, CallOutput, Host, Plugin, PluginError, PluginIdentity, Supervisor,
+    CallOptions, CallOutput, Host, OutputStream, Plugin, PluginError, PluginIdentity, Supervisor,
     SupervisorConfig, WorkerSpec, WorkerState,
 };
-use plugvisor_proto::{PluginStream, Value};
+use plugvisor_proto::Value;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -246,9 +246,10 @@ impl Managed {
         self.supervisor().await?.call_ref(input, options).await
     }
 
-    /// One stream, starting the worker first if needed (input borrowed as for calls).
-    pub(crate) async fn stream(&self, input: &Value) -> Result<PluginStream, PluginError> {
-        self.supervisor().await?.stream_ref(input).await
+    /// One stream, starting the worker first if needed (input borrowed as for calls); its
+    /// items own their output files.
+    pub(crate) async fn stream(&self, input: &Value) -> Result<OutputStream, PluginError> {
+        self.supervisor().await?.stream_outputs_ref(input).await
     }
 
     /// The state to report: the supervisor's, or `idle` for a lazy plugin not running.

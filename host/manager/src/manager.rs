@@ -9,9 +9,10 @@ use crate::manifest::{self, Discovered, Manifest, ManifestError};
 use crate::metrics::{self, Metrics};
 use crate::status::{ManagerStatus, PluginConfig, PluginHealth, PluginInfo};
 use plugvisor_host::{
-    CallOptions, CallOutput, EventKind, HookHandle, Host, HostConfig, LifecycleEvent, PluginError,
+    CallOptions, CallOutput, EventKind, HookHandle, Host, HostConfig, LifecycleEvent, OutputStream,
+    PluginError,
 };
-use plugvisor_proto::{PluginStream, Value};
+use plugvisor_proto::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -389,11 +390,13 @@ impl PluginManager {
         result.map_err(|source| plugin_error(name, source))
     }
 
-    /// Streams from `name`. A stream counts as one call, timed to its start.
+    /// Streams from `name`. A stream counts as one call, timed to its start. Each item owns
+    /// the output files it references (as [`PluginManager::call`]'s answer does): they are
+    /// deleted when the item is dropped unless persisted.
     ///
     /// # Errors
     /// As [`PluginManager::call`].
-    pub async fn stream(&self, name: &str, input: Value) -> Result<PluginStream, ManagerError> {
+    pub async fn stream(&self, name: &str, input: Value) -> Result<OutputStream, ManagerError> {
         let managed = self.loaded_or_err(name)?;
         let started = Instant::now();
         let mut result = managed.stream(&input).await;

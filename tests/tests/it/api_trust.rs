@@ -147,6 +147,29 @@ fn uploads_are_used_once_and_outputs_are_downloaded_once() {
         assert_error(&c.get(&url).await, 404, "not_found");
         let store = api.manager.host().dir().join("api-files");
         assert!(files_under(&store).is_empty(), "{:?}", files_under(&store));
+
+        // Streams too (DEFECTS.md #2): each item's output file becomes a download, and none
+        // stays behind in the worker's transfer area.
+        for _ in 0..3 {
+            let up = upload(c, &data).await;
+            let body = json!({"plugin_id": "files", "input": {"op": "gzip", "file": up["ref"]}});
+            let streamed = c.post("/api/plugins/execute_stream", &body).await;
+            assert_eq!(streamed.status, 200, "{}", streamed.text());
+            let text = streamed.text();
+            let item: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+            let url = item["item"]["file"]["$download"]["url"].as_str();
+            let url = url
+                .unwrap_or_else(|| panic!("no download in {text}"))
+                .to_owned();
+            let fetched = c.get(&url).await;
+            assert_eq!(fetched.status, 200, "{}", fetched.text());
+            assert!(text.lines().last().unwrap().contains("\"end\""), "{text}");
+        }
+        let zipped_left: Vec<_> = files_under(api.manager.host().dir())
+            .into_iter()
+            .filter(|p| p.to_string_lossy().ends_with(".gz"))
+            .collect();
+        assert!(zipped_left.is_empty(), "{zipped_left:?}");
         api.finish().await;
     })
 }

@@ -208,3 +208,29 @@ fn plugin_errors_keep_their_kind() {
         world.finish().await;
     })
 }
+
+#[test]
+fn a_streams_output_files_belong_to_its_items() {
+    serially(async {
+        let mut world = World::new().await;
+        let files = world.spawn("files").await;
+        let input = world.base.path().join("streamed.txt");
+        std::fs::write(&input, vec![b'z'; 50_000]).unwrap();
+        let file = FileRef::new(&input, 50_000);
+        let mut items = files
+            .stream(json!({"op": "gzip", "file": file}))
+            .await
+            .unwrap();
+        let item = items.next().await.unwrap().unwrap();
+        assert!(items.next().await.is_none(), "one item");
+        assert_eq!(item.files.len(), 1, "{:?}", item.value);
+        let path = item.files[0].path().unwrap().to_path_buf();
+        assert!(path.exists());
+        // Dropped with its item, as a call's output is.
+        drop(item);
+        assert!(!path.exists(), "{path:?} outlived its item");
+        std::fs::remove_file(&input).unwrap();
+        drop((items, files));
+        world.finish().await;
+    })
+}

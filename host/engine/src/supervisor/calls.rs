@@ -3,7 +3,7 @@
 
 use super::{Command, Inner, Supervisor, WorkerState};
 use crate::side_thread::block_on_side_thread;
-use crate::worker::{CallOutput, WorkerCore};
+use crate::worker::{values_of, CallOutput, OutputStream, WorkerCore};
 use futures_util::StreamExt;
 use plugvisor_proto::{Plugin, PluginError, PluginStream, Value};
 use std::sync::atomic::Ordering;
@@ -193,17 +193,31 @@ impl Supervisor {
             .await
     }
 
-    /// [`Plugin::execute_stream`] on a borrowed input (see [`Supervisor::call_ref`]).
+    /// [`Plugin::execute_stream`] on a borrowed input (see [`Supervisor::call_ref`]); output
+    /// files stay in the worker's transfer directory until it stops (use
+    /// [`Supervisor::stream_outputs_ref`] to own them).
     ///
     /// # Errors
     /// As [`Plugin::execute_stream`].
     pub async fn stream_ref(&self, input: &Value) -> Result<PluginStream, PluginError> {
+        Ok(values_of(self.stream_outputs_ref(input).await?))
+    }
+
+    /// A stream whose items own the output files they reference, as [`Supervisor::call_ref`]
+    /// does for one answer: each item's files are deleted when its [`CallOutput`] is dropped,
+    /// unless persisted.
+    ///
+    /// # Errors
+    /// As [`Plugin::execute_stream`]; an item whose file reference points outside the worker's
+    /// transfer directory, or at something that is not a regular file, is a
+    /// [`PluginError::Protocol`] item.
+    pub async fn stream_outputs_ref(&self, input: &Value) -> Result<OutputStream, PluginError> {
         let queue_deadline = Instant::now() + self.inner.config.queue_timeout;
         let permit = self.inner.admit(queue_deadline).await?;
         let worker = self.inner.ready_worker(queue_deadline, None).await?;
         self.inner.count_call(&worker);
         let timeout = self.inner.config.call_timeout;
-        let stream = with_deadline(timeout, worker.execute_stream(input)).await?;
+        let stream = with_deadline(timeout, worker.stream(input)).await?;
         // The slot is held until the stream ends or is dropped.
         Ok(Box::pin(stream.map(move |item| {
             let _held = &permit;

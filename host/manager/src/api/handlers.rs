@@ -106,7 +106,10 @@ async fn route(
         )),
         Op::Load => load(ctx, parse(&body_of(ctx, parts, body).await?)?).await,
         Op::Execute => execute(ctx, parse(&body_of(ctx, parts, body).await?)?, client).await,
-        Op::ExecuteStream => execute_stream(ctx, parse(&body_of(ctx, parts, body).await?)?).await,
+        Op::ExecuteStream => {
+            let req = parse(&body_of(ctx, parts, body).await?)?;
+            execute_stream(ctx, req, client).await
+        }
         Op::Upload => upload(ctx, parts, body, client).await,
         Op::Download => ctx.files.download(&id).await,
         Op::Get => get(m, &id),
@@ -205,17 +208,27 @@ async fn execute(ctx: &Ctx, mut req: ExecuteRequest, client: IpAddr) -> Result<R
     Ok(reply::ok(&json!({ "output": value })))
 }
 
-async fn execute_stream(ctx: &Ctx, mut req: StreamRequest) -> Result<Reply, ApiError> {
+async fn execute_stream(
+    ctx: &Ctx,
+    mut req: StreamRequest,
+    client: IpAddr,
+) -> Result<Reply, ApiError> {
     let claimed = ctx.files.resolve_input(&mut req.input)?;
     let stream = ctx
         .manager
         .stream(&req.plugin_id, req.input)
         .await
         .map_err(ApiError::from_call)?;
-    // The uploads the stream reads are deleted when it ends.
+    // Each item's output files become downloads, as for `execute`; the uploads the stream
+    // reads are deleted when it ends.
+    let files = Arc::clone(&ctx.files);
     let stream = Box::pin(futures_util::StreamExt::map(stream, move |item| {
         let _held = &claimed;
-        item
+        item.map(|output| {
+            let mut value = output.value;
+            files.publish(client, &mut value, output.files);
+            value
+        })
     }));
     Ok(reply::streamed(streams::NDJSON, streams::frames(stream)))
 }

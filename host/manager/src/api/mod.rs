@@ -126,7 +126,7 @@ pub enum BindError {
 pub(crate) struct Ctx {
     pub(crate) manager: PluginManager,
     pub(crate) options: ApiOptions,
-    pub(crate) files: files::FileStore,
+    pub(crate) files: Arc<files::FileStore>,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -157,7 +157,7 @@ pub async fn serve_api(
         tracing::info!(%addr, auth = options.token.is_some(), "management API listening");
     }
     let store_dir = manager.host().dir().join("api-files");
-    let files = files::FileStore::new(store_dir, options.files.clone())?;
+    let files = Arc::new(files::FileStore::new(store_dir, options.files.clone())?);
     let ctx = Arc::new(Ctx {
         manager,
         options,
