@@ -5,7 +5,7 @@ use crate::reply::{self, Reply};
 use crate::state::Shared;
 use http::header::{HeaderValue, ALLOW, AUTHORIZATION};
 use http::{HeaderMap, Method, Request};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use plugvisor_proto::wire::routes;
 use plugvisor_proto::{ErrorKind, Plugin, WireError};
 use std::convert::Infallible;
@@ -50,15 +50,26 @@ pub(crate) async fn handle<P: Plugin>(
     if !authorized(&shared.expected_auth, req.headers()) {
         tracing::debug!(path = req.uri().path(), "unauthorized request");
         let err = WireError::new(ErrorKind::Unauthorized, "missing or wrong bearer token");
-        return Ok(reply::error(err));
+        return Ok(early(reply::error(err), &req));
     }
     let route = match find(req.method(), req.uri().path()) {
         Ok(route) => route,
-        Err(answer) => return Ok(*answer),
+        Err(answer) => return Ok(early(*answer, &req)),
     };
     Ok(dispatch(&shared, route, req)
         .await
         .unwrap_or_else(reply::error))
+}
+
+/// An answer given before the request's body was read closes the connection after it: the
+/// unread rest of the body must never be parsed as a next request (hyper 1.12 then trips over
+/// its own state: a debug assertion, or a lost answer in release builds).
+fn early(mut answer: Reply, req: &Request<Incoming>) -> Reply {
+    if !req.body().is_end_stream() {
+        let close = HeaderValue::from_static("close");
+        answer.headers_mut().insert(http::header::CONNECTION, close);
+    }
+    answer
 }
 
 /// Runs the handler of `route`.
