@@ -28,6 +28,8 @@
 //! (`{"crash_on_initialize": true}` aborts in `initialize`, so a supervisor that re-applies the
 //! config after each restart sees a crash loop).
 
+use plugvisor_proto::wire::RouteSpec;
+use plugvisor_worker::{RouteRequest, RouteResponse, Routes};
 use futures_util::StreamExt;
 use plugvisor_proto::{json, Plugin, PluginError, PluginStream, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -130,6 +132,20 @@ impl Plugin for Chaos {
             std::future::pending::<()>().await;
         }
         Ok(())
+    }
+}
+
+/// Chaos's HTTP route: `GET /fault/{name}` runs a fault (`abort`, `panic_in_call`, `none`, …)
+/// while answering an HTTP request.
+impl Routes for Chaos {
+    fn routes(&self) -> Vec<RouteSpec> {
+        vec![RouteSpec::new("GET", "/fault/{name}").summary("Misbehaves while answering")]
+    }
+
+    async fn handle(&self, request: RouteRequest) -> Result<RouteResponse, PluginError> {
+        let fault = request.params.get("name").cloned().unwrap_or_default();
+        let answer = run_fault(&fault, &Value::Null).await?;
+        Ok(RouteResponse::json(200, &answer))
     }
 }
 

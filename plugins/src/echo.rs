@@ -5,7 +5,9 @@
 //! keys stay as they are); `execute_stream` yields one item per whitespace-separated word of
 //! a string input (or of `{"text": "..."}`), otherwise one item.
 
-use futures_util::stream;
+use plugvisor_proto::wire::RouteSpec;
+use plugvisor_worker::{RouteRequest, RouteResponse, Routes};
+use futures_util::{stream, StreamExt};
 use plugvisor_proto::{json, Plugin, PluginError, PluginStream, Value};
 use serde_json::Map;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -130,6 +132,46 @@ impl Echo {
     /// The configuration in force (a snapshot).
     pub fn config(&self) -> Arc<EchoConfig> {
         Arc::clone(&self.config.read().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Largest JSON body `POST /transform` reads.
+const TRANSFORM_LIMIT: usize = 1 << 20;
+
+/// Echo's HTTP routes (mounted by the host under `/plugins/echo`):
+/// - `GET /hello` → `{"message": "Hello from echo"}`, the message through the config;
+/// - `POST /transform` → its JSON body (≤ 1 MiB) transformed as `execute` would;
+/// - `POST /count` → `{"bytes": N}`: reads a body of any size as a stream, in O(1) memory.
+impl Routes for Echo {
+    fn routes(&self) -> Vec<RouteSpec> {
+        vec![
+            RouteSpec::new("GET", "/hello").summary("A greeting, through the config's mode"),
+            RouteSpec::new("POST", "/transform")
+                .summary("Its JSON body, transformed as execute would")
+                .request_schema(json!({})),
+            RouteSpec::new("POST", "/count").summary("Counts the bytes of a body of any size"),
+        ]
+    }
+
+    async fn handle(&self, request: RouteRequest) -> Result<RouteResponse, PluginError> {
+        match request.path.as_str() {
+            "/hello" => {
+                let message = self.config().apply("Hello from echo");
+                Ok(RouteResponse::json(200, &json!({ "message": message })))
+            }
+            "/transform" => {
+                let body = request.body.json(TRANSFORM_LIMIT).await?;
+                Ok(RouteResponse::json(200, &self.config().transform(body)))
+            }
+            _ => {
+                let mut chunks = std::pin::pin!(request.body.into_stream());
+                let mut bytes = 0u64;
+                while let Some(chunk) = chunks.next().await {
+                    bytes += chunk?.len() as u64;
+                }
+                Ok(RouteResponse::json(200, &json!({ "bytes": bytes })))
+            }
+        }
     }
 }
 

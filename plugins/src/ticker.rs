@@ -5,6 +5,8 @@
 //! work beyond cloning one prepared string, so it measures the transport, not the plugin.
 //! With an interval it sleeps between items, which makes cancellation observable.
 
+use plugvisor_proto::wire::RouteSpec;
+use plugvisor_worker::{RouteRequest, RouteResponse, Routes};
 use futures_util::stream::{self, StreamExt};
 use plugvisor_proto::{json, Plugin, PluginError, PluginStream, Value};
 use std::time::Duration;
@@ -74,6 +76,50 @@ fn field_u64(input: &Value, key: &str) -> Result<Option<u64>, PluginError> {
 /// The ticker plugin.
 #[derive(Debug, Default)]
 pub struct Ticker;
+
+/// Largest `mib` of `GET /bytes`.
+const MAX_ROUTE_MIB: u64 = 1 << 20;
+
+/// Ticker's HTTP routes (mounted by the host under `/plugins/ticker`):
+/// - `GET /events?n=5&interval_ms=100` → Server-Sent Events `tick 1` … `tick n`;
+/// - `GET /bytes?mib=N` → N MiB of `x`, streamed in 64 KiB chunks.
+impl Routes for Ticker {
+    fn routes(&self) -> Vec<RouteSpec> {
+        vec![
+            RouteSpec::new("GET", "/events").summary("Server-Sent Events: ?n=5&interval_ms=100"),
+            RouteSpec::new("GET", "/bytes").summary("?mib=N MiB of data, streamed"),
+        ]
+    }
+
+    async fn handle(&self, request: RouteRequest) -> Result<RouteResponse, PluginError> {
+        let number = |name: &str, default: u64| -> Result<u64, PluginError> {
+            match request.query_param(name) {
+                None => Ok(default),
+                Some(v) => v.parse().map_err(|_| {
+                    PluginError::invalid_input(format!("{name}: must be a number, got {v:?}"))
+                }),
+            }
+        };
+        if request.path == "/events" {
+            let n = number("n", 5)?;
+            let interval = Duration::from_millis(number("interval_ms", 100)?);
+            let ticks = stream::unfold(1u64, move |i| async move {
+                if i > n {
+                    return None;
+                }
+                if i > 1 {
+                    tokio::time::sleep(interval).await;
+                }
+                Some((format!("tick {i}"), i + 1))
+            });
+            return Ok(RouteResponse::sse(ticks));
+        }
+        let mib = number("mib", 1)?.min(MAX_ROUTE_MIB);
+        let chunk = bytes::Bytes::from(vec![b'x'; 64 << 10]);
+        let chunks = stream::repeat(chunk).take(usize::try_from(mib * 16).unwrap_or(usize::MAX));
+        Ok(RouteResponse::stream(200, "application/octet-stream", chunks))
+    }
+}
 
 impl Plugin for Ticker {
     fn name(&self) -> &str {

@@ -48,6 +48,9 @@ pub mod routes {
     pub const CLEANUP: &str = "/v1/cleanup";
     /// `POST`: clean up and exit.
     pub const SHUTDOWN: &str = "/v1/shutdown";
+    /// Any method: the prefix of a plugin route. `/v1/route/hello?x=1` is the plugin's route
+    /// `/hello` with query `x=1`.
+    pub const ROUTE_PREFIX: &str = "/v1/route";
 
     /// Which lane a request belongs to: a connection carries requests of one lane only.
     ///
@@ -72,9 +75,15 @@ pub mod routes {
         /// assert_eq!(Lane::of(false, routes::EXECUTE), Lane::Call);
         /// assert_eq!(Lane::of(true, routes::HEALTH), Lane::Control);
         /// assert_eq!(Lane::of(false, routes::SHUTDOWN), Lane::Control);
+        /// assert_eq!(Lane::of(true, "/v1/route/hello"), Lane::Call);
         /// ```
         pub fn of(is_get: bool, path: &str) -> Self {
-            if is_get || path == SHUTDOWN {
+            let route = path
+                .strip_prefix(ROUTE_PREFIX)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?']));
+            if route {
+                Self::Call
+            } else if is_get || path == SHUTDOWN {
                 Self::Control
             } else {
                 Self::Call
@@ -230,10 +239,65 @@ pub struct InfoResponse {
     pub protocol: u32,
     /// [`crate::Plugin::config_schema`].
     pub config_schema: Value,
-    /// Features the worker supports: `execute`, `stream`, `files`.
+    /// Features the worker supports: `execute`, `stream`, `files`, and `routes` when it
+    /// serves plugin routes.
     pub capabilities: Vec<String>,
     /// The worker's process id.
     pub pid: u32,
+    /// The plugin's HTTP routes (empty when it has none; absent from older workers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// One HTTP route of a plugin, as `/v1/info` reports it: the host mounts it under the
+/// plugin's prefix (`/plugins/<plugin>` by default) and forwards matching requests to
+/// [`routes::ROUTE_PREFIX`] + `path`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// The path below the mount point: `/hello`, `/items/{id}`, `/files/{*rest}`.
+    pub path: String,
+    /// One line for the route list and the OpenAPI document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// JSON Schema of a JSON request body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_schema: Option<Value>,
+    /// JSON Schema of a JSON answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_schema: Option<Value>,
+}
+
+impl RouteSpec {
+    /// A route for `method` and `path`.
+    pub fn new(method: &str, path: &str) -> Self {
+        Self {
+            method: method.to_ascii_uppercase(),
+            path: path.to_owned(),
+            summary: None,
+            request_schema: None,
+            response_schema: None,
+        }
+    }
+
+    /// Sets the summary.
+    pub fn summary(mut self, summary: &str) -> Self {
+        self.summary = Some(summary.to_owned());
+        self
+    }
+
+    /// Sets the request body's schema.
+    pub fn request_schema(mut self, schema: Value) -> Self {
+        self.request_schema = Some(schema);
+        self
+    }
+
+    /// Sets the answer's schema.
+    pub fn response_schema(mut self, schema: Value) -> Self {
+        self.response_schema = Some(schema);
+        self
+    }
 }
 
 /// The body of every error answer: `{"error": {"kind": ..., "message": ...}}`.

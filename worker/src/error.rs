@@ -46,6 +46,9 @@ pub enum WorkerError {
         #[source]
         source: io::Error,
     },
+    /// The plugin's [`crate::Routes::routes`] panicked.
+    #[error("the plugin's routes() panicked")]
+    Routes,
     /// Any other I/O failure (stdout, runtime, accept).
     #[error("{context}")]
     Io {

@@ -4,17 +4,19 @@ use crate::ndjson::NdjsonBody;
 use crate::offload::{offload, on_runtime, PumpedBody};
 use crate::reply::{self, Reply};
 use crate::request::read_json;
-use crate::state::Shared;
+use crate::routes::{ResponseBody, RouteBody, RouteRequest, RouteResponse};
+use crate::state::{InFlight, Shared};
 use crate::transfer::{denied, TransferDir};
 use crate::unwind::{guarded, guarded_sync};
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
-use http_body_util::Either;
+use futures_util::StreamExt;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use plugvisor_proto::file_ref::visit_file_refs;
 use plugvisor_proto::wire::{
     ConfigResponse, ConfigSchemaResponse, ExecuteRequest, ExecuteResponse, HealthResponse,
-    InfoResponse, InitializeRequest, NDJSON, PROTOCOL_VERSION,
+    routes, InfoResponse, InitializeRequest, NDJSON, PROTOCOL_VERSION,
 };
 use plugvisor_proto::{json, ErrorKind, Plugin, PluginError, Value, WireError};
 use std::sync::atomic::Ordering;
@@ -23,7 +25,7 @@ use std::sync::Arc;
 /// What a handler returns: an answer, or an error that becomes an error answer.
 pub(crate) type Handled = Result<Reply, WireError>;
 
-/// Capabilities announced by `/v1/info`.
+/// Capabilities announced by `/v1/info` (and `routes` when the plugin has routes).
 const CAPABILITIES: [&str; 3] = ["execute", "stream", "files"];
 
 /// `GET /v1/health`: counters only, never plugin code.
@@ -52,10 +54,76 @@ pub(crate) fn info<P: Plugin>(shared: &Shared<P>) -> Handled {
         version: plugin.version().to_owned(),
         protocol: PROTOCOL_VERSION,
         config_schema: plugin.config_schema(),
-        capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+        capabilities: capabilities(!shared.route_specs.is_empty()),
         pid: std::process::id(),
+        routes: shared.route_specs.clone(),
     })?;
     Ok(reply::json(StatusCode::OK, &info))
+}
+
+fn capabilities(routes: bool) -> Vec<String> {
+    let mut all: Vec<String> = CAPABILITIES.iter().map(|c| (*c).to_owned()).collect();
+    if routes {
+        all.push("routes".to_owned());
+    }
+    all
+}
+
+/// `ANY /v1/route/…`: one request to a plugin route, its body and answer streamed.
+pub(crate) async fn route<P: Plugin>(shared: &Shared<P>, req: Request<Incoming>) -> Handled {
+    refuse_when_stopping(shared)?;
+    let Some(routes) = shared.routes.clone() else {
+        return Err(WireError::new(ErrorKind::NotFound, "this plugin has no routes"));
+    };
+    let (parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path()
+        .strip_prefix(routes::ROUTE_PREFIX)
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or("/")
+        .to_owned();
+    let params = match crate::routes::find(&shared.route_specs, &parts.method, &path) {
+        Ok((_, params)) => params,
+        Err(true) => {
+            let message = format!("{path} does not take {}", parts.method);
+            return Err(WireError::new(ErrorKind::MethodNotAllowed, message));
+        }
+        Err(false) => return Err(WireError::new(ErrorKind::NotFound, format!("no route {path}"))),
+    };
+    let mut headers = parts.headers;
+    headers.remove(http::header::AUTHORIZATION);
+    let request = RouteRequest {
+        method: parts.method,
+        query: parts.uri.query().map(str::to_owned),
+        path,
+        params,
+        headers,
+        body: RouteBody(body),
+    };
+    let in_flight = shared.counters.start();
+    let work = async move { guarded(routes.call(request)).await };
+    let answer = offload(shared.exec.as_ref(), work).await??;
+    Ok(route_reply(answer, in_flight))
+}
+
+/// The server's answer for a route's answer; a streamed body keeps the call counted.
+fn route_reply(answer: RouteResponse, in_flight: InFlight) -> Reply {
+    let body = match answer.body {
+        ResponseBody::Full(bytes) => Either::Left(Full::new(bytes)),
+        ResponseBody::Stream(chunks) => {
+            let counted = chunks.map(move |chunk| {
+                let _in_flight = &in_flight;
+                chunk
+            });
+            let body = crate::routes::streamed(Box::pin(counted));
+            Either::Right(Either::Right(Either::Right(body)))
+        }
+    };
+    let mut reply = Response::new(body);
+    *reply.status_mut() = answer.status;
+    *reply.headers_mut() = answer.headers;
+    reply
 }
 
 /// `GET /v1/config`: the configuration in force.
@@ -115,7 +183,7 @@ pub(crate) async fn execute_stream<P: Plugin>(
     let body = NdjsonBody::new(stream, in_flight);
     // On a call connection (already on the plugin runtime) the body is encoded inline.
     let body = match &shared.exec {
-        Some(exec) if !on_runtime(exec) => Either::Right(PumpedBody::new(body, exec)),
+        Some(exec) if !on_runtime(exec) => Either::Right(Either::Left(PumpedBody::new(body, exec))),
         _ => Either::Left(body),
     };
     let mut answer = Response::new(Either::Right(body));
@@ -220,6 +288,8 @@ mod tests {
             counters: Arc::new(Counters::default()),
             cleaned: AtomicBool::new(false),
             exec: None,
+            routes: None,
+            route_specs: Vec::new(),
         }
     }
 

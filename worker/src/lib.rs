@@ -28,6 +28,8 @@
 //!   (`unwind.rs`); `request.rs` / `reply.rs`: bodies in and out; `ndjson.rs`: the batched
 //!   stream body.
 //! - [`files`] / `transfer.rs`: file references, opened only beneath the transfer directory.
+//! - [`Routes`] (`routes.rs`): a plugin's own HTTP routes, mounted by the host under
+//!   `/plugins/<plugin>/…` and forwarded to `/v1/route/…`; [`run_routed`] serves them.
 
 mod cli;
 mod error;
@@ -44,6 +46,7 @@ mod options;
 mod reply;
 mod request;
 mod router;
+mod routes;
 mod run;
 mod server;
 mod state;
@@ -55,6 +58,7 @@ pub use cli::{LOG_ENV, WORKER_THREADS_ENV};
 pub use error::WorkerError;
 pub use listener::{ListenAddr, Listener};
 pub use options::{ServeOptions, DEFAULT_CLEANUP_TIMEOUT, DEFAULT_GRACE};
-pub use run::run;
-pub use server::serve;
+pub use routes::{RouteBody, RouteRequest, RouteResponse, Routes};
+pub use run::{run, run_routed};
+pub use server::{serve, serve_routed};
 pub use tokio_util::sync::CancellationToken;

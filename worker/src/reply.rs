@@ -2,6 +2,7 @@
 
 use crate::ndjson::NdjsonBody;
 use crate::offload::PumpedBody;
+use crate::routes::StreamedBody;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
@@ -10,9 +11,9 @@ use plugvisor_proto::wire::ErrorBody;
 use plugvisor_proto::{ErrorKind, WireError};
 use serde::Serialize;
 
-/// The body of every answer: a complete JSON document or an NDJSON stream, encoded on the
-/// serving runtime or pumped from the plugin runtime.
-pub(crate) type ResBody = Either<Full<Bytes>, Either<NdjsonBody, PumpedBody>>;
+/// The body of every answer: a complete document, an NDJSON stream (encoded on the serving
+/// runtime or pumped from the plugin runtime), or a plugin route's streamed answer.
+pub(crate) type ResBody = Either<Full<Bytes>, Either<NdjsonBody, Either<PumpedBody, StreamedBody>>>;
 
 /// An answer of the worker.
 pub(crate) type Reply = Response<ResBody>;

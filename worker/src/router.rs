@@ -24,6 +24,8 @@ enum Route {
     ExecuteStream,
     Cleanup,
     Shutdown,
+    /// A plugin route: `ANY /v1/route/…`.
+    Plugin,
 }
 
 /// Path, method and route of every endpoint.
@@ -84,11 +86,18 @@ async fn dispatch<P: Plugin>(shared: &Shared<P>, route: Route, req: Request<Inco
         Route::ExecuteStream => handlers::execute_stream(shared, req).await,
         Route::Cleanup => handlers::cleanup(shared).await,
         Route::Shutdown => handlers::shutdown(shared),
+        Route::Plugin => handlers::route(shared, req).await,
     }
 }
 
 /// The route for `method` and `path`, or the 404 / 405 answer.
 fn find(method: &Method, path: &str) -> Result<Route, Box<Reply>> {
+    let plugin_route = path
+        .strip_prefix(routes::ROUTE_PREFIX)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    if plugin_route {
+        return Ok(Route::Plugin);
+    }
     let Some((_, allowed, route)) = TABLE.iter().find(|(p, _, _)| *p == path) else {
         let err = WireError::new(ErrorKind::NotFound, format!("no route {path}"));
         return Err(Box::new(reply::error(err)));

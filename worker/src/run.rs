@@ -4,7 +4,8 @@ use crate::cli::{Args, WorkerConfig, LOG_ENV};
 use crate::error::WorkerError;
 use crate::files;
 use crate::listener::Listener;
-use crate::server::serve;
+use crate::routes::{DynRoutes, Routes};
+use crate::server::serve_with;
 use crate::watch;
 use clap::Parser;
 use plugvisor_proto::wire::Handshake;
@@ -36,9 +37,21 @@ use tokio_util::sync::CancellationToken;
 /// shutdown and exits. Exit codes: 0 after a clean shutdown, 1 when the worker could not
 /// start or had to be stopped forcibly, 2 for usage errors (no listen address, no token).
 pub fn run<P: Plugin>(plugin: P) -> ! {
+    run_with(Arc::new(plugin), None)
+}
+
+/// [`run`] for a plugin that also serves HTTP routes: the host mounts them under
+/// `/plugins/<plugin>/…` (see [`Routes`]).
+pub fn run_routed<P: Plugin + Routes>(plugin: P) -> ! {
+    let plugin = Arc::new(plugin);
+    let routes: Arc<dyn DynRoutes> = plugin.clone();
+    run_with(plugin, Some(routes))
+}
+
+fn run_with<P: Plugin>(plugin: Arc<P>, routes: Option<Arc<dyn DynRoutes>>) -> ! {
     let args = Args::parse();
     init_logging();
-    let program = program_name(&plugin);
+    let program = program_name(&*plugin);
     let config = match args.resolve() {
         Ok(Some(config)) => config,
         Ok(None) => {
@@ -62,7 +75,7 @@ pub fn run<P: Plugin>(plugin: P) -> ! {
     };
     let mut config = config;
     config.options.plugin_runtime = Some(plugins.handle().clone());
-    let result = server.block_on(start(plugin, config));
+    let result = server.block_on(start(plugin, routes, config));
     plugins.shutdown_timeout(Duration::from_millis(250));
     server.shutdown_timeout(Duration::from_millis(250));
     crate::guardian::dismiss();
@@ -73,7 +86,11 @@ pub fn run<P: Plugin>(plugin: P) -> ! {
 }
 
 /// Binds, announces, installs the shutdown triggers and serves.
-async fn start<P: Plugin>(plugin: P, config: WorkerConfig) -> Result<(), WorkerError> {
+async fn start<P: Plugin>(
+    plugin: Arc<P>,
+    routes: Option<Arc<dyn DynRoutes>>,
+    config: WorkerConfig,
+) -> Result<(), WorkerError> {
     // Everything that can fail is checked before the handshake promises a working worker.
     if let Some(dir) = &config.options.transfer_dir {
         files::install(dir).map_err(|source| WorkerError::TransferDir {
@@ -92,7 +109,7 @@ async fn start<P: Plugin>(plugin: P, config: WorkerConfig) -> Result<(), WorkerE
         watch::on_stdin_eof(shutdown.clone(), deadline, socket.clone());
     }
     watch::watchdog_on(shutdown.clone(), deadline, socket);
-    serve(listener, Arc::new(plugin), config.options, shutdown).await
+    serve_with(listener, plugin, routes, config.options, shutdown).await
 }
 
 /// Prints the handshake line on stdout, then makes fd 1 a copy of stderr, so nothing the

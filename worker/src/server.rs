@@ -13,6 +13,7 @@ use crate::listener::Listener;
 use crate::offload::AbortOnDrop;
 use crate::options::ServeOptions;
 use crate::router;
+use crate::routes::{DynRoutes, Routes};
 use crate::state::{Counters, Shared};
 use crate::transfer::TransferDir;
 use crate::unwind::guarded;
@@ -62,7 +63,37 @@ pub async fn serve<P: Plugin>(
     options: ServeOptions,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
-    let shared = Arc::new(shared_state(plugin, &options, shutdown)?);
+    serve_with(listener, plugin, None, options, shutdown).await
+}
+
+/// [`serve`] for a plugin that also serves HTTP routes ([`Routes`]).
+///
+/// # Errors
+/// As [`serve`]; also [`WorkerError::Routes`] when the plugin's `routes()` panics.
+pub async fn serve_routed<P: Plugin + Routes>(
+    listener: Listener,
+    plugin: Arc<P>,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let routes: Arc<dyn DynRoutes> = plugin.clone();
+    serve_with(listener, plugin, Some(routes), options, shutdown).await
+}
+
+pub(crate) async fn serve_with<P: Plugin>(
+    listener: Listener,
+    plugin: Arc<P>,
+    routes: Option<Arc<dyn DynRoutes>>,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let mut shared = shared_state(plugin, &options, shutdown)?;
+    if let Some(routes) = routes {
+        let specs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| routes.specs()));
+        shared.route_specs = specs.map_err(|_| WorkerError::Routes)?;
+        shared.routes = Some(routes);
+    }
+    let shared = Arc::new(shared);
     let socket_path = listener.socket_path();
     tracing::info!(plugin = shared.plugin.name(), "serving");
     let mut connections = JoinSet::new();
@@ -106,6 +137,8 @@ fn shared_state<P: Plugin>(
         counters: Arc::new(Counters::default()),
         cleaned: AtomicBool::new(false),
         exec: options.plugin_runtime.clone(),
+        routes: None,
+        route_specs: Vec::new(),
     })
 }
 

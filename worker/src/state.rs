@@ -1,6 +1,8 @@
 //! `Shared`: what every request handler of one server sees (plugin, options, counters).
 
+use crate::routes::DynRoutes;
 use crate::transfer::TransferDir;
+use plugvisor_proto::wire::RouteSpec;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +25,10 @@ pub(crate) struct Shared<P> {
     pub cleaned: AtomicBool,
     /// Where plugin code runs; `None`: inline on the serving runtime.
     pub exec: Option<tokio::runtime::Handle>,
+    /// The plugin's routes, when it serves any (`run_routed`).
+    pub routes: Option<Arc<dyn DynRoutes>>,
+    /// What the routes declared, read once at start.
+    pub route_specs: Vec<RouteSpec>,
 }
 
 /// Calls running now and calls started so far.

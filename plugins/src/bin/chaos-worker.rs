@@ -2,5 +2,5 @@
 
 fn main() {
     plugvisor_plugins::chaos::startup_fault();
-    plugvisor_worker::run(plugvisor_plugins::chaos::Chaos::default())
+    plugvisor_worker::run_routed(plugvisor_plugins::chaos::Chaos::default())
 }

@@ -1,5 +1,5 @@
 //! `echo-worker`: the echo plugin as a worker process.
 
 fn main() {
-    plugvisor_worker::run(plugvisor_plugins::Echo::default())
+    plugvisor_worker::run_routed(plugvisor_plugins::Echo::default())
 }

@@ -1,5 +1,5 @@
 //! `ticker-worker`: the ticker plugin as a worker process.
 
 fn main() {
-    plugvisor_worker::run(plugvisor_plugins::Ticker)
+    plugvisor_worker::run_routed(plugvisor_plugins::Ticker)
 }
