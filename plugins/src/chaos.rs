@@ -28,10 +28,10 @@
 //! (`{"crash_on_initialize": true}` aborts in `initialize`, so a supervisor that re-applies the
 //! config after each restart sees a crash loop).
 
-use plugvisor_proto::wire::RouteSpec;
-use plugvisor_worker::{RouteRequest, RouteResponse, Routes};
 use futures_util::StreamExt;
+use plugvisor_proto::wire::RouteSpec;
 use plugvisor_proto::{json, Plugin, PluginError, PluginStream, Value};
+use plugvisor_worker::{RouteRequest, RouteResponse, Routes};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;

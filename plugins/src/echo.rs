@@ -5,10 +5,10 @@
 //! keys stay as they are); `execute_stream` yields one item per whitespace-separated word of
 //! a string input (or of `{"text": "..."}`), otherwise one item.
 
-use plugvisor_proto::wire::RouteSpec;
-use plugvisor_worker::{RouteRequest, RouteResponse, Routes};
 use futures_util::{stream, StreamExt};
+use plugvisor_proto::wire::RouteSpec;
 use plugvisor_proto::{json, Plugin, PluginError, PluginStream, Value};
+use plugvisor_worker::{RouteRequest, RouteResponse, Routes};
 use serde_json::Map;
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -141,7 +141,9 @@ const TRANSFORM_LIMIT: usize = 1 << 20;
 /// Echo's HTTP routes (mounted by the host under `/plugins/echo`):
 /// - `GET /hello` → `{"message": "Hello from echo"}`, the message through the config;
 /// - `POST /transform` → its JSON body (≤ 1 MiB) transformed as `execute` would;
-/// - `POST /count` → `{"bytes": N}`: reads a body of any size as a stream, in O(1) memory.
+/// - `POST /count` → `{"bytes": N}`: reads a body of any size as a stream, in O(1) memory;
+/// - `GET /headers` → `{"names": [...], "x-forwarded-for": …}`: the request headers it got
+///   (names, and the values of the forwarding headers), to show what reaches a plugin.
 impl Routes for Echo {
     fn routes(&self) -> Vec<RouteSpec> {
         vec![
@@ -150,6 +152,7 @@ impl Routes for Echo {
                 .summary("Its JSON body, transformed as execute would")
                 .request_schema(json!({})),
             RouteSpec::new("POST", "/count").summary("Counts the bytes of a body of any size"),
+            RouteSpec::new("GET", "/headers").summary("The request headers that reached it"),
         ]
     }
 
@@ -163,6 +166,7 @@ impl Routes for Echo {
                 let body = request.body.json(TRANSFORM_LIMIT).await?;
                 Ok(RouteResponse::json(200, &self.config().transform(body)))
             }
+            "/headers" => Ok(RouteResponse::json(200, &seen_headers(&request.headers))),
             _ => {
                 let mut chunks = std::pin::pin!(request.body.into_stream());
                 let mut bytes = 0u64;
@@ -173,6 +177,23 @@ impl Routes for Echo {
             }
         }
     }
+}
+
+/// The header names of a request, and the values of the forwarding headers.
+fn seen_headers(headers: &http::HeaderMap) -> Value {
+    let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+    names.sort_unstable();
+    let mut seen = json!({ "names": names });
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-request-id",
+    ] {
+        let value = headers.get(name).and_then(|v| v.to_str().ok());
+        seen[name] = json!(value);
+    }
+    seen
 }
 
 impl Plugin for Echo {

@@ -5,10 +5,10 @@
 //! work beyond cloning one prepared string, so it measures the transport, not the plugin.
 //! With an interval it sleeps between items, which makes cancellation observable.
 
-use plugvisor_proto::wire::RouteSpec;
-use plugvisor_worker::{RouteRequest, RouteResponse, Routes};
 use futures_util::stream::{self, StreamExt};
+use plugvisor_proto::wire::RouteSpec;
 use plugvisor_proto::{json, Plugin, PluginError, PluginStream, Value};
+use plugvisor_worker::{RouteRequest, RouteResponse, Routes};
 use std::time::Duration;
 
 /// Largest item the ticker makes.
@@ -117,7 +117,11 @@ impl Routes for Ticker {
         let mib = number("mib", 1)?.min(MAX_ROUTE_MIB);
         let chunk = bytes::Bytes::from(vec![b'x'; 64 << 10]);
         let chunks = stream::repeat(chunk).take(usize::try_from(mib * 16).unwrap_or(usize::MAX));
-        Ok(RouteResponse::stream(200, "application/octet-stream", chunks))
+        Ok(RouteResponse::stream(
+            200,
+            "application/octet-stream",
+            chunks,
+        ))
     }
 }
 

@@ -8,15 +8,15 @@ use crate::routes::{ResponseBody, RouteBody, RouteRequest, RouteResponse};
 use crate::state::{InFlight, Shared};
 use crate::transfer::{denied, TransferDir};
 use crate::unwind::{guarded, guarded_sync};
+use futures_util::StreamExt;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
-use futures_util::StreamExt;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use plugvisor_proto::file_ref::visit_file_refs;
 use plugvisor_proto::wire::{
-    ConfigResponse, ConfigSchemaResponse, ExecuteRequest, ExecuteResponse, HealthResponse,
-    routes, InfoResponse, InitializeRequest, NDJSON, PROTOCOL_VERSION,
+    routes, ConfigResponse, ConfigSchemaResponse, ExecuteRequest, ExecuteResponse, HealthResponse,
+    InfoResponse, InitializeRequest, NDJSON, PROTOCOL_VERSION,
 };
 use plugvisor_proto::{json, ErrorKind, Plugin, PluginError, Value, WireError};
 use std::sync::atomic::Ordering;
@@ -73,7 +73,10 @@ fn capabilities(routes: bool) -> Vec<String> {
 pub(crate) async fn route<P: Plugin>(shared: &Shared<P>, req: Request<Incoming>) -> Handled {
     refuse_when_stopping(shared)?;
     let Some(routes) = shared.routes.clone() else {
-        return Err(WireError::new(ErrorKind::NotFound, "this plugin has no routes"));
+        return Err(WireError::new(
+            ErrorKind::NotFound,
+            "this plugin has no routes",
+        ));
     };
     let (parts, body) = req.into_parts();
     let path = parts
@@ -89,7 +92,12 @@ pub(crate) async fn route<P: Plugin>(shared: &Shared<P>, req: Request<Incoming>)
             let message = format!("{path} does not take {}", parts.method);
             return Err(WireError::new(ErrorKind::MethodNotAllowed, message));
         }
-        Err(false) => return Err(WireError::new(ErrorKind::NotFound, format!("no route {path}"))),
+        Err(false) => {
+            return Err(WireError::new(
+                ErrorKind::NotFound,
+                format!("no route {path}"),
+            ))
+        }
     };
     let mut headers = parts.headers;
     headers.remove(http::header::AUTHORIZATION);

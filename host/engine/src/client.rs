@@ -16,6 +16,7 @@
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use http::{HeaderValue, Method, Request, Response};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -44,8 +45,48 @@ pub(crate) enum ClientError {
     Build(#[from] http::Error),
 }
 
+/// A request body: a complete one (every protocol request) or a streamed one (plugin routes).
+pub(crate) enum ReqBody {
+    Full(Full<Bytes>),
+    Streamed(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl hyper::body::Body for ReqBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Full(body) => std::pin::Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+            Self::Streamed(body) => std::pin::Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full(body) => body.is_end_stream(),
+            Self::Streamed(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Self::Full(body) => body.size_hint(),
+            Self::Streamed(body) => body.size_hint(),
+        }
+    }
+}
+
+/// Errors of a streamed request body.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 struct Conn {
-    sender: SendRequest<Full<Bytes>>,
+    sender: SendRequest<ReqBody>,
     task: JoinHandle<()>,
 }
 
@@ -96,14 +137,29 @@ impl WorkerClient {
         path: &str,
         body: Bytes,
     ) -> Result<(Response<Incoming>, Lease), ClientError> {
-        let lane = Lane::of(method == Method::GET, path);
         let request = Request::builder()
             .method(method)
             .uri(path)
             .header(HOST, HeaderValue::from_static("plugvisor"))
             .header(AUTHORIZATION, self.auth.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(Full::new(body))?;
+            .body(ReqBody::Full(Full::new(body)))?;
+        self.send_request(request).await
+    }
+
+    /// Sends `request` as it is, with the worker's `Host` and token set (a plugin route's
+    /// forwarded request, its body streamed).
+    ///
+    /// # Cancel safety
+    /// As [`WorkerClient::send`].
+    pub(crate) async fn send_request(
+        self: &Arc<Self>,
+        mut request: Request<ReqBody>,
+    ) -> Result<(Response<Incoming>, Lease), ClientError> {
+        let headers = request.headers_mut();
+        headers.insert(HOST, HeaderValue::from_static("plugvisor"));
+        headers.insert(AUTHORIZATION, self.auth.clone());
+        let lane = Lane::of(request.method() == Method::GET, request.uri().path());
         let mut lease = Lease {
             conn: Some(self.checkout(lane).await?),
             client: Arc::clone(self),

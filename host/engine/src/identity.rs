@@ -1,6 +1,7 @@
-//! `PluginIdentity`: who a worker said it is in `/v1/info` (name, version, config schema).
+//! `PluginIdentity`: who a worker said it is in `/v1/info` (name, version, config schema,
+//! HTTP routes).
 
-use plugvisor_proto::wire::InfoResponse;
+use plugvisor_proto::wire::{InfoResponse, RouteSpec};
 use plugvisor_proto::Value;
 
 /// What a worker reports about its plugin: its id, version and the JSON Schema of its
@@ -13,6 +14,8 @@ pub struct PluginIdentity {
     pub version: String,
     /// The JSON Schema of its configuration.
     pub config_schema: Value,
+    /// Its HTTP routes (empty when it serves none).
+    pub routes: Vec<RouteSpec>,
 }
 
 impl From<InfoResponse> for PluginIdentity {
@@ -21,6 +24,7 @@ impl From<InfoResponse> for PluginIdentity {
             name: info.name,
             version: info.version,
             config_schema: info.config_schema,
+            routes: info.routes,
         }
     }
 }

@@ -80,6 +80,22 @@ impl RemotePlugin {
         self.core.call(&input).await
     }
 
+    /// Forwards an HTTP request to one of the plugin's routes: `request`'s URI is the path
+    /// below the plugin's mount point (`/hello?x=1`); bodies stream both ways.
+    ///
+    /// # Errors
+    /// As for any call: the worker crashed or cannot be reached before it answered.
+    pub async fn route<B>(
+        &self,
+        request: http::Request<B>,
+    ) -> Result<http::Response<crate::RouteBody>, PluginError>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.core.route(request).await
+    }
+
     /// Like [`Plugin::execute_stream`], but each item hands the files it references to the
     /// caller (as [`RemotePlugin::call`] does), deleted when the item is dropped unless
     /// persisted.

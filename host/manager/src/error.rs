@@ -40,6 +40,16 @@ pub enum ManagerError {
         /// Each problem, naming the field and the rule.
         problems: Vec<String>,
     },
+    /// The plugin's route prefix overlaps a loaded plugin's.
+    #[error("plugin {plugin}'s routes at {prefix} overlap those of loaded plugin {other}")]
+    RouteConflict {
+        /// The plugin being loaded.
+        plugin: String,
+        /// The loaded plugin it conflicts with.
+        other: String,
+        /// The prefix.
+        prefix: String,
+    },
     /// The worker could not be started.
     #[error("plugin {plugin} could not start: {reason}")]
     Start {

@@ -252,6 +252,18 @@ impl Managed {
         self.supervisor().await?.stream_outputs_ref(input).await
     }
 
+    /// One route request, starting the worker first if needed.
+    pub(crate) async fn route<B>(
+        &self,
+        request: http::Request<B>,
+    ) -> Result<http::Response<plugvisor_host::RouteBody>, PluginError>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.supervisor().await?.route(request).await
+    }
+
     /// The state to report: the supervisor's, or `idle` for a lazy plugin not running.
     pub(crate) fn state(&self) -> &'static str {
         match self.current() {

@@ -5,13 +5,14 @@ use crate::deps::{self, Node};
 use crate::error::ManagerError;
 use crate::host_config::{self, default_worker_dir};
 use crate::managed::{Managed, Plan};
-use crate::manifest::{self, Discovered, Manifest, ManifestError};
+use crate::manifest::{self, under, Discovered, Manifest, ManifestError};
 use crate::metrics::{self, Metrics};
 use crate::status::{ManagerStatus, PluginConfig, PluginHealth, PluginInfo};
 use plugvisor_host::{
     CallOptions, CallOutput, EventKind, HookHandle, Host, HostConfig, LifecycleEvent, OutputStream,
-    PluginError,
+    PluginError, RouteBody,
 };
+use plugvisor_proto::wire::RouteSpec;
 use plugvisor_proto::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -265,6 +266,7 @@ impl PluginManager {
         api: Option<Value>,
     ) -> Result<PluginInfo, ManagerError> {
         let name = found.manifest.name.clone();
+        self.check_prefix(&found)?;
         let plan = Plan {
             file_layer: self.file_layer(&name),
             worker_dir: self.inner.worker_dir.clone(),
@@ -276,6 +278,81 @@ impl PluginManager {
         write(&self.inner.loaded).insert(name.clone(), managed);
         self.emit(&name, EventKind::Loaded { version });
         self.info(&name)
+    }
+
+    /// Refuses a plugin whose route prefix is, contains or lies beneath a loaded plugin's.
+    fn check_prefix(&self, found: &Discovered) -> Result<(), ManagerError> {
+        let name = &found.manifest.name;
+        let prefix = found.manifest.http.prefix_of(name);
+        for (other, managed) in read(&self.inner.loaded).iter() {
+            let theirs = managed.found.manifest.http.prefix_of(other);
+            if other != name && (under(&prefix, &theirs) || under(&theirs, &prefix)) {
+                return Err(ManagerError::RouteConflict {
+                    plugin: name.clone(),
+                    other: other.clone(),
+                    prefix,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The loaded plugin whose route prefix holds `path` (the longest), with the path below
+    /// it and its `[http]` settings.
+    pub fn route_target(&self, path: &str) -> Option<RouteTarget> {
+        let loaded = read(&self.inner.loaded);
+        let (plugin, prefix, http) = loaded
+            .iter()
+            .map(|(name, m)| {
+                let http = &m.found.manifest.http;
+                (name, http.prefix_of(name), http)
+            })
+            .filter(|(_, prefix, _)| under(path, prefix))
+            .max_by_key(|(_, prefix, _)| prefix.len())?;
+        let rest = match &path[prefix.len()..] {
+            "" => "/".to_owned(),
+            rest => rest.to_owned(),
+        };
+        Some(RouteTarget {
+            plugin: plugin.clone(),
+            prefix,
+            rest,
+            http: http.clone(),
+        })
+    }
+
+    /// Every loaded plugin's routes: (plugin, mount prefix, route).
+    pub fn routes(&self) -> Vec<(String, String, RouteSpec)> {
+        let loaded = read(&self.inner.loaded);
+        let mut all = Vec::new();
+        for (name, m) in loaded.iter() {
+            let prefix = m.found.manifest.http.prefix_of(name);
+            for spec in &m.identity.routes {
+                all.push((name.clone(), prefix.clone(), spec.clone()));
+            }
+        }
+        all
+    }
+
+    /// Forwards an HTTP request to a route of `name` (starting a lazy plugin first); the
+    /// request's URI is the path below the plugin's prefix. Counted like a call.
+    ///
+    /// # Errors
+    /// As [`PluginManager::call`].
+    pub async fn route<B>(
+        &self,
+        name: &str,
+        request: http::Request<B>,
+    ) -> Result<http::Response<RouteBody>, ManagerError>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let managed = self.loaded_or_err(name)?;
+        let started = Instant::now();
+        let result = managed.route(request).await;
+        self.record(name, started, &result);
+        result.map_err(|source| plugin_error(name, source))
     }
 
     /// Unloads `name`. Refused while loaded plugins require a service only it provides,
@@ -521,6 +598,19 @@ fn info_of(found: &Discovered, managed: Option<&Arc<Managed>>) -> PluginInfo {
         sandbox: m.sandbox.clone(),
         enforced: sup.as_ref().and_then(|s| s.sandbox()),
     }
+}
+
+/// Where a route request goes (see [`PluginManager::route_target`]).
+#[derive(Debug, Clone)]
+pub struct RouteTarget {
+    /// The plugin.
+    pub plugin: String,
+    /// Its mount prefix.
+    pub prefix: String,
+    /// The request path below the prefix (`/` at least).
+    pub rest: String,
+    /// Its `[http]` settings.
+    pub http: crate::manifest::HttpManifest,
 }
 
 // The maps are replaced or edited whole under the lock; a panic elsewhere cannot leave one

@@ -102,6 +102,99 @@ pub struct Manifest {
     /// Confinement of the worker; present means on (`[sandbox]`, every field optional).
     #[serde(default)]
     pub sandbox: Option<SandboxManifest>,
+    /// How `plugvisor serve` mounts the plugin's HTTP routes (`[http]`).
+    #[serde(default)]
+    pub http: HttpManifest,
+}
+
+/// The `[http]` table: where and how the plugin's routes are mounted.
+///
+/// ```toml
+/// [http]
+/// prefix = "/plugins/echo"   # the default: /plugins/<name>; never /api/… or /ui/…
+/// max_body_mib = 16          # larger request bodies get 413
+/// timeout_secs = 30          # the answer's head must come within this
+/// public = false             # true: no API token needed for these routes
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpManifest {
+    /// Where the routes are mounted (default `/plugins/<name>`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Largest request body, MiB (default 16).
+    #[serde(default)]
+    pub max_body_mib: Option<u64>,
+    /// Seconds the answer's head may take (default 30).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// Routes open without the API token (default false: they need it when one is set).
+    #[serde(default)]
+    pub public: bool,
+}
+
+/// Default `max_body_mib` of plugin routes.
+pub const DEFAULT_ROUTE_BODY_MIB: u64 = 16;
+/// Default `timeout_secs` of plugin routes.
+pub const DEFAULT_ROUTE_TIMEOUT_SECS: u64 = 30;
+/// Prefixes that belong to the host.
+const RESERVED_PREFIXES: [&str; 4] = ["/api", "/ui", "/metrics", "/healthz"];
+
+impl HttpManifest {
+    /// The mount point of plugin `name`'s routes.
+    pub fn prefix_of(&self, name: &str) -> String {
+        self.prefix
+            .clone()
+            .unwrap_or_else(|| format!("/plugins/{name}"))
+    }
+
+    /// The largest request body, in bytes.
+    pub fn max_body(&self) -> u64 {
+        self.max_body_mib
+            .unwrap_or(DEFAULT_ROUTE_BODY_MIB)
+            .saturating_mul(1 << 20)
+    }
+
+    /// How long the answer's head may take.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs.unwrap_or(DEFAULT_ROUTE_TIMEOUT_SECS))
+    }
+
+    fn check(&self) -> Result<(), (Option<&'static str>, String)> {
+        let Some(prefix) = &self.prefix else {
+            return Ok(());
+        };
+        let segments_ok = prefix.len() > 1
+            && prefix.starts_with('/')
+            && !prefix.ends_with('/')
+            && prefix[1..].split('/').all(|s| {
+                !s.is_empty()
+                    && s != "."
+                    && s != ".."
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c))
+            });
+        if !segments_ok {
+            let why = format!(
+                "prefix = {prefix:?}: must be /segment[/segment…] of letters, digits, '-', '_', '.', '~'"
+            );
+            return Err((Some("prefix"), why));
+        }
+        if let Some(reserved) = RESERVED_PREFIXES
+            .iter()
+            .find(|r| under(prefix, r) || under(r, prefix))
+        {
+            let why = format!("prefix = {prefix:?}: {reserved} belongs to the host");
+            return Err((Some("prefix"), why));
+        }
+        Ok(())
+    }
+}
+
+/// True when `path` is `prefix` or lies beneath it (segment-wise).
+pub fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// The largest `pids` (the kernel's own `pid_max` limit).
@@ -377,6 +470,7 @@ impl Manifest {
         if let Some(sandbox) = &self.sandbox {
             sandbox.check()?;
         }
+        self.http.check()?;
         self.supervision.check()
     }
 

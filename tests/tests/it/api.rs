@@ -783,9 +783,12 @@ fn a_token_guards_every_route() {
 }
 
 /// Every (method, path) of an OpenAPI document, `{id}` as `echo`.
+/// The management API's documented routes (plugin routes, tagged per plugin, are checked in
+/// `api_routes.rs`).
 fn documented_routes(doc: &Value) -> Vec<(String, String)> {
     let mut routes = Vec::new();
-    for (path, item) in doc["paths"].as_object().expect("paths") {
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, item) in paths.iter().filter(|(p, _)| !p.starts_with("/plugins/")) {
         for method in item.as_object().expect("path item").keys() {
             routes.push((method.to_uppercase(), path.replace("{id}", "echo")));
         }

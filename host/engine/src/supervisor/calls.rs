@@ -225,6 +225,30 @@ impl Supervisor {
         })))
     }
 
+    /// Forwards an HTTP request to a route of the current worker (see
+    /// [`RemotePlugin::route`](crate::RemotePlugin::route)), admitted and timed like a call:
+    /// the call timeout bounds the wait for the answer's head, and the call slot is held
+    /// until the answer's body ends.
+    ///
+    /// # Errors
+    /// As [`Plugin::execute`].
+    pub async fn route<B>(
+        &self,
+        request: http::Request<B>,
+    ) -> Result<http::Response<crate::RouteBody>, PluginError>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let queue_deadline = Instant::now() + self.inner.config.queue_timeout;
+        let permit = self.inner.admit(queue_deadline).await?;
+        let worker = self.inner.ready_worker(queue_deadline, None).await?;
+        self.inner.count_call(&worker);
+        let timeout = self.inner.config.call_timeout;
+        let answer = with_deadline(timeout, worker.route(request)).await?;
+        Ok(answer.map(|body| body.holding(permit)))
+    }
+
     /// Health of the current worker, if one is up.
     ///
     /// # Errors

@@ -35,6 +35,8 @@ pub(crate) enum ApiKind {
     NotLoaded,
     /// 409: loaded plugins require a service only this one provides.
     RequiredByOthers,
+    /// 409: the plugin's route prefix overlaps a loaded plugin's.
+    RouteConflict,
     /// 422: the plugin's manifest is broken.
     InvalidManifest,
     /// 424: requirements cannot be met, or form a cycle.
@@ -60,6 +62,7 @@ impl ApiKind {
             Self::AlreadyLoaded => "already_loaded",
             Self::NotLoaded => "not_loaded",
             Self::RequiredByOthers => "required_by_others",
+            Self::RouteConflict => "route_conflict",
             Self::InvalidManifest => "invalid_manifest",
             Self::DependencyUnmet => "dependency_unmet",
             Self::StartFailed => "start_failed",
@@ -74,7 +77,10 @@ impl ApiKind {
             Self::ForbiddenHost | Self::ForbiddenOrigin | Self::FilePathRefused => 403,
             Self::RequestTimeout => 408,
             Self::QuotaExceeded => 429,
-            Self::AlreadyLoaded | Self::NotLoaded | Self::RequiredByOthers => 409,
+            Self::AlreadyLoaded
+            | Self::NotLoaded
+            | Self::RequiredByOthers
+            | Self::RouteConflict => 409,
             Self::InvalidManifest => 422,
             Self::DependencyUnmet => 424,
             Self::StartFailed => 502,
@@ -239,6 +245,9 @@ impl ApiError {
                 Self::new(ApiKind::RequiredByOthers, message).with("dependents", json!(dependents))
             }
             ManagerError::Dependencies(_) => Self::new(ApiKind::DependencyUnmet, message),
+            ManagerError::RouteConflict { other, .. } => {
+                Self::new(ApiKind::RouteConflict, message).with("conflicts_with", json!(other))
+            }
             ManagerError::InvalidConfig { problems, .. } => {
                 Self::new(ApiKind::Wire(ErrorKind::InvalidConfig), message)
                     .with("problems", json!(problems))

@@ -540,7 +540,7 @@ fn file_reply(file: tokio::fs::File, size: u64, media_type: &str) -> Reply {
             }
         }
     });
-    let body: Body = StreamBody::new(chunks).boxed_unsync();
+    let body: Body = super::reply::boxed(StreamBody::new(chunks));
     let mut answer = reply::streamed("application/octet-stream", body);
     let headers = answer.headers_mut();
     if let Ok(value) = HeaderValue::from_str(media_type) {

@@ -5,7 +5,7 @@ use super::errors::ApiError;
 use super::reply::{self, Reply};
 use super::request::{authorize, declared_length, parse, parse_optional, query_flag, read_body};
 use super::routes::{resolve, Op};
-use super::{guard, health, openapi, streams, Ctx};
+use super::{guard, health, openapi, plugin_routes, streams, Ctx};
 use crate::PluginManager;
 use bytes::Bytes;
 use http::request::Parts;
@@ -91,6 +91,12 @@ async fn route(
     client: IpAddr,
 ) -> Result<Reply, ApiError> {
     guard::check(parts, &ctx.options.browser)?;
+    // Plugin routes live outside /api (a prefix may never be under it).
+    if !parts.uri.path().starts_with("/api/") {
+        if let Some(target) = plugin_routes::target(ctx, parts)? {
+            return plugin_routes::forward(ctx, parts, body, client, target).await;
+        }
+    }
     authorize(parts, ctx.options.token.as_deref())?;
     let matched = resolve(&parts.method, parts.uri.path())?;
     let id = matched.id.unwrap_or_default();
@@ -124,7 +130,7 @@ async fn route(
             reload(m, &id).await
         }
         Op::SetConfig => set_config(m, &id, parse(&body_of(ctx, parts, body).await?)?).await,
-        Op::OpenApi => Ok(reply::ok(&openapi::openapi_document())),
+        Op::OpenApi => Ok(reply::ok(&openapi::openapi_with_routes(&m.routes()))),
         Op::Metrics => Ok(metrics(m)),
     }
 }

@@ -20,6 +20,7 @@ mod guard;
 mod handlers;
 mod health;
 mod openapi;
+mod plugin_routes;
 mod reply;
 mod request;
 mod routes;
@@ -37,7 +38,7 @@ use tokio::task::JoinSet;
 
 pub use files::{FileOptions, DOWNLOAD_TAG, UPLOAD_TAG};
 pub use guard::BrowserPolicy;
-pub use openapi::openapi_document;
+pub use openapi::{openapi_document, openapi_with_routes};
 pub use tokio_util::sync::CancellationToken;
 
 /// The port the API listens on by default, on `127.0.0.1`.

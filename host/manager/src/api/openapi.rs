@@ -3,6 +3,7 @@
 
 use super::routes::{Endpoint, Op, ENDPOINTS};
 use super::DEFAULT_PORT;
+use plugvisor_proto::wire::RouteSpec;
 use serde_json::{json, Map, Value};
 
 /// How one operation is described.
@@ -21,6 +22,56 @@ struct Doc {
 const BODY_ERRORS: [u16; 3] = [400, 408, 413];
 
 /// The OpenAPI 3.1 document describing every route of the API.
+/// [`openapi_document`] with the loaded plugins' routes: each under its mount path, tagged
+/// with its plugin.
+pub fn openapi_with_routes(routes: &[(String, String, RouteSpec)]) -> Value {
+    let mut doc = openapi_document();
+    for (plugin, prefix, spec) in routes {
+        let path = format!("{prefix}{}", spec.path.replace("{*", "{"));
+        let entry = &mut doc["paths"][path.as_str()];
+        if entry.is_null() {
+            *entry = json!({});
+        }
+        entry[spec.method.to_lowercase()] = route_operation(plugin, &path, spec);
+    }
+    doc
+}
+
+/// The operation of one plugin route: its summary and schemas, the host's error answers.
+fn route_operation(plugin: &str, path: &str, spec: &RouteSpec) -> Value {
+    let error = json!({"description": "An error answer of the host or the plugin", "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let mut responses = json!({"200": {"description": "The plugin's answer"}});
+    for status in [
+        "400", "401", "403", "404", "405", "409", "413", "500", "502", "503", "504",
+    ] {
+        responses[status] = error.clone();
+    }
+    if let Some(schema) = &spec.response_schema {
+        responses["200"]["content"] = json!({"application/json": {"schema": schema}});
+    }
+    let parameters: Vec<Value> = path
+        .split('/')
+        .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+        .collect();
+    let mut operation = json!({
+        "tags": [plugin],
+        "summary": spec.summary.clone().unwrap_or_else(|| format!("A route of {plugin}")),
+        "operationId": format!("{plugin}:{} {}", spec.method, spec.path),
+        "responses": responses,
+    });
+    if !parameters.is_empty() {
+        operation["parameters"] = Value::from(parameters);
+    }
+    if let Some(schema) = &spec.request_schema {
+        operation["requestBody"] =
+            json!({"content": {"application/json": {"schema": schema}}, "required": false});
+    }
+    operation
+}
+
+/// The OpenAPI document of the management API (without plugin routes).
 pub fn openapi_document() -> Value {
     let mut paths = Map::new();
     for endpoint in ENDPOINTS {

@@ -10,8 +10,20 @@ use http_body_util::{BodyExt, Full};
 use serde::Serialize;
 use std::convert::Infallible;
 
+/// Why a streamed answer broke off (a plugin route's worker died mid-answer): hyper then
+/// aborts the connection, so the client sees a cut answer, never a clean end.
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The body of every answer.
-pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
+pub(crate) type Body = UnsyncBoxBody<Bytes, BodyError>;
+
+/// `body` (which cannot fail) as the answer body type.
+pub(crate) fn boxed<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes, Error = Infallible> + Send + 'static,
+{
+    body.map_err(|never| match never {}).boxed_unsync()
+}
 
 /// An answer.
 pub(crate) type Reply = Response<Body>;
@@ -46,7 +58,7 @@ pub(crate) fn error(err: ApiError) -> Reply {
 
 /// An answer with a complete body of `content_type`.
 pub(crate) fn with_body(status: StatusCode, content_type: &'static str, body: Bytes) -> Reply {
-    let mut reply = Response::new(Full::new(body).boxed_unsync());
+    let mut reply = Response::new(boxed(Full::new(body)));
     *reply.status_mut() = status;
     let headers = reply.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -9,7 +9,7 @@ use super::reply::Body;
 use crate::PluginManager;
 use bytes::Bytes;
 use futures_util::stream::{self, ReadyChunks, StreamExt};
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::StreamBody;
 use hyper::body::Frame;
 use plugvisor_host::LifecycleEvent;
 use plugvisor_proto::wire::StreamFrame;
@@ -38,7 +38,7 @@ pub(crate) fn frames(stream: PluginStream) -> Body {
         count: 0,
     };
     let chunks = stream::unfold(state, next_chunk);
-    StreamBody::new(chunks).boxed_unsync()
+    super::reply::boxed(StreamBody::new(chunks))
 }
 
 /// The next chunk: every item the plugin has ready, or the terminal frame.
@@ -100,7 +100,7 @@ pub(crate) fn events(manager: &PluginManager, shutdown: CancellationToken) -> Bo
         line.push(b'\n');
         Some((Ok(Frame::data(Bytes::from(line))), (rx, shutdown)))
     });
-    StreamBody::new(lines).boxed_unsync()
+    super::reply::boxed(StreamBody::new(lines))
 }
 
 async fn next_event(
@@ -125,6 +125,7 @@ async fn next_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
     use plugvisor_proto::{json, PluginError};
 
     async fn body_text(body: Body) -> String {
