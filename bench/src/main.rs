@@ -135,6 +135,14 @@ async fn run(cli: &Cli) -> Result<Report> {
         let one = step("P13", scenario::sandbox::spawn(&ctx)).await;
         outcomes.push(one_or_error(one, "P13"));
     }
+    if wants(&["P15"]) {
+        let one = step("P15", scenario::routes::latency(&ctx)).await;
+        outcomes.push(one_or_error(one, "P15"));
+    }
+    if wants(&["P16"]) {
+        let one = step("P16", scenario::routes::streaming(&ctx)).await;
+        outcomes.push(one_or_error(one, "P16"));
+    }
     if wants(&["P14"]) {
         let one = step("P14", scenario::escape::table(&ctx)).await;
         outcomes.push(one_or_error(one, "P14"));

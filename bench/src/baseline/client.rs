@@ -64,8 +64,42 @@ impl HttpConn {
     /// # Errors
     /// When the exchange fails or the status is not a success.
     pub async fn post(&mut self, path: &str, body: Bytes) -> Result<Bytes> {
+        self.request(Method::POST, path, body).await
+    }
+
+    /// `GET path`; returns the answer's body (an error unless 2xx).
+    ///
+    /// # Errors
+    /// When the exchange fails or the status is not a success.
+    pub async fn get(&mut self, path: &str) -> Result<Bytes> {
+        self.request(Method::GET, path, Bytes::new()).await
+    }
+
+    /// `GET path`, reading the answer's body chunk by chunk without keeping it; its length.
+    ///
+    /// # Errors
+    /// When the exchange fails or the status is not a success.
+    pub async fn get_counted(&mut self, path: &str) -> Result<u64> {
+        let request = Request::builder().uri(path).header(HOST, "bench");
+        let request = request.body(Full::new(Bytes::new()))?;
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
+        if !response.status().is_success() {
+            bail!("{path} answered {}", response.status());
+        }
+        let mut body = response.into_body();
+        let mut total = 0u64;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                total += data.len() as u64;
+            }
+        }
+        Ok(total)
+    }
+
+    async fn request(&mut self, method: Method, path: &str, body: Bytes) -> Result<Bytes> {
         let mut request = Request::builder()
-            .method(Method::POST)
+            .method(method)
             .uri(path)
             .header(HOST, "bench")
             .header(CONTENT_TYPE, "application/json");

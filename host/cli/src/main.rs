@@ -7,6 +7,7 @@ mod demo;
 mod demo_api;
 mod manage;
 mod resolve;
+mod routes;
 mod serve;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -30,6 +31,8 @@ enum Command {
     Stream(call::CallArgs),
     /// List plugins: name, version, kind, state.
     List(manage::ListArgs),
+    /// List the HTTP routes the plugins of a running server mount.
+    Routes(routes::RoutesArgs),
     /// Show a plugin's metadata, config schema and current config (secrets masked).
     Inspect(manage::InspectArgs),
     /// Check manifests; print every problem and exit non-zero if there is one.
@@ -76,6 +79,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Stream(args) => call::stream(args).await.map(|()| ExitCode::SUCCESS),
         Command::List(args) => manage::list(args).await.map(|()| ExitCode::SUCCESS),
         Command::Inspect(args) => manage::inspect(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Routes(args) => routes::routes(args).await.map(|()| ExitCode::SUCCESS),
         Command::Validate(args) => manage::validate(args),
         Command::Demo(args) => demo::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Completions { .. } => Ok(ExitCode::SUCCESS),

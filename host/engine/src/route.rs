@@ -62,7 +62,14 @@ impl Body for RouteBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
+        // At the end (which a server may learn from the last frame and never poll past),
+        // the connection goes back to the pool.
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.body.is_end_stream(),
+            _ => false,
+        };
+        if ended {
             if let Some(mut lease) = this.lease.take() {
                 lease.finish();
             }

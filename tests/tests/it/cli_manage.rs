@@ -167,6 +167,16 @@ fn serve_manages_plugins_over_http_and_stops_them_on_sigterm() {
         );
         assert!(stream.status.success(), "{}", text(&stream.stderr));
         assert_eq!(text(&stream.stdout).lines().count(), 3);
+        let routes = plugvisor(&["routes", "--server", &url], run.path());
+        assert!(routes.status.success(), "{}", text(&routes.stderr));
+        let table = text(&routes.stdout);
+        let hello = table.lines().find(|l| l.contains("/plugins/echo/hello"));
+        let hello = hello.unwrap_or_else(|| panic!("{table}"));
+        assert!(
+            hello.starts_with("GET") && hello.contains(" echo "),
+            "{table}"
+        );
+        assert!(table.contains("/plugins/ticker/events"), "{table}");
         let list = plugvisor(&["list", "--server", &url], run.path());
         assert!(
             text(&list.stdout).contains("ready"),
