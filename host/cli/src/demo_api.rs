@@ -20,12 +20,14 @@ pub(crate) async fn rest_files(
 ) -> anyhow::Result<()> {
     let manifests = scratch.join("manifests");
     std::fs::create_dir_all(&manifests)?;
-    let command = worker_dir.join("files-worker");
-    let manifest = format!(
-        "name = \"files\"\nversion = \"0.1.0\"\ncommand = \"{}\"\n",
-        command.display()
-    );
-    std::fs::write(manifests.join("files.toml"), manifest)?;
+    for name in ["files", "echo", "ticker"] {
+        let command = worker_dir.join(format!("{name}-worker"));
+        let manifest = format!(
+            "name = \"{name}\"\nversion = \"0.1.0\"\ncommand = \"{}\"\n",
+            command.display()
+        );
+        std::fs::write(manifests.join(format!("{name}.toml")), manifest)?;
+    }
     let manager = PluginManager::new(ManagerConfig {
         manifest_dirs: vec![manifests],
         host: plugvisor_host::HostConfig {
@@ -57,7 +59,9 @@ async fn serve_and_use(
     scratch: &Path,
     say: impl Fn(&str),
 ) -> anyhow::Result<()> {
-    manager.load("files", None).await?;
+    for name in ["files", "echo", "ticker"] {
+        manager.load(name, None).await?;
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let client = ApiClient::new(&format!("http://{}", listener.local_addr()?))?;
     let shutdown = CancellationToken::new();
@@ -69,9 +73,34 @@ async fn serve_and_use(
     ));
     let used = use_files(&client, scratch, &say).await;
     let refused = refusals(&client, &say).await;
+    let routed = plugin_routes(&client, &say).await;
     shutdown.cancel();
     server.await.context("the API server task")??;
-    used.and(refused)
+    used.and(refused).and(routed)
+}
+
+/// A plugin's own route, and a streamed one (Server-Sent Events), through the server.
+async fn plugin_routes(client: &ApiClient, say: &impl Fn(&str)) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let hello = client
+        .json(Method::GET, "/plugins/echo/hello", None)
+        .await?;
+    let took = started.elapsed().as_secs_f64() * 1e3;
+    let events = client
+        .send(
+            Method::GET,
+            "/plugins/ticker/events?n=3&interval_ms=10",
+            None,
+        )
+        .await?;
+    let text = events.into_body().collect().await?.to_bytes();
+    let count = String::from_utf8_lossy(&text).matches("data: tick").count();
+    ensure!(count == 3, "the SSE route sent {count} events, not 3");
+    say(&format!(
+        "plugin routes: GET /plugins/echo/hello → {hello} in {took:.1} ms (served by echo's \
+         worker); GET /plugins/ticker/events streamed {count} Server-Sent Events"
+    ));
+    Ok(())
 }
 
 /// Upload → gzip by reference → download.
