@@ -88,10 +88,7 @@ pub(crate) async fn route<P: Plugin>(shared: &Shared<P>, req: Request<Incoming>)
         .to_owned();
     let params = match crate::routes::find(&shared.route_specs, &parts.method, &path) {
         Ok((_, params)) => params,
-        Err(true) => {
-            let message = format!("{path} does not take {}", parts.method);
-            return Err(WireError::new(ErrorKind::MethodNotAllowed, message));
-        }
+        Err(true) => return Ok(not_allowed(&shared.route_specs, &path, &parts.method)),
         Err(false) => {
             return Err(WireError::new(
                 ErrorKind::NotFound,
@@ -113,6 +110,21 @@ pub(crate) async fn route<P: Plugin>(shared: &Shared<P>, req: Request<Incoming>)
     let work = async move { guarded(routes.call(request)).await };
     let answer = offload(shared.exec.as_ref(), work).await??;
     Ok(route_reply(answer, in_flight))
+}
+
+/// `405` for a route path that exists with other methods, with the `Allow` header.
+fn not_allowed(
+    specs: &[plugvisor_proto::wire::RouteSpec],
+    path: &str,
+    method: &http::Method,
+) -> Reply {
+    let message = format!("{path} does not take {method}");
+    let mut answer = reply::error(WireError::new(ErrorKind::MethodNotAllowed, message));
+    let allowed = crate::routes::methods_for(specs, path).join(", ");
+    if let Ok(value) = HeaderValue::from_str(&allowed) {
+        answer.headers_mut().insert(http::header::ALLOW, value);
+    }
+    answer
 }
 
 /// The server's answer for a route's answer; a streamed body keeps the call counted.

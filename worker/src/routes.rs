@@ -267,6 +267,17 @@ pub(crate) fn find(
     Err(other_method)
 }
 
+/// The methods of the declared routes whose pattern matches `path`.
+pub(crate) fn methods_for(specs: &[RouteSpec], path: &str) -> Vec<String> {
+    let mut methods: Vec<String> = specs
+        .iter()
+        .filter(|s| matches(&s.path, path).is_some())
+        .map(|s| s.method.to_ascii_uppercase())
+        .collect();
+    methods.dedup();
+    methods
+}
+
 /// The parameters when `path` matches `pattern`.
 fn matches(pattern: &str, path: &str) -> Option<BTreeMap<String, String>> {
     let mut params = BTreeMap::new();
@@ -311,5 +322,6 @@ mod tests {
         assert_eq!(find(&specs, &Method::GET, "/nope"), Err(false));
         assert_eq!(find(&specs, &Method::GET, "/hello/extra"), Err(false));
         assert_eq!(find(&specs, &Method::POST, "/items/"), Err(false));
+        assert_eq!(methods_for(&specs, "/items/7"), ["POST"]);
     }
 }
