@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use http::Method;
 use plugvisor_manager::deps::{self, Node};
+use plugvisor_manager::manifest::PluginKind;
 use plugvisor_manager::manifest::{self, Discovered, ManifestError};
 use plugvisor_manager::{ManagerConfig, PluginManager};
 use serde_json::{json, Value};
@@ -24,24 +25,36 @@ pub(crate) struct ListArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Only plugins of this kind (provider, tool, middleware, export, ui, auth_provider,
+    /// system).
+    #[arg(long, value_name = "KIND")]
+    kind: Option<String>,
 }
 
 /// `plugvisor list`.
 pub(crate) async fn list(args: ListArgs) -> anyhow::Result<()> {
     let plugins = match &args.server {
         Some(url) => {
-            let answer = ApiClient::new(url)?
-                .json(Method::GET, "/api/plugins/available", None)
-                .await?;
+            let path = match &args.kind {
+                Some(kind) => format!("/api/plugins/available?kind={kind}"),
+                None => "/api/plugins/available".to_owned(),
+            };
+            let answer = ApiClient::new(url)?.json(Method::GET, &path, None).await?;
             answer.get("plugins").cloned().unwrap_or(answer)
         }
         None => {
+            let kind = args.kind.as_deref().map(PluginKind::parse).transpose();
+            let kind = kind.map_err(|e| anyhow::anyhow!("--kind: {e}"))?;
             let dir = manifest_dir(args.plugins.as_deref())?;
             let (found, errors) = manifest::discover(&dir);
             for e in errors {
                 eprintln!("plugvisor: skipped manifest: {e}");
             }
-            Value::from(found.iter().map(available_row).collect::<Vec<_>>())
+            let rows = found
+                .iter()
+                .filter(|d| kind.is_none_or(|k| d.manifest.kind == k))
+                .map(available_row);
+            Value::from(rows.collect::<Vec<_>>())
         }
     };
     if args.json {

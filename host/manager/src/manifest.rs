@@ -22,8 +22,52 @@ pub enum PluginKind {
     Middleware,
     /// Exports data somewhere.
     Export,
+    /// Ships a user interface (static assets at a mount point).
+    Ui,
+    /// Authenticates users or requests for the application.
+    AuthProvider,
     /// Part of the platform itself.
     System,
+}
+
+impl PluginKind {
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [Self; 7] = [
+        Self::Provider,
+        Self::Tool,
+        Self::Middleware,
+        Self::Export,
+        Self::Ui,
+        Self::AuthProvider,
+        Self::System,
+    ];
+
+    /// The manifest's (and the API's) name of the kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Provider => "provider",
+            Self::Tool => "tool",
+            Self::Middleware => "middleware",
+            Self::Export => "export",
+            Self::Ui => "ui",
+            Self::AuthProvider => "auth_provider",
+            Self::System => "system",
+        }
+    }
+
+    /// The kind named `name`.
+    ///
+    /// # Errors
+    /// A message naming the kinds there are.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == name)
+            .ok_or_else(|| {
+                let all: Vec<&str> = Self::ALL.iter().map(|k| k.as_str()).collect();
+                format!("unknown kind {name:?}; kinds are {}", all.join(", "))
+            })
+    }
 }
 
 /// When the worker starts.
@@ -561,6 +605,18 @@ pub fn discover(dir: &Path) -> (Vec<Discovered>, Vec<ManifestError>) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn kind_names_are_the_serialized_names() {
+        for kind in PluginKind::ALL {
+            let name = serde_json::to_value(kind).unwrap();
+            assert_eq!(name, serde_json::json!(kind.as_str()));
+            assert_eq!(PluginKind::parse(kind.as_str()), Ok(kind));
+        }
+        assert!(PluginKind::parse("gadget")
+            .unwrap_err()
+            .contains("auth_provider"));
+    }
     use super::*;
 
     const GOOD: &str = r#"

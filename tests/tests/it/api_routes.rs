@@ -193,3 +193,50 @@ fn overlapping_prefixes_are_a_load_error_naming_both_plugins() {
         api.finish().await;
     })
 }
+
+#[test]
+fn lists_filter_by_kind_and_an_unknown_kind_names_the_kinds() {
+    serially(async {
+        let guard = manifest("guard", "echo", "kind = \"middleware\"");
+        let panel = manifest(
+            "panel",
+            "echo",
+            "kind = \"ui\"\n[http]\nprefix = \"/panel\"",
+        );
+        let api = Api::start(&[routed().remove(0), guard, panel], ApiOptions::default()).await;
+        let c = &api.client;
+        for id in ["echo", "guard"] {
+            let loaded = c.post("/api/plugins/load", &json!({"plugin_id": id})).await;
+            assert_eq!(loaded.status, 200, "{}", loaded.text());
+        }
+        let names = |v: Value| -> Vec<String> {
+            let list = v["plugins"].as_array().cloned().unwrap_or_default();
+            list.iter()
+                .map(|p| p["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(
+            names(c.get("/api/plugins?kind=middleware").await.json()),
+            ["guard"]
+        );
+        assert_eq!(
+            names(c.get("/api/plugins?kind=tool").await.json()),
+            ["echo"]
+        );
+        assert_eq!(
+            names(c.get("/api/plugins/available?kind=ui").await.json()),
+            ["panel"]
+        );
+        let mut all = names(c.get("/api/plugins").await.json());
+        all.sort();
+        assert_eq!(all, ["echo", "guard"]);
+        let bad = c.get("/api/plugins?kind=gadget").await;
+        assert_error(&bad, 400, "bad_request");
+        assert!(
+            bad.error_message().contains("auth_provider"),
+            "{}",
+            bad.text()
+        );
+        api.finish().await;
+    })
+}

@@ -69,6 +69,24 @@ fn list_shows_a_table_and_completions_are_generated() {
                 .any(|l| l.starts_with("echo") && l.contains("tool")),
             "{table}"
         );
+        // --kind filters; an unknown kind is an error naming the kinds.
+        let dir_arg = dir.to_str().unwrap();
+        let out = plugvisor(
+            &["list", "--plugins", dir_arg, "--kind", "system"],
+            run.path(),
+        );
+        let table = text(&out.stdout);
+        assert!(out.status.success() && !table.contains("\necho"), "{table}");
+        let out = plugvisor(
+            &["list", "--plugins", dir_arg, "--kind", "gadget"],
+            run.path(),
+        );
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains("auth_provider"),
+            "{}",
+            text(&out.stderr)
+        );
         let out = plugvisor(&["completions", "bash"], run.path());
         assert!(out.status.success());
         assert!(text(&out.stdout).contains("plugvisor"));

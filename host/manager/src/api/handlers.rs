@@ -6,6 +6,7 @@ use super::reply::{self, Reply};
 use super::request::{authorize, declared_length, parse, parse_optional, query_flag, read_body};
 use super::routes::{resolve, Op};
 use super::{guard, health, openapi, plugin_routes, streams, Ctx};
+use crate::manifest::PluginKind;
 use crate::PluginManager;
 use bytes::Bytes;
 use http::request::Parts;
@@ -102,8 +103,16 @@ async fn route(
     let id = matched.id.unwrap_or_default();
     let m = &ctx.manager;
     match matched.op {
-        Op::ListLoaded => Ok(reply::ok(&json!({ "plugins": m.loaded() }))),
-        Op::ListAvailable => Ok(available(m)),
+        Op::ListLoaded => {
+            let kind = kind_filter(parts.uri.query())?;
+            let plugins: Vec<_> = m
+                .loaded()
+                .into_iter()
+                .filter(|p| of_kind(p, kind))
+                .collect();
+            Ok(reply::ok(&json!({ "plugins": plugins })))
+        }
+        Op::ListAvailable => Ok(available(m, kind_filter(parts.uri.query())?)),
         Op::Health => Ok(health::answer(m)),
         Op::Status => Ok(reply::ok(&m.status())),
         Op::Events => Ok(reply::streamed(
@@ -139,13 +148,35 @@ async fn body_of(ctx: &Ctx, parts: &Parts, body: Incoming) -> Result<Bytes, ApiE
     read_body(parts, body, &ctx.options).await
 }
 
-/// Every manifest (re-read from disk first) and the problems of broken ones.
-fn available(m: &PluginManager) -> Reply {
+/// Every manifest (re-read from disk first, of `kind` if given) and the problems of broken
+/// ones.
+fn available(m: &PluginManager, kind: Option<PluginKind>) -> Reply {
     m.rediscover();
+    let plugins: Vec<_> = m
+        .available()
+        .into_iter()
+        .filter(|p| of_kind(p, kind))
+        .collect();
     reply::ok(&json!({
-        "plugins": m.available(),
+        "plugins": plugins,
         "manifest_errors": m.manifest_errors(),
     }))
+}
+
+/// The `kind` query parameter, if any (400 naming the kinds for an unknown one).
+fn kind_filter(query: Option<&str>) -> Result<Option<PluginKind>, ApiError> {
+    let wanted = query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("kind="))
+        .next_back();
+    wanted
+        .map(|name| PluginKind::parse(name).map_err(ApiError::bad_request))
+        .transpose()
+}
+
+fn of_kind(plugin: &crate::status::PluginInfo, kind: Option<PluginKind>) -> bool {
+    kind.is_none_or(|k| plugin.kind == k)
 }
 
 /// A plugin's info, plus its schema and configuration (secrets masked) when loaded.

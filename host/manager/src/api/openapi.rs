@@ -71,6 +71,17 @@ fn route_operation(plugin: &str, path: &str, spec: &RouteSpec) -> Value {
     operation
 }
 
+/// The plugin kinds (`PluginKind::ALL`, by name).
+const KINDS: [&str; 7] = [
+    "provider",
+    "tool",
+    "middleware",
+    "export",
+    "ui",
+    "auth_provider",
+    "system",
+];
+
 /// The OpenAPI document of the management API (without plugin routes).
 pub fn openapi_document() -> Value {
     let mut paths = Map::new();
@@ -119,6 +130,13 @@ fn operation(endpoint: &Endpoint) -> Value {
             "description": "The plugin id (its manifest's `name`).",
             "schema": { "type": "string", "pattern": "^[A-Za-z0-9_-]+$" },
             "example": "echo"
+        }));
+    }
+    if matches!(endpoint.op, Op::ListLoaded | Op::ListAvailable) {
+        parameters.push(json!({
+            "name": "kind", "in": "query", "required": false,
+            "description": "Only plugins of this kind.",
+            "schema": { "enum": KINDS }
         }));
     }
     if endpoint.op == Op::Unload {
@@ -215,11 +233,17 @@ fn describe(op: Op) -> Doc {
         errors: Vec::new(),
     };
     match op {
-        Op::ListLoaded => read("Loaded plugins", "PluginList"),
-        Op::ListAvailable => read(
-            "Every discovered plugin, loaded or not, and broken manifests",
-            "AvailableList",
-        ),
+        Op::ListLoaded => Doc {
+            errors: vec![400],
+            ..read("Loaded plugins (of one kind with `?kind=`)", "PluginList")
+        },
+        Op::ListAvailable => Doc {
+            errors: vec![400],
+            ..read(
+                "Every discovered plugin, loaded or not (of one kind with `?kind=`), and broken manifests",
+                "AvailableList",
+            )
+        },
         Op::Status => read(
             "Start order, services and per-plugin state",
             "ManagerStatus",
@@ -353,7 +377,7 @@ fn info_schemas() -> Value {
             "properties": {
                 "name": {"type": "string"}, "version": {"type": "string"},
                 "description": {"type": "string"},
-                "kind": {"enum": ["provider", "tool", "middleware", "export", "system"]},
+                "kind": {"enum": KINDS},
                 "tags": {"type": "array", "items": {"type": "string"}},
                 "loaded": {"type": "boolean"},
                 "state": {"type": "string", "description": "ready, starting, unhealthy, exited, backoff, stopping, failed, stopped; idle (lazy, not running); available (not loaded)"},
@@ -468,6 +492,15 @@ fn answer_schemas() -> Value {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_documented_kinds_are_the_kinds() {
+        let names: Vec<&str> = crate::manifest::PluginKind::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(names, KINDS);
+    }
     use super::*;
 
     #[test]
