@@ -269,6 +269,41 @@ pub struct RouteSpec {
     pub response_schema: Option<Value>,
 }
 
+/// The values of `pattern`'s parameters when `path` matches it: literal segments match
+/// themselves, `{name}` one non-empty segment, a last `{*name}` the rest of the path.
+///
+/// ```
+/// use plugvisor_proto::wire::route_params;
+/// assert_eq!(route_params("/items/{id}", "/items/42").unwrap()["id"], "42");
+/// assert_eq!(route_params("/files/{*rest}", "/files/a/b").unwrap()["rest"], "a/b");
+/// assert!(route_params("/hello", "/hello/x").is_none());
+/// ```
+pub fn route_params(
+    pattern: &str,
+    path: &str,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let mut params = std::collections::BTreeMap::new();
+    let mut got = path.trim_start_matches('/').split('/');
+    let wanted: Vec<&str> = pattern.trim_start_matches('/').split('/').collect();
+    for (i, want) in wanted.iter().enumerate() {
+        if let Some(name) = want.strip_prefix("{*").and_then(|w| w.strip_suffix('}')) {
+            let rest: Vec<&str> = got.by_ref().collect();
+            params.insert(name.to_owned(), rest.join("/"));
+            return (i == wanted.len() - 1).then_some(params);
+        }
+        let segment = got.next()?;
+        match want.strip_prefix('{').and_then(|w| w.strip_suffix('}')) {
+            Some(name) if !segment.is_empty() => {
+                params.insert(name.to_owned(), segment.to_owned());
+            }
+            Some(_) => return None,
+            None if *want == segment => {}
+            None => return None,
+        }
+    }
+    got.next().is_none().then_some(params)
+}
+
 impl RouteSpec {
     /// A route for `method` and `path`.
     pub fn new(method: &str, path: &str) -> Self {

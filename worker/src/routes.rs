@@ -256,7 +256,7 @@ pub(crate) fn find(
 ) -> Result<(usize, BTreeMap<String, String>), bool> {
     let mut other_method = false;
     for (i, spec) in specs.iter().enumerate() {
-        let Some(params) = matches(&spec.path, path) else {
+        let Some(params) = plugvisor_proto::wire::route_params(&spec.path, path) else {
             continue;
         };
         if spec.method.eq_ignore_ascii_case(method.as_str()) {
@@ -271,35 +271,11 @@ pub(crate) fn find(
 pub(crate) fn methods_for(specs: &[RouteSpec], path: &str) -> Vec<String> {
     let mut methods: Vec<String> = specs
         .iter()
-        .filter(|s| matches(&s.path, path).is_some())
+        .filter(|s| plugvisor_proto::wire::route_params(&s.path, path).is_some())
         .map(|s| s.method.to_ascii_uppercase())
         .collect();
     methods.dedup();
     methods
-}
-
-/// The parameters when `path` matches `pattern`.
-fn matches(pattern: &str, path: &str) -> Option<BTreeMap<String, String>> {
-    let mut params = BTreeMap::new();
-    let mut got = path.trim_start_matches('/').split('/');
-    let wanted: Vec<&str> = pattern.trim_start_matches('/').split('/').collect();
-    for (i, want) in wanted.iter().enumerate() {
-        if let Some(name) = want.strip_prefix("{*").and_then(|w| w.strip_suffix('}')) {
-            let rest: Vec<&str> = got.by_ref().collect();
-            params.insert(name.to_owned(), rest.join("/"));
-            return (i == wanted.len() - 1).then_some(params);
-        }
-        let segment = got.next()?;
-        match want.strip_prefix('{').and_then(|w| w.strip_suffix('}')) {
-            Some(name) if !segment.is_empty() => {
-                params.insert(name.to_owned(), segment.to_owned());
-            }
-            Some(_) => return None,
-            None if *want == segment => {}
-            None => return None,
-        }
-    }
-    got.next().is_none().then_some(params)
 }
 
 #[cfg(test)]

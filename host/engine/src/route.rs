@@ -107,7 +107,14 @@ impl WorkerCore {
         for name in &NOT_FORWARDED {
             parts.headers.remove(name);
         }
-        let body = ReqBody::Streamed(body.map_err(Into::into).boxed_unsync());
+        // A request without a body goes as one (no chunked encoding), so the worker's HTTP
+        // server sees its end at once and notices the connection closing while the plugin
+        // still works on the request: a route the host gave up on is cancelled in the worker.
+        let body = if body.is_end_stream() {
+            ReqBody::Full(http_body_util::Full::new(Bytes::new()))
+        } else {
+            ReqBody::Streamed(body.map_err(Into::into).boxed_unsync())
+        };
         let request = Request::from_parts(parts, body);
         let (response, lease) = match self.client.send_request(request).await {
             Ok(answer) => answer,

@@ -159,6 +159,12 @@ pub struct Manifest {
 /// max_body_mib = 16          # larger request bodies get 413
 /// timeout_secs = 30          # the answer's head must come within this
 /// public = false             # true: no API token needed for these routes
+///
+/// [[http.routes]]            # per-route limits, first match wins
+/// path = "/upload"           # a route pattern: literals, {name}, a last {*rest}
+/// method = "POST"            # optional
+/// max_body_mib = 1024
+/// timeout_secs = 600
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -175,6 +181,26 @@ pub struct HttpManifest {
     /// Routes open without the API token (default false: they need it when one is set).
     #[serde(default)]
     pub public: bool,
+    /// Limits of particular routes (`[[http.routes]]`), over the plugin's own.
+    #[serde(default)]
+    pub routes: Vec<RouteLimits>,
+}
+
+/// `[[http.routes]]`: the limits of the routes whose pattern (and method) match.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLimits {
+    /// A route pattern below the prefix, as the plugin declares it (`/items/{id}`).
+    pub path: String,
+    /// Only this method (any when absent).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Largest request body, MiB.
+    #[serde(default)]
+    pub max_body_mib: Option<u64>,
+    /// Seconds the answer's head may take.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
 }
 
 /// Default `max_body_mib` of plugin routes.
@@ -192,19 +218,38 @@ impl HttpManifest {
             .unwrap_or_else(|| format!("/plugins/{name}"))
     }
 
-    /// The largest request body, in bytes.
-    pub fn max_body(&self) -> u64 {
-        self.max_body_mib
+    /// The largest request body of a `method` request to `path` (below the prefix), in bytes.
+    pub fn max_body(&self, method: &str, path: &str) -> u64 {
+        let route = self.limits_of(method, path).and_then(|r| r.max_body_mib);
+        route
+            .or(self.max_body_mib)
             .unwrap_or(DEFAULT_ROUTE_BODY_MIB)
             .saturating_mul(1 << 20)
     }
 
-    /// How long the answer's head may take.
-    pub fn timeout(&self) -> Duration {
-        Duration::from_secs(self.timeout_secs.unwrap_or(DEFAULT_ROUTE_TIMEOUT_SECS))
+    /// How long the answer's head of a `method` request to `path` may take.
+    pub fn timeout(&self, method: &str, path: &str) -> Duration {
+        let route = self.limits_of(method, path).and_then(|r| r.timeout_secs);
+        let secs = route.or(self.timeout_secs);
+        Duration::from_secs(secs.unwrap_or(DEFAULT_ROUTE_TIMEOUT_SECS))
+    }
+
+    /// The first `[[http.routes]]` entry for `method` and `path`.
+    fn limits_of(&self, method: &str, path: &str) -> Option<&RouteLimits> {
+        self.routes.iter().find(|r| {
+            let method_ok = r
+                .method
+                .as_deref()
+                .is_none_or(|m| m.eq_ignore_ascii_case(method));
+            method_ok && plugvisor_proto::wire::route_params(&r.path, path).is_some()
+        })
     }
 
     fn check(&self) -> Result<(), (Option<&'static str>, String)> {
+        if let Some(bad) = self.routes.iter().find(|r| !r.path.starts_with('/')) {
+            let why = format!("[[http.routes]] path = {:?}: must start with '/'", bad.path);
+            return Err((Some("path"), why));
+        }
         let Some(prefix) = &self.prefix else {
             return Ok(());
         };

@@ -12,10 +12,16 @@ fn routed() -> Vec<(String, String)> {
         manifest(
             "echo",
             "echo",
-            "[config]\nmode = \"upper\"\n[http]\nmax_body_mib = 1",
+            "[config]\nmode = \"upper\"\n[http]\nmax_body_mib = 1\n\
+             [[http.routes]]\npath = \"/count\"\nmax_body_mib = 4",
         ),
         manifest("ticker", "ticker", "start = \"lazy\""),
-        manifest("chaos", "chaos", "[supervision]\nbackoff_initial_ms = 20"),
+        manifest(
+            "chaos",
+            "chaos",
+            "[supervision]\nbackoff_initial_ms = 20\n\
+             [[http.routes]]\npath = \"/fault/hang\"\ntimeout_secs = 1",
+        ),
     ]
 }
 
@@ -42,20 +48,24 @@ fn plugin_routes_answer_stream_and_start_lazily() {
             .post("/plugins/echo/transform", &json!({"a": ["b"]}))
             .await;
         assert_eq!(transformed.json(), json!({"a": ["B"]}));
-        // A body of 900 KiB streams through; one over the route's 1 MiB limit is a 413.
-        let counted = c
-            .send("POST", "/plugins/echo/count", Some(&[7u8; 900 << 10]))
-            .await;
+        // Bodies stream through up to the route's limit: /count allows 4 MiB ([[http.routes]]),
+        // echo's other routes 1 MiB; a larger body is a readable 413.
+        let two_mib = vec![7u8; 2 << 20];
+        let counted = c.send("POST", "/plugins/echo/count", Some(&two_mib)).await;
         assert_eq!(
             counted.json(),
-            json!({"bytes": 900 << 10}),
+            json!({"bytes": 2 << 20}),
             "{}",
             counted.text()
         );
         let big = c
-            .send("POST", "/plugins/echo/count", Some(&vec![7u8; 2 << 20]))
+            .send("POST", "/plugins/echo/transform", Some(&two_mib))
             .await;
         assert_error(&big, 413, "payload_too_large");
+        let bigger = c
+            .send("POST", "/plugins/echo/count", Some(&vec![7u8; 5 << 20]))
+            .await;
+        assert_error(&bigger, 413, "payload_too_large");
         // The lazy ticker starts on its first route request; Server-Sent Events stream.
         let info = c.get("/api/plugins/ticker").await.json();
         assert_eq!(info["pid"], Value::Null, "{info}");
@@ -100,6 +110,9 @@ fn a_crash_in_a_route_is_a_502_and_the_next_request_works() {
             back = c.get("/plugins/chaos/fault/none").await;
         }
         assert_eq!(back.status, 200, "{}", back.text());
+        // A route with its own timeout: no answer's head within 1 s is a 504.
+        let hung = c.get("/plugins/chaos/fault/hang").await;
+        assert_error(&hung, 504, "timed_out");
         api.finish().await;
     })
 }

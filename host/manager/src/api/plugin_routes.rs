@@ -50,7 +50,8 @@ pub(crate) async fn forward(
     if !target.http.public {
         authorize(parts, ctx.options.token.as_deref())?;
     }
-    let limit = target.http.max_body();
+    let method = parts.method.as_str();
+    let limit = target.http.max_body(method, &target.rest);
     if declared_length(parts).is_some_and(|n| n > limit) {
         drain(body, ctx.options.read_timeout).await;
         return Err(ApiError::too_large(
@@ -63,11 +64,11 @@ pub(crate) async fn forward(
         .body(limited)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let answer = tokio::time::timeout(
-        target.http.timeout(),
+        target.http.timeout(method, &target.rest),
         ctx.manager.route(&target.plugin, request),
     )
     .await
-    .map_err(|_| timed_out(&target))?
+    .map_err(|_| timed_out(&target, method))?
     .map_err(ApiError::from_call)?;
     let (parts, body) = answer.into_parts();
     let body: Body = body
@@ -76,12 +77,12 @@ pub(crate) async fn forward(
     Ok(Reply::from_parts(parts, body))
 }
 
-fn timed_out(target: &RouteTarget) -> ApiError {
+fn timed_out(target: &RouteTarget, method: &str) -> ApiError {
     let message = format!(
-        "{} did not answer {} within {:?}",
+        "{} did not answer {method} {} within {:?}",
         target.plugin,
         target.rest,
-        target.http.timeout()
+        target.http.timeout(method, &target.rest)
     );
     ApiError::new(
         super::errors::ApiKind::Wire(plugvisor_proto::ErrorKind::TimedOut),
