@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded; `Authorization`
-/// is the host's (or its API's), never a plugin's to see.
-const NOT_FORWARDED: [HeaderName; 9] = [
+/// is the host's (or its API's), never a plugin's to see; `Expect` was the client's exchange
+/// with the host, which already answered it.
+const NOT_FORWARDED: [HeaderName; 10] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -27,6 +28,7 @@ const NOT_FORWARDED: [HeaderName; 9] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::AUTHORIZATION,
+    header::EXPECT,
 ];
 
 /// The streamed answer of a plugin route. Dropping it before its end closes the worker
