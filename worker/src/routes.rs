@@ -225,9 +225,10 @@ impl RouteResponse {
         answer
     }
 
-    /// Sets a header (an invalid value is left out).
-    pub fn header(mut self, name: &'static str, value: &str) -> Self {
-        if let Ok(value) = HeaderValue::from_str(value) {
+    /// Sets a header (any case; an invalid name or value is left out).
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        let name = http::HeaderName::from_bytes(name.as_bytes());
+        if let (Ok(name), Ok(value)) = (name, HeaderValue::from_str(value)) {
             self.headers.insert(name, value);
         }
         self
@@ -299,5 +300,10 @@ mod tests {
         assert_eq!(find(&specs, &Method::GET, "/hello/extra"), Err(false));
         assert_eq!(find(&specs, &Method::POST, "/items/"), Err(false));
         assert_eq!(methods_for(&specs, "/items/7"), ["POST"]);
+        let answer = RouteResponse::text(200, "x")
+            .header("X-Custom", "1")
+            .header("bad name", "2");
+        assert_eq!(answer.headers["x-custom"], "1");
+        assert_eq!(answer.headers.len(), 2, "content-type and x-custom");
     }
 }
