@@ -234,3 +234,44 @@ fn a_streams_output_files_belong_to_its_items() {
         world.finish().await;
     })
 }
+
+#[test]
+fn a_route_the_caller_gives_up_on_is_cancelled_in_the_worker() {
+    serially(async {
+        let mut world = World::new().await;
+        let chaos = world.spawn("chaos").await;
+        let request = || {
+            http::Request::get("/fault/hang")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap()
+        };
+        // While the route hangs, the worker counts it.
+        let mut hung = Box::pin(chaos.route(request()));
+        let during = tokio::select! {
+            answer = &mut hung => panic!("the hung route answered: {:?}", answer.map(|a| a.status())),
+            in_flight = async {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                chaos.health().await.unwrap().in_flight
+            } => in_flight,
+        };
+        assert_eq!(during, 1, "the route is running in the worker");
+        drop(hung);
+        // Given up on (the future dropped), it is dropped in the worker too.
+        let mut in_flight = u64::MAX;
+        for _ in 0..100 {
+            in_flight = chaos.health().await.unwrap().in_flight;
+            if in_flight == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(in_flight, 0, "the hung route still runs in the worker");
+        // And the worker serves the next route.
+        let ok = http::Request::get("/fault/none")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        assert_eq!(chaos.route(ok).await.unwrap().status(), 200);
+        drop(chaos);
+        world.finish().await;
+    })
+}
