@@ -90,7 +90,7 @@ pub use host::{Host, HostConfig};
 pub use identity::PluginIdentity;
 pub use plugvisor_proto::{self as proto, DynPlugin, FileRef, Plugin, PluginError};
 pub use remote::RemotePlugin;
-pub use route::RouteBody;
+pub use route::{RouteBody, RouteRequestBody};
 pub use sandbox::{Enforced, FsPolicy, NetPolicy, Sandbox, SandboxError, SyscallPolicy};
 pub use spec::{ResourceLimits, WorkerSpec};
 pub use supervisor::{

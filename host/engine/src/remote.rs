@@ -85,14 +85,10 @@ impl RemotePlugin {
     ///
     /// # Errors
     /// As for any call: the worker crashed or cannot be reached before it answered.
-    pub async fn route<B>(
+    pub async fn route(
         &self,
-        request: http::Request<B>,
-    ) -> Result<http::Response<crate::RouteBody>, PluginError>
-    where
-        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+        request: http::Request<impl crate::RouteRequestBody>,
+    ) -> Result<http::Response<crate::RouteBody>, PluginError> {
         self.core.route(request).await
     }
 

@@ -2,7 +2,7 @@
 //! `/v1/route/…` with its body streamed, and the answer comes back with its body streamed
 //! ([`RouteBody`]), holding the worker connection and the call's in-flight count until it ends.
 
-use crate::client::{BoxError, Lease, ReqBody};
+use crate::client::{Lease, ReqBody};
 use crate::worker::{InFlight, WorkerCore};
 use bytes::Bytes;
 use http::header::{self, HeaderName};
@@ -30,6 +30,20 @@ const NOT_FORWARDED: [HeaderName; 10] = [
     header::AUTHORIZATION,
     header::EXPECT,
 ];
+
+/// A request body a plugin route can be forwarded with: any body of [`Bytes`] whose error
+/// can be boxed (a hyper `Incoming`, `Full`, `Empty`, a `StreamBody`, …).
+pub trait RouteRequestBody:
+    Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+{
+}
+
+impl<B> RouteRequestBody for B
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+}
 
 /// The streamed answer of a plugin route. Dropping it before its end closes the worker
 /// connection (cancelling the plugin's work); reading it to the end returns the connection.
@@ -95,14 +109,10 @@ impl WorkerCore {
     /// # Errors
     /// [`PluginError::InvalidInput`] for a path that does not start with `/`; the worker
     /// crashing or being unreachable before it answered, as for any call.
-    pub(crate) async fn route<B>(
+    pub(crate) async fn route(
         self: &Arc<Self>,
-        request: Request<B>,
-    ) -> Result<Response<RouteBody>, PluginError>
-    where
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
+        request: Request<impl RouteRequestBody>,
+    ) -> Result<Response<RouteBody>, PluginError> {
         let in_flight = self.begin_call();
         let (mut parts, body) = request.into_parts();
         parts.uri = worker_uri(&parts.uri)?;

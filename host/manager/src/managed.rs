@@ -253,14 +253,10 @@ impl Managed {
     }
 
     /// One route request, starting the worker first if needed.
-    pub(crate) async fn route<B>(
+    pub(crate) async fn route(
         &self,
-        request: http::Request<B>,
-    ) -> Result<http::Response<plugvisor_host::RouteBody>, PluginError>
-    where
-        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+        request: http::Request<impl plugvisor_host::RouteRequestBody>,
+    ) -> Result<http::Response<plugvisor_host::RouteBody>, PluginError> {
         self.supervisor().await?.route(request).await
     }
 

@@ -339,15 +339,11 @@ impl PluginManager {
     ///
     /// # Errors
     /// As [`PluginManager::call`].
-    pub async fn route<B>(
+    pub async fn route(
         &self,
         name: &str,
-        request: http::Request<B>,
-    ) -> Result<http::Response<RouteBody>, ManagerError>
-    where
-        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+        request: http::Request<impl plugvisor_host::RouteRequestBody>,
+    ) -> Result<http::Response<RouteBody>, ManagerError> {
         let managed = self.loaded_or_err(name)?;
         let started = Instant::now();
         let result = managed.route(request).await;

@@ -232,14 +232,10 @@ impl Supervisor {
     ///
     /// # Errors
     /// As [`Plugin::execute`].
-    pub async fn route<B>(
+    pub async fn route(
         &self,
-        request: http::Request<B>,
-    ) -> Result<http::Response<crate::RouteBody>, PluginError>
-    where
-        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+        request: http::Request<impl crate::RouteRequestBody>,
+    ) -> Result<http::Response<crate::RouteBody>, PluginError> {
         let queue_deadline = Instant::now() + self.inner.config.queue_timeout;
         let permit = self.inner.admit(queue_deadline).await?;
         let worker = self.inner.ready_worker(queue_deadline, None).await?;
