@@ -122,10 +122,17 @@ pub fn die_with_parent() {
 
 /// Resident set size of process `pid` in bytes (`VmRSS` of `/proc/<pid>/status`).
 pub fn rss_bytes(pid: u32) -> Option<u64> {
+    status_kib(&pid.to_string(), "VmRSS").map(|kib| kib * 1024)
+}
+
+/// The KiB figure `field` (`VmRSS`, `VmHWM`, …) of `/proc/<pid>/status`; `pid` may be `self`.
+pub fn status_kib(pid: &str, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    let line = status.lines().find(|l| {
+        l.strip_prefix(field)
+            .is_some_and(|rest| rest.starts_with(':'))
+    })?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The children of process `pid` (its main thread's, as `/proc` lists them).

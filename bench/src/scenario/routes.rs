@@ -3,7 +3,7 @@
 //! (streaming a large answer through a route: throughput and the host's memory).
 
 use crate::baseline::client::HttpConn;
-use crate::procs::binary;
+use crate::procs::{binary, status_kib};
 use crate::report::{Check, Outcome};
 use crate::scenario::{us, Ctx};
 use crate::stats::{median, quantile};
@@ -241,14 +241,5 @@ async fn upload(addr: &str, mib: u64) -> Result<u64> {
 
 /// This process's peak RSS (`VmHWM`), KiB.
 fn peak_rss_kib() -> Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .context("no VmHWM")?;
-    line.split_whitespace()
-        .nth(1)
-        .context("VmHWM value")?
-        .parse()
-        .context("VmHWM number")
+    status_kib("self", "VmHWM").context("no VmHWM in /proc/self/status")
 }

@@ -88,8 +88,14 @@ fn table(plugins: &Value) -> String {
             ]
         })
         .collect();
-    let header = ["NAME", "VERSION", "KIND", "STATE", "SANDBOX"].map(str::to_owned);
-    let widths: Vec<usize> = (0..5)
+    text_table(&["NAME", "VERSION", "KIND", "STATE", "SANDBOX"], &rows)
+}
+
+/// A plain-text table: `header` and `rows` in columns two spaces apart, each line without
+/// trailing spaces.
+pub(crate) fn text_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let header = header.map(str::to_owned);
+    let widths: Vec<usize> = (0..N)
         .map(|i| {
             rows.iter()
                 .chain([&header])

@@ -33,22 +33,8 @@ pub(crate) async fn routes(args: RoutesArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
     }
-    let header = ["METHOD", "PATH", "PLUGIN", "SUMMARY"].map(str::to_owned);
-    let width = |i: usize| {
-        rows.iter()
-            .chain([&header])
-            .map(|r| r[i].len())
-            .max()
-            .unwrap_or(0)
-    };
-    let (w0, w1, w2) = (width(0), width(1), width(2));
-    for row in std::iter::once(&header).chain(rows.iter()) {
-        let line = format!(
-            "{:<w0$}  {:<w1$}  {:<w2$}  {}",
-            row[0], row[1], row[2], row[3]
-        );
-        println!("{}", line.trim_end());
-    }
+    let header = ["METHOD", "PATH", "PLUGIN", "SUMMARY"];
+    print!("{}", crate::manage::text_table(&header, &rows));
     Ok(())
 }
 
