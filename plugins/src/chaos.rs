@@ -24,14 +24,21 @@
 //! `execute_stream` with `{"fault": "stream_crash", "chunks": K}` yields K chunks, then aborts;
 //! with `{"fault": "stream_fork"}` it starts a grandchild, yields `{"grandchild": pid}`, and
 //! then never ends (a host to kill while a grandchild runs).
+//! As a middleware (when a manifest of kind `middleware` runs `chaos-worker`), the request
+//! header `x-chaos-hook: NAME` runs fault NAME in `before_request` (`report` answers 200 with
+//! the request as the hook saw it; `body` adds `"chaos": true` to a JSON body), and
+//! `x-chaos-after: NAME` runs it in `after_response`. Otherwise it appends `chaos` to the
+//! `x-chain` header both ways and sets `x-chaos-saw` to the request header names it saw.
 //! Start-up faults come from the environment (see [`startup_fault`]) or the config
 //! (`{"crash_on_initialize": true}` aborts in `initialize`, so a supervisor that re-applies the
 //! config after each restart sees a crash loop).
 
 use futures_util::StreamExt;
-use plugvisor_proto::wire::RouteSpec;
+use plugvisor_proto::wire::{
+    AfterResponse, BeforeAction, Hook, HookRequest, HookResponse, RouteSpec,
+};
 use plugvisor_proto::{json, Plugin, PluginError, PluginStream, Value};
-use plugvisor_worker::{RouteRequest, RouteResponse, Routes};
+use plugvisor_worker::{Middleware, RouteRequest, RouteResponse, Routes};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -146,6 +153,53 @@ impl Routes for Chaos {
         let fault = request.params.get("name").cloned().unwrap_or_default();
         let answer = run_fault(&fault, &Value::Null).await?;
         Ok(RouteResponse::json(200, &answer))
+    }
+}
+
+/// Chaos as a middleware: faults on demand in either hook (see the module docs).
+impl Middleware for Chaos {
+    fn hooks(&self) -> Vec<Hook> {
+        vec![Hook::BeforeRequest, Hook::AfterResponse]
+    }
+
+    async fn before_request(&self, mut request: HookRequest) -> Result<BeforeAction, PluginError> {
+        match request
+            .header("x-chaos-hook")
+            .unwrap_or("none")
+            .to_owned()
+            .as_str()
+        {
+            "none" => {}
+            "report" => return Ok(BeforeAction::respond(200, json!({ "seen": request }))),
+            "body" => {
+                if let Some(Value::Object(body)) = request.body.as_mut() {
+                    body.insert("chaos".into(), Value::Bool(true));
+                }
+            }
+            fault => {
+                run_fault(fault, &Value::Null).await?;
+            }
+        }
+        let chain = crate::guard::appended(request.header("x-chain"), "chaos");
+        request.headers.insert("x-chain".into(), chain);
+        Ok(BeforeAction::proceed_with(request))
+    }
+
+    async fn after_response(&self, exchange: AfterResponse) -> Result<HookResponse, PluginError> {
+        if let Some(fault) = exchange.request.header("x-chaos-after") {
+            run_fault(fault, &Value::Null).await?;
+        }
+        let mut response = exchange.response;
+        let chain = crate::guard::appended(response.header("x-chain"), "chaos");
+        response.set_header("x-chain", chain);
+        let saw: Vec<&str> = exchange
+            .request
+            .headers
+            .keys()
+            .map(String::as_str)
+            .collect();
+        response.set_header("x-chaos-saw", saw.join(","));
+        Ok(response)
     }
 }
 

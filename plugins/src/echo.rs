@@ -143,7 +143,8 @@ const TRANSFORM_LIMIT: usize = 1 << 20;
 /// - `POST /transform` → its JSON body (≤ 1 MiB) transformed as `execute` would;
 /// - `POST /count` → `{"bytes": N}`: reads a body of any size as a stream, in O(1) memory;
 /// - `GET /headers` → `{"names": [...], "x-forwarded-for": …}`: the request headers it got
-///   (names, and the values of the forwarding headers), to show what reaches a plugin.
+///   (names, and the values of the forwarding headers and of `x-chain`, which middlewares
+///   stamp), to show what reaches a plugin.
 impl Routes for Echo {
     fn routes(&self) -> Vec<RouteSpec> {
         vec![
@@ -189,6 +190,7 @@ fn seen_headers(headers: &http::HeaderMap) -> Value {
         "x-forwarded-proto",
         "x-forwarded-host",
         "x-request-id",
+        "x-chain",
     ] {
         let value = headers.get(name).and_then(|v| v.to_str().ok());
         seen[name] = json!(value);

@@ -3,7 +3,10 @@
 //! - [`echo`]: transforms the strings in any JSON input (`echo-worker`).
 //! - [`ticker`]: streams `n` fixed-size items as fast as possible or paced (`ticker-worker`).
 //! - [`files`]: hashes, compresses or measures a file passed by reference (`files-worker`).
-//! - [`chaos`]: misbehaves on demand, for the host's fault tests (`chaos-worker`).
+//! - [`chaos`]: misbehaves on demand, for the host's fault tests (`chaos-worker`); also in
+//!   middleware hooks.
+//! - [`guard`]: a middleware that refuses requests without the configured API key
+//!   (`guard-worker`).
 //! - [`intruder`]: attempts what a hostile plugin would (read host files, connect, ptrace,
 //!   forbidden syscalls, escape the stop) and reports only whether it worked, for the sandbox
 //!   tests (`intruder-worker`; deliberately without a bundled manifest).
@@ -11,6 +14,7 @@
 pub mod chaos;
 pub mod echo;
 pub mod files;
+pub mod guard;
 pub mod intruder;
 pub mod ticker;
 

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
 
+pub mod hooks;
+pub use hooks::{AfterResponse, BeforeAction, Hook, HookRequest, HookResponse};
+
 /// The protocol version this crate speaks; the first word after `plugvisor` in the handshake.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -51,6 +54,10 @@ pub mod routes {
     /// Any method: the prefix of a plugin route. `/v1/route/hello?x=1` is the plugin's route
     /// `/hello` with query `x=1`.
     pub const ROUTE_PREFIX: &str = "/v1/route";
+    /// `POST`: a middleware's `before_request` hook ([`super::hooks`]).
+    pub const BEFORE_REQUEST: &str = "/v1/hooks/before_request";
+    /// `POST`: a middleware's `after_response` hook ([`super::hooks`]).
+    pub const AFTER_RESPONSE: &str = "/v1/hooks/after_response";
 
     /// Which lane a request belongs to: a connection carries requests of one lane only.
     ///
@@ -247,6 +254,10 @@ pub struct InfoResponse {
     /// The plugin's HTTP routes (empty when it has none; absent from older workers).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteSpec>,
+    /// The middleware hooks it serves (empty when it is no middleware; absent from older
+    /// workers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<Hook>,
 }
 
 /// One HTTP route of a plugin, as `/v1/info` reports it: the host mounts it under the

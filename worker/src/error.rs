@@ -49,6 +49,9 @@ pub enum WorkerError {
     /// The plugin's [`crate::Routes::routes`] panicked.
     #[error("the plugin's routes() panicked")]
     Routes,
+    /// The plugin's [`crate::Middleware::hooks`] panicked.
+    #[error("the plugin's hooks() panicked")]
+    Hooks,
     /// Any other I/O failure (stdout, runtime, accept).
     #[error("{context}")]
     Io {

@@ -15,8 +15,8 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use plugvisor_proto::file_ref::visit_file_refs;
 use plugvisor_proto::wire::{
-    routes, ConfigResponse, ConfigSchemaResponse, ExecuteRequest, ExecuteResponse, HealthResponse,
-    InfoResponse, InitializeRequest, NDJSON, PROTOCOL_VERSION,
+    routes, AfterResponse, ConfigResponse, ConfigSchemaResponse, ExecuteRequest, ExecuteResponse,
+    HealthResponse, Hook, HookRequest, InfoResponse, InitializeRequest, NDJSON, PROTOCOL_VERSION,
 };
 use plugvisor_proto::{json, ErrorKind, Plugin, PluginError, Value, WireError};
 use std::sync::atomic::Ordering;
@@ -54,19 +54,64 @@ pub(crate) fn info<P: Plugin>(shared: &Shared<P>) -> Handled {
         version: plugin.version().to_owned(),
         protocol: PROTOCOL_VERSION,
         config_schema: plugin.config_schema(),
-        capabilities: capabilities(!shared.route_specs.is_empty()),
+        capabilities: capabilities(!shared.route_specs.is_empty(), !shared.hooks.is_empty()),
         pid: std::process::id(),
         routes: shared.route_specs.clone(),
+        hooks: shared.hooks.clone(),
     })?;
     Ok(reply::json(StatusCode::OK, &info))
 }
 
-fn capabilities(routes: bool) -> Vec<String> {
+fn capabilities(routes: bool, middleware: bool) -> Vec<String> {
     let mut all: Vec<String> = CAPABILITIES.iter().map(|c| (*c).to_owned()).collect();
     if routes {
         all.push("routes".to_owned());
     }
+    if middleware {
+        all.push("middleware".to_owned());
+    }
     all
+}
+
+/// `POST /v1/hooks/before_request`: the middleware sees a host request.
+pub(crate) async fn before_request<P: Plugin>(
+    shared: &Shared<P>,
+    req: Request<Incoming>,
+) -> Handled {
+    let middleware = hook_target(shared, Hook::BeforeRequest)?;
+    let request: HookRequest = read_json(req, shared.max_body).await?;
+    let _in_flight = shared.counters.start();
+    let work = async move { guarded(middleware.before(request)).await };
+    let action = offload(shared.exec.as_ref(), work).await??;
+    Ok(reply::json(StatusCode::OK, &action))
+}
+
+/// `POST /v1/hooks/after_response`: the middleware sees (and may change) an answer.
+pub(crate) async fn after_response<P: Plugin>(
+    shared: &Shared<P>,
+    req: Request<Incoming>,
+) -> Handled {
+    let middleware = hook_target(shared, Hook::AfterResponse)?;
+    let exchange: AfterResponse = read_json(req, shared.max_body).await?;
+    let _in_flight = shared.counters.start();
+    let work = async move { guarded(middleware.after(exchange)).await };
+    let response = offload(shared.exec.as_ref(), work).await??;
+    Ok(reply::json(StatusCode::OK, &response))
+}
+
+/// The middleware, when it declared `hook` (else 404) and the worker is not stopping.
+fn hook_target<P>(
+    shared: &Shared<P>,
+    hook: Hook,
+) -> Result<Arc<dyn crate::middleware::DynMiddleware>, WireError> {
+    refuse_when_stopping(shared)?;
+    match &shared.middleware {
+        Some(m) if shared.hooks.contains(&hook) => Ok(Arc::clone(m)),
+        _ => Err(WireError::new(
+            ErrorKind::NotFound,
+            format!("this plugin serves no {} hook", hook.as_str()),
+        )),
+    }
 }
 
 /// `ANY /v1/route/…`: one request to a plugin route, its body and answer streamed.
@@ -310,6 +355,8 @@ mod tests {
             exec: None,
             routes: None,
             route_specs: Vec::new(),
+            middleware: None,
+            hooks: Vec::new(),
         }
     }
 

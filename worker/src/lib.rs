@@ -30,7 +30,11 @@
 //! - [`files`] / `transfer.rs`: file references, opened only beneath the transfer directory.
 //! - [`Routes`] (`routes.rs`): a plugin's own HTTP routes, mounted by the host under
 //!   `/plugins/<plugin>/…` and forwarded to `/v1/route/…`; [`run_routed`] serves them.
+//! - [`Middleware`] (`middleware.rs`): hooks around host requests (`/v1/hooks/…`).
+//! - [`Worker`] (`builder.rs`): a plugin plus the extensions it serves
+//!   (`Worker::new(p).routes().middleware().run()`).
 
+mod builder;
 mod cli;
 mod error;
 pub mod files;
@@ -40,6 +44,7 @@ mod guardian;
 mod handlers;
 mod lanes;
 mod listener;
+mod middleware;
 mod ndjson;
 mod offload;
 mod options;
@@ -54,9 +59,11 @@ mod transfer;
 mod unwind;
 mod watch;
 
+pub use builder::Worker;
 pub use cli::{LOG_ENV, WORKER_THREADS_ENV};
 pub use error::WorkerError;
 pub use listener::{ListenAddr, Listener};
+pub use middleware::Middleware;
 pub use options::{ServeOptions, DEFAULT_CLEANUP_TIMEOUT, DEFAULT_GRACE};
 pub use routes::{RouteBody, RouteRequest, RouteResponse, Routes};
 pub use run::{run, run_routed};

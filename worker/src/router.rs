@@ -26,10 +26,14 @@ enum Route {
     Shutdown,
     /// A plugin route: `ANY /v1/route/…`.
     Plugin,
+    /// A middleware's `before_request` hook.
+    BeforeRequest,
+    /// A middleware's `after_response` hook.
+    AfterResponse,
 }
 
 /// Path, method and route of every endpoint.
-const TABLE: [(&str, Method, Route); 9] = [
+const TABLE: [(&str, Method, Route); 11] = [
     (routes::HEALTH, Method::GET, Route::Health),
     (routes::INFO, Method::GET, Route::Info),
     (routes::CONFIG, Method::GET, Route::Config),
@@ -39,6 +43,8 @@ const TABLE: [(&str, Method, Route); 9] = [
     (routes::EXECUTE_STREAM, Method::POST, Route::ExecuteStream),
     (routes::CLEANUP, Method::POST, Route::Cleanup),
     (routes::SHUTDOWN, Method::POST, Route::Shutdown),
+    (routes::BEFORE_REQUEST, Method::POST, Route::BeforeRequest),
+    (routes::AFTER_RESPONSE, Method::POST, Route::AfterResponse),
 ];
 
 /// Answers one request. Never fails: every problem is an error answer.
@@ -87,6 +93,8 @@ async fn dispatch<P: Plugin>(shared: &Shared<P>, route: Route, req: Request<Inco
         Route::Cleanup => handlers::cleanup(shared).await,
         Route::Shutdown => handlers::shutdown(shared),
         Route::Plugin => handlers::route(shared, req).await,
+        Route::BeforeRequest => handlers::before_request(shared, req).await,
+        Route::AfterResponse => handlers::after_response(shared, req).await,
     }
 }
 

@@ -1,10 +1,11 @@
 //! `run`: the whole `main` of a worker binary (arguments, logging, runtime, handshake, serve).
 
+use crate::builder::{Extensions, Worker};
 use crate::cli::{Args, WorkerConfig, LOG_ENV};
 use crate::error::WorkerError;
 use crate::files;
 use crate::listener::Listener;
-use crate::routes::{DynRoutes, Routes};
+use crate::routes::Routes;
 use crate::server::serve_with;
 use crate::watch;
 use clap::Parser;
@@ -37,18 +38,25 @@ use tokio_util::sync::CancellationToken;
 /// shutdown and exits. Exit codes: 0 after a clean shutdown, 1 when the worker could not
 /// start or had to be stopped forcibly, 2 for usage errors (no listen address, no token).
 pub fn run<P: Plugin>(plugin: P) -> ! {
-    run_with(Arc::new(plugin), None)
+    Worker::new(plugin).run()
 }
 
 /// [`run`] for a plugin that also serves HTTP routes: the host mounts them under
-/// `/plugins/<plugin>/…` (see [`Routes`]).
+/// `/plugins/<plugin>/…` (see [`Routes`]). Short for `Worker::new(plugin).routes().run()`;
+/// [`Worker`] adds other extensions (middleware).
 pub fn run_routed<P: Plugin + Routes>(plugin: P) -> ! {
-    let plugin = Arc::new(plugin);
-    let routes: Arc<dyn DynRoutes> = plugin.clone();
-    run_with(plugin, Some(routes))
+    Worker::new(plugin).routes().run()
 }
 
-fn run_with<P: Plugin>(plugin: Arc<P>, routes: Option<Arc<dyn DynRoutes>>) -> ! {
+impl<P: Plugin> Worker<P> {
+    /// Runs as a worker process and exits, as [`run`] does.
+    pub fn run(self) -> ! {
+        let (plugin, extensions) = self.into_parts();
+        run_with(plugin, extensions)
+    }
+}
+
+fn run_with<P: Plugin>(plugin: Arc<P>, extensions: Extensions) -> ! {
     let args = Args::parse();
     init_logging();
     let program = program_name(&*plugin);
@@ -75,7 +83,7 @@ fn run_with<P: Plugin>(plugin: Arc<P>, routes: Option<Arc<dyn DynRoutes>>) -> ! 
     };
     let mut config = config;
     config.options.plugin_runtime = Some(plugins.handle().clone());
-    let result = server.block_on(start(plugin, routes, config));
+    let result = server.block_on(start(plugin, extensions, config));
     plugins.shutdown_timeout(Duration::from_millis(250));
     server.shutdown_timeout(Duration::from_millis(250));
     crate::guardian::dismiss();
@@ -88,7 +96,7 @@ fn run_with<P: Plugin>(plugin: Arc<P>, routes: Option<Arc<dyn DynRoutes>>) -> ! 
 /// Binds, announces, installs the shutdown triggers and serves.
 async fn start<P: Plugin>(
     plugin: Arc<P>,
-    routes: Option<Arc<dyn DynRoutes>>,
+    extensions: Extensions,
     config: WorkerConfig,
 ) -> Result<(), WorkerError> {
     // Everything that can fail is checked before the handshake promises a working worker.
@@ -109,7 +117,7 @@ async fn start<P: Plugin>(
         watch::on_stdin_eof(shutdown.clone(), deadline, socket.clone());
     }
     watch::watchdog_on(shutdown.clone(), deadline, socket);
-    serve_with(listener, plugin, routes, config.options, shutdown).await
+    serve_with(listener, plugin, extensions, config.options, shutdown).await
 }
 
 /// Prints the handshake line on stdout, then makes fd 1 a copy of stderr, so nothing the

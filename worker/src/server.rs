@@ -6,6 +6,7 @@
 //! connection to finish its current request and close; after the grace period drop whatever
 //! still runs (which cancels the plugin calls); run `Plugin::cleanup` once, bounded in time.
 
+use crate::builder::{Extensions, Worker};
 use crate::error::WorkerError;
 use crate::files;
 use crate::lanes::{lane, read_head, Prefixed, Rehome};
@@ -13,7 +14,7 @@ use crate::listener::Listener;
 use crate::offload::AbortOnDrop;
 use crate::options::ServeOptions;
 use crate::router;
-use crate::routes::{DynRoutes, Routes};
+use crate::routes::Routes;
 use crate::state::{Counters, Shared};
 use crate::transfer::TransferDir;
 use crate::unwind::guarded;
@@ -63,10 +64,11 @@ pub async fn serve<P: Plugin>(
     options: ServeOptions,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
-    serve_with(listener, plugin, None, options, shutdown).await
+    serve_with(listener, plugin, Extensions::default(), options, shutdown).await
 }
 
-/// [`serve`] for a plugin that also serves HTTP routes ([`Routes`]).
+/// [`serve`] for a plugin that also serves HTTP routes ([`Routes`]); short for
+/// `Worker::shared(plugin).routes().serve(…)`.
 ///
 /// # Errors
 /// As [`serve`]; also [`WorkerError::Routes`] when the plugin's `routes()` panics.
@@ -76,22 +78,47 @@ pub async fn serve_routed<P: Plugin + Routes>(
     options: ServeOptions,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
-    let routes: Arc<dyn DynRoutes> = plugin.clone();
-    serve_with(listener, plugin, Some(routes), options, shutdown).await
+    Worker::shared(plugin)
+        .routes()
+        .serve(listener, options, shutdown)
+        .await
+}
+
+impl<P: Plugin> Worker<P> {
+    /// Serves in-process until `shutdown`, as [`serve`] does.
+    ///
+    /// # Errors
+    /// As [`serve`]; also [`WorkerError::Routes`] or [`WorkerError::Hooks`] when the plugin's
+    /// `routes()` or `hooks()` panics.
+    pub async fn serve(
+        self,
+        listener: Listener,
+        options: ServeOptions,
+        shutdown: CancellationToken,
+    ) -> Result<(), WorkerError> {
+        let (plugin, extensions) = self.into_parts();
+        serve_with(listener, plugin, extensions, options, shutdown).await
+    }
 }
 
 pub(crate) async fn serve_with<P: Plugin>(
     listener: Listener,
     plugin: Arc<P>,
-    routes: Option<Arc<dyn DynRoutes>>,
+    extensions: Extensions,
     options: ServeOptions,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let mut shared = shared_state(plugin, &options, shutdown)?;
-    if let Some(routes) = routes {
+    if let Some(routes) = extensions.routes {
         let specs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| routes.specs()));
         shared.route_specs = specs.map_err(|_| WorkerError::Routes)?;
         shared.routes = Some(routes);
+    }
+    if let Some(middleware) = extensions.middleware {
+        let hooks =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| middleware.declared()));
+        shared.hooks = hooks.map_err(|_| WorkerError::Hooks)?;
+        shared.middleware = Some(middleware);
     }
     let shared = Arc::new(shared);
     let socket_path = listener.socket_path();
@@ -139,6 +166,8 @@ fn shared_state<P: Plugin>(
         exec: options.plugin_runtime.clone(),
         routes: None,
         route_specs: Vec::new(),
+        middleware: None,
+        hooks: Vec::new(),
     })
 }
 

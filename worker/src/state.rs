@@ -1,8 +1,9 @@
 //! `Shared`: what every request handler of one server sees (plugin, options, counters).
 
+use crate::middleware::DynMiddleware;
 use crate::routes::DynRoutes;
 use crate::transfer::TransferDir;
-use plugvisor_proto::wire::RouteSpec;
+use plugvisor_proto::wire::{Hook, RouteSpec};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,10 @@ pub(crate) struct Shared<P> {
     pub routes: Option<Arc<dyn DynRoutes>>,
     /// What the routes declared, read once at start.
     pub route_specs: Vec<RouteSpec>,
+    /// The plugin's middleware hooks, when it is a middleware.
+    pub middleware: Option<Arc<dyn DynMiddleware>>,
+    /// The hooks it declared, read once at start.
+    pub hooks: Vec<Hook>,
 }
 
 /// Calls running now and calls started so far.

@@ -16,6 +16,8 @@ pub struct PluginIdentity {
     pub config_schema: Value,
     /// Its HTTP routes (empty when it serves none).
     pub routes: Vec<RouteSpec>,
+    /// The middleware hooks it serves (empty when it is no middleware).
+    pub hooks: Vec<plugvisor_proto::wire::Hook>,
 }
 
 impl From<InfoResponse> for PluginIdentity {
@@ -25,6 +27,7 @@ impl From<InfoResponse> for PluginIdentity {
             version: info.version,
             config_schema: info.config_schema,
             routes: info.routes,
+            hooks: info.hooks,
         }
     }
 }

@@ -103,6 +103,28 @@ impl RemotePlugin {
         self.core.stream(&input).await
     }
 
+    /// Runs the worker's `before_request` middleware hook on `request`.
+    ///
+    /// # Errors
+    /// As for any call; [`PluginError::Protocol`] when the plugin serves no such hook.
+    pub async fn before_request(
+        &self,
+        request: &wire::HookRequest,
+    ) -> Result<wire::BeforeAction, PluginError> {
+        self.core.before_request(request).await
+    }
+
+    /// Runs the worker's `after_response` middleware hook on `exchange`.
+    ///
+    /// # Errors
+    /// As [`RemotePlugin::before_request`].
+    pub async fn after_response(
+        &self,
+        exchange: &wire::AfterResponse,
+    ) -> Result<wire::HookResponse, PluginError> {
+        self.core.after_response(exchange).await
+    }
+
     /// Health as the worker reports it (never touches plugin code).
     ///
     /// # Errors

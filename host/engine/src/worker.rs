@@ -277,6 +277,26 @@ impl WorkerCore {
         Ok((body, staged))
     }
 
+    /// `POST /v1/hooks/before_request`.
+    pub(crate) async fn before_request(
+        &self,
+        request: &wire::HookRequest,
+    ) -> Result<wire::BeforeAction, PluginError> {
+        let _guard = self.begin_call();
+        let body = to_body(request)?;
+        self.json(Method::POST, routes::BEFORE_REQUEST, body).await
+    }
+
+    /// `POST /v1/hooks/after_response`.
+    pub(crate) async fn after_response(
+        &self,
+        exchange: &wire::AfterResponse,
+    ) -> Result<wire::HookResponse, PluginError> {
+        let _guard = self.begin_call();
+        let body = to_body(exchange)?;
+        self.json(Method::POST, routes::AFTER_RESPONSE, body).await
+    }
+
     /// `GET /v1/health`.
     pub(crate) async fn health(&self) -> Result<wire::HealthResponse, PluginError> {
         self.json(Method::GET, routes::HEALTH, Bytes::new()).await

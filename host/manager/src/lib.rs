@@ -10,6 +10,7 @@
 //! - [`config`]: configuration layers, JSON Schema validation, secret masking.
 //! - `host_config`: the host configuration file (`plugvisor.toml`).
 //! - [`deps`]: start order, missing services, cycles, the dependency closure.
+//! - [`middleware`]: the `[middleware]` table, the paths a middleware may cover, chain links.
 //! - `idle`: the idle stopper of plugins with `idle_stop_secs`.
 //! - [`metrics`]: call counters, latency histogram, restarts and workers in Prometheus text.
 //! - `error`: [`ManagerError`].
@@ -27,6 +28,7 @@ mod managed;
 mod manager;
 pub mod manifest;
 pub mod metrics;
+pub mod middleware;
 mod status;
 
 pub use error::ManagerError;

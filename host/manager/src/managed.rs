@@ -25,6 +25,8 @@ pub(crate) struct Managed {
     supervision: SupervisorConfig,
     /// What the worker said about itself when the plugin was loaded.
     pub(crate) identity: PluginIdentity,
+    /// The host paths it wraps, when it is a middleware.
+    pub(crate) scope: Option<crate::middleware::Scope>,
     /// Config layers below the API's, merged: schema defaults, manifest, host file, env.
     base_config: Value,
     state: Mutex<State>,
@@ -76,6 +78,14 @@ impl Managed {
                 });
             }
         };
+        if let Err(reason) = kind_contract(manifest, &identity) {
+            first.shutdown().await;
+            return Err(ManagerError::Start {
+                plugin: manifest.name.clone(),
+                reason,
+            });
+        }
+        let scope = manifest.middleware.as_ref().map(|m| m.scope());
         let mut base = schema_defaults(&identity.config_schema);
         merge(&mut base, &manifest.config_json());
         merge(&mut base, &plan.file_layer);
@@ -84,6 +94,7 @@ impl Managed {
             spec,
             supervision,
             identity,
+            scope,
             base_config: base,
             state: Mutex::new(State {
                 api_layer: plan.api_layer,
@@ -252,6 +263,22 @@ impl Managed {
         self.supervisor().await?.stream_outputs_ref(input).await
     }
 
+    /// One middleware `before_request`, starting the worker first if needed.
+    pub(crate) async fn before_request(
+        &self,
+        request: &plugvisor_proto::wire::HookRequest,
+    ) -> Result<plugvisor_proto::wire::BeforeAction, PluginError> {
+        self.supervisor().await?.before_request(request).await
+    }
+
+    /// One middleware `after_response`, starting the worker first if needed.
+    pub(crate) async fn after_response(
+        &self,
+        exchange: &plugvisor_proto::wire::AfterResponse,
+    ) -> Result<plugvisor_proto::wire::HookResponse, PluginError> {
+        self.supervisor().await?.after_response(exchange).await
+    }
+
     /// One route request, starting the worker first if needed.
     pub(crate) async fn route(
         &self,
@@ -385,4 +412,20 @@ fn worker_spec(found: &Discovered, worker_dir: &Path) -> Result<WorkerSpec, Mana
         }
     }
     Ok(spec)
+}
+
+/// What a kind promises that only the running worker can show: a `middleware` serves at least
+/// one hook.
+fn kind_contract(
+    manifest: &crate::manifest::Manifest,
+    identity: &PluginIdentity,
+) -> Result<(), String> {
+    if manifest.kind == crate::manifest::PluginKind::Middleware && identity.hooks.is_empty() {
+        return Err(
+            "kind = \"middleware\" but the worker serves no hooks (implement Middleware and \
+             run it with Worker::new(plugin).middleware())"
+                .to_owned(),
+        );
+    }
+    Ok(())
 }

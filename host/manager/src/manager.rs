@@ -351,6 +351,59 @@ impl PluginManager {
         result.map_err(|source| plugin_error(name, source))
     }
 
+    /// The middlewares that wrap a request to the (normalised) host `path`, in chain order:
+    /// by priority, lowest first, then by name. Empty when none covers it.
+    pub fn middleware_chain(&self, path: &str) -> Vec<crate::middleware::ChainLink> {
+        let loaded = read(&self.inner.loaded);
+        let mut chain: Vec<_> = loaded
+            .iter()
+            .filter_map(|(name, m)| {
+                let scope = m.scope.as_ref()?;
+                let table = m.found.manifest.middleware.as_ref()?;
+                scope.covers(path).then(|| crate::middleware::ChainLink {
+                    plugin: name.clone(),
+                    priority: table.priority,
+                    on_error: table.on_error,
+                    hooks: m.identity.hooks.clone(),
+                })
+            })
+            .collect();
+        chain.sort_by(|a, b| (a.priority, &a.plugin).cmp(&(b.priority, &b.plugin)));
+        chain
+    }
+
+    /// Runs middleware `name`'s `before_request` hook (counted in its metrics like a call).
+    ///
+    /// # Errors
+    /// [`ManagerError::NotLoaded`], [`ManagerError::Plugin`] when the hook failed.
+    pub async fn before_request(
+        &self,
+        name: &str,
+        request: &plugvisor_proto::wire::HookRequest,
+    ) -> Result<plugvisor_proto::wire::BeforeAction, ManagerError> {
+        let managed = self.loaded_or_err(name)?;
+        let started = Instant::now();
+        let result = managed.before_request(request).await;
+        self.record(name, started, &result);
+        result.map_err(|source| plugin_error(name, source))
+    }
+
+    /// Runs middleware `name`'s `after_response` hook (counted in its metrics like a call).
+    ///
+    /// # Errors
+    /// As [`PluginManager::before_request`].
+    pub async fn after_response(
+        &self,
+        name: &str,
+        exchange: &plugvisor_proto::wire::AfterResponse,
+    ) -> Result<plugvisor_proto::wire::HookResponse, ManagerError> {
+        let managed = self.loaded_or_err(name)?;
+        let started = Instant::now();
+        let result = managed.after_response(exchange).await;
+        self.record(name, started, &result);
+        result.map_err(|source| plugin_error(name, source))
+    }
+
     /// Unloads `name`. Refused while loaded plugins require a service only it provides,
     /// unless `force`.
     ///

@@ -149,6 +149,10 @@ pub struct Manifest {
     /// How `plugvisor serve` mounts the plugin's HTTP routes (`[http]`).
     #[serde(default)]
     pub http: HttpManifest,
+    /// Where and in what order a plugin of kind `middleware` wraps host requests
+    /// (`[middleware]`; required for that kind, refused for the others).
+    #[serde(default)]
+    pub middleware: Option<crate::middleware::MiddlewareManifest>,
 }
 
 /// The `[http]` table: where and how the plugin's routes are mounted.
@@ -560,7 +564,32 @@ impl Manifest {
             sandbox.check()?;
         }
         self.http.check()?;
+        self.check_kind()?;
         self.supervision.check()
+    }
+
+    /// A kind's contract, as far as the manifest can show it: a `middleware` has a
+    /// `[middleware]` table (and nothing else has one). That the worker serves hooks is checked
+    /// when it starts.
+    fn check_kind(&self) -> Result<(), (Option<&'static str>, String)> {
+        match (&self.middleware, self.kind) {
+            (Some(m), PluginKind::Middleware) => m.check(),
+            (None, PluginKind::Middleware) => Err((
+                Some("kind"),
+                format!(
+                    "kind = \"middleware\" needs a [middleware] table with paths (globs over {})",
+                    crate::middleware::COVERABLE
+                ),
+            )),
+            (Some(_), kind) => Err((
+                Some("middleware"),
+                format!(
+                    "[middleware] is only for kind = \"middleware\", not {:?}",
+                    kind.as_str()
+                ),
+            )),
+            (None, _) => Ok(()),
+        }
     }
 
     fn check_identity(&self) -> Result<(), String> {

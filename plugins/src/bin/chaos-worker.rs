@@ -1,6 +1,10 @@
-//! The `chaos` worker: misbehaves on demand (see `plugvisor_plugins::chaos`).
+//! The `chaos` worker: misbehaves on demand (see `plugvisor_plugins::chaos`), in calls, in its
+//! route, and in middleware hooks.
 
 fn main() {
     plugvisor_plugins::chaos::startup_fault();
-    plugvisor_worker::run_routed(plugvisor_plugins::chaos::Chaos::default())
+    plugvisor_worker::Worker::new(plugvisor_plugins::chaos::Chaos::default())
+        .routes()
+        .middleware()
+        .run()
 }

@@ -210,7 +210,11 @@ fn overlapping_prefixes_are_a_load_error_naming_both_plugins() {
 #[test]
 fn lists_filter_by_kind_and_an_unknown_kind_names_the_kinds() {
     serially(async {
-        let guard = manifest("guard", "echo", "kind = \"middleware\"");
+        let guard = manifest(
+            "guard",
+            "guard",
+            "kind = \"middleware\"\n[middleware]\npaths = [\"/plugins/guard/**\"]",
+        );
         let panel = manifest(
             "panel",
             "echo",

@@ -15,6 +15,7 @@ mod cli;
 mod cli_manage;
 mod faults;
 mod manager;
+mod middleware;
 mod protocol;
 mod sandbox;
 mod supervision;

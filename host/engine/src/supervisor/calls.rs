@@ -245,6 +245,35 @@ impl Supervisor {
         Ok(answer.map(|body| body.holding(permit)))
     }
 
+    /// Runs the worker's `before_request` middleware hook, admitted, timed and retried like a
+    /// call.
+    ///
+    /// # Errors
+    /// As [`Plugin::execute`]; [`PluginError::Protocol`] when the plugin serves no such hook.
+    pub async fn before_request(
+        &self,
+        request: &plugvisor_proto::wire::HookRequest,
+    ) -> Result<plugvisor_proto::wire::BeforeAction, PluginError> {
+        let options = CallOptions::default();
+        self.inner
+            .run(options, |w| async move { w.before_request(request).await })
+            .await
+    }
+
+    /// Runs the worker's `after_response` middleware hook, like [`Supervisor::before_request`].
+    ///
+    /// # Errors
+    /// As [`Supervisor::before_request`].
+    pub async fn after_response(
+        &self,
+        exchange: &plugvisor_proto::wire::AfterResponse,
+    ) -> Result<plugvisor_proto::wire::HookResponse, PluginError> {
+        let options = CallOptions::default();
+        self.inner
+            .run(options, |w| async move { w.after_response(exchange).await })
+            .await
+    }
+
     /// Health of the current worker, if one is up.
     ///
     /// # Errors

@@ -45,6 +45,9 @@ pub(crate) enum ApiKind {
     QuotaExceeded,
     /// 502: the worker could not be started.
     StartFailed,
+    /// 502: a middleware with `on_error = "fail_closed"` failed (error, crash, timeout, or an
+    /// answer the host could not use).
+    MiddlewareFailed,
     /// 500: a fault of the server itself.
     Internal,
 }
@@ -66,6 +69,7 @@ impl ApiKind {
             Self::InvalidManifest => "invalid_manifest",
             Self::DependencyUnmet => "dependency_unmet",
             Self::StartFailed => "start_failed",
+            Self::MiddlewareFailed => "middleware_failed",
             Self::Internal => "internal",
         }
     }
@@ -83,7 +87,7 @@ impl ApiKind {
             | Self::RouteConflict => 409,
             Self::InvalidManifest => 422,
             Self::DependencyUnmet => 424,
-            Self::StartFailed => 502,
+            Self::StartFailed | Self::MiddlewareFailed => 502,
             Self::Internal => 500,
         };
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)

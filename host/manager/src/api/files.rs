@@ -9,11 +9,11 @@
 
 use super::errors::{ApiError, ApiKind};
 use super::reply::{self, Body, Reply};
-use super::request::drain;
+use super::request::{drain, ApiBody};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use plugvisor_host::OutputFile;
 use plugvisor_proto::{FileRef, Value};
 use serde_json::json;
@@ -204,7 +204,7 @@ impl FileStore {
         client: IpAddr,
         declared: Option<u64>,
         media_type: String,
-        mut body: Incoming,
+        mut body: ApiBody,
         idle: Duration,
     ) -> Result<Reply, ApiError> {
         let allowance = match self.allowance(client) {
@@ -464,7 +464,7 @@ fn replace_refs(value: &mut Value, by_path: &HashMap<PathBuf, Value>) {
 enum WriteError {
     TooLarge,
     Stalled,
-    Body(hyper::Error),
+    Body(Box<dyn std::error::Error + Send + Sync>),
     Io(std::io::Error),
 }
 
@@ -482,7 +482,7 @@ impl WriteError {
 /// Writes `body` to a new file at `path`, at most `limit` bytes; returns size and sha256.
 async fn write_upload(
     path: &Path,
-    body: &mut Incoming,
+    body: &mut ApiBody,
     limit: u64,
     idle: Duration,
 ) -> Result<(u64, String), WriteError> {

@@ -3,14 +3,17 @@
 
 use super::errors::ApiError;
 use super::reply::{self, Reply};
-use super::request::{authorize, declared_length, parse, parse_optional, query_flag, read_body};
+use super::request::{
+    authorize, declared_length, parse, parse_optional, query_flag, read_body, ApiBody,
+};
 use super::routes::{resolve, Op};
-use super::{guard, health, openapi, plugin_routes, streams, Ctx};
+use super::{guard, health, middleware, openapi, plugin_routes, streams, Ctx};
 use crate::manifest::PluginKind;
 use crate::PluginManager;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{Request, StatusCode};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use plugvisor_host::CallOptions;
 use plugvisor_proto::Value;
@@ -92,6 +95,20 @@ async fn route(
     client: IpAddr,
 ) -> Result<Reply, ApiError> {
     guard::check(parts, &ctx.options.browser)?;
+    let chain = middleware::chain(ctx, parts);
+    if chain.is_empty() {
+        return dispatch(ctx, parts, Either::Left(body), client).await;
+    }
+    middleware::wrap(ctx, parts, body, client, chain).await
+}
+
+/// Routes a request that passed the browser guard (and the middlewares covering it).
+pub(crate) async fn dispatch(
+    ctx: &Ctx,
+    parts: &Parts,
+    body: ApiBody,
+    client: IpAddr,
+) -> Result<Reply, ApiError> {
     // Plugin routes live outside /api (a prefix may never be under it).
     if !parts.uri.path().starts_with("/api/") {
         if let Some(target) = plugin_routes::target(ctx, parts)? {
@@ -144,7 +161,7 @@ async fn route(
     }
 }
 
-async fn body_of(ctx: &Ctx, parts: &Parts, body: Incoming) -> Result<Bytes, ApiError> {
+async fn body_of(ctx: &Ctx, parts: &Parts, body: ApiBody) -> Result<Bytes, ApiError> {
     read_body(parts, body, &ctx.options).await
 }
 
@@ -274,7 +291,7 @@ async fn execute_stream(
 async fn upload(
     ctx: &Ctx,
     parts: &Parts,
-    body: Incoming,
+    body: ApiBody,
     client: IpAddr,
 ) -> Result<Reply, ApiError> {
     let declared = declared_length(parts);

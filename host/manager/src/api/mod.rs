@@ -10,6 +10,8 @@
 //! - `errors.rs`: `ApiError` and the status of every manager and plugin error;
 //! - `guard.rs`: the `Host` and `Origin` checks that keep web pages out;
 //! - `files.rs`: uploads, downloads, and the paths clients may name;
+//! - `middleware.rs`: the chain of middleware plugins around the call routes and plugin
+//!   routes (`before_request`, `after_response`);
 //! - `streams.rs`: the NDJSON answers (`execute_stream`, `events`);
 //! - `health.rs`: the health-check document;
 //! - `openapi.rs`: the OpenAPI document, built from the route table.
@@ -19,6 +21,7 @@ mod files;
 mod guard;
 mod handlers;
 mod health;
+mod middleware;
 mod openapi;
 mod plugin_routes;
 mod reply;

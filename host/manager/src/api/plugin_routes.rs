@@ -4,14 +4,13 @@
 
 use super::errors::ApiError;
 use super::reply::{Body, BodyError, Reply};
-use super::request::{authorize, declared_length, drain};
+use super::request::{authorize, declared_length, drain, ApiBody};
 use super::Ctx;
 use crate::manager::RouteTarget;
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::request::Parts;
 use http::{Request, Uri};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use std::net::IpAddr;
 
 /// Headers the host sets on every forwarded request.
@@ -43,7 +42,7 @@ pub(crate) fn target(ctx: &Ctx, parts: &Parts) -> Result<Option<RouteTarget>, Ap
 pub(crate) async fn forward(
     ctx: &Ctx,
     parts: &Parts,
-    body: Incoming,
+    body: ApiBody,
     client: IpAddr,
     target: RouteTarget,
 ) -> Result<Reply, ApiError> {

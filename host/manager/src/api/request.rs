@@ -6,8 +6,13 @@ use bytes::{Bytes, BytesMut};
 use http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use http::request::Parts;
 use http_body_util::BodyExt;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
+
+/// A request body: as the client sends it, or complete (rebuilt after a middleware's
+/// `before_request` changed it).
+pub(crate) type ApiBody = Either<Incoming, Full<Bytes>>;
 
 /// Checks `Authorization: Bearer <token>` when a token is configured.
 ///
@@ -59,7 +64,7 @@ pub(crate) fn declared_length(parts: &Parts) -> Option<u64> {
 /// slow, 400 when the connection fails mid-body.
 pub(crate) async fn read_body(
     parts: &Parts,
-    mut body: Incoming,
+    mut body: ApiBody,
     options: &ApiOptions,
 ) -> Result<Bytes, ApiError> {
     let limit = options.max_body;
@@ -93,7 +98,7 @@ pub(crate) async fn read_body(
 }
 
 /// Reads and discards what is left of `body`, at most [`DRAIN_MAX`] bytes and `within`.
-pub(crate) async fn drain(mut body: Incoming, within: std::time::Duration) {
+pub(crate) async fn drain(mut body: ApiBody, within: std::time::Duration) {
     let mut seen = 0u64;
     let discard = async {
         while let Some(Ok(frame)) = body.frame().await {
