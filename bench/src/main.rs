@@ -139,6 +139,10 @@ async fn run(cli: &Cli) -> Result<Report> {
         let one = step("P15", scenario::routes::latency(&ctx)).await;
         outcomes.push(one_or_error(one, "P15"));
     }
+    if wants(&["P17"]) {
+        let one = step("P17", scenario::middleware::latency(&ctx)).await;
+        outcomes.push(one_or_error(one, "P17"));
+    }
     if wants(&["P16"]) {
         let one = step("P16", scenario::routes::streaming(&ctx)).await;
         outcomes.push(one_or_error(one, "P16"));

@@ -29,6 +29,7 @@
 //! the request as the hook saw it; `body` adds `"chaos": true` to a JSON body), and
 //! `x-chaos-after: NAME` runs it in `after_response`. Otherwise it appends `chaos` to the
 //! `x-chain` header both ways and sets `x-chaos-saw` to the request header names it saw.
+//! `CHAOS_HOOKS=before_request` (or `after_response`) declares only that hook.
 //! Start-up faults come from the environment (see [`startup_fault`]) or the config
 //! (`{"crash_on_initialize": true}` aborts in `initialize`, so a supervisor that re-applies the
 //! config after each restart sees a crash loop).
@@ -45,6 +46,9 @@ use std::time::Duration;
 
 /// Environment variable selecting a start-up fault (read by `chaos-worker` before serving).
 pub const STARTUP_ENV: &str = "CHAOS_STARTUP";
+
+/// Environment variable naming the middleware hooks chaos declares (default: both).
+pub const HOOKS_ENV: &str = "CHAOS_HOOKS";
 
 /// Memory kept alive by `alloc`, so it stays resident.
 static LEAKED: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
@@ -158,8 +162,16 @@ impl Routes for Chaos {
 
 /// Chaos as a middleware: faults on demand in either hook (see the module docs).
 impl Middleware for Chaos {
+    /// Both, or those named in `CHAOS_HOOKS` (comma-separated, e.g. `before_request`).
     fn hooks(&self) -> Vec<Hook> {
-        vec![Hook::BeforeRequest, Hook::AfterResponse]
+        let all = [Hook::BeforeRequest, Hook::AfterResponse];
+        match std::env::var(HOOKS_ENV) {
+            Ok(named) => all
+                .into_iter()
+                .filter(|h| named.split(',').any(|n| n.trim() == h.as_str()))
+                .collect(),
+            Err(_) => all.to_vec(),
+        }
     }
 
     async fn before_request(&self, mut request: HookRequest) -> Result<BeforeAction, PluginError> {

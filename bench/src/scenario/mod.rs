@@ -7,12 +7,14 @@
 //! - `scale`: P10 (memory and start-up of many workers).
 //! - `sandbox`: P12 (a call, sandboxed vs not), P13 (spawn, sandboxed vs not).
 //! - `routes`: P15 (a plugin route vs execute through the API), P16 (a streamed route).
+//! - `middleware`: P17 (what one middleware adds to a request, vs one plugin call).
 //! - `escape`: P14, the escape table (hostile attempts, unsandboxed vs sandboxed).
 
 pub mod calls;
 pub mod escape;
 pub mod files;
 pub mod lifecycle;
+pub mod middleware;
 pub mod routes;
 pub mod sandbox;
 pub mod scale;

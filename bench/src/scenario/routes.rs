@@ -15,36 +15,39 @@ use plugvisor_manager::{ManagerConfig, PluginManager};
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// A `plugvisor serve`-like server of echo and ticker on a loopback port.
-struct Server {
+/// A `plugvisor serve`-like server of bundled workers on a loopback port.
+pub(crate) struct Server {
     manager: PluginManager,
-    addr: String,
+    pub(crate) addr: String,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
+    /// Echo and ticker, with uploads of up to 2 GiB through echo's /count route (P16).
     async fn start(ctx: &Ctx) -> Result<Self> {
+        let manifests = [
+            manifest("echo", "echo", "[http]\nmax_body_mib = 2048")?,
+            manifest("ticker", "ticker", "[http]\nmax_body_mib = 2048")?,
+        ];
+        Self::serving(ctx, &manifests).await
+    }
+
+    /// Serves and loads `manifests` (name, text), in order.
+    pub(crate) async fn serving(ctx: &Ctx, manifests: &[(String, String)]) -> Result<Self> {
         let dir = tempfile::tempdir_in(ctx.dir())?;
-        for name in ["echo", "ticker"] {
-            let command = binary(&format!("{name}-worker"))?;
-            // Uploads of up to 2 GiB through echo's /count route (P16).
-            let text = format!(
-                "name = \"{name}\"\nversion = \"0.1.0\"\ncommand = \"{}\"\n\
-                 [http]\nmax_body_mib = 2048\n",
-                command.display()
-            );
+        for (name, text) in manifests {
             std::fs::write(dir.path().join(format!("{name}.toml")), text)?;
         }
         let manager = PluginManager::new(ManagerConfig {
             manifest_dirs: vec![dir.path().to_path_buf()],
             host: HostConfig {
-                base_dir: Some(ctx.dir().join("p15")),
+                base_dir: Some(dir.path().join("host")),
             },
             ..ManagerConfig::default()
         })?;
-        for name in ["echo", "ticker"] {
+        for (name, _) in manifests {
             manager.load(name, None).await?;
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -68,15 +71,28 @@ impl Server {
         })
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shutdown.cancel();
         let _ = self.task.await;
         self.manager.shutdown().await;
     }
 }
 
+/// The manifest of plugin `name` run by the bundled `<worker>-worker`, with `extra` TOML.
+///
+/// # Errors
+/// When the binary is missing.
+pub(crate) fn manifest(name: &str, worker: &str, extra: &str) -> Result<(String, String)> {
+    let command = binary(&format!("{worker}-worker"))?;
+    let text = format!(
+        "name = \"{name}\"\nversion = \"0.1.0\"\ncommand = \"{}\"\n{extra}\n",
+        command.display()
+    );
+    Ok((name.to_owned(), text))
+}
+
 /// µs since `start`.
-fn since(start: Instant) -> f64 {
+pub(crate) fn since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1e6
 }
 

@@ -1,5 +1,6 @@
 //! The demo's REST step: `plugvisor serve`'s API in-process, a file uploaded, gzipped by a
-//! plugin and downloaded, and the requests the API refuses (a host path, a foreign web page).
+//! plugin and downloaded, the requests the API refuses (a host path, a foreign web page),
+//! plugin routes, and a middleware (guard) in front of one.
 
 use crate::client::ApiClient;
 use anyhow::{ensure, Context};
@@ -28,6 +29,12 @@ pub(crate) async fn rest_files(
         );
         std::fs::write(manifests.join(format!("{name}.toml")), manifest)?;
     }
+    let guard = format!(
+        "name = \"guard\"\nversion = \"0.1.0\"\nkind = \"middleware\"\ncommand = \"{}\"\n\
+         [config]\napi_key = \"{GUARD_KEY}\"\n[middleware]\npaths = [\"/plugins/guard/**\"]\n",
+        worker_dir.join("guard-worker").display()
+    );
+    std::fs::write(manifests.join("guard.toml"), guard)?;
     let manager = PluginManager::new(ManagerConfig {
         manifest_dirs: vec![manifests],
         host: plugvisor_host::HostConfig {
@@ -59,7 +66,7 @@ async fn serve_and_use(
     scratch: &Path,
     say: impl Fn(&str),
 ) -> anyhow::Result<()> {
-    for name in ["files", "echo", "ticker"] {
+    for name in ["files", "echo", "ticker", "guard"] {
         manager.load(name, None).await?;
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -74,9 +81,48 @@ async fn serve_and_use(
     let used = use_files(&client, scratch, &say).await;
     let refused = refusals(&client, &say).await;
     let routed = plugin_routes(&client, &say).await;
+    let guarded = middleware(&client, &say).await;
     shutdown.cancel();
     server.await.context("the API server task")??;
-    used.and(refused).and(routed)
+    used.and(refused).and(routed).and(guarded)
+}
+
+/// The demo guard's key (configured in its manifest).
+const GUARD_KEY: &str = "demo-key";
+
+/// The guard middleware in front of its own route: refused without the key, stamped with it.
+async fn middleware(client: &ApiClient, say: &impl Fn(&str)) -> anyhow::Result<()> {
+    let path = "/plugins/guard/secret";
+    let refused = client
+        .send_raw(Method::GET, path, Bytes::new(), &[])
+        .await?;
+    ensure!(
+        refused.status() == 401,
+        "the guard let a request without the key through: {}",
+        refused.status()
+    );
+    let key = [("x-api-key", GUARD_KEY)];
+    let started = Instant::now();
+    let passed = client
+        .send_raw(Method::GET, path, Bytes::new(), &key)
+        .await?;
+    let took = started.elapsed().as_secs_f64() * 1e3;
+    let stamp = passed
+        .headers()
+        .get("x-guarded-by")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    ensure!(
+        passed.status() == 200,
+        "the key was refused: {}",
+        passed.status()
+    );
+    say(&format!(
+        "middleware: guard answered GET {path} 401 without X-Api-Key; with it, 200 in \
+         {took:.1} ms, stamped x-guarded-by: {stamp} (guard ran in its own worker)"
+    ));
+    Ok(())
 }
 
 /// A plugin's own route, and a streamed one (Server-Sent Events), through the server.
