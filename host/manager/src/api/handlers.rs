@@ -5,7 +5,7 @@ use super::errors::ApiError;
 use super::reply::{self, Reply};
 use super::request::{authorize, declared_length, parse, parse_optional, query_flag, read_body};
 use super::routes::{resolve, Op};
-use super::{guard, health, openapi, plugin_routes, streams, Ctx};
+use super::{guard, health, openapi, plugin_routes, streams, ui, Ctx};
 use crate::manifest::PluginKind;
 use crate::PluginManager;
 use bytes::Bytes;
@@ -91,6 +91,10 @@ async fn route(
     body: Incoming,
     client: IpAddr,
 ) -> Result<Reply, ApiError> {
+    // The status page and UI plugins' assets: static files, no token (see api/ui).
+    if let Some(answer) = ui::answer(ctx, parts).await {
+        return answer;
+    }
     guard::check(parts, &ctx.options.browser)?;
     // Plugin routes live outside /api (a prefix may never be under it).
     if !parts.uri.path().starts_with("/api/") {

@@ -12,7 +12,8 @@
 //! - `files.rs`: uploads, downloads, and the paths clients may name;
 //! - `streams.rs`: the NDJSON answers (`execute_stream`, `events`);
 //! - `health.rs`: the health-check document;
-//! - `openapi.rs`: the OpenAPI document, built from the route table.
+//! - `openapi.rs`: the OpenAPI document, built from the route table;
+//! - `ui/`: the status page (`GET /`) and UI plugins' assets (`/ui/plugins/<plugin>/…`).
 
 mod errors;
 mod files;
@@ -25,6 +26,7 @@ mod reply;
 mod request;
 mod routes;
 mod streams;
+mod ui;
 
 use crate::PluginManager;
 use hyper::server::conn::http1;
