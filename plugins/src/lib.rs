@@ -4,12 +4,15 @@
 //! - [`ticker`]: streams `n` fixed-size items as fast as possible or paced (`ticker-worker`).
 //! - [`files`]: hashes, compresses or measures a file passed by reference (`files-worker`).
 //! - [`chaos`]: misbehaves on demand, for the host's fault tests (`chaos-worker`).
+//! - [`echo_panel`]: a UI plugin whose panel shows echo's last outputs (`echo-panel-worker`,
+//!   assets in `manifests/echo-panel/`).
 //! - [`intruder`]: attempts what a hostile plugin would (read host files, connect, ptrace,
 //!   forbidden syscalls, escape the stop) and reports only whether it worked, for the sandbox
 //!   tests (`intruder-worker`; deliberately without a bundled manifest).
 
 pub mod chaos;
 pub mod echo;
+pub mod echo_panel;
 pub mod files;
 pub mod intruder;
 pub mod ticker;
