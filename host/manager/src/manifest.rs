@@ -577,7 +577,9 @@ impl Manifest {
     /// Rules serde cannot express; an error names the key it is about, when there is one.
     fn check(&self) -> Result<(), (Option<&'static str>, String)> {
         self.check_identity().map_err(|reason| (None, reason))?;
-        crate::ui::check_kind(self.kind, self.ui.as_ref()).map_err(|r| (Some("kind"), r))?;
+        if self.kind == PluginKind::Ui && self.ui.is_none() {
+            return Err((Some("kind"), crate::ui::MISSING_UI.to_owned()));
+        }
         if let Some(sandbox) = &self.sandbox {
             sandbox.check()?;
         }
@@ -760,7 +762,10 @@ rss_limit_mib = 64
         let bare = GOOD.replace("provides = [\"text\"]", "kind = \"ui\"");
         let err = Manifest::parse_file(&bare, &file).unwrap_err();
         assert_eq!(err.line, Some(5), "{err}");
-        assert!(err.reason.contains("kind = \"ui\" needs its assets"), "{err}");
+        assert!(
+            err.reason.contains("kind = \"ui\" needs its assets"),
+            "{err}"
+        );
         let with_ui = bare.replace(
             "kind = \"ui\"",
             "kind = \"ui\"\nui = { dir = \"panel\", mount_point = \"toolbar\" }",
@@ -774,6 +779,9 @@ rss_limit_mib = 64
         let m = Manifest::parse_file(&with_ui, &file).unwrap();
         let ui = m.ui.unwrap();
         assert_eq!(ui.mount_point, crate::ui::MountPoint::Toolbar);
+        // Another kind may have a panel too.
+        let tool = with_ui.replace("kind = \"ui\"", "kind = \"tool\"");
+        assert!(Manifest::parse_file(&tool, &file).unwrap().ui.is_some());
         let odd = with_ui.replace("\"toolbar\"", "\"footer\"");
         assert!(Manifest::parse_file(&odd, &file).is_err());
     }

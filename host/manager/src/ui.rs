@@ -1,7 +1,6 @@
 //! UI plugins: the manifest's `ui` table (an assets directory and a mount point on the status
 //! page), the `ui` kind's contract, and what `PluginInfo` shows of a plugin's panel.
 
-use crate::manifest::PluginKind;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -87,21 +86,9 @@ impl UiManifest {
     }
 }
 
-/// The `ui` kind's contract on a parsed manifest: a plugin of kind `ui` must have a `ui`
-/// table.
-///
-/// # Errors
-/// A message saying what to add.
-pub(crate) fn check_kind(kind: PluginKind, ui: Option<&UiManifest>) -> Result<(), String> {
-    if kind == PluginKind::Ui && ui.is_none() {
-        return Err(
-            "kind = \"ui\" needs its assets: add ui = { dir = \"<dir with index.html>\", \
-             mount_point = \"sidebar\" | \"toolbar\" | \"main\" }"
-                .to_owned(),
-        );
-    }
-    Ok(())
-}
+/// Why a manifest of kind `ui` without a `ui` table is refused (the `ui` kind's contract).
+pub const MISSING_UI: &str = "kind = \"ui\" needs its assets: add ui = { dir = \"<dir with \
+     index.html>\", mount_point = \"sidebar\" | \"toolbar\" | \"main\" }";
 
 /// What `PluginInfo` shows of a plugin's panel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -125,20 +112,6 @@ impl UiInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_ui_kind_needs_assets_and_other_kinds_may_have_them() {
-        let ui = UiManifest {
-            dir: "panel".into(),
-            mount_point: MountPoint::Sidebar,
-        };
-        assert!(check_kind(PluginKind::Ui, None)
-            .unwrap_err()
-            .contains("ui = {"));
-        assert!(check_kind(PluginKind::Ui, Some(&ui)).is_ok());
-        assert!(check_kind(PluginKind::Tool, Some(&ui)).is_ok());
-        assert!(check_kind(PluginKind::Tool, None).is_ok());
-    }
 
     #[test]
     fn the_assets_directory_must_hold_an_index() {

@@ -36,7 +36,7 @@ fn validate_accepts_the_bundled_manifests_and_lists_every_problem() {
             text(&out.stdout),
             text(&out.stderr)
         );
-        assert!(text(&out.stdout).contains("4 manifest(s) OK"));
+        assert!(text(&out.stdout).contains("5 manifest(s) OK"));
 
         let bad = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -45,12 +45,34 @@ fn validate_accepts_the_bundled_manifests_and_lists_every_problem() {
         )
         .unwrap();
         std::fs::write(bad.path().join("b.toml"), "name = \"b\"\nversion = 1\n").unwrap();
+        // A UI plugin must ship its assets: a directory holding index.html.
+        std::fs::create_dir(bad.path().join("empty-ui")).unwrap();
+        std::fs::write(
+            bad.path().join("c.toml"),
+            "name = \"c\"\nversion = \"1\"\ncommand = \"/bin/true\"\nkind = \"ui\"\n\
+             ui = { dir = \"empty-ui\", mount_point = \"sidebar\" }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            bad.path().join("d.toml"),
+            "name = \"d\"\nversion = \"1\"\ncommand = \"/bin/true\"\nkind = \"ui\"\n",
+        )
+        .unwrap();
         let out = plugvisor(&["validate", bad.path().to_str().unwrap()], run.path());
         assert!(!out.status.success());
         let report = text(&out.stdout);
         assert!(report.contains("b.toml:2: "), "{report}");
         assert!(report.contains("no-such-worker does not exist"), "{report}");
         assert!(report.contains("requires service \"db\""), "{report}");
+        assert!(
+            report.contains("c.toml:5: ui.dir = \"empty-ui\"")
+                && report.contains("holds no index.html"),
+            "{report}"
+        );
+        assert!(
+            report.contains("d.toml:4: kind = \"ui\" needs its assets"),
+            "{report}"
+        );
     })
 }
 
