@@ -258,6 +258,8 @@ fn the_demo_runs_to_completion_and_leaves_nothing_behind() {
             "files hashed a 4 MiB file",
             "WorkerCrashed",
             "the supervisor restarted it",
+            "status page: GET / 200",
+            "UI panel echo-panel at sidebar",
             "done: all",
         ] {
             assert!(
