@@ -243,6 +243,19 @@ impl Session {
         element
     }
 
+    /// Clicks `element` as a user would.
+    pub async fn click(&self, element: &Value) {
+        let path = format!("/element/{}/click", element_id(element));
+        self.call("POST", &path, Some(&json!({}))).await;
+    }
+
+    /// Types `text` into `element`.
+    pub async fn type_into(&self, element: &Value, text: &str) {
+        let path = format!("/element/{}/value", element_id(element));
+        self.call("POST", &path, Some(&json!({ "text": text })))
+            .await;
+    }
+
     /// Makes `frame` (an iframe element) the context of later commands.
     pub async fn enter_frame(&self, frame: &Value) {
         self.call("POST", "/frame", Some(&json!({ "id": frame })))
@@ -277,6 +290,13 @@ fn value_of(what: &str, answer: &Answer) -> Value {
         doc["value"]
     );
     doc["value"].clone()
+}
+
+/// The id of a web element reference.
+fn element_id(element: &Value) -> &str {
+    element[ELEMENT_KEY]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an element: {element}"))
 }
 
 /// Every process below `pid` (children, their children, …).

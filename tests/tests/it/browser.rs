@@ -28,7 +28,7 @@ fn the_status_page_shows_plugins_live_and_hosts_the_ui_panel() {
     serially(async {
         let started = Instant::now();
         let shm_before = chromium_shm();
-        let mut server = Server::start();
+        let mut server = Server::start(&bundled_dir(), None);
         let mut driver = Driver::start().await;
         let session = driver.session().await;
         let url = format!("http://{}/", server.addr);
@@ -38,11 +38,16 @@ fn the_status_page_shows_plugins_live_and_hosts_the_ui_panel() {
         server.track();
         the_panel_shows_echos_outputs(&session, &server).await;
         the_panel_cannot_reach_the_api(&session).await;
+        a_button_reloads_a_plugin(&session, &server).await;
         save_screenshot(&session).await;
+        let mut guarded = Server::start(&echo_only(&driver), Some(TOKEN));
+        the_token_is_asked_for_and_used(&session, &guarded).await;
+        guarded.track();
         driver.track();
         session.quit().await;
         let browser_pids = driver.stop().await;
-        let worker_pids = server.stop().await;
+        let mut worker_pids = server.stop().await;
+        worker_pids.extend(guarded.stop().await);
         nothing_left(&browser_pids, &worker_pids, &shm_before).await;
         eprintln!("browser test took {:?}", started.elapsed());
     })
@@ -229,6 +234,107 @@ async fn bridge(session: &Session, method: &str, path: &str) -> Value {
     session.script_async(script, json!([method, path])).await
 }
 
+/// The page's own POST (same origin) passes the guard: its reload button swaps echo's worker.
+async fn a_button_reloads_a_plugin(session: &Session, server: &Server) {
+    let pid_of = |api: Value| api["pid"].clone();
+    let before = pid_of(server.client.get("/api/plugins/echo").await.json());
+    let button = session
+        .find("#plugins tr[data-plugin='echo'] button[data-action='reload']")
+        .await;
+    session.click(&button).await;
+    until("the page to report the reload", || async move {
+        let text = session
+            .script(
+                "return document.getElementById('message').textContent;",
+                json!([]),
+            )
+            .await;
+        (text == json!("reload echo: done")).then_some(())
+    })
+    .await;
+    let after = pid_of(server.client.get("/api/plugins/echo").await.json());
+    assert_ne!(before, after, "echo was not reloaded");
+    let after = &after;
+    until("echo's new pid on the page", || async move {
+        let shown = session
+            .script(
+                "return document.querySelector(\"#plugins tr[data-plugin='echo'] \
+                 td[data-field='pid']\").textContent;",
+                json!([]),
+            )
+            .await;
+        (shown == json!(after.to_string())).then_some(())
+    })
+    .await;
+}
+
+/// The API token of the second server.
+const TOKEN: &str = "browser-test-token";
+
+/// A manifest directory with only `echo` (for the server with a token).
+fn echo_only(driver: &Driver) -> PathBuf {
+    let dir = driver.dir().join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = format!(
+        "name = \"echo\"\nversion = \"0.1.0\"\ncommand = \"{}\"\n",
+        bin("echo-worker").display()
+    );
+    std::fs::write(dir.join("echo.toml"), text).unwrap();
+    dir
+}
+
+/// Against a server with a token the page asks for it, says when it is refused, and then
+/// lists the plugins and follows the events with it.
+async fn the_token_is_asked_for_and_used(session: &Session, server: &Server) {
+    session.goto(&format!("http://{}/", server.addr)).await;
+    let hint = "document.getElementById('token-form').hidden ? null : \
+                document.getElementById('token-hint').textContent";
+    until("the page to ask for the token", || async move {
+        let shown = session.script(&format!("return {hint};"), json!([])).await;
+        shown
+            .as_str()
+            .filter(|t| t.contains("needs its API token"))
+            .map(drop)
+    })
+    .await;
+    assert!(page_rows(session).await.is_empty(), "rows without a token");
+    enter_token(session, "wrong").await;
+    until("the page to refuse the wrong token", || async move {
+        let shown = session.script(&format!("return {hint};"), json!([])).await;
+        shown.as_str().filter(|t| t.contains("refused")).map(drop)
+    })
+    .await;
+    enter_token(session, TOKEN).await;
+    until(
+        "echo listed and events live with the token",
+        || async move {
+            let live = session
+                .script(
+                    "return document.getElementById('live').textContent;",
+                    json!([]),
+                )
+                .await;
+            let rows = page_rows(session).await;
+            (rows.contains_key("echo") && live == json!("live")).then_some(())
+        },
+    )
+    .await;
+    let kept = session
+        .script(
+            "return sessionStorage.getItem('plugvisor.token');",
+            json!([]),
+        )
+        .await;
+    assert_eq!(kept, json!(TOKEN));
+}
+
+async fn enter_token(session: &Session, token: &str) {
+    let input = session.find("#token").await;
+    session.type_into(&input, token).await;
+    let submit = session.find("#token-form button[type='submit']").await;
+    session.click(&submit).await;
+}
+
 async fn save_screenshot(session: &Session) {
     let png = session.screenshot().await;
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
@@ -336,12 +442,19 @@ struct Server {
 }
 
 impl Server {
-    fn start() -> Self {
+    /// Serves the manifests in `dir`, with `token` as the API token if given.
+    fn start(dir: &Path, token: Option<&str>) -> Self {
         let run = tempfile::tempdir().unwrap();
-        let mut child = Command::new(bin("plugvisor"))
-            .args(["serve", "--plugins", bundled_dir().to_str().unwrap()])
+        let mut command = Command::new(bin("plugvisor"));
+        command
+            .args(["serve", "--plugins", dir.to_str().unwrap()])
             .args(["--listen", "127.0.0.1:0"])
             .env("PLUGVISOR_RUNTIME_DIR", run.path())
+            .env_remove("PLUGVISOR_API_TOKEN");
+        if let Some(token) = token {
+            command.env("PLUGVISOR_API_TOKEN", token);
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -355,10 +468,14 @@ impl Server {
         let url = line.split_whitespace().find(|w| w.starts_with("http://"));
         let url = url.unwrap_or_else(|| panic!("no URL in {line:?}"));
         let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+        let client = Client::new(addr);
         let mut server = Self {
             child: Some(child),
             addr,
-            client: Client::new(addr),
+            client: match token {
+                Some(token) => client.with_token(token),
+                None => client,
+            },
             workers: Vec::new(),
             run,
         };
