@@ -211,11 +211,14 @@ fn overlapping_prefixes_are_a_load_error_naming_both_plugins() {
 fn lists_filter_by_kind_and_an_unknown_kind_names_the_kinds() {
     serially(async {
         let guard = manifest("guard", "echo", "kind = \"middleware\"");
-        let panel = manifest(
-            "panel",
-            "echo",
-            "kind = \"ui\"\n[http]\nprefix = \"/panel\"",
+        // A `ui` plugin ships its assets (a directory holding index.html).
+        let assets = tempfile::tempdir().unwrap();
+        std::fs::write(assets.path().join("index.html"), "<p>panel</p>").unwrap();
+        let ui = format!(
+            "kind = \"ui\"\nui = {{ dir = \"{}\" }}\n[http]\nprefix = \"/panel\"",
+            assets.path().display()
         );
+        let panel = manifest("panel", "echo", &ui);
         let api = Api::start(&[routed().remove(0), guard, panel], ApiOptions::default()).await;
         let c = &api.client;
         for id in ["echo", "guard"] {
