@@ -3,14 +3,17 @@
 //! Config: `{"mode": "identity" | "upper" | "lower", "prefix": string}`, both optional
 //! (defaults `"identity"` and `""`). `execute` transforms every string at any depth (object
 //! keys stay as they are); `execute_stream` yields one item per whitespace-separated word of
-//! a string input (or of `{"text": "..."}`), otherwise one item.
+//! a string input (or of `{"text": "..."}`), otherwise one item. It keeps its last
+//! [`RECENT_KEPT`] outputs for its `GET /recent` route (the `echo-panel` UI plugin shows them).
 
 use futures_util::{stream, StreamExt};
 use plugvisor_proto::wire::RouteSpec;
 use plugvisor_proto::{json, Plugin, PluginError, PluginStream, Value};
 use plugvisor_worker::{RouteRequest, RouteResponse, Routes};
 use serde_json::Map;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// How strings are transformed after the prefix is added.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -122,16 +125,59 @@ fn parse_prefix(value: &Value) -> Result<String, PluginError> {
     })
 }
 
+/// How many outputs `GET /recent` shows.
+pub const RECENT_KEPT: usize = 10;
+
+/// Outputs larger than this (as JSON text) are kept as a note of their size instead.
+const RECENT_MAX_BYTES: usize = 2048;
+
 /// The echo plugin. Re-configurable while it serves calls.
 #[derive(Debug, Default)]
 pub struct Echo {
     config: RwLock<Arc<EchoConfig>>,
+    recent: Mutex<Recent>,
+}
+
+/// The last outputs, newest last, and how many there were in all.
+#[derive(Debug, Default)]
+struct Recent {
+    outputs: VecDeque<Value>,
+    total: u64,
 }
 
 impl Echo {
     /// The configuration in force (a snapshot).
     pub fn config(&self) -> Arc<EchoConfig> {
         Arc::clone(&self.config.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Remembers `output` for `GET /recent` (the last [`RECENT_KEPT`]).
+    fn remember(&self, output: &Value) {
+        let text = output.to_string();
+        let kept = if text.len() <= RECENT_MAX_BYTES {
+            output.clone()
+        } else {
+            json!({ "omitted_bytes": text.len() })
+        };
+        let at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        recent.total += 1;
+        let n = recent.total;
+        recent
+            .outputs
+            .push_back(json!({ "n": n, "at_ms": at_ms, "output": kept }));
+        while recent.outputs.len() > RECENT_KEPT {
+            recent.outputs.pop_front();
+        }
+    }
+
+    /// `{"total": N, "outputs": [{"n", "at_ms", "output"}, …]}`, newest first.
+    pub fn recent(&self) -> Value {
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let outputs: Vec<&Value> = recent.outputs.iter().rev().collect();
+        json!({ "total": recent.total, "outputs": outputs })
     }
 }
 
@@ -144,7 +190,9 @@ const TRANSFORM_LIMIT: usize = 1 << 20;
 /// - `POST /count` → `{"bytes": N}`: reads a body of any size as a stream, in O(1) memory;
 /// - `GET /headers` → `{"names": [...], "x-forwarded-for": …}`: the request headers it got
 ///   (names, and the values of the forwarding headers and of `x-chain`, which middlewares
-///   stamp), to show what reaches a plugin.
+///   stamp), to show what reaches a plugin;
+/// - `GET /recent` → `{"total": N, "outputs": [{"n", "at_ms", "output"}, …]}`: its last
+///   [`RECENT_KEPT`] outputs of `execute` and stream items, newest first.
 impl Routes for Echo {
     fn routes(&self) -> Vec<RouteSpec> {
         vec![
@@ -154,6 +202,7 @@ impl Routes for Echo {
                 .request_schema(json!({})),
             RouteSpec::new("POST", "/count").summary("Counts the bytes of a body of any size"),
             RouteSpec::new("GET", "/headers").summary("The request headers that reached it"),
+            RouteSpec::new("GET", "/recent").summary("Its last outputs, newest first"),
         ]
     }
 
@@ -168,6 +217,7 @@ impl Routes for Echo {
                 Ok(RouteResponse::json(200, &self.config().transform(body)))
             }
             "/headers" => Ok(RouteResponse::json(200, &seen_headers(&request.headers))),
+            "/recent" => Ok(RouteResponse::json(200, &self.recent())),
             _ => {
                 let mut chunks = std::pin::pin!(request.body.into_stream());
                 let mut bytes = 0u64;
@@ -214,7 +264,9 @@ impl Plugin for Echo {
     }
 
     async fn execute(&self, input: Value) -> Result<Value, PluginError> {
-        Ok(self.config().transform(input))
+        let output = self.config().transform(input);
+        self.remember(&output);
+        Ok(output)
     }
 
     async fn execute_stream(&self, input: Value) -> Result<PluginStream, PluginError> {
@@ -231,6 +283,9 @@ impl Plugin for Echo {
                 .collect(),
             None => vec![Ok(config.transform(input))],
         };
+        for item in items.iter().flatten() {
+            self.remember(item);
+        }
         Ok(Box::pin(stream::iter(items)))
     }
 
@@ -338,6 +393,28 @@ mod tests {
             .collect()
             .await;
         assert_eq!(one, vec![Ok(json!([1, "X"]))]);
+    }
+
+    #[tokio::test]
+    async fn recent_keeps_the_last_outputs_newest_first() {
+        let echo = Echo::default();
+        assert_eq!(echo.recent(), json!({"total": 0, "outputs": []}));
+        for i in 0..12 {
+            echo.execute(json!({ "i": i })).await.unwrap();
+        }
+        let _ = echo.execute_stream(json!("a b")).await.unwrap();
+        echo.execute(json!("x".repeat(RECENT_MAX_BYTES)))
+            .await
+            .unwrap();
+        let recent = echo.recent();
+        assert_eq!(recent["total"], 15);
+        let outputs = recent["outputs"].as_array().unwrap();
+        assert_eq!(outputs.len(), RECENT_KEPT);
+        assert_eq!(outputs[0]["output"]["omitted_bytes"], RECENT_MAX_BYTES + 2);
+        assert_eq!(outputs[1]["output"], "b");
+        assert_eq!(outputs[2]["output"], "a");
+        assert_eq!(outputs[3]["output"], json!({"i": 11}));
+        assert_eq!(outputs[3]["n"], 12);
     }
 
     #[test]

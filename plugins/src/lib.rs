@@ -7,12 +7,15 @@
 //!   middleware hooks.
 //! - [`guard`]: a middleware that refuses requests without the configured API key
 //!   (`guard-worker`).
+//! - [`echo_panel`]: a UI plugin whose panel shows echo's last outputs (`echo-panel-worker`,
+//!   assets in `manifests/echo-panel/`).
 //! - [`intruder`]: attempts what a hostile plugin would (read host files, connect, ptrace,
 //!   forbidden syscalls, escape the stop) and reports only whether it worked, for the sandbox
 //!   tests (`intruder-worker`; deliberately without a bundled manifest).
 
 pub mod chaos;
 pub mod echo;
+pub mod echo_panel;
 pub mod files;
 pub mod guard;
 pub mod intruder;

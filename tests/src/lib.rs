@@ -322,3 +322,4 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
     check()
 }
 pub mod http;
+pub mod webdriver;

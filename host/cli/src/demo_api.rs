@@ -1,6 +1,7 @@
 //! The demo's REST step: `plugvisor serve`'s API in-process, a file uploaded, gzipped by a
 //! plugin and downloaded, the requests the API refuses (a host path, a foreign web page),
-//! plugin routes, and a middleware (guard) in front of one.
+//! plugin routes, a middleware (guard) in front of one, and the status page with the bundled
+//! UI plugin's panel.
 
 use crate::client::ApiClient;
 use anyhow::{ensure, Context};
@@ -35,6 +36,7 @@ pub(crate) async fn rest_files(
         worker_dir.join("guard-worker").display()
     );
     std::fs::write(manifests.join("guard.toml"), guard)?;
+    write_panel_manifest(&manifests, worker_dir)?;
     let manager = PluginManager::new(ManagerConfig {
         manifest_dirs: vec![manifests],
         host: plugvisor_host::HostConfig {
@@ -69,6 +71,10 @@ async fn serve_and_use(
     for name in ["files", "echo", "ticker", "guard"] {
         manager.load(name, None).await?;
     }
+    let panel = manager.info(PANEL).is_ok();
+    if panel {
+        manager.load(PANEL, None).await?;
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let client = ApiClient::new(&format!("http://{}", listener.local_addr()?))?;
     let shutdown = CancellationToken::new();
@@ -82,9 +88,10 @@ async fn serve_and_use(
     let refused = refusals(&client, &say).await;
     let routed = plugin_routes(&client, &say).await;
     let guarded = middleware(&client, &say).await;
+    let page = status_page(&client, panel, &say).await;
     shutdown.cancel();
     server.await.context("the API server task")??;
-    used.and(refused).and(routed).and(guarded)
+    used.and(refused).and(routed).and(guarded).and(page)
 }
 
 /// The demo guard's key (configured in its manifest).
@@ -123,6 +130,92 @@ async fn middleware(client: &ApiClient, say: &impl Fn(&str)) -> anyhow::Result<(
          {took:.1} ms, stamped x-guarded-by: {stamp} (guard ran in its own worker)"
     ));
     Ok(())
+}
+
+/// The bundled UI plugin.
+const PANEL: &str = "echo-panel";
+
+/// A manifest for the bundled `echo-panel` whose `ui.dir` is the bundled assets, when this
+/// build can find them (the bundled manifests directory); otherwise none.
+fn write_panel_manifest(manifests: &Path, worker_dir: &Path) -> anyhow::Result<()> {
+    let Ok(bundled) = crate::resolve::manifest_dir(None) else {
+        return Ok(());
+    };
+    let assets = bundled.join(PANEL);
+    if !assets.join("index.html").is_file() {
+        return Ok(());
+    }
+    let command = worker_dir.join(format!("{PANEL}-worker"));
+    let manifest = format!(
+        "name = \"{PANEL}\"\nversion = \"0.1.0\"\nkind = \"ui\"\ncommand = {:?}\n\
+         start = \"lazy\"\nui = {{ dir = {:?}, mount_point = \"sidebar\" }}\n",
+        command.display().to_string(),
+        std::fs::canonicalize(&assets)?.display().to_string(),
+    );
+    std::fs::write(manifests.join(format!("{PANEL}.toml")), manifest)?;
+    Ok(())
+}
+
+/// `GET /` (the status page) and, when loaded, the UI plugin's panel, fetched for real.
+async fn status_page(client: &ApiClient, panel: bool, say: &impl Fn(&str)) -> anyhow::Result<()> {
+    let page = client.send_raw(Method::GET, "/", Bytes::new(), &[]).await?;
+    let status = page.status().as_u16();
+    let csp = page
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let html = page.into_body().collect().await?.to_bytes();
+    let mut size = html.len();
+    for asset in ["/ui/status.js", "/ui/status.css"] {
+        let answer = client
+            .send_raw(Method::GET, asset, Bytes::new(), &[])
+            .await?;
+        ensure!(answer.status().is_success(), "{asset}: {}", answer.status());
+        size += answer.into_body().collect().await?.to_bytes().len();
+    }
+    ensure!(
+        status == 200 && csp.contains("default-src 'none'"),
+        "GET / answered {status}"
+    );
+    let mut line = format!(
+        "status page: GET / {status} ({:.1} KiB with its script and style, embedded, CSP \
+         default-src 'none')",
+        size as f64 / 1024.0
+    );
+    if panel {
+        line.push_str(&panel_line(client).await?);
+    } else {
+        line.push_str("; the bundled UI plugin was not found, no panel shown");
+    }
+    say(&line);
+    Ok(())
+}
+
+/// `, UI panel echo-panel at sidebar (…)`: its mount point from the API, its page served.
+async fn panel_line(client: &ApiClient) -> anyhow::Result<String> {
+    let info = client
+        .json(Method::GET, &format!("/api/plugins/{PANEL}"), None)
+        .await?;
+    let url = info["ui"]["url"].as_str().context("no ui.url")?.to_owned();
+    let answer = client
+        .send_raw(Method::GET, &url, Bytes::new(), &[])
+        .await?;
+    let sandboxed = answer
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|csp| csp.contains("sandbox allow-scripts"));
+    ensure!(
+        answer.status().is_success() && sandboxed,
+        "{url}: {}",
+        answer.status()
+    );
+    Ok(format!(
+        ", UI panel {PANEL} at {} ({url} served sandboxed)",
+        info["ui"]["mount_point"].as_str().unwrap_or("?")
+    ))
 }
 
 /// A plugin's own route, and a streamed one (Server-Sent Events), through the server.

@@ -240,7 +240,7 @@ fn read_manifests(path: &Path) -> anyhow::Result<(Vec<Discovered>, Vec<ManifestE
     }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(match manifest::Manifest::parse(&text, path) {
+    Ok(match manifest::Manifest::parse_file(&text, path) {
         Ok(m) => (
             vec![Discovered {
                 manifest: m,

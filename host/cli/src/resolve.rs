@@ -59,7 +59,7 @@ pub(crate) fn manifest_dir(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     }
     let candidates = [
         PathBuf::from("plugins/manifests"),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/manifests"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/manifests"),
     ];
     candidates.into_iter().find(|d| d.is_dir()).ok_or_else(|| {
         anyhow::anyhow!("no manifest directory: pass --plugins DIR or set PLUGVISOR_PLUGINS")

@@ -16,6 +16,7 @@
 //! - `error`: [`ManagerError`].
 //! - `status`: what the manager reports: [`PluginInfo`], [`ManagerStatus`],
 //!   [`PluginConfig`], [`PluginHealth`].
+//! - [`ui`]: UI plugins: the manifest's `ui` table, mount points, the `ui` kind's contract.
 //! - [`api`]: the management REST API over a [`PluginManager`] (`docs/API.md`).
 
 pub mod api;
@@ -30,8 +31,9 @@ pub mod manifest;
 pub mod metrics;
 pub mod middleware;
 mod status;
+pub mod ui;
 
 pub use error::ManagerError;
 pub use host_config::default_worker_dir;
 pub use manager::{ManagerConfig, PluginManager};
-pub use status::{ManagerStatus, PluginConfig, PluginHealth, PluginInfo};
+pub use status::{ManagerStatus, PluginConfig, PluginHealth, PluginInfo, PluginRoute};

@@ -7,7 +7,8 @@ use crate::host_config::{self, default_worker_dir};
 use crate::managed::{Managed, Plan};
 use crate::manifest::{self, under, Discovered, Manifest, ManifestError};
 use crate::metrics::{self, Metrics};
-use crate::status::{ManagerStatus, PluginConfig, PluginHealth, PluginInfo};
+use crate::status::{ManagerStatus, PluginConfig, PluginHealth, PluginInfo, PluginRoute};
+use crate::ui::UiInfo;
 use plugvisor_host::{
     CallOptions, CallOutput, EventKind, HookHandle, Host, HostConfig, LifecycleEvent, OutputStream,
     PluginError, RouteBody,
@@ -142,7 +143,7 @@ impl PluginManager {
     pub fn loaded(&self) -> Vec<PluginInfo> {
         self.all_loaded()
             .iter()
-            .map(|m| info_of(&m.found, Some(m)))
+            .map(|m| info_of(&m.found, Some(m), &self.inner.metrics))
             .collect()
     }
 
@@ -152,16 +153,17 @@ impl PluginManager {
     /// [`ManagerError::Unknown`].
     pub fn info(&self, name: &str) -> Result<PluginInfo, ManagerError> {
         if let Some(m) = self.managed(name) {
-            return Ok(info_of(&m.found, Some(&m)));
+            return Ok(info_of(&m.found, Some(&m), &self.inner.metrics));
         }
         read(&self.inner.available)
             .get(name)
-            .map(|d| info_of(d, None))
+            .map(|d| info_of(d, None, &self.inner.metrics))
             .ok_or_else(|| ManagerError::Unknown(name.to_owned()))
     }
 
     fn info_of(&self, found: &Discovered) -> PluginInfo {
-        info_of(found, self.managed(&found.manifest.name).as_ref())
+        let managed = self.managed(&found.manifest.name);
+        info_of(found, managed.as_ref(), &self.inner.metrics)
     }
 
     /// Every loaded plugin, as a list (the map's lock is not held while they are used).
@@ -253,11 +255,17 @@ impl PluginManager {
         self.load_one(found, config).await
     }
 
+    /// The manifest of `name`; a broken `<name>.toml` is reported as what is wrong with it
+    /// (e.g. a UI plugin without its `index.html`), not as an unknown plugin.
     fn discovered(&self, name: &str) -> Result<Discovered, ManagerError> {
-        read(&self.inner.available)
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ManagerError::Unknown(name.to_owned()))
+        if let Some(found) = read(&self.inner.available).get(name) {
+            return Ok(found.clone());
+        }
+        let broken = read(&self.inner.problems)
+            .iter()
+            .find(|p| p.file.file_stem().is_some_and(|stem| stem == name))
+            .cloned();
+        Err(broken.map_or_else(|| ManagerError::Unknown(name.to_owned()), Into::into))
     }
 
     async fn load_one(
@@ -319,6 +327,13 @@ impl PluginManager {
             rest,
             http: http.clone(),
         })
+    }
+
+    /// The assets directory of loaded plugin `name`'s UI, when its manifest has `ui`.
+    pub fn ui_dir(&self, name: &str) -> Option<std::path::PathBuf> {
+        let managed = self.managed(name)?;
+        let found = &managed.found;
+        found.manifest.ui.as_ref().map(|ui| ui.dir_of(&found.file))
     }
 
     /// Every loaded plugin's routes: (plugin, mount prefix, route).
@@ -621,10 +636,11 @@ fn node(m: &Manifest) -> Node<'_> {
     }
 }
 
-/// What the API shows of `found`, loaded as `managed` or not loaded.
-fn info_of(found: &Discovered, managed: Option<&Arc<Managed>>) -> PluginInfo {
+/// What the API shows of `found`, loaded as `managed` or not loaded, with its call counts.
+fn info_of(found: &Discovered, managed: Option<&Arc<Managed>>, metrics: &Metrics) -> PluginInfo {
     let m = &found.manifest;
     let sup = managed.and_then(|x| x.current());
+    let (calls_total, errors_total) = metrics.counts(&m.name);
     PluginInfo {
         name: m.name.clone(),
         version: managed
@@ -646,7 +662,27 @@ fn info_of(found: &Discovered, managed: Option<&Arc<Managed>>) -> PluginInfo {
         manifest: found.file.clone(),
         sandbox: m.sandbox.clone(),
         enforced: sup.as_ref().and_then(|s| s.sandbox()),
+        calls_total,
+        errors_total,
+        routes: managed.map(|x| mounted_routes(x)).unwrap_or_default(),
+        ui: m.ui.as_ref().map(|ui| UiInfo::of(&m.name, ui)),
     }
+}
+
+/// The routes a loaded plugin's worker reported, with their full paths.
+fn mounted_routes(managed: &Managed) -> Vec<PluginRoute> {
+    let manifest = &managed.found.manifest;
+    let prefix = manifest.http.prefix_of(&manifest.name);
+    managed
+        .identity
+        .routes
+        .iter()
+        .map(|r| PluginRoute {
+            method: r.method.clone(),
+            path: format!("{prefix}{}", r.path),
+            summary: r.summary.clone(),
+        })
+        .collect()
 }
 
 /// Where a route request goes (see [`PluginManager::route_target`]).

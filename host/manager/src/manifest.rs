@@ -153,6 +153,10 @@ pub struct Manifest {
     /// (`[middleware]`; required for that kind, refused for the others).
     #[serde(default)]
     pub middleware: Option<crate::middleware::MiddlewareManifest>,
+    /// Static assets shown on the status page (`ui = { dir, mount_point }`); required for
+    /// kind `ui` (see [`crate::ui::UiManifest`]).
+    #[serde(default)]
+    pub ui: Option<crate::ui::UiManifest>,
 }
 
 /// The `[http]` table: where and how the plugin's routes are mounted.
@@ -557,9 +561,29 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// Parses the text of manifest `file` (as [`Manifest::parse`]) and checks what it names
+    /// on disk: a `ui` table's assets directory must exist and hold `index.html`.
+    ///
+    /// # Errors
+    /// As [`Manifest::parse`], and a missing assets directory or `index.html`.
+    pub fn parse_file(text: &str, file: &Path) -> Result<Self, ManifestError> {
+        let manifest = Self::parse(text, file)?;
+        if let Some(ui) = &manifest.ui {
+            ui.check_assets(file).map_err(|reason| ManifestError {
+                file: file.to_path_buf(),
+                line: line_of_key(text, "ui"),
+                reason,
+            })?;
+        }
+        Ok(manifest)
+    }
+
     /// Rules serde cannot express; an error names the key it is about, when there is one.
     fn check(&self) -> Result<(), (Option<&'static str>, String)> {
         self.check_identity().map_err(|reason| (None, reason))?;
+        if self.kind == PluginKind::Ui && self.ui.is_none() {
+            return Err((Some("kind"), crate::ui::MISSING_UI.to_owned()));
+        }
         if let Some(sandbox) = &self.sandbox {
             sandbox.check()?;
         }
@@ -668,7 +692,7 @@ pub fn discover(dir: &Path) -> (Vec<Discovered>, Vec<ManifestError>) {
                 line: None,
                 reason: format!("cannot read: {e}"),
             })
-            .and_then(|text| Manifest::parse(&text, &file));
+            .and_then(|text| Manifest::parse_file(&text, &file));
         match parsed {
             Ok(manifest) => found.push(Discovered { manifest, file }),
             Err(e) => errors.push(e),
@@ -758,6 +782,37 @@ rss_limit_mib = 64
             .to_config();
         assert_eq!(c.max_concurrent, MAX_CONCURRENT);
         assert_eq!(c.rss_limit, Some(1 << 40));
+    }
+
+    #[test]
+    fn a_ui_plugin_must_ship_its_assets() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("panel.toml");
+        let bare = GOOD.replace("provides = [\"text\"]", "kind = \"ui\"");
+        let err = Manifest::parse_file(&bare, &file).unwrap_err();
+        assert_eq!(err.line, Some(5), "{err}");
+        assert!(
+            err.reason.contains("kind = \"ui\" needs its assets"),
+            "{err}"
+        );
+        let with_ui = bare.replace(
+            "kind = \"ui\"",
+            "kind = \"ui\"\nui = { dir = \"panel\", mount_point = \"toolbar\" }",
+        );
+        let err = Manifest::parse_file(&with_ui, &file).unwrap_err();
+        assert_eq!(err.line, Some(6), "{err}");
+        assert!(err.to_string().contains("panel.toml:6: ui.dir"), "{err}");
+        assert!(err.reason.contains("does not exist"), "{err}");
+        std::fs::create_dir(dir.path().join("panel")).unwrap();
+        std::fs::write(dir.path().join("panel/index.html"), "<p>hi</p>").unwrap();
+        let m = Manifest::parse_file(&with_ui, &file).unwrap();
+        let ui = m.ui.unwrap();
+        assert_eq!(ui.mount_point, crate::ui::MountPoint::Toolbar);
+        // Another kind may have a panel too.
+        let tool = with_ui.replace("kind = \"ui\"", "kind = \"tool\"");
+        assert!(Manifest::parse_file(&tool, &file).unwrap().ui.is_some());
+        let odd = with_ui.replace("\"toolbar\"", "\"footer\"");
+        assert!(Manifest::parse_file(&odd, &file).is_err());
     }
 
     #[test]

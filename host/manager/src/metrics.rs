@@ -47,6 +47,16 @@ impl Metrics {
         }
     }
 
+    /// Calls of `plugin` so far and how many of them failed.
+    pub fn counts(&self, plugin: &str) -> (u64, u64) {
+        let Ok(plugins) = self.plugins.lock() else {
+            return (0, 0);
+        };
+        plugins
+            .get(plugin)
+            .map_or((0, 0), |m| (m.calls, m.errors.values().sum()))
+    }
+
     /// The call metrics in Prometheus text format.
     pub fn render(&self, out: &mut String) {
         let plugins = self.plugins.lock().map(|p| p.clone()).unwrap_or_default();
@@ -167,5 +177,7 @@ mod tests {
             out.contains("plugvisor_call_duration_seconds_bucket{plugin=\"echo\",le=\"0.005\"} 2")
         );
         assert!(out.contains("plugvisor_call_duration_seconds_count{plugin=\"echo\"} 2"));
+        assert_eq!(m.counts("echo"), (2, 1));
+        assert_eq!(m.counts("nobody"), (0, 0));
     }
 }

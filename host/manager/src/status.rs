@@ -46,6 +46,27 @@ pub struct PluginInfo {
     /// What the running worker's sandbox really enforces (`null` when no sandboxed worker is
     /// up): `{filesystem, network, syscalls, memory_mib, pids, tree, uid, missing}`.
     pub enforced: Option<plugvisor_host::Enforced>,
+    /// Calls made to it since the manager started (`execute`, streams and route requests,
+    /// across reloads), as `plugvisor_calls_total` counts them.
+    pub calls_total: u64,
+    /// Of those, the ones that failed (every error kind), as `plugvisor_call_errors_total`.
+    pub errors_total: u64,
+    /// Its HTTP routes as mounted (empty when not loaded: a worker reports them).
+    pub routes: Vec<PluginRoute>,
+    /// Its panel on the status page, when the manifest has `ui`.
+    pub ui: Option<crate::ui::UiInfo>,
+}
+
+/// One mounted HTTP route of a plugin, as [`PluginInfo::routes`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginRoute {
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// The full path on the server: the plugin's prefix and the route's pattern
+    /// (`/plugins/echo/hello`, `/plugins/chaos/fault/{name}`).
+    pub path: String,
+    /// One line for people, when the plugin gives one.
+    pub summary: Option<String>,
 }
 
 /// `GET /api/plugins/status`.

@@ -215,11 +215,14 @@ fn lists_filter_by_kind_and_an_unknown_kind_names_the_kinds() {
             "guard",
             "kind = \"middleware\"\n[middleware]\npaths = [\"/plugins/guard/**\"]",
         );
-        let panel = manifest(
-            "panel",
-            "echo",
-            "kind = \"ui\"\n[http]\nprefix = \"/panel\"",
+        // A `ui` plugin ships its assets (a directory holding index.html).
+        let assets = tempfile::tempdir().unwrap();
+        std::fs::write(assets.path().join("index.html"), "<p>panel</p>").unwrap();
+        let ui = format!(
+            "kind = \"ui\"\nui = {{ dir = \"{}\" }}\n[http]\nprefix = \"/panel\"",
+            assets.path().display()
         );
+        let panel = manifest("panel", "echo", &ui);
         let api = Api::start(&[routed().remove(0), guard, panel], ApiOptions::default()).await;
         let c = &api.client;
         for id in ["echo", "guard"] {

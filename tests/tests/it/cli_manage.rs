@@ -50,12 +50,34 @@ fn validate_accepts_the_bundled_manifests_and_lists_every_problem() {
         )
         .unwrap();
         std::fs::write(bad.path().join("b.toml"), "name = \"b\"\nversion = 1\n").unwrap();
+        // A UI plugin must ship its assets: a directory holding index.html.
+        std::fs::create_dir(bad.path().join("empty-ui")).unwrap();
+        std::fs::write(
+            bad.path().join("c.toml"),
+            "name = \"c\"\nversion = \"1\"\ncommand = \"/bin/true\"\nkind = \"ui\"\n\
+             ui = { dir = \"empty-ui\", mount_point = \"sidebar\" }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            bad.path().join("d.toml"),
+            "name = \"d\"\nversion = \"1\"\ncommand = \"/bin/true\"\nkind = \"ui\"\n",
+        )
+        .unwrap();
         let out = plugvisor(&["validate", bad.path().to_str().unwrap()], run.path());
         assert!(!out.status.success());
         let report = text(&out.stdout);
         assert!(report.contains("b.toml:2: "), "{report}");
         assert!(report.contains("no-such-worker does not exist"), "{report}");
         assert!(report.contains("requires service \"db\""), "{report}");
+        assert!(
+            report.contains("c.toml:5: ui.dir = \"empty-ui\"")
+                && report.contains("holds no index.html"),
+            "{report}"
+        );
+        assert!(
+            report.contains("d.toml:4: kind = \"ui\" needs its assets"),
+            "{report}"
+        );
     })
 }
 
@@ -241,6 +263,8 @@ fn the_demo_runs_to_completion_and_leaves_nothing_behind() {
             "files hashed a 4 MiB file",
             "WorkerCrashed",
             "the supervisor restarted it",
+            "status page: GET / 200",
+            "UI panel echo-panel at sidebar",
             "done: all",
         ] {
             assert!(

@@ -10,6 +10,8 @@
 mod api;
 mod api_routes;
 mod api_trust;
+mod api_ui;
+mod browser;
 mod calls;
 mod cli;
 mod cli_manage;

@@ -528,7 +528,7 @@ fn quota(message: String) -> ApiError {
 }
 
 /// A 200 answer streaming `file` in 64 KiB pieces, with its length.
-fn file_reply(file: tokio::fs::File, size: u64, media_type: &str) -> Reply {
+pub(crate) fn file_reply(file: tokio::fs::File, size: u64, media_type: &str) -> Reply {
     let chunks = futures_util::stream::unfold(Some(file), |file| async move {
         let mut file = file?;
         let mut buf = vec![0u8; 64 * 1024];

@@ -7,7 +7,7 @@ use super::request::{
     authorize, declared_length, parse, parse_optional, query_flag, read_body, ApiBody,
 };
 use super::routes::{resolve, Op};
-use super::{guard, health, middleware, openapi, plugin_routes, streams, Ctx};
+use super::{guard, health, middleware, openapi, plugin_routes, streams, ui, Ctx};
 use crate::manifest::PluginKind;
 use crate::PluginManager;
 use bytes::Bytes;
@@ -94,6 +94,10 @@ async fn route(
     body: Incoming,
     client: IpAddr,
 ) -> Result<Reply, ApiError> {
+    // The status page and UI plugins' assets: static files, no token (see api/ui).
+    if let Some(answer) = ui::answer(ctx, parts).await {
+        return answer;
+    }
     guard::check(parts, &ctx.options.browser)?;
     let chain = middleware::chain(ctx, parts);
     if chain.is_empty() {

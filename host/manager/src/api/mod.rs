@@ -14,7 +14,8 @@
 //!   routes (`before_request`, `after_response`);
 //! - `streams.rs`: the NDJSON answers (`execute_stream`, `events`);
 //! - `health.rs`: the health-check document;
-//! - `openapi.rs`: the OpenAPI document, built from the route table.
+//! - `openapi.rs`: the OpenAPI document, built from the route table;
+//! - `ui/`: the status page (`GET /`) and UI plugins' assets (`/ui/plugins/<plugin>/…`).
 
 mod errors;
 mod files;
@@ -28,6 +29,7 @@ mod reply;
 mod request;
 mod routes;
 mod streams;
+mod ui;
 
 use crate::PluginManager;
 use hyper::server::conn::http1;

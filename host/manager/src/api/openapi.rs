@@ -388,7 +388,15 @@ fn info_schemas() -> Value {
                 "requires": {"type": "array", "items": {"type": "string"}},
                 "manifest": {"type": "string"},
                 "sandbox": {"type": ["object", "null"], "description": "The manifest's [sandbox] table (filesystem, network, syscalls, read, write, memory_mib, pids, user, cpu_seconds, allow_degraded), or null when the plugin runs unsandboxed"},
-                "enforced": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/Enforced"}], "description": "What the running worker's sandbox really enforces; null when no sandboxed worker is up"}
+                "enforced": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/Enforced"}], "description": "What the running worker's sandbox really enforces; null when no sandboxed worker is up"},
+                "calls_total": {"type": "integer", "description": "Calls (execute, streams, route requests) since the server started"},
+                "errors_total": {"type": "integer", "description": "Of those, the failed ones"},
+                "routes": {"type": "array", "description": "Its mounted HTTP routes (loaded plugins)", "items": {
+                    "type": "object", "required": ["method", "path"],
+                    "properties": {"method": {"type": "string"}, "path": {"type": "string"}, "summary": {"type": ["string", "null"]}}}},
+                "ui": {"description": "Its panel on the status page (GET /), when the manifest has `ui`", "oneOf": [{"type": "null"}, {
+                    "type": "object", "required": ["mount_point", "url"],
+                    "properties": {"mount_point": {"enum": ["sidebar", "toolbar", "main"]}, "url": {"type": "string"}}}]}
             }
         },
         "Enforced": {

@@ -149,7 +149,7 @@ pub(crate) fn normalise(path: &str) -> Result<String, &'static str> {
     Ok(format!("/{}", out.join("/")))
 }
 
-fn percent_decode(segment: &str) -> Result<String, &'static str> {
+pub(crate) fn percent_decode(segment: &str) -> Result<String, &'static str> {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
