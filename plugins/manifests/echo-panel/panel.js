@@ -52,7 +52,8 @@
       item.append(n, code);
       list.append(item);
     }
-    showStatus(recent.total === 0 ? "echo has no outputs yet" : recent.total + " outputs in all");
+    const all = recent.total === 1 ? "1 output in all" : recent.total + " outputs in all";
+    showStatus(recent.total === 0 ? "echo has no outputs yet" : all);
   }
 
   async function poll() {

@@ -176,7 +176,7 @@ async fn the_panel_shows_echos_outputs(session: &Session, server: &Server) {
             .map(str::to_owned)
     })
     .await;
-    assert!(text.contains("outputs in all"), "{text}");
+    assert!(text.contains(" in all"), "{text}");
     session.leave_frame().await;
 }
 
