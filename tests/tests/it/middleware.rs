@@ -33,13 +33,7 @@ fn chaos(name: &str, priority: i32, paths: &str, on_error: &str) -> (String, Str
 }
 
 async fn load(api: &Api, ids: &[&str]) {
-    for id in ids {
-        let loaded = api
-            .client
-            .post("/api/plugins/load", &json!({"plugin_id": id}))
-            .await;
-        assert_eq!(loaded.status, 200, "{id}: {}", loaded.text());
-    }
+    load_with(&api.client, ids).await;
 }
 
 fn execute(input: Value) -> Value {
