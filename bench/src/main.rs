@@ -143,6 +143,10 @@ async fn run(cli: &Cli) -> Result<Report> {
         let one = step("P17", scenario::middleware::latency(&ctx)).await;
         outcomes.push(one_or_error(one, "P17"));
     }
+    if wants(&["P18"]) {
+        let one = step("P18", scenario::tasks::lateness(&ctx)).await;
+        outcomes.push(one_or_error(one, "P18"));
+    }
     if wants(&["P16"]) {
         let one = step("P16", scenario::routes::streaming(&ctx)).await;
         outcomes.push(one_or_error(one, "P16"));

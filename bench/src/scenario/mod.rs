@@ -8,6 +8,7 @@
 //! - `sandbox`: P12 (a call, sandboxed vs not), P13 (spawn, sandboxed vs not).
 //! - `routes`: P15 (a plugin route vs execute through the API), P16 (a streamed route).
 //! - `middleware`: P17 (what one middleware adds to a request, vs one plugin call).
+//! - `tasks`: P18 (how late scheduled task runs start, idle and under call load).
 //! - `escape`: P14, the escape table (hostile attempts, unsandboxed vs sandboxed).
 
 pub mod calls;
@@ -19,6 +20,7 @@ pub mod routes;
 pub mod sandbox;
 pub mod scale;
 pub mod streams;
+pub mod tasks;
 
 use crate::plan::Plan;
 use crate::procs::binary;

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 /// A `plugvisor serve`-like server of bundled workers on a loopback port.
 pub(crate) struct Server {
-    manager: PluginManager,
+    pub(crate) manager: PluginManager,
     pub(crate) addr: String,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<std::io::Result<()>>,

@@ -37,6 +37,12 @@ pub(crate) async fn rest_files(
     );
     std::fs::write(manifests.join("guard.toml"), guard)?;
     write_panel_manifest(&manifests, worker_dir)?;
+    let clock = format!(
+        "name = \"clock\"\nversion = \"0.1.0\"\ncommand = \"{}\"\n\
+         [[tasks]]\nname = \"tick\"\nevery = \"{TICK_MS}ms\"\ninput = \"tick\"\n",
+        worker_dir.join("echo-worker").display()
+    );
+    std::fs::write(manifests.join("clock.toml"), clock)?;
     let manager = PluginManager::new(ManagerConfig {
         manifest_dirs: vec![manifests],
         host: plugvisor_host::HostConfig {
@@ -89,9 +95,51 @@ async fn serve_and_use(
     let routed = plugin_routes(&client, &say).await;
     let guarded = middleware(&client, &say).await;
     let page = status_page(&client, panel, &say).await;
+    let ticked = scheduled(manager, &say).await;
     shutdown.cancel();
     server.await.context("the API server task")??;
-    used.and(refused).and(routed).and(guarded).and(page)
+    used.and(refused)
+        .and(routed)
+        .and(guarded)
+        .and(page)
+        .and(ticked)
+}
+
+/// The demo clock's period.
+const TICK_MS: u64 = 100;
+
+/// A plugin with a task every 100 ms, watched for a second: runs and how late they started.
+async fn scheduled(manager: &PluginManager, say: &impl Fn(&str)) -> anyhow::Result<()> {
+    let mut events = manager.host().events();
+    manager.load("clock", None).await?;
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    let mut late = Vec::new();
+    while let Ok(Ok(event)) = tokio::time::timeout_at(until, events.recv()).await {
+        if let plugvisor_host::EventKind::TaskStarted { late_ms, .. } = event.kind {
+            if event.plugin == "clock" {
+                late.push(late_ms);
+            }
+        }
+    }
+    let task = manager
+        .tasks("clock")?
+        .into_iter()
+        .next()
+        .context("clock has no task")?;
+    manager.unload("clock", false).await?;
+    ensure!(
+        task.runs >= 5 && task.failures == 0,
+        "the clock task ran badly: {task:?}"
+    );
+    late.sort_by(f64::total_cmp);
+    let p50 = late.get(late.len() / 2).copied().unwrap_or_default();
+    let max = late.last().copied().unwrap_or_default();
+    say(&format!(
+        "scheduled task: clock's `every = \"{TICK_MS}ms\"` ran {} times in 1 s through its \
+         supervisor; started late by {p50:.2} ms (p50), {max:.2} ms at most",
+        task.runs
+    ));
+    Ok(())
 }
 
 /// The demo guard's key (configured in its manifest).

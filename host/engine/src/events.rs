@@ -100,6 +100,29 @@ pub enum EventKind {
         /// The configuration now in force, masked.
         config: serde_json::Value,
     },
+    /// A scheduled task's run started.
+    TaskStarted {
+        /// The task.
+        task: String,
+        /// How late it started against its schedule, ms (0 for a run asked for by hand).
+        late_ms: f64,
+    },
+    /// A scheduled task's run succeeded.
+    TaskFinished {
+        /// The task.
+        task: String,
+        /// How long it took, ms.
+        duration_ms: f64,
+    },
+    /// A scheduled task's run failed (error, crash, timeout).
+    TaskFailed {
+        /// The task.
+        task: String,
+        /// How long it took, ms.
+        duration_ms: f64,
+        /// Why.
+        error: String,
+    },
 }
 
 impl EventKind {
@@ -120,6 +143,9 @@ impl EventKind {
             Self::Unloaded => "unloaded",
             Self::Reloaded { .. } => "reloaded",
             Self::ConfigChanged { .. } => "config_changed",
+            Self::TaskStarted { .. } => "task_started",
+            Self::TaskFinished { .. } => "task_finished",
+            Self::TaskFailed { .. } => "task_failed",
         }
     }
 }

@@ -68,6 +68,32 @@ pub enum ManagerError {
         #[source]
         source: PluginError,
     },
+    /// The plugin has no task of that name.
+    #[error("plugin {plugin} has no task {task:?} (its tasks: {})", known.join(", "))]
+    UnknownTask {
+        /// The plugin.
+        plugin: String,
+        /// The task asked for.
+        task: String,
+        /// Its tasks.
+        known: Vec<String>,
+    },
+    /// A run of the task is in progress and the task's `overlap` is `skip`.
+    #[error("task {task} of {plugin} is already running (overlap = \"skip\")")]
+    TaskBusy {
+        /// The plugin.
+        plugin: String,
+        /// The task.
+        task: String,
+    },
+    /// The plugin is failed, so its tasks are paused until it is reset or reloaded.
+    #[error("task {task} of {plugin} is paused: the plugin is failed; reload it")]
+    TaskPaused {
+        /// The plugin.
+        plugin: String,
+        /// The task.
+        task: String,
+    },
     /// A manifest file is broken.
     #[error(transparent)]
     Manifest(#[from] ManifestError),

@@ -11,6 +11,8 @@
 //! - `host_config`: the host configuration file (`plugvisor.toml`).
 //! - [`deps`]: start order, missing services, cycles, the dependency closure.
 //! - [`middleware`]: the `[middleware]` table, the paths a middleware may cover, chain links.
+//! - [`tasks`]: the `[[tasks]]` table and what is reported of each task; `scheduler`: the
+//!   task per scheduled task that runs it through the supervisor.
 //! - `idle`: the idle stopper of plugins with `idle_stop_secs`.
 //! - [`metrics`]: call counters, latency histogram, restarts and workers in Prometheus text.
 //! - `error`: [`ManagerError`].
@@ -30,7 +32,9 @@ mod manager;
 pub mod manifest;
 pub mod metrics;
 pub mod middleware;
+mod scheduler;
 mod status;
+pub mod tasks;
 pub mod ui;
 
 pub use error::ManagerError;

@@ -5,6 +5,7 @@ use crate::config::{env_layer, mask_secrets, merge, schema_defaults, validate};
 use crate::error::ManagerError;
 use crate::idle::{self, IdleStop};
 use crate::manifest::{Discovered, StartMode};
+use crate::scheduler::{TaskSink, TaskTarget};
 use plugvisor_host::{
     CallOptions, CallOutput, Host, OutputStream, Plugin, PluginError, PluginIdentity, Supervisor,
     SupervisorConfig, WorkerSpec, WorkerState,
@@ -36,6 +37,10 @@ pub(crate) struct Managed {
     /// reaching a worker are sent to the replacement.
     replaced: AtomicBool,
     idle_stopper: OnceLock<AbortHandle>,
+    /// Its scheduled tasks (`[[tasks]]`).
+    pub(crate) tasks: Vec<Arc<crate::scheduler::TaskSlot>>,
+    /// Their schedulers, ended when the plugin is retired or dropped.
+    task_runners: Mutex<Vec<AbortHandle>>,
     host: Arc<Host>,
 }
 
@@ -86,6 +91,16 @@ impl Managed {
             });
         }
         let scope = manifest.middleware.as_ref().map(|m| m.scope());
+        let tasks = match task_slots(manifest) {
+            Ok(tasks) => tasks,
+            Err(reason) => {
+                first.shutdown().await;
+                return Err(ManagerError::Start {
+                    plugin: manifest.name.clone(),
+                    reason,
+                });
+            }
+        };
         let mut base = schema_defaults(&identity.config_schema);
         merge(&mut base, &manifest.config_json());
         merge(&mut base, &plan.file_layer);
@@ -106,6 +121,8 @@ impl Managed {
             starting: tokio::sync::Mutex::new(()),
             replaced: AtomicBool::new(false),
             idle_stopper: OnceLock::new(),
+            tasks,
+            task_runners: Mutex::new(Vec::new()),
             host,
             found: plan.found,
         });
@@ -217,6 +234,29 @@ impl Managed {
     /// Marks the plugin replaced (reload) or unloaded: no lazy start from now on.
     pub(crate) fn retire(&self) {
         self.replaced.store(true, Ordering::Release);
+        self.stop_tasks();
+    }
+
+    /// Starts the scheduler of each of its tasks, telling `sink` (the manager) of each run.
+    pub(crate) fn start_tasks(self: &Arc<Self>, sink: &std::sync::Weak<dyn TaskSink>) {
+        let mut runners = lock_runners(&self.task_runners);
+        for slot in &self.tasks {
+            let runner =
+                crate::scheduler::spawn(Arc::clone(slot), Arc::downgrade(self), sink.clone());
+            runners.push(runner.abort_handle());
+        }
+    }
+
+    /// Ends the schedulers (a run in progress finishes).
+    fn stop_tasks(&self) {
+        for runner in lock_runners(&self.task_runners).drain(..) {
+            runner.abort();
+        }
+    }
+
+    /// Its tasks' state.
+    pub(crate) fn task_infos(&self) -> Vec<crate::tasks::TaskInfo> {
+        self.tasks.iter().map(|t| t.info()).collect()
     }
 
     /// True once [`Managed::retire`] was called.
@@ -342,6 +382,45 @@ impl Drop for Managed {
         if let Some(stopper) = self.idle_stopper.get() {
             stopper.abort();
         }
+        self.stop_tasks();
+    }
+}
+
+// Only pushes and drains happen under it; a poisoned list is still a list.
+fn lock_runners(runners: &Mutex<Vec<AbortHandle>>) -> MutexGuard<'_, Vec<AbortHandle>> {
+    runners.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The manifest's tasks, compiled.
+fn task_slots(
+    manifest: &crate::manifest::Manifest,
+) -> Result<Vec<Arc<crate::scheduler::TaskSlot>>, String> {
+    manifest
+        .tasks
+        .iter()
+        .map(|t| {
+            let plan = t.plan().map_err(|(_, why)| why)?;
+            Ok(Arc::new(crate::scheduler::TaskSlot::new(plan)))
+        })
+        .collect()
+}
+
+impl TaskTarget for Managed {
+    fn name(&self) -> &str {
+        Managed::name(self)
+    }
+
+    fn retired(&self) -> bool {
+        self.is_retired()
+    }
+
+    fn failed(&self) -> bool {
+        self.state() == WorkerState::Failed.as_str()
+    }
+
+    async fn run(&self, input: &Value, options: CallOptions) -> Result<(), PluginError> {
+        // A run's output (and its files) is not kept.
+        self.call(input, options).await.map(drop)
     }
 }
 

@@ -54,6 +54,28 @@ pub struct PluginManager {
     inner: Arc<Inner>,
 }
 
+/// The task schedulers tell the manager of each run (events, metrics); they hold it weakly.
+impl crate::scheduler::TaskSink for Inner {
+    fn emit(&self, plugin: &str, kind: EventKind) {
+        self.host.emit(plugin, kind);
+    }
+
+    fn record_call(&self, plugin: &str, took: Duration, error: Option<plugvisor_proto::ErrorKind>) {
+        self.metrics.record(plugin, took, error);
+    }
+
+    fn record_task(
+        &self,
+        plugin: &str,
+        task: &str,
+        outcome: &'static str,
+        n: u64,
+        took: Option<Duration>,
+    ) {
+        self.metrics.record_task(plugin, task, outcome, n, took);
+    }
+}
+
 impl std::fmt::Debug for PluginManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PluginManager")
@@ -283,8 +305,9 @@ impl PluginManager {
         };
         let managed = Managed::load(Arc::clone(&self.inner.host), plan).await?;
         let version = managed.identity.version.clone();
-        write(&self.inner.loaded).insert(name.clone(), managed);
+        write(&self.inner.loaded).insert(name.clone(), Arc::clone(&managed));
         self.emit(&name, EventKind::Loaded { version });
+        managed.start_tasks(&self.task_sink());
         self.info(&name)
     }
 
@@ -481,8 +504,9 @@ impl PluginManager {
         };
         let new = Managed::load(Arc::clone(&self.inner.host), plan).await?;
         let version = new.identity.version.clone();
-        write(&self.inner.loaded).insert(name.to_owned(), new);
+        write(&self.inner.loaded).insert(name.to_owned(), Arc::clone(&new));
         old.retire();
+        new.start_tasks(&self.task_sink());
         old.stop(DRAIN).await;
         self.emit(name, EventKind::Reloaded { version });
         self.info(name)
@@ -614,6 +638,47 @@ impl PluginManager {
     fn emit(&self, name: &str, kind: EventKind) {
         self.inner.host.emit(name, kind);
     }
+
+    /// The manager as the task schedulers see it, held weakly.
+    fn task_sink(&self) -> std::sync::Weak<dyn crate::scheduler::TaskSink> {
+        let inner: Arc<dyn crate::scheduler::TaskSink> = self.inner.clone();
+        Arc::downgrade(&inner)
+    }
+
+    /// The scheduled tasks of loaded plugin `name` and their last runs.
+    ///
+    /// # Errors
+    /// [`ManagerError::NotLoaded`], [`ManagerError::Unknown`].
+    pub fn tasks(&self, name: &str) -> Result<Vec<crate::tasks::TaskInfo>, ManagerError> {
+        Ok(self.loaded_or_err(name)?.task_infos())
+    }
+
+    /// Runs task `task` of `name` now (besides its schedule) and returns its state after the
+    /// run; a failed run is reported in that state (`last_outcome`, `last_error`).
+    ///
+    /// # Errors
+    /// [`ManagerError::UnknownTask`], [`ManagerError::TaskBusy`] while a run is in progress
+    /// (`overlap = "skip"`), [`ManagerError::TaskPaused`] while the plugin is failed.
+    pub async fn run_task(
+        &self,
+        name: &str,
+        task: &str,
+    ) -> Result<crate::tasks::TaskInfo, ManagerError> {
+        let managed = self.loaded_or_err(name)?;
+        let Some(slot) = managed.tasks.iter().find(|t| t.plan.name == task) else {
+            return Err(ManagerError::UnknownTask {
+                plugin: name.to_owned(),
+                task: task.to_owned(),
+                known: managed.tasks.iter().map(|t| t.plan.name.clone()).collect(),
+            });
+        };
+        let (plugin, task) = (name.to_owned(), task.to_owned());
+        match crate::scheduler::run_once(slot, &*managed, &*self.inner, None).await {
+            crate::scheduler::RunOutcome::Done => Ok(slot.info()),
+            crate::scheduler::RunOutcome::Busy => Err(ManagerError::TaskBusy { plugin, task }),
+            crate::scheduler::RunOutcome::Paused => Err(ManagerError::TaskPaused { plugin, task }),
+        }
+    }
 }
 
 /// True when a call failed before reaching a worker because its plugin was replaced.
@@ -666,6 +731,7 @@ fn info_of(found: &Discovered, managed: Option<&Arc<Managed>>, metrics: &Metrics
         errors_total,
         routes: managed.map(|x| mounted_routes(x)).unwrap_or_default(),
         ui: m.ui.as_ref().map(|ui| UiInfo::of(&m.name, ui)),
+        tasks: managed.map(|x| x.task_infos()).unwrap_or_default(),
     }
 }
 

@@ -153,6 +153,9 @@ pub struct Manifest {
     /// (`[middleware]`; required for that kind, refused for the others).
     #[serde(default)]
     pub middleware: Option<crate::middleware::MiddlewareManifest>,
+    /// Calls the manager makes on a schedule (`[[tasks]]`).
+    #[serde(default)]
+    pub tasks: Vec<crate::tasks::TaskManifest>,
     /// Static assets shown on the status page (`ui = { dir, mount_point }`); required for
     /// kind `ui` (see [`crate::ui::UiManifest`]).
     #[serde(default)]
@@ -589,6 +592,7 @@ impl Manifest {
         }
         self.http.check()?;
         self.check_kind()?;
+        crate::tasks::check_all(&self.tasks)?;
         self.supervision.check()
     }
 

@@ -21,10 +21,18 @@ struct PluginMetrics {
     sum_seconds: f64,
 }
 
-/// Counters of every plugin's calls.
+/// Runs of one scheduled task by outcome, and the duration histogram of those that ran.
+#[derive(Debug, Default, Clone)]
+struct TaskMetrics {
+    outcomes: BTreeMap<&'static str, u64>,
+    timing: PluginMetrics,
+}
+
+/// Counters of every plugin's calls and scheduled tasks.
 #[derive(Debug, Default)]
 pub struct Metrics {
     plugins: Mutex<BTreeMap<String, PluginMetrics>>,
+    tasks: Mutex<BTreeMap<(String, String), TaskMetrics>>,
 }
 
 impl Metrics {
@@ -34,16 +42,31 @@ impl Metrics {
             return;
         };
         let m = plugins.entry(plugin.to_owned()).or_default();
-        m.calls += 1;
-        let secs = took.as_secs_f64();
-        m.sum_seconds += secs;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                m.buckets[i] += 1;
-            }
-        }
+        m.observe(took);
         if let Some(kind) = error {
             *m.errors.entry(kind.as_str()).or_default() += 1;
+        }
+    }
+
+    /// Records `n` runs of `plugin`'s `task` with `outcome` (`ok`, `failed`, `skipped`,
+    /// `paused`) and, for one that ran, how long it took.
+    pub fn record_task(
+        &self,
+        plugin: &str,
+        task: &str,
+        outcome: &'static str,
+        n: u64,
+        took: Option<Duration>,
+    ) {
+        let Ok(mut tasks) = self.tasks.lock() else {
+            return;
+        };
+        let m = tasks
+            .entry((plugin.to_owned(), task.to_owned()))
+            .or_default();
+        *m.outcomes.entry(outcome).or_default() += n;
+        if let Some(took) = took {
+            m.timing.observe(took);
         }
     }
 
@@ -88,9 +111,48 @@ impl Metrics {
             }
         }
         let help = "Call latency as seen by the host.";
-        header(out, "plugvisor_call_duration_seconds", "histogram", help);
+        let metric = "plugvisor_call_duration_seconds";
+        header(out, metric, "histogram", help);
         for (name, m) in &plugins {
-            render_histogram(out, name, m);
+            render_histogram(out, metric, &format!("plugin=\"{name}\""), m);
+        }
+        self.render_tasks(out);
+    }
+
+    fn render_tasks(&self, out: &mut String) {
+        let tasks = self.tasks.lock().map(|t| t.clone()).unwrap_or_default();
+        if tasks.is_empty() {
+            return;
+        }
+        let help = "Scheduled task runs by outcome (ok, failed, skipped, paused).";
+        header(out, "plugvisor_task_runs_total", "counter", help);
+        for ((plugin, task), m) in &tasks {
+            for (outcome, n) in &m.outcomes {
+                let _ = writeln!(
+                    out,
+                    "plugvisor_task_runs_total{{plugin=\"{plugin}\",task=\"{task}\",outcome=\"{outcome}\"}} {n}"
+                );
+            }
+        }
+        let metric = "plugvisor_task_duration_seconds";
+        header(out, metric, "histogram", "Duration of scheduled task runs.");
+        for ((plugin, task), m) in &tasks {
+            let labels = format!("plugin=\"{plugin}\",task=\"{task}\"");
+            render_histogram(out, metric, &labels, &m.timing);
+        }
+    }
+}
+
+impl PluginMetrics {
+    /// Counts one call (or run) that took `took`.
+    fn observe(&mut self, took: Duration) {
+        self.calls += 1;
+        let secs = took.as_secs_f64();
+        self.sum_seconds += secs;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.buckets[i] += 1;
+            }
         }
     }
 }
@@ -125,21 +187,13 @@ pub fn render_plugins(out: &mut String, plugins: &[PluginInfo]) {
     }
 }
 
-fn render_histogram(out: &mut String, name: &str, m: &PluginMetrics) {
-    let metric = "plugvisor_call_duration_seconds";
+fn render_histogram(out: &mut String, metric: &str, labels: &str, m: &PluginMetrics) {
     for (bound, count) in BUCKETS.iter().zip(m.buckets) {
-        let _ = writeln!(
-            out,
-            "{metric}_bucket{{plugin=\"{name}\",le=\"{bound}\"}} {count}"
-        );
+        let _ = writeln!(out, "{metric}_bucket{{{labels},le=\"{bound}\"}} {count}");
     }
-    let _ = writeln!(
-        out,
-        "{metric}_bucket{{plugin=\"{name}\",le=\"+Inf\"}} {}",
-        m.calls
-    );
-    let _ = writeln!(out, "{metric}_sum{{plugin=\"{name}\"}} {}", m.sum_seconds);
-    let _ = writeln!(out, "{metric}_count{{plugin=\"{name}\"}} {}", m.calls);
+    let _ = writeln!(out, "{metric}_bucket{{{labels},le=\"+Inf\"}} {}", m.calls);
+    let _ = writeln!(out, "{metric}_sum{{{labels}}} {}", m.sum_seconds);
+    let _ = writeln!(out, "{metric}_count{{{labels}}} {}", m.calls);
 }
 
 /// Writes the `# HELP` and `# TYPE` lines of a metric.

@@ -55,6 +55,8 @@ pub struct PluginInfo {
     pub routes: Vec<PluginRoute>,
     /// Its panel on the status page, when the manifest has `ui`.
     pub ui: Option<crate::ui::UiInfo>,
+    /// Its scheduled tasks and their last runs (empty when it has none or is not loaded).
+    pub tasks: Vec<crate::tasks::TaskInfo>,
 }
 
 /// One mounted HTTP route of a plugin, as [`PluginInfo::routes`] lists it.

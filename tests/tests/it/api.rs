@@ -790,7 +790,8 @@ fn documented_routes(doc: &Value) -> Vec<(String, String)> {
     let paths = doc["paths"].as_object().expect("paths");
     for (path, item) in paths.iter().filter(|(p, _)| !p.starts_with("/plugins/")) {
         for method in item.as_object().expect("path item").keys() {
-            routes.push((method.to_uppercase(), path.replace("{id}", "echo")));
+            let path = path.replace("{id}", "echo").replace("{task}", "greet");
+            routes.push((method.to_uppercase(), path));
         }
     }
     routes
@@ -799,7 +800,13 @@ fn documented_routes(doc: &Value) -> Vec<(String, String)> {
 #[test]
 fn every_documented_route_answers_as_documented() {
     serially(async {
-        let api = Api::start(&[echo(), files()], ApiOptions::default()).await;
+        // echo with a task, for the task routes.
+        let echo = manifest(
+            "echo",
+            "echo",
+            "provides = [\"text.transform\"]\n[[tasks]]\nname = \"greet\"\nevery = \"1h\"",
+        );
+        let api = Api::start(&[echo, files()], ApiOptions::default()).await;
         let c = &api.client;
         let loaded = c
             .post("/api/plugins/load", &json!({"plugin_id": "files"}))
@@ -831,7 +838,7 @@ fn every_documented_route_answers_as_documented() {
         let mut routes = documented_routes(&doc);
         routes.sort_by_key(|(_, path)| path.ends_with("/unload"));
         for (method, path) in routes {
-            let template = path.replace("/echo", "/{id}");
+            let template = path.replace("/echo", "/{id}").replace("/greet", "/{task}");
             let path = match path.strip_prefix("/api/files/") {
                 Some(_) => format!("/api/files/{download}"),
                 None => path,
@@ -855,7 +862,7 @@ fn every_documented_route_answers_as_documented() {
             );
             hit += 1;
         }
-        assert_eq!(hit, 16, "every route of the API is documented");
+        assert_eq!(hit, 18, "every route of the API is documented");
         api.finish().await;
     })
 }

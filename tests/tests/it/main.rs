@@ -21,4 +21,5 @@ mod middleware;
 mod protocol;
 mod sandbox;
 mod supervision;
+mod tasks;
 mod tidy;

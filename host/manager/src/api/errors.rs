@@ -37,6 +37,8 @@ pub(crate) enum ApiKind {
     RequiredByOthers,
     /// 409: the plugin's route prefix overlaps a loaded plugin's.
     RouteConflict,
+    /// 409: a run of the task is in progress (`overlap = "skip"`).
+    TaskBusy,
     /// 422: the plugin's manifest is broken.
     InvalidManifest,
     /// 424: requirements cannot be met, or form a cycle.
@@ -66,6 +68,7 @@ impl ApiKind {
             Self::NotLoaded => "not_loaded",
             Self::RequiredByOthers => "required_by_others",
             Self::RouteConflict => "route_conflict",
+            Self::TaskBusy => "task_busy",
             Self::InvalidManifest => "invalid_manifest",
             Self::DependencyUnmet => "dependency_unmet",
             Self::StartFailed => "start_failed",
@@ -84,7 +87,8 @@ impl ApiKind {
             Self::AlreadyLoaded
             | Self::NotLoaded
             | Self::RequiredByOthers
-            | Self::RouteConflict => 409,
+            | Self::RouteConflict
+            | Self::TaskBusy => 409,
             Self::InvalidManifest => 422,
             Self::DependencyUnmet => 424,
             Self::StartFailed | Self::MiddlewareFailed => 502,
@@ -263,6 +267,13 @@ impl ApiError {
                 error
             }
             ManagerError::Manifest(_) => Self::new(ApiKind::InvalidManifest, message),
+            ManagerError::UnknownTask { known, .. } => {
+                Self::new(ApiKind::Wire(ErrorKind::NotFound), message).with("tasks", json!(known))
+            }
+            ManagerError::TaskBusy { .. } => Self::new(ApiKind::TaskBusy, message),
+            ManagerError::TaskPaused { .. } => {
+                Self::new(ApiKind::Wire(ErrorKind::Unavailable), message)
+            }
             // Faults of the server's own setup, not of the request.
             ManagerError::HostConfig { .. } | ManagerError::Io(_) => Self::internal(message),
         }

@@ -45,6 +45,11 @@ struct UnloadRequest {
 #[serde(deny_unknown_fields)]
 struct ReloadRequest {}
 
+/// `POST /api/plugins/{id}/tasks/{task}/run` takes no fields (an empty body or `{}`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunTaskRequest {}
+
 /// `PUT /api/plugins/{id}/config`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -160,6 +165,19 @@ pub(crate) async fn dispatch(
             reload(m, &id).await
         }
         Op::SetConfig => set_config(m, &id, parse(&body_of(ctx, parts, body).await?)?).await,
+        Op::Tasks => {
+            let tasks = m.tasks(&id).map_err(ApiError::from_manager)?;
+            Ok(reply::ok(&json!({ "plugin": id, "tasks": tasks })))
+        }
+        Op::RunTask => {
+            let RunTaskRequest {} = parse_optional(&body_of(ctx, parts, body).await?)?;
+            let task = matched.task.unwrap_or_default();
+            let info = m
+                .run_task(&id, &task)
+                .await
+                .map_err(ApiError::from_manager)?;
+            Ok(reply::ok(&info))
+        }
         Op::OpenApi => Ok(reply::ok(&openapi::openapi_with_routes(&m.routes()))),
         Op::Metrics => Ok(metrics(m)),
     }

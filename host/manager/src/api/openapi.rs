@@ -132,6 +132,14 @@ fn operation(endpoint: &Endpoint) -> Value {
             "example": "echo"
         }));
     }
+    if endpoint.path.contains("{task}") {
+        parameters.push(json!({
+            "name": "task", "in": "path", "required": true,
+            "description": "The task's name (`[[tasks]] name`).",
+            "schema": { "type": "string", "pattern": "^[A-Za-z0-9_-]+$" },
+            "example": "greet"
+        }));
+    }
     if matches!(endpoint.op, Op::ListLoaded | Op::ListAvailable) {
         parameters.push(json!({
             "name": "kind", "in": "query", "required": false,
@@ -281,6 +289,10 @@ fn describe(op: Op) -> Doc {
                 "",
             )
         },
+        Op::Tasks => Doc {
+            errors: vec![404, 409],
+            ..read("A loaded plugin's scheduled tasks and their last runs", "TaskList")
+        },
         Op::Metrics => Doc {
             ok: ("text/plain; version=0.0.4", "Metrics"),
             ..read("Prometheus metrics", "")
@@ -319,6 +331,12 @@ fn describe_change(op: Op, call_errors: &'static [u16], change_errors: &'static 
             ("ConfigRequest", json!({"config": {"mode": "upper"}}), true),
             "ConfigAnswer",
             change_errors,
+        ),
+        Op::RunTask => (
+            "Run a scheduled task now (its schedule goes on); a failed run is reported in the task's state",
+            ("RunTaskRequest", json!({}), false),
+            "TaskInfo",
+            &[400, 404, 408, 409, 413, 503],
         ),
         Op::ExecuteStream => (
             "Stream a call's results as NDJSON frames ending with `end` or `error`",
@@ -396,9 +414,32 @@ fn info_schemas() -> Value {
                     "properties": {"method": {"type": "string"}, "path": {"type": "string"}, "summary": {"type": ["string", "null"]}}}},
                 "ui": {"description": "Its panel on the status page (GET /), when the manifest has `ui`", "oneOf": [{"type": "null"}, {
                     "type": "object", "required": ["mount_point", "url"],
-                    "properties": {"mount_point": {"enum": ["sidebar", "toolbar", "main"]}, "url": {"type": "string"}}}]}
+                    "properties": {"mount_point": {"enum": ["sidebar", "toolbar", "main"]}, "url": {"type": "string"}}}]},
+                "tasks": {"type": "array", "description": "Its scheduled tasks and their last runs", "items": {"$ref": "#/components/schemas/TaskInfo"}}
             }
         },
+        "TaskInfo": {
+            "type": "object",
+            "required": ["name", "schedule", "overlap", "running", "runs", "failures", "skipped"],
+            "properties": {
+                "name": {"type": "string"},
+                "schedule": {"type": "string", "description": "`every 30s` or `cron */5 * * * *` (UTC)"},
+                "overlap": {"enum": ["skip", "queue"]},
+                "running": {"type": "boolean"},
+                "runs": {"type": "integer"}, "failures": {"type": "integer"}, "skipped": {"type": "integer"},
+                "last_started_ms": {"type": ["integer", "null"], "description": "ms since the Unix epoch"},
+                "last_duration_ms": {"type": ["number", "null"]},
+                "last_outcome": {"type": ["string", "null"], "description": "ok, failed, skipped (still running), paused (the plugin was failed)"},
+                "last_error": {"type": ["string", "null"]},
+                "last_late_ms": {"type": ["number", "null"], "description": "How late the last scheduled run started"},
+                "next_run_ms": {"type": ["integer", "null"], "description": "ms since the Unix epoch"}
+            }
+        },
+        "TaskList": {
+            "type": "object", "required": ["plugin", "tasks"],
+            "properties": {"plugin": {"type": "string"}, "tasks": {"type": "array", "items": {"$ref": "#/components/schemas/TaskInfo"}}}
+        },
+        "RunTaskRequest": {"type": "object", "additionalProperties": false, "properties": {}},
         "Enforced": {
             "type": "object",
             "required": ["filesystem", "network", "syscalls", "tree", "missing"],

@@ -34,6 +34,10 @@ pub(crate) enum Op {
     Reload,
     /// `PUT /api/plugins/{id}/config`
     SetConfig,
+    /// `GET /api/plugins/{id}/tasks`
+    Tasks,
+    /// `POST /api/plugins/{id}/tasks/{task}/run`
+    RunTask,
     /// `POST /api/files`
     Upload,
     /// `GET /api/files/{download}`
@@ -44,8 +48,8 @@ pub(crate) enum Op {
     Metrics,
 }
 
-/// One route: method, path template (`{id}` is a plugin id, `{download}` a download id; one
-/// parameter at most), and what it does.
+/// One route: method, path template (`{id}` is a plugin id, `{download}` a download id,
+/// `{task}` a task name, after `{id}`), and what it does.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Endpoint {
     pub(crate) method: &'static str,
@@ -71,6 +75,8 @@ pub(crate) const ENDPOINTS: &[Endpoint] = &[
     ep("POST", "/api/plugins/{id}/unload", Op::Unload),
     ep("POST", "/api/plugins/{id}/reload", Op::Reload),
     ep("PUT", "/api/plugins/{id}/config", Op::SetConfig),
+    ep("GET", "/api/plugins/{id}/tasks", Op::Tasks),
+    ep("POST", "/api/plugins/{id}/tasks/{task}/run", Op::RunTask),
     ep("POST", "/api/files", Op::Upload),
     ep("GET", "/api/files/{download}", Op::Download),
     ep("GET", "/api/openapi.json", Op::OpenApi),
@@ -83,6 +89,8 @@ pub(crate) struct Matched {
     pub(crate) op: Op,
     /// The `{id}` segment, for routes that have one.
     pub(crate) id: Option<String>,
+    /// The `{task}` segment, for routes that have one.
+    pub(crate) task: Option<String>,
 }
 
 /// The route of `method` on `path`.
@@ -92,10 +100,11 @@ pub(crate) struct Matched {
 /// not with this method.
 pub(crate) fn resolve(method: &Method, path: &str) -> Result<Matched, ApiError> {
     let candidates = matching(path);
-    if let Some((endpoint, id)) = candidates.iter().find(|(e, _)| e.method == method.as_str()) {
+    if let Some((endpoint, params)) = candidates.iter().find(|(e, _)| e.method == method.as_str()) {
         return Ok(Matched {
             op: endpoint.op,
-            id: id.clone(),
+            id: params.first().cloned(),
+            task: params.get(1).cloned(),
         });
     }
     if candidates.is_empty() {
@@ -106,15 +115,15 @@ pub(crate) fn resolve(method: &Method, path: &str) -> Result<Matched, ApiError> 
 }
 
 /// The endpoints whose template matches `path` (literal templates first, and only them when
-/// any matches), each with its `{id}`.
-fn matching(path: &str) -> Vec<(Endpoint, Option<String>)> {
-    let found: Vec<(Endpoint, Option<String>)> = ENDPOINTS
+/// any matches), each with its parameters in order.
+fn matching(path: &str) -> Vec<(Endpoint, Vec<String>)> {
+    let found: Vec<(Endpoint, Vec<String>)> = ENDPOINTS
         .iter()
-        .filter_map(|e| template_match(e.path, path).map(|id| (*e, id)))
+        .filter_map(|e| template_match(e.path, path).map(|params| (*e, params)))
         .collect();
     let literal: Vec<_> = found
         .iter()
-        .filter(|(_, id)| id.is_none())
+        .filter(|(_, params)| params.is_empty())
         .cloned()
         .collect();
     if literal.is_empty() {
@@ -124,16 +133,16 @@ fn matching(path: &str) -> Vec<(Endpoint, Option<String>)> {
     }
 }
 
-/// `Some(id)` (or `Some(None)` for a template without `{id}`) when `path` fits `template`.
-fn template_match(template: &str, path: &str) -> Option<Option<String>> {
+/// The parameters (in order; none for a literal template) when `path` fits `template`.
+fn template_match(template: &str, path: &str) -> Option<Vec<String>> {
     let mut want = template.split('/');
     let mut got = path.split('/');
-    let mut id = None;
+    let mut params = Vec::new();
     loop {
         match (want.next(), got.next()) {
-            (None, None) => return Some(id),
+            (None, None) => return Some(params),
             (Some(w), Some(seg)) if w.starts_with('{') && !seg.is_empty() => {
-                id = Some(seg.to_owned())
+                params.push(seg.to_owned())
             }
             (Some(w), Some(g)) if w == g => {}
             _ => return None,
@@ -157,6 +166,15 @@ mod tests {
         assert_eq!((m.op, m.id.as_deref()), (Op::Get, Some("echo")));
         let m = op(Method::PUT, "/api/plugins/echo/config").unwrap();
         assert_eq!((m.op, m.id.as_deref()), (Op::SetConfig, Some("echo")));
+        let m = op(Method::POST, "/api/plugins/echo/tasks/greet/run").unwrap();
+        assert_eq!(
+            (m.op, m.id.as_deref(), m.task.as_deref()),
+            (Op::RunTask, Some("echo"), Some("greet"))
+        );
+        assert_eq!(
+            op(Method::GET, "/api/plugins/echo/tasks/greet/run"),
+            Err(405)
+        );
     }
 
     #[test]

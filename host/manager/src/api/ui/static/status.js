@@ -178,9 +178,11 @@
 
   function tasksCell(plugin) {
     if (Array.isArray(plugin.tasks) && plugin.tasks.length > 0) {
-      return el("span", { text: plugin.tasks.map((t) => t.name || String(t)).join(", ") });
+      const describe = (t) =>
+        t.name + " (" + t.schedule + ", " + t.runs + " runs" + (t.last_outcome ? ", last " + t.last_outcome : "") + ")";
+      return el("span", { text: plugin.tasks.map(describe).join("; ") });
     }
-    return el("span", { class: "quiet", title: "no tasks in this version of plugvisor", text: "–" });
+    return el("span", { class: "quiet", title: "no scheduled tasks", text: "–" });
   }
 
   function cell(field, content, cls) {
