@@ -653,3 +653,41 @@ fn resource_limits_are_applied_before_exec() {
         world.finish().await;
     })
 }
+
+/// DEFECTS #5: `initialize` waited for a call slot like a call, and after the queue timeout
+/// failed with "no worker ready" although the worker was ready the whole time.
+#[test]
+fn control_operations_do_not_wait_for_call_slots() {
+    serially(async {
+        let mut world = World::new().await;
+        let config = SupervisorConfig {
+            max_concurrent: 1,
+            queue_timeout: Duration::from_millis(500),
+            ..fast()
+        };
+        let sup = world.supervise("chaos", config).await;
+        let busy = sup.execute(json!({"fault": "sleep", "ms": 3000}));
+        let others = async {
+            // The sleeping call holds the only slot.
+            let held = eventually(Duration::from_secs(5), || sup.in_flight() == 1).await;
+            assert!(held, "the sleeping call is running");
+            let started = Instant::now();
+            let configured = sup.initialize(Some(json!({"api_key": "new"}))).await;
+            assert!(configured.is_ok(), "{configured:?}");
+            assert!(
+                started.elapsed() < Duration::from_millis(500),
+                "initialize waited {:?} for a call slot",
+                started.elapsed()
+            );
+            let queued = sup.execute(fault("none")).await.unwrap_err();
+            assert!(
+                matches!(&queued, PluginError::Unavailable(m) if m.contains("call slot")),
+                "{queued:?}"
+            );
+        };
+        let (slept, ()) = tokio::join!(busy, others);
+        assert!(slept.is_ok(), "{slept:?}");
+        drop(sup);
+        world.finish().await;
+    })
+}
