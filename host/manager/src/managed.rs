@@ -30,7 +30,7 @@ pub(crate) struct Managed {
     /// Config layers below the API's, merged: schema defaults, manifest, host file, env.
     base_config: Value,
     state: Mutex<State>,
-    /// Held while a lazy start or an idle stop runs.
+    /// Held while a lazy start, an idle stop or a configuration change runs.
     starting: tokio::sync::Mutex<()>,
     /// Set when a reload replaced this plugin or it was unloaded: calls that failed before
     /// reaching a worker are sent to the replacement.
@@ -186,6 +186,10 @@ impl Managed {
     /// An invalid configuration is refused before it reaches the plugin.
     pub(crate) async fn set_config(&self, api: Value) -> Result<Value, ManagerError> {
         let config = self.effective(Some(&api))?;
+        // A lazy start reads the configuration and applies it to its new worker while it
+        // holds `starting`: with it held here too, the change either lands before that read
+        // or finds the started worker installed and is applied to it.
+        let _starting = self.starting.lock().await;
         if let Some(sup) = self.current() {
             sup.initialize(Some(config.clone()))
                 .await
