@@ -1,7 +1,9 @@
 //! `Managed`: one loaded plugin: its manifest, its layered configuration, and its supervisor,
 //! started eagerly or on the first call, stopped after an idle period, swapped on reload.
 
-use crate::config::{env_layer, mask_secrets, merge, schema_defaults, validate};
+use crate::config::{
+    env_layer, keep_masked_secrets, mask_secrets, merge, schema_defaults, validate,
+};
 use crate::error::ManagerError;
 use crate::idle::{self, IdleStop};
 use crate::manifest::{Discovered, StartMode};
@@ -183,8 +185,11 @@ impl Managed {
     }
 
     /// Replaces the API layer and applies the result to the running plugin (no restart).
-    /// An invalid configuration is refused before it reaches the plugin.
-    pub(crate) async fn set_config(&self, api: Value) -> Result<Value, ManagerError> {
+    /// A secret sent as the mask `"***"` keeps its current value. An invalid configuration is
+    /// refused before it reaches the plugin.
+    pub(crate) async fn set_config(&self, mut api: Value) -> Result<Value, ManagerError> {
+        let current = self.api_layer();
+        keep_masked_secrets(&self.identity.config_schema, &mut api, &current);
         let config = self.effective(Some(&api))?;
         // A lazy start reads the configuration and applies it to its new worker while it
         // holds `starting`: with it held here too, the change either lands before that read

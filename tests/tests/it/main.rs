@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod api_answers;
 mod api_ops;
 mod api_routes;
 mod api_trust;

@@ -1,0 +1,44 @@
+//! Answers that say what is wrong: a reload of a broken manifest, a worker that cannot start,
+//! two manifests with one name, odd request paths, and secrets sent back masked.
+
+use crate::api::{manifest, Api};
+use plugvisor_manager::api::ApiOptions;
+use plugvisor_tests::serially;
+use serde_json::json;
+
+/// Issue 11: a configuration read back (secrets masked) and sent again with another field
+/// changed used to give the plugin the literal mask as its secret.
+#[test]
+fn a_masked_secret_sent_back_keeps_its_value() {
+    serially(async {
+        let chaos = manifest("chaos", "chaos", "");
+        let api = Api::start(&[chaos], ApiOptions::default()).await;
+        let c = &api.client;
+        let secret = "the-real-secret";
+        let loaded = c
+            .post(
+                "/api/plugins/load",
+                &json!({"plugin_id": "chaos", "config": {"api_key": secret}}),
+            )
+            .await;
+        assert_eq!(loaded.status, 200, "{}", loaded.text());
+        let mut config = c.get("/api/plugins/chaos").await.json()["config"].clone();
+        assert_eq!(config["api_key"], "***");
+        config["initialize_delay_ms"] = json!(1);
+        let put = c
+            .put("/api/plugins/chaos/config", &json!({ "config": config }))
+            .await;
+        assert_eq!(put.status, 200, "{}", put.text());
+        assert_eq!(put.json()["config"]["api_key"], "***");
+        let held = c
+            .post(
+                "/api/plugins/execute",
+                &json!({"plugin_id": "chaos", "input": {"fault": "config"}}),
+            )
+            .await;
+        let worker = &held.json()["output"]["config"];
+        assert_eq!(worker["api_key"], secret, "{}", held.text());
+        assert_eq!(worker["initialize_delay_ms"], 1, "{}", held.text());
+        api.finish().await;
+    })
+}
