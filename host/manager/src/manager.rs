@@ -425,6 +425,15 @@ impl PluginManager {
     /// # Errors
     /// [`ManagerError::NotLoaded`], [`ManagerError::Required`].
     pub async fn unload(&self, name: &str, force: bool) -> Result<(), ManagerError> {
+        let managed = self.take_out(name, force).await?;
+        // Drained without the manager-wide lock: the other plugins stay manageable meanwhile.
+        managed.stop(DRAIN).await;
+        self.emit(name, EventKind::Unloaded);
+        Ok(())
+    }
+
+    /// Removes `name` from the loaded plugins and retires it, under the manager-wide lock.
+    async fn take_out(&self, name: &str, force: bool) -> Result<Arc<Managed>, ManagerError> {
         let _op = self.inner.ops.lock().await;
         let managed = self.loaded_or_err(name)?;
         let dependents = self.dependents(&managed);
@@ -436,9 +445,7 @@ impl PluginManager {
         }
         write(&self.inner.loaded).remove(name);
         managed.retire();
-        managed.stop(DRAIN).await;
-        self.emit(name, EventKind::Unloaded);
-        Ok(())
+        Ok(managed)
     }
 
     /// Loaded plugins that require a service only `managed` provides.
@@ -469,6 +476,16 @@ impl PluginManager {
     /// # Errors
     /// Not loaded, or the new worker cannot start (the old one then keeps serving).
     pub async fn reload(&self, name: &str) -> Result<PluginInfo, ManagerError> {
+        let (old, version) = self.swap(name).await?;
+        // Drained without the manager-wide lock, as in `unload`.
+        old.stop(DRAIN).await;
+        self.emit(name, EventKind::Reloaded { version });
+        self.info(name)
+    }
+
+    /// Loads a new `Managed` for `name` from its re-read manifest and puts it in place of the
+    /// old one, which is retired and returned (with the new version) to be drained.
+    async fn swap(&self, name: &str) -> Result<(Arc<Managed>, String), ManagerError> {
         let _op = self.inner.ops.lock().await;
         let old = self.loaded_or_err(name)?;
         self.rediscover();
@@ -483,9 +500,7 @@ impl PluginManager {
         let version = new.identity.version.clone();
         write(&self.inner.loaded).insert(name.to_owned(), new);
         old.retire();
-        old.stop(DRAIN).await;
-        self.emit(name, EventKind::Reloaded { version });
-        self.info(name)
+        Ok((old, version))
     }
 
     /// Replaces the API configuration layer of `name` and re-initializes the running plugin

@@ -69,3 +69,68 @@ fn a_config_change_during_a_lazy_start_reaches_the_worker() {
         api.finish().await;
     })
 }
+
+/// DEFECTS #4: an unload waiting for a plugin's open stream held the manager-wide lock for
+/// up to 30 s, so a configuration change of an unrelated plugin waited as long.
+#[test]
+fn a_draining_unload_does_not_hold_up_other_plugins() {
+    serially(async {
+        let ticker = manifest("ticker", "ticker", "");
+        let api = Api::start(&[echo(), ticker], ApiOptions::default()).await;
+        let client = api.client.clone();
+        let c = &client;
+        for name in ["echo", "ticker"] {
+            let loaded = c.post("/api/plugins/load", &json!({"plugin_id": name})).await;
+            assert_eq!(loaded.status, 200, "{}", loaded.text());
+        }
+        let body = json!({"plugin_id": "ticker", "input": {"n": 1000, "bytes": 4, "interval_ms": 200}});
+        let mut stream = c
+            .open(
+                "POST",
+                "/api/plugins/execute_stream",
+                Some(body.to_string().as_bytes()),
+            )
+            .await;
+        let first = stream.next_line_within(Duration::from_secs(10)).await;
+        assert!(first.is_some(), "the stream started");
+
+        let unload = c.send("POST", "/api/plugins/ticker/unload", None);
+        tokio::pin!(unload);
+        let removed = async {
+            while c.get("/api/plugins/ticker").await.json()["loaded"] != false {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            answer = &mut unload => panic!("the unload did not wait for the stream: {}", answer.text()),
+            () = removed => {}
+        }
+
+        // The unload now drains ticker's stream (up to 30 s); echo is managed meanwhile.
+        let started = Instant::now();
+        let set = json!({"config": {"mode": "upper"}});
+        let changed = tokio::select! {
+            answer = c.put("/api/plugins/echo/config", &set) => answer,
+            answer = &mut unload => panic!("the unload ended first: {}", answer.text()),
+        };
+        assert_eq!(changed.status, 200, "{}", changed.text());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "echo's config change waited {:?} for ticker's drain",
+            started.elapsed()
+        );
+        let reloaded = tokio::select! {
+            answer = c.send("POST", "/api/plugins/echo/reload", None) => answer,
+            answer = &mut unload => panic!("the unload ended first: {}", answer.text()),
+        };
+        assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+
+        // Closing the stream ends the drain, and with it the unload.
+        drop(stream);
+        let unloaded = tokio::time::timeout(Duration::from_secs(10), unload)
+            .await
+            .expect("the unload ends once the stream is gone");
+        assert_eq!(unloaded.status, 200, "{}", unloaded.text());
+        api.finish().await;
+    })
+}
