@@ -26,7 +26,8 @@ const DRAIN: Duration = Duration::from_secs(30);
 /// Where the manager finds plugins and their configuration.
 #[derive(Debug, Clone, Default)]
 pub struct ManagerConfig {
-    /// Directories of `*.toml` manifests (later ones win on a name clash).
+    /// Directories of `*.toml` manifests (a later directory's manifest replaces an earlier
+    /// one's of the same name; within one directory a second one is a manifest error).
     pub manifest_dirs: Vec<PathBuf>,
     /// Where bare `command` names resolve (default: beside the running executable).
     pub worker_dir: Option<PathBuf>,

@@ -42,3 +42,27 @@ fn a_masked_secret_sent_back_keeps_its_value() {
         api.finish().await;
     })
 }
+
+/// DEFECTS #9: of two manifests with one name, the later one silently won.
+#[test]
+fn two_manifests_with_one_name_are_a_manifest_error() {
+    serially(async {
+        let (_, first) = manifest("dup", "echo", "");
+        let (_, second) = manifest("dup", "ticker", "");
+        let api = Api::start(
+            &[("a".to_owned(), first), ("b".to_owned(), second)],
+            ApiOptions::default(),
+        )
+        .await;
+        let available = api.client.get("/api/plugins/available").await.json();
+        let problems = available["manifest_errors"].as_array().unwrap();
+        let named_both = problems.iter().any(|p| {
+            let reason = p["reason"].as_str().unwrap_or_default();
+            p["file"].as_str().is_some_and(|f| f.ends_with("b.toml"))
+                && reason.contains("a.toml")
+                && reason.contains("\"dup\"")
+        });
+        assert!(named_both, "{available:#}");
+        api.finish().await;
+    })
+}
