@@ -269,6 +269,22 @@ impl PluginManager {
         Err(broken.map_or_else(|| ManagerError::Unknown(name.to_owned()), Into::into))
     }
 
+    /// The re-read manifest of loaded plugin `name`, which came from `file`: a problem with
+    /// that file now is reported as what is wrong with it, not as an unknown plugin.
+    fn rediscovered(&self, name: &str, file: &std::path::Path) -> Result<Discovered, ManagerError> {
+        if let Some(found) = read(&self.inner.available).get(name) {
+            return Ok(found.clone());
+        }
+        let broken = read(&self.inner.problems)
+            .iter()
+            .find(|p| p.file == file)
+            .cloned();
+        match broken {
+            Some(problem) => Err(problem.into()),
+            None => self.discovered(name),
+        }
+    }
+
     async fn load_one(
         &self,
         found: Discovered,
@@ -475,7 +491,8 @@ impl PluginManager {
     /// configured, switches calls to it, then drains and stops the old one. No call fails.
     ///
     /// # Errors
-    /// Not loaded, or the new worker cannot start (the old one then keeps serving).
+    /// Not loaded, a manifest that is now broken ([`ManagerError::Manifest`] with its file,
+    /// line and reason), or a new worker that cannot start; the old one keeps serving.
     pub async fn reload(&self, name: &str) -> Result<PluginInfo, ManagerError> {
         let (old, version) = self.swap(name).await?;
         // Drained without the manager-wide lock, as in `unload`.
@@ -490,7 +507,7 @@ impl PluginManager {
         let _op = self.inner.ops.lock().await;
         let old = self.loaded_or_err(name)?;
         self.rediscover();
-        let found = self.discovered(name)?;
+        let found = self.rediscovered(name, &old.found.file)?;
         let plan = Plan {
             file_layer: self.file_layer(name),
             worker_dir: self.inner.worker_dir.clone(),

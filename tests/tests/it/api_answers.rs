@@ -1,7 +1,7 @@
 //! Answers that say what is wrong: a reload of a broken manifest, a worker that cannot start,
 //! two manifests with one name, odd request paths, and secrets sent back masked.
 
-use crate::api::{manifest, Api};
+use crate::api::{assert_error, echo, manifest, Api};
 use plugvisor_manager::api::ApiOptions;
 use plugvisor_tests::serially;
 use serde_json::json;
@@ -63,6 +63,51 @@ fn two_manifests_with_one_name_are_a_manifest_error() {
                 && reason.contains("\"dup\"")
         });
         assert!(named_both, "{available:#}");
+        api.finish().await;
+    })
+}
+
+/// DEFECTS #7: reloading a loaded plugin whose manifest file (named otherwise than the
+/// plugin) is now broken answered `404 unknown plugin`.
+#[test]
+fn reloading_a_broken_manifest_names_the_file_line_and_reason() {
+    serially(async {
+        let (_, text) = echo();
+        let api = Api::start(
+            &[("my-echo".to_owned(), text.clone())],
+            ApiOptions::default(),
+        )
+        .await;
+        let c = &api.client;
+        let loaded = c
+            .post("/api/plugins/load", &json!({"plugin_id": "echo"}))
+            .await;
+        assert_eq!(loaded.status, 200, "{}", loaded.text());
+
+        let file = api.manifest_dir().join("my-echo.toml");
+        let broken = text.replace("command = ", "comand = ");
+        std::fs::write(&file, &broken).unwrap();
+        let line = broken
+            .lines()
+            .position(|l| l.starts_with("comand"))
+            .unwrap()
+            + 1;
+        let answer = c.send("POST", "/api/plugins/echo/reload", None).await;
+        assert_error(&answer, 422, "invalid_manifest");
+        let error = &answer.json()["error"];
+        let message = answer.error_message();
+        assert!(
+            message.contains(&format!("my-echo.toml:{line}")) && message.contains("comand"),
+            "{message}"
+        );
+        assert_eq!(error["file"], file.display().to_string(), "{error}");
+        assert_eq!(error["line"], line, "{error}");
+
+        let still = c.get("/api/plugins/echo").await.json();
+        assert_eq!(
+            (&still["loaded"], &still["state"]),
+            (&json!(true), &json!("ready"))
+        );
         api.finish().await;
     })
 }

@@ -262,7 +262,10 @@ impl ApiError {
                 error.message = message;
                 error
             }
-            ManagerError::Manifest(_) => Self::new(ApiKind::InvalidManifest, message),
+            ManagerError::Manifest(problem) => Self::new(ApiKind::InvalidManifest, message)
+                .with("file", json!(problem.file))
+                .with("line", json!(problem.line))
+                .with("reason", json!(problem.reason)),
             // Faults of the server's own setup, not of the request.
             ManagerError::HostConfig { .. } | ManagerError::Io(_) => Self::internal(message),
         }

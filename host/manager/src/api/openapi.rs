@@ -462,7 +462,10 @@ fn answer_schemas() -> Value {
                 "kind": {"type": "string"}, "message": {"type": "string"},
                 "crash": {"$ref": "#/components/schemas/CrashReport"},
                 "problems": {"type": "array", "items": {"type": "string"}},
-                "dependents": {"type": "array", "items": {"type": "string"}}
+                "dependents": {"type": "array", "items": {"type": "string"}},
+                "file": {"type": "string", "description": "invalid_manifest: the manifest file"},
+                "line": {"type": ["integer", "null"], "description": "invalid_manifest: the line of the problem"},
+                "reason": {"type": "string", "description": "invalid_manifest: what is wrong"}
             }
         }}},
         "CrashReport": {"type": "object", "properties": {
