@@ -3,8 +3,10 @@
 
 use crate::api::{assert_error, echo, manifest, Api};
 use plugvisor_manager::api::ApiOptions;
+use plugvisor_tests::http::raw_exchange;
 use plugvisor_tests::serially;
 use serde_json::json;
+use std::time::Duration;
 
 /// Issue 11: a configuration read back (secrets masked) and sent again with another field
 /// changed used to give the plugin the literal mask as its secret.
@@ -108,6 +110,40 @@ fn reloading_a_broken_manifest_names_the_file_line_and_reason() {
             (&still["loaded"], &still["state"]),
             (&json!(true), &json!("ready"))
         );
+        api.finish().await;
+    })
+}
+
+/// DEFECTS #12: ids in paths were not percent-decoded.
+#[test]
+fn plugin_ids_in_paths_are_percent_decoded() {
+    serially(async {
+        let api = Api::start(&[echo()], ApiOptions::default()).await;
+        let c = &api.client;
+        let found = c.get("/api/plugins/ech%6F").await;
+        assert_eq!(found.status, 200, "{}", found.text());
+        assert_eq!(found.json()["name"], "echo");
+        for bad in [
+            "/api/plugins/a%2Fb",
+            "/api/plugins/ec%00ho",
+            "/api/plugins/%FF",
+        ] {
+            let answer = c.get(bad).await;
+            assert_error(&answer, 400, "bad_request");
+        }
+        // Past hyper's limit on the request target, hyper answers alone, as API.md says.
+        let long = format!(
+            "GET /api/plugins/{} HTTP/1.1\r\nHost: {}\r\n\r\n",
+            "a".repeat(70_000),
+            c.addr
+        );
+        let answer = raw_exchange(c.addr, long.as_bytes(), Duration::from_secs(10))
+            .await
+            .expect("the connection is closed after the answer");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 414 "), "{answer}");
+        let still = c.get("/api/plugins/echo").await;
+        assert_eq!(still.status, 200, "{}", still.text());
         api.finish().await;
     })
 }
