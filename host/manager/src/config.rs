@@ -279,7 +279,10 @@ mod tests {
         let current = json!({"api_key": "hunter2", "db": {"password": "pw"}});
         let mut update = json!({"api_key": MASK, "db": {"password": MASK}, "mode": MASK});
         keep_masked_secrets(&schema, &mut update, &current);
-        assert_eq!(update, json!({"api_key": "hunter2", "db": {"password": "pw"}, "mode": MASK}));
+        assert_eq!(
+            update,
+            json!({"api_key": "hunter2", "db": {"password": "pw"}, "mode": MASK})
+        );
         let mut fresh = json!({"api_key": MASK, "db": {"password": "new"}});
         keep_masked_secrets(&schema, &mut fresh, &json!({}));
         assert_eq!(fresh, json!({"db": {"password": "new"}}));

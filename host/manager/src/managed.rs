@@ -380,13 +380,34 @@ async fn supervise(
     match sup.wait_ready(wait).await {
         WorkerState::Ready => Ok(sup),
         state => {
-            let reason = sup.reason().unwrap_or_else(|| state.to_string());
+            let reason = start_failure(&sup, state, wait);
             sup.shutdown().await;
             Err(ManagerError::Start {
                 plugin: name.to_owned(),
                 reason,
             })
         }
+    }
+}
+
+/// Why `sup` did not become ready within `waited`: the real cause (its last start error or
+/// crash, with the exit status and last stderr line), then the state it was left in.
+fn start_failure(sup: &Supervisor, state: WorkerState, waited: Duration) -> String {
+    let left = match sup.reason() {
+        Some(reason) => format!("state {state}: {reason}"),
+        None => format!("state {state} after {waited:?}"),
+    };
+    match sup.last_failure() {
+        Some(cause) => format!("{cause} ({left})"),
+        None => format!("not ready within {waited:?} ({left})"),
+    }
+}
+
+/// Why the worker of a loaded plugin is not serving, when it is not.
+pub(crate) fn not_serving(sup: &Supervisor) -> Option<String> {
+    match sup.state() {
+        WorkerState::Ready | WorkerState::Unhealthy | WorkerState::Stopping => None,
+        _ => sup.last_failure().or_else(|| sup.reason()),
     }
 }
 

@@ -45,6 +45,8 @@ struct Inner {
     available: RwLock<BTreeMap<String, Discovered>>,
     problems: RwLock<Vec<ManifestError>>,
     loaded: RwLock<BTreeMap<String, Arc<Managed>>>,
+    /// Why the last load of a plugin could not start its worker, until one succeeds.
+    load_failures: RwLock<BTreeMap<String, String>>,
     ops: tokio::sync::Mutex<()>,
     metrics: Metrics,
 }
@@ -88,6 +90,7 @@ impl PluginManager {
                 available: RwLock::new(BTreeMap::new()),
                 problems: RwLock::new(Vec::new()),
                 loaded: RwLock::new(BTreeMap::new()),
+                load_failures: RwLock::new(BTreeMap::new()),
                 ops: tokio::sync::Mutex::new(()),
                 metrics: Metrics::default(),
             }),
@@ -156,15 +159,20 @@ impl PluginManager {
         if let Some(m) = self.managed(name) {
             return Ok(info_of(&m.found, Some(&m), &self.inner.metrics));
         }
-        read(&self.inner.available)
-            .get(name)
-            .map(|d| info_of(d, None, &self.inner.metrics))
+        let found = read(&self.inner.available).get(name).cloned();
+        found
+            .map(|d| self.info_of(&d))
             .ok_or_else(|| ManagerError::Unknown(name.to_owned()))
     }
 
     fn info_of(&self, found: &Discovered) -> PluginInfo {
-        let managed = self.managed(&found.manifest.name);
-        info_of(found, managed.as_ref(), &self.inner.metrics)
+        let name = &found.manifest.name;
+        let managed = self.managed(name);
+        let mut info = info_of(found, managed.as_ref(), &self.inner.metrics);
+        if managed.is_none() {
+            info.last_error = read(&self.inner.load_failures).get(name).cloned();
+        }
+        info
     }
 
     /// Every loaded plugin, as a list (the map's lock is not held while they are used).
@@ -298,7 +306,16 @@ impl PluginManager {
             api_layer: api.unwrap_or(Value::Object(Default::default())),
             found,
         };
-        let managed = Managed::load(Arc::clone(&self.inner.host), plan).await?;
+        let managed = match Managed::load(Arc::clone(&self.inner.host), plan).await {
+            Ok(managed) => managed,
+            Err(e) => {
+                if let ManagerError::Start { reason, .. } = &e {
+                    write(&self.inner.load_failures).insert(name, reason.clone());
+                }
+                return Err(e);
+            }
+        };
+        write(&self.inner.load_failures).remove(&name);
         let version = managed.identity.version.clone();
         write(&self.inner.loaded).insert(name.clone(), managed);
         self.emit(&name, EventKind::Loaded { version });
@@ -699,6 +716,7 @@ fn info_of(found: &Discovered, managed: Option<&Arc<Managed>>, metrics: &Metrics
         errors_total,
         routes: managed.map(|x| mounted_routes(x)).unwrap_or_default(),
         ui: m.ui.as_ref().map(|ui| UiInfo::of(&m.name, ui)),
+        last_error: sup.as_ref().and_then(crate::managed::not_serving),
     }
 }
 

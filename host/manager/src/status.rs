@@ -55,6 +55,10 @@ pub struct PluginInfo {
     pub routes: Vec<PluginRoute>,
     /// Its panel on the status page, when the manifest has `ui`.
     pub ui: Option<crate::ui::UiInfo>,
+    /// Why it is not serving: for a loaded plugin whose worker is not up (`failed`,
+    /// `backoff`, …), its last start error or crash; for one that is not loaded, why its last
+    /// load could not start the worker. `null` otherwise.
+    pub last_error: Option<String>,
 }
 
 /// One mounted HTTP route of a plugin, as [`PluginInfo::routes`] lists it.

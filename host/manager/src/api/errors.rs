@@ -256,7 +256,9 @@ impl ApiError {
                 Self::new(ApiKind::Wire(ErrorKind::InvalidConfig), message)
                     .with("problems", json!(problems))
             }
-            ManagerError::Start { .. } => Self::new(ApiKind::StartFailed, message),
+            ManagerError::Start { reason, .. } => {
+                Self::new(ApiKind::StartFailed, message).with("start_error", json!(reason))
+            }
             ManagerError::Plugin { source, .. } => {
                 let mut error = Self::from_plugin(&source);
                 error.message = message;
