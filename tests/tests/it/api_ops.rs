@@ -34,7 +34,10 @@ fn a_config_change_during_a_lazy_start_reaches_the_worker() {
         assert_eq!(loaded.status, 200, "{}", loaded.text());
         // The probe at load (hooks run on a task of their own, so wait for it).
         let probed = eventually(Duration::from_secs(5), || ready.load(Ordering::SeqCst) == 1).await;
-        assert!(probed, "one worker was started at load to check the configuration");
+        assert!(
+            probed,
+            "one worker was started at load to check the configuration"
+        );
         let probes = 1;
 
         let input = json!({"plugin_id": "chaos", "input": {"fault": "none"}});
@@ -80,10 +83,13 @@ fn a_draining_unload_does_not_hold_up_other_plugins() {
         let client = api.client.clone();
         let c = &client;
         for name in ["echo", "ticker"] {
-            let loaded = c.post("/api/plugins/load", &json!({"plugin_id": name})).await;
+            let loaded = c
+                .post("/api/plugins/load", &json!({"plugin_id": name}))
+                .await;
             assert_eq!(loaded.status, 200, "{}", loaded.text());
         }
-        let body = json!({"plugin_id": "ticker", "input": {"n": 1000, "bytes": 4, "interval_ms": 200}});
+        let body =
+            json!({"plugin_id": "ticker", "input": {"n": 1000, "bytes": 4, "interval_ms": 200}});
         let mut stream = c
             .open(
                 "POST",
