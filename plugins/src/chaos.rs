@@ -20,6 +20,7 @@
 //! | `spin` | burns CPU forever (to meet a CPU-time limit) |
 //! | `crash_once` | `{"marker": PATH}`: aborts if PATH does not exist (creating it), else answers |
 //! | `open_files` | `{"n": N}`: opens N files and keeps them, or none if one fails |
+//! | `config` | answers `{"config": …}`, the configuration in force, secrets included (so a test can see what reached the worker) |
 //!
 //! `execute_stream` with `{"fault": "stream_crash", "chunks": K}` yields K chunks, then aborts;
 //! with `{"fault": "stream_fork"}` it starts a grandchild, yields `{"grandchild": pid}`, and
@@ -32,7 +33,8 @@
 //! `CHAOS_HOOKS=before_request` (or `after_response`) declares only that hook.
 //! Start-up faults come from the environment (see [`startup_fault`]) or the config
 //! (`{"crash_on_initialize": true}` aborts in `initialize`, so a supervisor that re-applies the
-//! config after each restart sees a crash loop).
+//! config after each restart sees a crash loop; `{"initialize_delay_ms": N}` makes every
+//! `initialize` take N ms, so a test can act while one runs).
 
 use futures_util::StreamExt;
 use plugvisor_proto::wire::{
@@ -86,6 +88,9 @@ impl Plugin for Chaos {
             eprintln!("chaos: crash_on_initialize is set; aborting");
             std::process::abort();
         }
+        if let Some(ms) = config.get("initialize_delay_ms").and_then(Value::as_u64) {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         if let Ok(mut kept) = self.config.lock() {
             *kept = config;
         }
@@ -94,6 +99,9 @@ impl Plugin for Chaos {
 
     async fn execute(&self, input: Value) -> Result<Value, PluginError> {
         let fault = input.get("fault").and_then(Value::as_str).unwrap_or("none");
+        if fault == "config" {
+            return Ok(json!({ "config": self.current_config() }));
+        }
         run_fault(fault, &input).await
     }
 
@@ -124,6 +132,11 @@ impl Plugin for Chaos {
             "type": "object",
             "properties": {
                 "crash_on_initialize": {"type": "boolean", "default": false},
+                "initialize_delay_ms": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Every initialize waits this long first (for tests)."
+                },
                 "api_key": {
                     "type": "string",
                     "writeOnly": true,

@@ -20,7 +20,7 @@ use std::os::fd::OwnedFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Take};
 use tokio::net::unix::pipe;
 
 /// A sandboxed worker's socket, inside its transfer directory.
@@ -262,14 +262,14 @@ async fn await_handshake(
             source,
         }
     })?;
-    let read = read_line(receiver);
+    let read = read_line(BufReader::new(receiver.take(MAX_HANDSHAKE)));
     tokio::pin!(read);
     let raced = tokio::select! {
         line = tokio::time::timeout(spec.start_timeout, &mut read) => Some(line),
         _ = process.exit.wait() => None,
     };
-    let line = match raced {
-        Some(line) => line.map_err(|_| HostError::StartTimeout {
+    let read = match raced {
+        Some(read) => read.map_err(|_| HostError::StartTimeout {
             program: program.clone(),
             timeout: spec.start_timeout,
         })?,
@@ -277,12 +277,20 @@ async fn await_handshake(
         // holds it, but the exit may have been seen before the line was read).
         None => tokio::time::timeout(GRACE_AFTER_EXIT, &mut read)
             .await
-            .unwrap_or_else(|_| Ok(String::new())),
+            .unwrap_or_else(|_| Ok((String::new(), None))),
     };
-    let line = line.map_err(|source| HostError::Spawn {
+    let (line, rest) = read.map_err(|source| HostError::Spawn {
         program: program.clone(),
         source,
     })?;
+    if let Some(mut stdout) = rest {
+        // Whatever the worker writes after its handshake is logged, not left to fill the
+        // pipe or to kill the worker with SIGPIPE (docs/PROTOCOL.md, section 3).
+        stdout.get_mut().set_limit(u64::MAX);
+        process
+            .stderr
+            .drain_stdout(stdout, spec.label(), process.pid);
+    }
     if line.is_empty() {
         // stdout closed: usually because the process exited; say so if it did.
         if let Some(exit) = process.exit.wait_timeout(2 * GRACE_AFTER_EXIT).await {
@@ -298,13 +306,14 @@ async fn await_handshake(
     check_handshake(&program, &line, process)
 }
 
-async fn read_line(receiver: pipe::Receiver) -> std::io::Result<String> {
-    let mut reader = BufReader::new(receiver.take(MAX_HANDSHAKE));
+/// The handshake line, and the rest of stdout to drain once the line was read whole.
+type Handshaken = (String, Option<BufReader<Take<pipe::Receiver>>>);
+
+async fn read_line(mut reader: BufReader<Take<pipe::Receiver>>) -> std::io::Result<Handshaken> {
     let mut line = String::new();
     reader.read_line(&mut line).await?;
-    // The rest of stdout is dropped with the reader: after the handshake a worker's stdout
-    // is redirected to its stderr, and nothing the host needs comes there.
-    Ok(line)
+    let rest = line.ends_with('\n').then_some(reader);
+    Ok((line, rest))
 }
 
 fn check_handshake(

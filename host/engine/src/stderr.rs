@@ -1,11 +1,12 @@
-//! Forwards a worker's stderr into `tracing`, keeping the last lines for crash reports.
+//! Forwards a worker's stderr into `tracing`, keeping the last lines for crash reports; after
+//! the handshake, its stdout too (a worker written in another language may print there).
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::process::ChildStderr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::unix::pipe;
 use tokio::sync::watch;
 
@@ -34,8 +35,35 @@ impl StderrTail {
             closed,
         });
         let receiver = pipe::Receiver::from_owned_fd(OwnedFd::from(stderr))?;
-        tokio::spawn(forward(receiver, label, pid, Arc::clone(&tail)));
+        let source = Source {
+            label,
+            pid,
+            stream: "stderr",
+        };
+        let tail_of_stderr = Arc::clone(&tail);
+        tokio::spawn(async move {
+            forward(BufReader::new(receiver), &source, &tail_of_stderr).await;
+            tail_of_stderr.closed.send_replace(true);
+        });
         Ok(tail)
+    }
+
+    /// Keeps reading the worker's stdout after its handshake line, into `tracing` and the
+    /// same tail as stderr: a worker whose stdout pipe closed would die of SIGPIPE on its next
+    /// write. Ends when the pipe closes (the worker and its group are gone).
+    pub(crate) fn drain_stdout(
+        self: &Arc<Self>,
+        stdout: impl AsyncBufRead + Unpin + Send + 'static,
+        label: String,
+        pid: u32,
+    ) {
+        let source = Source {
+            label,
+            pid,
+            stream: "stdout",
+        };
+        let tail = Arc::clone(self);
+        tokio::spawn(async move { forward(stdout, &source, &tail).await });
     }
 
     fn push(&self, line: String) {
@@ -63,8 +91,14 @@ impl StderrTail {
     }
 }
 
-async fn forward(receiver: pipe::Receiver, label: String, pid: u32, tail: Arc<StderrTail>) {
-    let mut reader = BufReader::new(receiver);
+/// Whose lines a forwarder reads.
+struct Source {
+    label: String,
+    pid: u32,
+    stream: &'static str,
+}
+
+async fn forward(mut reader: impl AsyncBufRead + Unpin, source: &Source, tail: &StderrTail) {
     let mut buf = Vec::with_capacity(256);
     loop {
         buf.clear();
@@ -76,8 +110,8 @@ async fn forward(receiver: pipe::Receiver, label: String, pid: u32, tail: Arc<St
         }
         let line = String::from_utf8_lossy(&buf);
         let line = line.trim_end_matches(['\n', '\r']);
-        tracing::info!(target: "plugvisor::worker", plugin = %label, pid, "{line}");
+        let Source { label, pid, stream } = source;
+        tracing::info!(target: "plugvisor::worker", plugin = %label, pid, stream, "{line}");
         tail.push(line.to_owned());
     }
-    tail.closed.send_replace(true);
 }

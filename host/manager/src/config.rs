@@ -167,6 +167,33 @@ fn mask_in_place(schema: &Value, config: &mut Value) {
     }
 }
 
+/// Gives every secret field (per `schema`) of `update` whose value is the mask `"***"` the
+/// value `current` holds there, or removes it when `current` has none (the layers below then
+/// show through): a configuration read back masked and sent again keeps its secrets.
+pub fn keep_masked_secrets(schema: &Value, update: &mut Value, current: &Value) {
+    let (Some(props), Value::Object(map)) =
+        (schema.get("properties").and_then(Value::as_object), update)
+    else {
+        return;
+    };
+    for (key, sub) in props {
+        let kept = current.get(key);
+        let Some(value) = map.get_mut(key) else {
+            continue;
+        };
+        if !is_secret(sub) {
+            keep_masked_secrets(sub, value, kept.unwrap_or(&Value::Null));
+        } else if value.as_str() == Some(MASK) {
+            match kept {
+                Some(real) => *value = real.clone(),
+                None => {
+                    map.remove(key);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,5 +268,23 @@ mod tests {
         let strict = json!({"type": "object", "properties": {"api_key": {"type": "string", "x-secret": true, "minLength": 10}}});
         let errors = validate(&strict, &json!({"api_key": "hunter2"})).unwrap_err();
         assert!(!errors[0].contains("hunter2"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_masked_secret_keeps_the_current_value() {
+        let schema = json!({"type": "object", "properties": {
+            "api_key": {"type": "string", "writeOnly": true},
+            "db": {"type": "object", "properties": {"password": {"type": "string", "x-secret": true}}}
+        }});
+        let current = json!({"api_key": "hunter2", "db": {"password": "pw"}});
+        let mut update = json!({"api_key": MASK, "db": {"password": MASK}, "mode": MASK});
+        keep_masked_secrets(&schema, &mut update, &current);
+        assert_eq!(
+            update,
+            json!({"api_key": "hunter2", "db": {"password": "pw"}, "mode": MASK})
+        );
+        let mut fresh = json!({"api_key": MASK, "db": {"password": "new"}});
+        keep_masked_secrets(&schema, &mut fresh, &json!({}));
+        assert_eq!(fresh, json!({"db": {"password": "new"}}));
     }
 }

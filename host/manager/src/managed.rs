@@ -1,7 +1,9 @@
 //! `Managed`: one loaded plugin: its manifest, its layered configuration, and its supervisor,
 //! started eagerly or on the first call, stopped after an idle period, swapped on reload.
 
-use crate::config::{env_layer, mask_secrets, merge, schema_defaults, validate};
+use crate::config::{
+    env_layer, keep_masked_secrets, mask_secrets, merge, schema_defaults, validate,
+};
 use crate::error::ManagerError;
 use crate::idle::{self, IdleStop};
 use crate::manifest::{Discovered, StartMode};
@@ -31,7 +33,7 @@ pub(crate) struct Managed {
     /// Config layers below the API's, merged: schema defaults, manifest, host file, env.
     base_config: Value,
     state: Mutex<State>,
-    /// Held while a lazy start or an idle stop runs.
+    /// Held while a lazy start, an idle stop or a configuration change runs.
     starting: tokio::sync::Mutex<()>,
     /// Set when a reload replaced this plugin or it was unloaded: calls that failed before
     /// reaching a worker are sent to the replacement.
@@ -200,9 +202,16 @@ impl Managed {
     }
 
     /// Replaces the API layer and applies the result to the running plugin (no restart).
-    /// An invalid configuration is refused before it reaches the plugin.
-    pub(crate) async fn set_config(&self, api: Value) -> Result<Value, ManagerError> {
+    /// A secret sent as the mask `"***"` keeps its current value. An invalid configuration is
+    /// refused before it reaches the plugin.
+    pub(crate) async fn set_config(&self, mut api: Value) -> Result<Value, ManagerError> {
+        let current = self.api_layer();
+        keep_masked_secrets(&self.identity.config_schema, &mut api, &current);
         let config = self.effective(Some(&api))?;
+        // A lazy start reads the configuration and applies it to its new worker while it
+        // holds `starting`: with it held here too, the change either lands before that read
+        // or finds the started worker installed and is applied to it.
+        let _starting = self.starting.lock().await;
         if let Some(sup) = self.current() {
             sup.initialize(Some(config.clone()))
                 .await
@@ -450,13 +459,34 @@ async fn supervise(
     match sup.wait_ready(wait).await {
         WorkerState::Ready => Ok(sup),
         state => {
-            let reason = sup.reason().unwrap_or_else(|| state.to_string());
+            let reason = start_failure(&sup, state, wait);
             sup.shutdown().await;
             Err(ManagerError::Start {
                 plugin: name.to_owned(),
                 reason,
             })
         }
+    }
+}
+
+/// Why `sup` did not become ready within `waited`: the real cause (its last start error or
+/// crash, with the exit status and last stderr line), then the state it was left in.
+fn start_failure(sup: &Supervisor, state: WorkerState, waited: Duration) -> String {
+    let left = match sup.reason() {
+        Some(reason) => format!("state {state}: {reason}"),
+        None => format!("state {state} after {waited:?}"),
+    };
+    match sup.last_failure() {
+        Some(cause) => format!("{cause} ({left})"),
+        None => format!("not ready within {waited:?} ({left})"),
+    }
+}
+
+/// Why the worker of a loaded plugin is not serving, when it is not.
+pub(crate) fn not_serving(sup: &Supervisor) -> Option<String> {
+    match sup.state() {
+        WorkerState::Ready | WorkerState::Unhealthy | WorkerState::Stopping => None,
+        _ => sup.last_failure().or_else(|| sup.reason()),
     }
 }
 

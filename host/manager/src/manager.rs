@@ -26,7 +26,8 @@ const DRAIN: Duration = Duration::from_secs(30);
 /// Where the manager finds plugins and their configuration.
 #[derive(Debug, Clone, Default)]
 pub struct ManagerConfig {
-    /// Directories of `*.toml` manifests (later ones win on a name clash).
+    /// Directories of `*.toml` manifests (a later directory's manifest replaces an earlier
+    /// one's of the same name; within one directory a second one is a manifest error).
     pub manifest_dirs: Vec<PathBuf>,
     /// Where bare `command` names resolve (default: beside the running executable).
     pub worker_dir: Option<PathBuf>,
@@ -44,6 +45,8 @@ struct Inner {
     available: RwLock<BTreeMap<String, Discovered>>,
     problems: RwLock<Vec<ManifestError>>,
     loaded: RwLock<BTreeMap<String, Arc<Managed>>>,
+    /// Why the last load of a plugin could not start its worker, until one succeeds.
+    load_failures: RwLock<BTreeMap<String, String>>,
     ops: tokio::sync::Mutex<()>,
     metrics: Metrics,
 }
@@ -109,6 +112,7 @@ impl PluginManager {
                 available: RwLock::new(BTreeMap::new()),
                 problems: RwLock::new(Vec::new()),
                 loaded: RwLock::new(BTreeMap::new()),
+                load_failures: RwLock::new(BTreeMap::new()),
                 ops: tokio::sync::Mutex::new(()),
                 metrics: Metrics::default(),
             }),
@@ -177,15 +181,20 @@ impl PluginManager {
         if let Some(m) = self.managed(name) {
             return Ok(info_of(&m.found, Some(&m), &self.inner.metrics));
         }
-        read(&self.inner.available)
-            .get(name)
-            .map(|d| info_of(d, None, &self.inner.metrics))
+        let found = read(&self.inner.available).get(name).cloned();
+        found
+            .map(|d| self.info_of(&d))
             .ok_or_else(|| ManagerError::Unknown(name.to_owned()))
     }
 
     fn info_of(&self, found: &Discovered) -> PluginInfo {
-        let managed = self.managed(&found.manifest.name);
-        info_of(found, managed.as_ref(), &self.inner.metrics)
+        let name = &found.manifest.name;
+        let managed = self.managed(name);
+        let mut info = info_of(found, managed.as_ref(), &self.inner.metrics);
+        if managed.is_none() {
+            info.last_error = read(&self.inner.load_failures).get(name).cloned();
+        }
+        info
     }
 
     /// Every loaded plugin, as a list (the map's lock is not held while they are used).
@@ -290,6 +299,22 @@ impl PluginManager {
         Err(broken.map_or_else(|| ManagerError::Unknown(name.to_owned()), Into::into))
     }
 
+    /// The re-read manifest of loaded plugin `name`, which came from `file`: a problem with
+    /// that file now is reported as what is wrong with it, not as an unknown plugin.
+    fn rediscovered(&self, name: &str, file: &std::path::Path) -> Result<Discovered, ManagerError> {
+        if let Some(found) = read(&self.inner.available).get(name) {
+            return Ok(found.clone());
+        }
+        let broken = read(&self.inner.problems)
+            .iter()
+            .find(|p| p.file == file)
+            .cloned();
+        match broken {
+            Some(problem) => Err(problem.into()),
+            None => self.discovered(name),
+        }
+    }
+
     async fn load_one(
         &self,
         found: Discovered,
@@ -303,7 +328,16 @@ impl PluginManager {
             api_layer: api.unwrap_or(Value::Object(Default::default())),
             found,
         };
-        let managed = Managed::load(Arc::clone(&self.inner.host), plan).await?;
+        let managed = match Managed::load(Arc::clone(&self.inner.host), plan).await {
+            Ok(managed) => managed,
+            Err(e) => {
+                if let ManagerError::Start { reason, .. } = &e {
+                    write(&self.inner.load_failures).insert(name, reason.clone());
+                }
+                return Err(e);
+            }
+        };
+        write(&self.inner.load_failures).remove(&name);
         let version = managed.identity.version.clone();
         write(&self.inner.loaded).insert(name.clone(), Arc::clone(&managed));
         self.emit(&name, EventKind::Loaded { version });
@@ -448,6 +482,15 @@ impl PluginManager {
     /// # Errors
     /// [`ManagerError::NotLoaded`], [`ManagerError::Required`].
     pub async fn unload(&self, name: &str, force: bool) -> Result<(), ManagerError> {
+        let managed = self.take_out(name, force).await?;
+        // Drained without the manager-wide lock: the other plugins stay manageable meanwhile.
+        managed.stop(DRAIN).await;
+        self.emit(name, EventKind::Unloaded);
+        Ok(())
+    }
+
+    /// Removes `name` from the loaded plugins and retires it, under the manager-wide lock.
+    async fn take_out(&self, name: &str, force: bool) -> Result<Arc<Managed>, ManagerError> {
         let _op = self.inner.ops.lock().await;
         let managed = self.loaded_or_err(name)?;
         let dependents = self.dependents(&managed);
@@ -459,9 +502,7 @@ impl PluginManager {
         }
         write(&self.inner.loaded).remove(name);
         managed.retire();
-        managed.stop(DRAIN).await;
-        self.emit(name, EventKind::Unloaded);
-        Ok(())
+        Ok(managed)
     }
 
     /// Loaded plugins that require a service only `managed` provides.
@@ -490,12 +531,23 @@ impl PluginManager {
     /// configured, switches calls to it, then drains and stops the old one. No call fails.
     ///
     /// # Errors
-    /// Not loaded, or the new worker cannot start (the old one then keeps serving).
+    /// Not loaded, a manifest that is now broken ([`ManagerError::Manifest`] with its file,
+    /// line and reason), or a new worker that cannot start; the old one keeps serving.
     pub async fn reload(&self, name: &str) -> Result<PluginInfo, ManagerError> {
+        let (old, version) = self.swap(name).await?;
+        // Drained without the manager-wide lock, as in `unload`.
+        old.stop(DRAIN).await;
+        self.emit(name, EventKind::Reloaded { version });
+        self.info(name)
+    }
+
+    /// Loads a new `Managed` for `name` from its re-read manifest and puts it in place of the
+    /// old one, which is retired and returned (with the new version) to be drained.
+    async fn swap(&self, name: &str) -> Result<(Arc<Managed>, String), ManagerError> {
         let _op = self.inner.ops.lock().await;
         let old = self.loaded_or_err(name)?;
         self.rediscover();
-        let found = self.discovered(name)?;
+        let found = self.rediscovered(name, &old.found.file)?;
         let plan = Plan {
             file_layer: self.file_layer(name),
             worker_dir: self.inner.worker_dir.clone(),
@@ -507,9 +559,7 @@ impl PluginManager {
         write(&self.inner.loaded).insert(name.to_owned(), Arc::clone(&new));
         old.retire();
         new.start_tasks(&self.task_sink());
-        old.stop(DRAIN).await;
-        self.emit(name, EventKind::Reloaded { version });
-        self.info(name)
+        Ok((old, version))
     }
 
     /// Replaces the API configuration layer of `name` and re-initializes the running plugin
@@ -732,6 +782,7 @@ fn info_of(found: &Discovered, managed: Option<&Arc<Managed>>, metrics: &Metrics
         routes: managed.map(|x| mounted_routes(x)).unwrap_or_default(),
         ui: m.ui.as_ref().map(|ui| UiInfo::of(&m.name, ui)),
         tasks: managed.map(|x| x.task_infos()).unwrap_or_default(),
+        last_error: sup.as_ref().and_then(crate::managed::not_serving),
     }
 }
 

@@ -669,7 +669,8 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// Reads every `*.toml` in `dir`, in name order. Good manifests and the problems of bad ones
-/// are both returned: one broken manifest never hides the others.
+/// are both returned: one broken manifest never hides the others. Of two manifests with one
+/// `name`, the first (in file name order) is used and the second is a problem naming both.
 pub fn discover(dir: &Path) -> (Vec<Discovered>, Vec<ManifestError>) {
     let mut found = Vec::new();
     let mut errors = Vec::new();
@@ -696,13 +697,37 @@ pub fn discover(dir: &Path) -> (Vec<Discovered>, Vec<ManifestError>) {
                 line: None,
                 reason: format!("cannot read: {e}"),
             })
-            .and_then(|text| Manifest::parse_file(&text, &file));
+            .and_then(|text| {
+                let manifest = Manifest::parse_file(&text, &file)?;
+                Ok((manifest, line_of_key(&text, "name")))
+            });
         match parsed {
-            Ok(manifest) => found.push(Discovered { manifest, file }),
+            Ok((manifest, name_line)) => {
+                let first = found.iter().find(|d| d.manifest.name == manifest.name);
+                match first {
+                    Some(first) => {
+                        errors.push(duplicate(&manifest.name, &first.file, file, name_line))
+                    }
+                    None => found.push(Discovered { manifest, file }),
+                }
+            }
             Err(e) => errors.push(e),
         }
     }
     (found, errors)
+}
+
+/// The problem of `file`, a second manifest named `name` after `first` (which keeps it).
+fn duplicate(name: &str, first: &Path, file: PathBuf, line: Option<usize>) -> ManifestError {
+    ManifestError {
+        reason: format!(
+            "plugin name {name:?} is already used by {}; this manifest is ignored (names must be \
+             unique)",
+            first.display()
+        ),
+        file,
+        line,
+    }
 }
 
 #[cfg(test)]
@@ -830,5 +855,20 @@ rss_limit_mib = 64
         assert_eq!(errors.len(), 1);
         assert!(errors[0].file.ends_with("b.toml"));
         assert_eq!(errors[0].line, Some(1));
+    }
+
+    #[test]
+    fn two_manifests_with_one_name_are_a_problem_naming_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.toml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("b.toml"), GOOD.replace("0.1.0", "2.0.0")).unwrap();
+        let (found, errors) = discover(dir.path());
+        assert_eq!(found.len(), 1, "the first file keeps the name");
+        assert!(found[0].file.ends_with("a.toml"));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let e = &errors[0];
+        assert!(e.file.ends_with("b.toml"), "{e}");
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.reason.contains("a.toml"), "{e}");
     }
 }

@@ -57,6 +57,10 @@ pub struct PluginInfo {
     pub ui: Option<crate::ui::UiInfo>,
     /// Its scheduled tasks and their last runs (empty when it has none or is not loaded).
     pub tasks: Vec<crate::tasks::TaskInfo>,
+    /// Why it is not serving: for a loaded plugin whose worker is not up (`failed`,
+    /// `backoff`, …), its last start error or crash; for one that is not loaded, why its last
+    /// load could not start the worker. `null` otherwise.
+    pub last_error: Option<String>,
 }
 
 /// One mounted HTTP route of a plugin, as [`PluginInfo::routes`] lists it.

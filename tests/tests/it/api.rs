@@ -111,6 +111,11 @@ impl Api {
         }
     }
 
+    /// The directory the test's manifests were written to (to edit one mid-test).
+    pub(crate) fn manifest_dir(&self) -> &std::path::Path {
+        self._manifests.path()
+    }
+
     /// Stops the server (it must return promptly), shuts the manager down, and audits.
     pub(crate) async fn finish(self) {
         self.shutdown.cancel();

@@ -274,3 +274,23 @@ fn the_demo_runs_to_completion_and_leaves_nothing_behind() {
         }
     })
 }
+
+/// DEFECTS #9: `validate` said OK for two manifests with one name.
+#[test]
+fn validate_fails_on_two_manifests_with_one_name() {
+    serially(async {
+        let run = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for (file, worker) in [("a.toml", "echo-worker"), ("b.toml", "ticker-worker")] {
+            let text = format!("name = \"dup\"\nversion = \"1.0.0\"\ncommand = \"{worker}\"\n");
+            std::fs::write(dir.path().join(file), text).unwrap();
+        }
+        let out = plugvisor(&["validate", dir.path().to_str().unwrap()], run.path());
+        let report = text(&out.stdout);
+        assert!(!out.status.success(), "{report}");
+        assert!(
+            report.contains("b.toml:1: ") && report.contains("a.toml"),
+            "{report}"
+        );
+    })
+}

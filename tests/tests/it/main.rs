@@ -8,6 +8,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod api_answers;
+mod api_ops;
 mod api_routes;
 mod api_trust;
 mod api_ui;

@@ -653,3 +653,78 @@ fn resource_limits_are_applied_before_exec() {
         world.finish().await;
     })
 }
+
+/// DEFECTS #5: `initialize` waited for a call slot like a call, and after the queue timeout
+/// failed with "no worker ready" although the worker was ready the whole time.
+#[test]
+fn control_operations_do_not_wait_for_call_slots() {
+    serially(async {
+        let mut world = World::new().await;
+        let config = SupervisorConfig {
+            max_concurrent: 1,
+            queue_timeout: Duration::from_millis(500),
+            ..fast()
+        };
+        let sup = world.supervise("chaos", config).await;
+        let busy = sup.execute(json!({"fault": "sleep", "ms": 3000}));
+        let others = async {
+            // The sleeping call holds the only slot.
+            let held = eventually(Duration::from_secs(5), || sup.in_flight() == 1).await;
+            assert!(held, "the sleeping call is running");
+            let started = Instant::now();
+            let configured = sup.initialize(Some(json!({"api_key": "new"}))).await;
+            assert!(configured.is_ok(), "{configured:?}");
+            assert!(
+                started.elapsed() < Duration::from_millis(500),
+                "initialize waited {:?} for a call slot",
+                started.elapsed()
+            );
+            let queued = sup.execute(fault("none")).await.unwrap_err();
+            assert!(
+                matches!(&queued, PluginError::Unavailable(m) if m.contains("call slot")),
+                "{queued:?}"
+            );
+        };
+        let (slept, ()) = tokio::join!(busy, others);
+        assert!(slept.is_ok(), "{slept:?}");
+        drop(sup);
+        world.finish().await;
+    })
+}
+
+/// DEFECTS #11: a worker that writes to stdout after its handshake (here a wrapper script
+/// around echo-worker) was killed by SIGPIPE: the host closed the pipe after the handshake.
+#[test]
+fn a_worker_may_write_to_stdout_after_its_handshake() {
+    serially(async {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("wrote-to-stdout");
+        let wrapper = dir.path().join("chatty-worker");
+        let echo = plugvisor_tests::bin("echo-worker");
+        let body = format!(
+            "#!/bin/bash\n\"{}\" \"$@\" <&0 &\nworker=$!\n\
+             for i in 1 2 3 4 5; do sleep 0.2; echo \"garbage after the handshake $i\"; done\n\
+             touch \"{}\"\nwait $worker\n",
+            echo.display(),
+            marker.display()
+        );
+        std::fs::write(&wrapper, body).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let mut world = World::new().await;
+        let spec = plugvisor_host::WorkerSpec::new(&wrapper)
+            .start_timeout(Duration::from_secs(10))
+            .stop_grace(Duration::from_secs(2));
+        let sup = world.supervise_spec(spec, fast()).await;
+        assert_eq!(sup.state(), WorkerState::Ready);
+        let pid = sup.pid();
+        let wrote = eventually(Duration::from_secs(5), || marker.exists()).await;
+        assert!(wrote, "the wrapper died writing to its stdout");
+        let out = sup.execute(json!("still here")).await.unwrap();
+        assert_eq!(out, json!("still here"));
+        assert_eq!((sup.pid(), sup.restarts()), (pid, 0));
+        drop(sup);
+        world.finish().await;
+    })
+}

@@ -171,9 +171,13 @@ impl Life {
         };
         match started {
             Ok(core) => self.serve(core).await,
-            Err(e @ HostError::Incompatible { .. }) => Outcome::Fatal(chain(&e)),
+            Err(e @ HostError::Incompatible { .. }) => {
+                self.inner.record_failure(chain(&e));
+                Outcome::Fatal(chain(&e))
+            }
             Err(HostError::ShuttingDown) => Outcome::Stop,
             Err(e) => {
+                self.inner.record_failure(chain(&e));
                 self.emit(EventKind::StartFailed { error: chain(&e) });
                 Outcome::Ended {
                     why: Ending::StartFailed,
@@ -247,6 +251,7 @@ impl Life {
         }
         self.inner.publish(WorkerState::Exited, None);
         let report = core.process.crash_report().await;
+        self.inner.record_failure(report.to_string());
         self.emit(EventKind::Crashed { report });
         core.client.close_idle();
         core.process.remove_files();

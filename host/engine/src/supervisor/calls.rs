@@ -41,7 +41,10 @@ impl Inner {
                 "{} is shut down",
                 self.label
             ))),
-            Err(_) => Err(self.queue_timeout()),
+            Err(_) => Err(PluginError::Unavailable(format!(
+                "{}: all {} call slots stayed busy for the queue timeout ({:?})",
+                self.label, self.config.max_concurrent, self.config.queue_timeout
+            ))),
         }
     }
 
@@ -114,6 +117,19 @@ impl Inner {
                 other => return other,
             }
         }
+    }
+
+    /// Runs a control operation (`initialize`, `cleanup`) on a ready worker under the call
+    /// timeout, without a call slot: it must not queue behind calls that may run for minutes
+    /// (the worker serves it beside them).
+    async fn control<T, F, Fut>(&self, op: F) -> Result<T, PluginError>
+    where
+        F: FnOnce(Arc<WorkerCore>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, PluginError>>,
+    {
+        let deadline = Instant::now() + self.config.queue_timeout;
+        let worker = self.ready_worker(deadline, None).await?;
+        with_deadline(self.config.call_timeout, op(worker)).await
     }
 
     fn may_retry(&self, retries: u32) -> bool {
@@ -302,14 +318,12 @@ impl Plugin for Supervisor {
     }
 
     /// Configures the live worker, and remembers the configuration so every restarted worker
-    /// gets it too.
+    /// gets it too. Takes no call slot: a configuration change does not wait for busy calls.
     async fn initialize(&self, config: Option<Value>) -> Result<(), PluginError> {
         let config_ref = &config;
         let applied = self
             .inner
-            .run(CallOptions::default(), |w| async move {
-                w.initialize(config_ref.clone()).await
-            })
+            .control(|w| async move { w.initialize(config_ref.clone()).await })
             .await?;
         drop(applied);
         if let Ok(mut kept) = self.inner.plugin_config.lock() {
@@ -344,7 +358,7 @@ impl Plugin for Supervisor {
 
     async fn cleanup(&self) -> Result<(), PluginError> {
         self.inner
-            .run(CallOptions::default(), |w| async move { w.cleanup().await })
+            .control(|w| async move { w.cleanup().await })
             .await
     }
 }

@@ -79,7 +79,7 @@ pub struct SupervisorConfig {
     /// Deadline of every call unless the caller gives its own. Default none.
     pub call_timeout: Option<Duration>,
     /// Calls running on the worker at once (at least 1, at most tokio's semaphore limit,
-    /// 2^61 - 1). Default 64.
+    /// 2^61 - 1); control operations (`initialize`, `cleanup`) take no slot. Default 64.
     pub max_concurrent: usize,
     /// Calls waiting for a slot or for a (re)starting worker; more fail fast. Default 1024.
     pub max_queue: usize,

@@ -103,6 +103,8 @@ pub(crate) struct Inner {
     pub(crate) restarts: AtomicU64,
     /// The configuration given through `initialize`, re-applied to every new worker.
     pub(crate) plugin_config: Mutex<Option<Value>>,
+    /// Why the last worker failed to start or died, when one did.
+    pub(crate) last_failure: Mutex<Option<String>>,
     /// Set once the actor has stopped the worker and ended.
     pub(crate) done: watch::Sender<bool>,
 }
@@ -127,6 +129,13 @@ impl Inner {
             worker: None,
             reason: Some(reason),
         });
+    }
+
+    /// Remembers why a worker failed to start or died (see [`Supervisor::last_failure`]).
+    pub(crate) fn record_failure(&self, why: String) {
+        if let Ok(mut last) = self.last_failure.lock() {
+            *last = Some(why);
+        }
     }
 
     pub(crate) fn send(&self, command: Command) {
@@ -188,6 +197,7 @@ impl Supervisor {
             queued: AtomicUsize::new(0),
             restarts: AtomicU64::new(0),
             plugin_config: Mutex::new(None),
+            last_failure: Mutex::new(None),
             done: watch::channel(false).0,
         });
         tokio::spawn(actor::run(Arc::clone(&inner), rx));
@@ -205,6 +215,13 @@ impl Supervisor {
     /// Why the worker is not serving, when it is `Failed` or `Stopped`.
     pub fn reason(&self) -> Option<String> {
         self.inner.slot.borrow().reason.clone()
+    }
+
+    /// Why the last worker failed to start (the start error: spawn, handshake, `/v1/info`,
+    /// exit before the handshake with its last stderr line, a rejected configuration) or
+    /// died (its crash report), if one ever did; kept across restarts and states.
+    pub fn last_failure(&self) -> Option<String> {
+        self.inner.last_failure.lock().ok().and_then(|l| l.clone())
     }
 
     /// The current worker's pid, if one is up.

@@ -260,13 +260,18 @@ impl ApiError {
                 Self::new(ApiKind::Wire(ErrorKind::InvalidConfig), message)
                     .with("problems", json!(problems))
             }
-            ManagerError::Start { .. } => Self::new(ApiKind::StartFailed, message),
+            ManagerError::Start { reason, .. } => {
+                Self::new(ApiKind::StartFailed, message).with("start_error", json!(reason))
+            }
             ManagerError::Plugin { source, .. } => {
                 let mut error = Self::from_plugin(&source);
                 error.message = message;
                 error
             }
-            ManagerError::Manifest(_) => Self::new(ApiKind::InvalidManifest, message),
+            ManagerError::Manifest(problem) => Self::new(ApiKind::InvalidManifest, message)
+                .with("file", json!(problem.file))
+                .with("line", json!(problem.line))
+                .with("reason", json!(problem.reason)),
             ManagerError::UnknownTask { known, .. } => {
                 Self::new(ApiKind::Wire(ErrorKind::NotFound), message).with("tasks", json!(known))
             }

@@ -409,6 +409,7 @@ fn info_schemas() -> Value {
                 "enforced": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/Enforced"}], "description": "What the running worker's sandbox really enforces; null when no sandboxed worker is up"},
                 "calls_total": {"type": "integer", "description": "Calls (execute, streams, route requests) since the server started"},
                 "errors_total": {"type": "integer", "description": "Of those, the failed ones"},
+                "last_error": {"type": ["string", "null"], "description": "Why it is not serving: a loaded plugin's last start error or crash while its worker is not up, or why its last load could not start it"},
                 "routes": {"type": "array", "description": "Its mounted HTTP routes (loaded plugins)", "items": {
                     "type": "object", "required": ["method", "path"],
                     "properties": {"method": {"type": "string"}, "path": {"type": "string"}, "summary": {"type": ["string", "null"]}}}},
@@ -503,7 +504,11 @@ fn answer_schemas() -> Value {
                 "kind": {"type": "string"}, "message": {"type": "string"},
                 "crash": {"$ref": "#/components/schemas/CrashReport"},
                 "problems": {"type": "array", "items": {"type": "string"}},
-                "dependents": {"type": "array", "items": {"type": "string"}}
+                "dependents": {"type": "array", "items": {"type": "string"}},
+                "file": {"type": "string", "description": "invalid_manifest: the manifest file"},
+                "line": {"type": ["integer", "null"], "description": "invalid_manifest: the line of the problem"},
+                "reason": {"type": "string", "description": "invalid_manifest: what is wrong"},
+                "start_error": {"type": "string", "description": "start_failed: why the worker could not start (its start error, or exit status and last stderr line)"}
             }
         }}},
         "CrashReport": {"type": "object", "properties": {

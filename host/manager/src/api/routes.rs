@@ -93,18 +93,19 @@ pub(crate) struct Matched {
     pub(crate) task: Option<String>,
 }
 
-/// The route of `method` on `path`.
+/// The route of `method` on `path`, its `{id}` percent-decoded.
 ///
 /// # Errors
 /// 404 when no route has this path, 405 (with the allowed methods) when routes have it but
-/// not with this method.
+/// not with this method, 400 for an `{id}` that does not decode to UTF-8 without `/` or
+/// control characters.
 pub(crate) fn resolve(method: &Method, path: &str) -> Result<Matched, ApiError> {
     let candidates = matching(path);
     if let Some((endpoint, params)) = candidates.iter().find(|(e, _)| e.method == method.as_str()) {
         return Ok(Matched {
             op: endpoint.op,
-            id: params.first().cloned(),
-            task: params.get(1).cloned(),
+            id: params.first().map(|p| decode_segment(p)).transpose()?,
+            task: params.get(1).map(|p| decode_segment(p)).transpose()?,
         });
     }
     if candidates.is_empty() {
@@ -112,6 +113,24 @@ pub(crate) fn resolve(method: &Method, path: &str) -> Result<Matched, ApiError> 
     }
     let allow: Vec<&str> = candidates.iter().map(|(e, _)| e.method).collect();
     Err(ApiError::method_not_allowed(method.as_str(), path, &allow))
+}
+
+/// A path segment, percent-decoded (`ech%6F` is `echo`): it must decode to UTF-8 without `/`
+/// or control characters.
+fn decode_segment(raw: &str) -> Result<String, ApiError> {
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "the path segment {raw:?} is not UTF-8 once percent-decoded"
+            ))
+        })?;
+    if decoded.chars().any(|c| c == '/' || c.is_control()) {
+        return Err(ApiError::bad_request(format!(
+            "the path segment {raw:?} decodes to {decoded:?}, which holds '/' or a control character"
+        )));
+    }
+    Ok(decoded.into_owned())
 }
 
 /// The endpoints whose template matches `path` (literal templates first, and only them when
@@ -175,6 +194,22 @@ mod tests {
             op(Method::GET, "/api/plugins/echo/tasks/greet/run"),
             Err(405)
         );
+    }
+
+    #[test]
+    fn ids_are_percent_decoded_and_odd_ones_refused() {
+        let m = op(Method::GET, "/api/plugins/ech%6F").unwrap();
+        assert_eq!(m.id.as_deref(), Some("echo"));
+        let m = op(Method::PUT, "/api/plugins/%65cho/config").unwrap();
+        assert_eq!((m.op, m.id.as_deref()), (Op::SetConfig, Some("echo")));
+        for bad in [
+            "/api/plugins/a%2Fb",
+            "/api/plugins/ec%00ho",
+            "/api/plugins/%FF",
+            "/api/plugins/a%0Ab",
+        ] {
+            assert_eq!(op(Method::GET, bad).map(|m| m.id), Err(400), "{bad}");
+        }
     }
 
     #[test]
