@@ -41,8 +41,9 @@ pub(crate) struct Managed {
     idle_stopper: OnceLock<AbortHandle>,
     /// Its scheduled tasks (`[[tasks]]`).
     pub(crate) tasks: Vec<Arc<crate::scheduler::TaskSlot>>,
-    /// Their schedulers, ended when the plugin is retired or dropped.
-    task_runners: Mutex<Vec<AbortHandle>>,
+    /// Cancelled when the plugin is retired or dropped: each scheduler then ends at its next
+    /// wait (a run in progress finishes first).
+    tasks_end: tokio_util::sync::CancellationToken,
     host: Arc<Host>,
 }
 
@@ -124,7 +125,7 @@ impl Managed {
             replaced: AtomicBool::new(false),
             idle_stopper: OnceLock::new(),
             tasks,
-            task_runners: Mutex::new(Vec::new()),
+            tasks_end: tokio_util::sync::CancellationToken::new(),
             host,
             found: plan.found,
         });
@@ -243,23 +244,14 @@ impl Managed {
     /// Marks the plugin replaced (reload) or unloaded: no lazy start from now on.
     pub(crate) fn retire(&self) {
         self.replaced.store(true, Ordering::Release);
-        self.stop_tasks();
+        self.tasks_end.cancel();
     }
 
     /// Starts the scheduler of each of its tasks, telling `sink` (the manager) of each run.
     pub(crate) fn start_tasks(self: &Arc<Self>, sink: &std::sync::Weak<dyn TaskSink>) {
-        let mut runners = lock_runners(&self.task_runners);
         for slot in &self.tasks {
-            let runner =
-                crate::scheduler::spawn(Arc::clone(slot), Arc::downgrade(self), sink.clone());
-            runners.push(runner.abort_handle());
-        }
-    }
-
-    /// Ends the schedulers (a run in progress finishes).
-    fn stop_tasks(&self) {
-        for runner in lock_runners(&self.task_runners).drain(..) {
-            runner.abort();
+            let end = self.tasks_end.clone();
+            crate::scheduler::spawn(Arc::clone(slot), Arc::downgrade(self), sink.clone(), end);
         }
     }
 
@@ -391,13 +383,8 @@ impl Drop for Managed {
         if let Some(stopper) = self.idle_stopper.get() {
             stopper.abort();
         }
-        self.stop_tasks();
+        self.tasks_end.cancel();
     }
-}
-
-// Only pushes and drains happen under it; a poisoned list is still a list.
-fn lock_runners(runners: &Mutex<Vec<AbortHandle>>) -> MutexGuard<'_, Vec<AbortHandle>> {
-    runners.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The manifest's tasks, compiled.

@@ -92,18 +92,23 @@ impl TaskSlot {
     }
 }
 
-/// Starts the scheduler of `slot`. It ends when the plugin is retired or dropped.
+/// Starts the scheduler of `slot`. It ends when `end` is cancelled (the plugin was retired
+/// or dropped) at its next wait: a run in progress is not cut short.
 pub(crate) fn spawn<T: TaskTarget>(
     slot: Arc<TaskSlot>,
     plugin: Weak<T>,
     sink: Weak<dyn TaskSink>,
+    end: tokio_util::sync::CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut due = first_due(&slot.plan);
         loop {
             slot.lock().next_run_ms = Some(epoch_ms(wall_clock(due)));
             let jitter = jitter(slot.plan.jitter);
-            tokio::time::sleep_until(due + jitter).await;
+            tokio::select! {
+                () = end.cancelled() => return,
+                () = tokio::time::sleep_until(due + jitter) => {}
+            }
             let Some(target) = plugin.upgrade().filter(|p| !p.retired()) else {
                 return;
             };

@@ -243,3 +243,36 @@ fn broken_tasks_are_manifest_errors() {
         api.finish().await;
     })
 }
+
+#[test]
+fn a_run_in_progress_finishes_when_its_plugin_is_unloaded() {
+    serially(async {
+        let extra = "[[tasks]]\nname = \"nap\"\nevery = \"1h\"\nrun_at_start = true\n\
+                     input = { fault = \"sleep\", ms = 500 }\n";
+        let api = Api::start(&[manifest("chaos", "chaos", extra)], ApiOptions::default()).await;
+        let mut events = api.manager.host().events();
+        load(&api, &["chaos"]).await;
+        let started = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let event = events.recv().await.expect("events");
+                if event.kind.name() == "task_started" {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(started.is_ok(), "the task did not start");
+        let unloaded = api
+            .client
+            .post("/api/plugins/chaos/unload", &json!({}))
+            .await;
+        assert_eq!(unloaded.status, 200, "{}", unloaded.text());
+        // The run was not cut short: it finished (the unload drained it).
+        let mut names = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            names.push(event.kind.name());
+        }
+        assert!(names.contains(&"task_finished"), "{names:?}");
+        api.finish().await;
+    })
+}
