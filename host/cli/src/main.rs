@@ -23,7 +23,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Load the plugins of a manifest directory and manage them over a REST API.
+    /// Load the plugins of a manifest directory and manage them over a REST API. A plugin
+    /// that cannot start is reported `failed` (GET /api/plugins/status) and the others serve.
     Serve(serve::ServeArgs),
     /// Call a plugin once and print its result as JSON.
     Call(call::CallArgs),

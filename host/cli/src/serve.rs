@@ -110,28 +110,35 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for problem in manager.manifest_errors() {
         eprintln!("plugvisor: skipped manifest: {problem}");
     }
-    let order = match manager.load_all().await {
-        Ok(order) => order,
-        Err(e) => {
-            manager.shutdown().await;
-            return Err(e).context("loading plugins");
-        }
-    };
+    let started = manager.start_all().await;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     eprintln!(
-        "plugvisor: serving {} plugins from {} on http://{addr} (order: {})",
-        order.len(),
+        "plugvisor: serving {} plugins from {} on http://{addr} (order: {}){}",
+        started.loaded.len(),
         dir.display(),
-        order.join(", ")
+        started.loaded.join(", "),
+        not_started(&started.failed)
     );
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let served = serve_api(listener, manager.clone(), options, shutdown).await;
     manager.shutdown().await;
     served.context("the API server failed")
+}
+
+/// The plugins that did not start, for the start-up line (each was logged with its reason).
+fn not_started(failed: &std::collections::BTreeMap<String, String>) -> String {
+    if failed.is_empty() {
+        return String::new();
+    }
+    let names: Vec<&str> = failed.keys().map(String::as_str).collect();
+    format!(
+        "; not started: {} (see GET /api/plugins/status)",
+        names.join(", ")
+    )
 }
 
 fn api_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {

@@ -39,5 +39,5 @@ pub mod ui;
 
 pub use error::ManagerError;
 pub use host_config::default_worker_dir;
-pub use manager::{ManagerConfig, PluginManager};
+pub use manager::{ManagerConfig, PluginManager, StartReport};
 pub use status::{ManagerStatus, PluginConfig, PluginHealth, PluginInfo, PluginRoute};

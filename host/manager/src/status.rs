@@ -23,7 +23,7 @@ pub struct PluginInfo {
     /// Whether it is loaded.
     pub loaded: bool,
     /// `ready`, `starting`, `failed`, … ; `idle` for a lazy plugin not running; `available`
-    /// when not loaded.
+    /// when not loaded; `failed` with `loaded: false` when its last load failed.
     pub state: String,
     /// Eager or lazy.
     pub start: StartMode,
@@ -84,6 +84,9 @@ pub struct ManagerStatus {
     pub services: BTreeMap<String, String>,
     /// Every loaded plugin.
     pub plugins: Vec<PluginInfo>,
+    /// The plugins that are not loaded because their last load failed (state `failed`,
+    /// `last_error` says why): at `serve` start-up, or by `POST /api/plugins/load`.
+    pub failed: Vec<PluginInfo>,
     /// Manifests that could not be read.
     pub manifest_errors: Vec<String>,
 }

@@ -17,6 +17,7 @@ mod browser;
 mod calls;
 mod cli;
 mod cli_manage;
+mod cli_serve;
 mod faults;
 mod manager;
 mod middleware;

@@ -472,6 +472,7 @@ fn info_schemas() -> Value {
             "initialization_order": {"type": "array", "items": {"type": "string"}},
             "services": {"type": "object", "additionalProperties": {"type": "string"}},
             "plugins": {"type": "array", "items": {"$ref": "#/components/schemas/PluginInfo"}},
+            "failed": {"type": "array", "description": "Plugins not loaded because their last load failed (state `failed`, `last_error` says why)", "items": {"$ref": "#/components/schemas/PluginInfo"}},
             "manifest_errors": {"type": "array", "items": {"type": "string"}}
         }},
     })

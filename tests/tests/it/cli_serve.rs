@@ -1,0 +1,220 @@
+//! `plugvisor serve` as an operator runs it when things go wrong: plugins that cannot start, a
+//! port in use, manifests spread over directories and commands found on `PATH`.
+
+use plugvisor_tests::http::Client;
+use plugvisor_tests::{bin, eventually, files_under, proc_entries, process_state, serially};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A running `plugvisor serve`, its address and the rest of its stderr.
+struct Served {
+    server: Child,
+    addr: std::net::SocketAddr,
+    /// The start-up line (the one naming the URL).
+    banner: String,
+    stderr: Arc<Mutex<String>>,
+    workers: Vec<u32>,
+}
+
+impl Served {
+    /// Starts `plugvisor serve` with `args` (listening on a free loopback port) and waits for
+    /// its start-up line; everything it printed before that line is kept in `stderr` too.
+    fn start(args: &[&str], env: &[(&str, &str)], run: &Path) -> Self {
+        let mut server = Command::new(bin("plugvisor"))
+            .arg("serve")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("PLUGVISOR_RUNTIME_DIR", run)
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut reader = BufReader::new(server.stderr.take().unwrap());
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let banner = loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 {
+                let _ = server.wait();
+                panic!("serve ended early: {}", stderr.lock().unwrap());
+            }
+            if line.contains("http://") {
+                break line;
+            }
+            stderr.lock().unwrap().push_str(&line);
+        };
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = reader.read_to_string(&mut rest);
+            sink.lock().unwrap().push_str(&rest);
+        });
+        let url = banner.split_whitespace().find(|w| w.starts_with("http://"));
+        let addr = url.unwrap().trim_start_matches("http://").parse().unwrap();
+        let workers = children_of(server.id());
+        Self {
+            server,
+            addr,
+            banner,
+            stderr,
+            workers,
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::new(self.addr)
+    }
+
+    /// SIGTERM, a clean exit, and no worker left.
+    async fn stop(mut self) -> String {
+        let pid = nix::unistd::Pid::from_raw(self.server.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = self.server.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+        let workers = self.workers.clone();
+        let gone = eventually(Duration::from_secs(3), || {
+            workers.iter().all(|p| process_state(*p).is_none())
+        })
+        .await;
+        assert!(gone, "workers outlived the server: {workers:?}");
+        let log = self.stderr.lock().unwrap().clone();
+        log
+    }
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    proc_entries()
+        .into_iter()
+        .filter(|p| p.ppid == pid)
+        .map(|p| p.pid)
+        .collect()
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(format!("{name}.toml")), text).unwrap();
+}
+
+/// A manifest for `name` run by the `worker` binary of this build, with `extra` lines.
+fn manifest(name: &str, worker: &str, extra: &str) -> String {
+    let command = bin(&format!("{worker}-worker"));
+    format!(
+        "name = \"{name}\"\nversion = \"0.1.0\"\ncommand = \"{}\"\n{extra}\n",
+        command.display()
+    )
+}
+
+fn plugin<'a>(list: &'a Value, name: &str) -> &'a Value {
+    let found = list.as_array().unwrap().iter().find(|p| p["name"] == name);
+    found.unwrap_or_else(|| panic!("{name} not in {list}"))
+}
+
+/// Issue 11: one plugin that could not start made `serve` exit, taking the healthy ones down.
+#[test]
+fn plugins_that_cannot_start_are_failed_and_the_others_serve() {
+    serially(async {
+        let (run, dir) = (tempdir(), tempdir());
+        let d = dir.path();
+        write(
+            d,
+            "good",
+            &manifest("good", "echo", "provides = [\"text\"]"),
+        );
+        let ghost = "name = \"ghost\"\nversion = \"0.1.0\"\ncommand = \"no-such-worker\"\n\
+                     provides = [\"spooky\"]\n";
+        write(d, "ghost", ghost);
+        write(
+            d,
+            "needy",
+            &manifest("needy", "echo", "requires = [\"spooky\"]"),
+        );
+        let crashy = "[env]\nCHAOS_STARTUP = \"crash\"\n\
+                      [supervision]\nmax_restarts = 1\nbackoff_initial_ms = 20";
+        write(d, "crashy", &manifest("crashy", "chaos", crashy));
+        write(
+            d,
+            "lonely",
+            &manifest("lonely", "echo", "requires = [\"nobody\"]"),
+        );
+        let cyc =
+            |me: &str, other: &str| format!("provides = [\"{me}\"]\nrequires = [\"{other}\"]");
+        write(d, "cyc-a", &manifest("cyc-a", "echo", &cyc("sa", "sb")));
+        write(d, "cyc-b", &manifest("cyc-b", "echo", &cyc("sb", "sa")));
+        write(
+            d,
+            "uses-good",
+            &manifest("uses-good", "echo", "requires = [\"text\"]"),
+        );
+
+        let served = Served::start(&["--plugins", d.to_str().unwrap()], &[], run.path());
+        assert!(
+            served.banner.contains("serving 2 plugins")
+                && served
+                    .banner
+                    .contains("not started: crashy, cyc-a, cyc-b, ghost, lonely, needy"),
+            "{}",
+            served.banner
+        );
+        let c = served.client();
+        let answer = c
+            .post(
+                "/api/plugins/execute",
+                &json!({"plugin_id": "uses-good", "input": "hi"}),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+
+        let status = c.get("/api/plugins/status").await.json();
+        let loaded: Vec<&str> = status["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(loaded, ["good", "uses-good"], "{status}");
+        let failed = &status["failed"];
+        let reason = |name: &str| {
+            let p = plugin(failed, name);
+            assert_eq!(p["state"], "failed", "{p}");
+            assert_eq!(p["loaded"], false, "{p}");
+            p["last_error"].as_str().unwrap().to_owned()
+        };
+        assert!(reason("ghost").contains("no-such-worker does not exist"));
+        assert!(reason("crashy").contains("chaos: crashing at start-up"));
+        assert!(reason("lonely").contains("service \"nobody\", which no plugin provides"));
+        assert!(reason("cyc-a").contains("dependency cycle"));
+        assert!(reason("cyc-b").contains("dependency cycle"));
+        let needy = reason("needy");
+        assert!(
+            needy.contains("not started") && needy.contains("from ghost"),
+            "{needy}"
+        );
+        // The same on /available and on the plugin itself.
+        let available = c.get("/api/plugins/available").await.json();
+        assert_eq!(plugin(&available["plugins"], "ghost")["state"], "failed");
+        assert_eq!(plugin(&available["plugins"], "good")["state"], "ready");
+        let one = c.get("/api/plugins/needy").await.json();
+        assert_eq!(one["state"], "failed", "{one}");
+
+        let log = served.stop().await;
+        for name in ["ghost", "crashy", "lonely", "cyc-a", "needy"] {
+            let lines = log
+                .lines()
+                .filter(|l| {
+                    l.contains("plugin not started") && l.contains(&format!("plugin=\"{name}\""))
+                })
+                .count();
+            assert_eq!(lines, 1, "{name} logged once:\n{log}");
+        }
+        assert!(files_under(run.path())
+            .iter()
+            .all(|p| !p.to_string_lossy().contains("/h-")));
+    })
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
