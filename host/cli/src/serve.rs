@@ -100,6 +100,8 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     let options = args.limits.options(token)?;
+    // Bound before any worker starts: a port in use fails at once, with nothing to stop.
+    let listener = listen(args.listen).await?;
     let dir = manifest_dir(args.plugins.as_deref())?;
     let manager = PluginManager::new(ManagerConfig {
         manifest_dirs: vec![dir.clone()],
@@ -111,9 +113,6 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("plugvisor: skipped manifest: {problem}");
     }
     let started = manager.start_all().await;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     eprintln!(
         "plugvisor: serving {} plugins from {} on http://{addr} (order: {}){}",
@@ -127,6 +126,18 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let served = serve_api(listener, manager.clone(), options, shutdown).await;
     manager.shutdown().await;
     served.context("the API server failed")
+}
+
+/// The API's listening socket on `addr`, or an error saying which address and why.
+async fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => Ok(listener),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+            "cannot listen on {addr}: the address is already in use (another server?); \
+             choose another with --listen; no plugin was started"
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot listen on {addr}")),
+    }
 }
 
 /// The plugins that did not start, for the start-up line (each was logged with its reason).

@@ -218,3 +218,58 @@ fn plugins_that_cannot_start_are_failed_and_the_others_serve() {
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
+
+/// A manifest directory with plugin `marked`, whose worker (a script running echo) leaves
+/// `marker` behind when it is started.
+fn marked_plugin(dir: &Path, marker: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join("marked.sh");
+    let body = format!(
+        "#!/bin/sh\ntouch '{}'\nexec '{}' \"$@\"\n",
+        marker.display(),
+        bin("echo-worker").display()
+    );
+    std::fs::write(&script, body).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = "name = \"marked\"\nversion = \"0.1.0\"\ncommand = \"./marked.sh\"\n";
+    write(dir, "marked", text);
+}
+
+/// Issue 11: the port was bound after every worker had started.
+#[test]
+fn a_port_in_use_fails_at_once_before_any_worker_starts() {
+    serially(async {
+        let (run, dir, marks) = (tempdir(), tempdir(), tempdir());
+        let marker = marks.path().join("started");
+        marked_plugin(dir.path(), &marker);
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let out = Command::new(bin("plugvisor"))
+            .args(["serve", "--plugins", dir.path().to_str().unwrap()])
+            .args(["--listen", &addr])
+            .env("PLUGVISOR_RUNTIME_DIR", run.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("cannot listen on {addr}"))
+                && stderr.contains("already in use")
+                && stderr.contains("--listen"),
+            "{stderr}"
+        );
+        assert!(!marker.exists(), "a worker was started: {stderr}");
+        drop(taken);
+        // The positive control: on a free port the same plugin's worker starts.
+        let served = Served::start(
+            &["--plugins", dir.path().to_str().unwrap()],
+            &[],
+            run.path(),
+        );
+        assert!(marker.exists(), "{}", served.banner);
+        served.stop().await;
+        assert!(files_under(run.path())
+            .iter()
+            .all(|p| !p.to_string_lossy().contains("/h-")));
+    })
+}
