@@ -1,7 +1,7 @@
 //! `plugvisor list`, `inspect` and `validate`.
 
 use crate::client::ApiClient;
-use crate::resolve::manifest_dir;
+use crate::resolve::manifest_dirs;
 use anyhow::Context;
 use clap::Args;
 use http::Method;
@@ -19,9 +19,9 @@ pub(crate) struct ListArgs {
     /// Ask a running server (`http://127.0.0.1:8620`) instead of reading manifests.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
-    /// Manifest directory (when not asking a server).
+    /// Manifest directory, repeatable (when not asking a server; default as for `serve`).
     #[arg(long, value_name = "DIR")]
-    plugins: Option<PathBuf>,
+    plugins: Vec<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -45,13 +45,16 @@ pub(crate) async fn list(args: ListArgs) -> anyhow::Result<()> {
         None => {
             let kind = args.kind.as_deref().map(PluginKind::parse).transpose();
             let kind = kind.map_err(|e| anyhow::anyhow!("--kind: {e}"))?;
-            let dir = manifest_dir(args.plugins.as_deref())?;
-            let (found, errors) = manifest::discover(&dir);
-            for e in errors {
-                eprintln!("plugvisor: skipped manifest: {e}");
+            let mut found = std::collections::BTreeMap::new();
+            for dir in manifest_dirs(&args.plugins)? {
+                let (in_dir, errors) = manifest::discover(&dir);
+                for e in errors {
+                    eprintln!("plugvisor: skipped manifest: {e}");
+                }
+                found.extend(in_dir.into_iter().map(|d| (d.manifest.name.clone(), d)));
             }
             let rows = found
-                .iter()
+                .values()
                 .filter(|d| kind.is_none_or(|k| d.manifest.kind == k))
                 .map(available_row);
             Value::from(rows.collect::<Vec<_>>())
@@ -153,9 +156,9 @@ pub(crate) struct InspectArgs {
     /// Ask a running server instead of starting the plugin here.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
-    /// Manifest directory (when not asking a server).
+    /// Manifest directory, repeatable (when not asking a server; default as for `serve`).
     #[arg(long, value_name = "DIR")]
-    plugins: Option<PathBuf>,
+    plugins: Vec<PathBuf>,
 }
 
 /// `plugvisor inspect`: metadata, schema and current config (secrets masked).
@@ -173,7 +176,7 @@ pub(crate) async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
 
 async fn inspect_embedded(args: &InspectArgs) -> anyhow::Result<Value> {
     let manager = PluginManager::new(ManagerConfig {
-        manifest_dirs: vec![manifest_dir(args.plugins.as_deref())?],
+        manifest_dirs: manifest_dirs(&args.plugins)?,
         ..ManagerConfig::default()
     })?;
     let shown = async {
@@ -201,11 +204,17 @@ pub(crate) struct ValidateArgs {
 
 /// `plugvisor validate`: every problem printed; non-zero exit if there is any.
 pub(crate) fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
-    let path = match args.path {
-        Some(p) => p,
-        None => manifest_dir(None)?,
+    let paths = match args.path {
+        Some(p) => vec![p],
+        None => manifest_dirs(&[])?,
     };
-    let (found, mut problems) = read_manifests(&path)?;
+    let path = crate::resolve::show_dirs(&paths);
+    let (mut found, mut problems) = (Vec::new(), Vec::new());
+    for p in &paths {
+        let (more, wrong) = read_manifests(p)?;
+        found.extend(more);
+        problems.extend(wrong);
+    }
     let worker_dir = args
         .worker_dir
         .unwrap_or_else(plugvisor_manager::default_worker_dir);
@@ -221,7 +230,7 @@ pub(crate) fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     if let Err(e) = deps::start_order(&nodes) {
-        messages.push(format!("{}: {e}", path.display()));
+        messages.push(format!("{path}: {e}"));
     }
     for m in &messages {
         println!("{m}");
@@ -253,18 +262,10 @@ fn read_manifests(path: &Path) -> anyhow::Result<(Vec<Discovered>, Vec<ManifestE
 }
 
 fn missing_binary(d: &Discovered, worker_dir: &Path) -> Option<ManifestError> {
-    let command = &d.manifest.command;
-    let program = if command.contains('/') {
-        d.file.parent().unwrap_or(Path::new(".")).join(command)
-    } else {
-        worker_dir.join(command)
-    };
-    (!program.is_file()).then(|| ManifestError {
+    let problem = plugvisor_manager::command::resolve_command(d, worker_dir).err()?;
+    Some(ManifestError {
         file: d.file.clone(),
         line: None,
-        reason: format!(
-            "command: worker binary {} does not exist",
-            program.display()
-        ),
+        reason: format!("command: {problem}"),
     })
 }

@@ -1,6 +1,6 @@
 //! `plugvisor serve`: load a manifest directory and serve the management REST API.
 
-use crate::resolve::manifest_dir;
+use crate::resolve::{existing_manifest_dirs, show_dirs};
 use anyhow::{bail, Context};
 use clap::Args;
 use plugvisor_manager::api::{
@@ -16,10 +16,11 @@ use tokio_util::sync::CancellationToken;
 /// Arguments of `plugvisor serve`.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// Manifest directory (default: $PLUGVISOR_PLUGINS, else ./plugins/manifests, else the
-    /// bundled manifests of this build).
+    /// Manifest directory, repeatable; a later directory's manifest replaces an earlier one's
+    /// of the same name (default: $PLUGVISOR_PLUGINS, colon-separated directories, else
+    /// ./plugins/manifests, else the bundled manifests of this build).
     #[arg(long, value_name = "DIR")]
-    plugins: Option<PathBuf>,
+    plugins: Vec<PathBuf>,
     /// Address to listen on. Anything but loopback needs an API token.
     #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))]
     listen: SocketAddr,
@@ -102,9 +103,9 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let options = args.limits.options(token)?;
     // Bound before any worker starts: a port in use fails at once, with nothing to stop.
     let listener = listen(args.listen).await?;
-    let dir = manifest_dir(args.plugins.as_deref())?;
+    let dirs = existing_manifest_dirs(&args.plugins)?;
     let manager = PluginManager::new(ManagerConfig {
-        manifest_dirs: vec![dir.clone()],
+        manifest_dirs: dirs.clone(),
         worker_dir: args.worker_dir,
         host_config_file: args.config,
         ..ManagerConfig::default()
@@ -117,7 +118,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     eprintln!(
         "plugvisor: serving {} plugins from {} on http://{addr} (order: {}){}",
         started.loaded.len(),
-        dir.display(),
+        show_dirs(&dirs),
         started.loaded.join(", "),
         not_started(&started.failed)
     );

@@ -273,3 +273,97 @@ fn a_port_in_use_fails_at_once_before_any_worker_starts() {
             .all(|p| !p.to_string_lossy().contains("/h-")));
     })
 }
+
+/// The arguments and environment of one `serve`.
+type ServeRun<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
+
+/// Issue 11: `--plugins` took one directory, `PLUGVISOR_PLUGINS` one path, a bare `command` was
+/// looked up only beside `plugvisor`, and `args` were passed as written.
+#[test]
+fn manifests_from_several_dirs_find_commands_on_path_and_args_beside_them() {
+    serially(async {
+        use std::os::unix::fs::PermissionsExt;
+        let (run, first, second, path_dir) = (tempdir(), tempdir(), tempdir(), tempdir());
+        let echo = bin("echo-worker");
+        // A worker named on PATH only.
+        let on_path = path_dir.path().join("pv-path-worker");
+        std::fs::write(
+            &on_path,
+            format!("#!/bin/sh\nexec '{}' \"$@\"\n", echo.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&on_path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        write(
+            first.path(),
+            "onpath",
+            "name = \"onpath\"\nversion = \"0.1.0\"\ncommand = \"pv-path-worker\"\n",
+        );
+        // `sh` from PATH running a script that is not executable, named relative to the manifest.
+        std::fs::create_dir(second.path().join("scripts")).unwrap();
+        std::fs::write(
+            second.path().join("scripts/run.sh"),
+            format!("exec '{}' \"$@\"\n", echo.display()),
+        )
+        .unwrap();
+        write(
+            second.path(),
+            "shelled",
+            "name = \"shelled\"\nversion = \"0.1.0\"\ncommand = \"sh\"\nargs = [\"./scripts/run.sh\"]\n",
+        );
+        let path = format!(
+            "{}:{}",
+            path_dir.path().display(),
+            std::env::var("PATH").unwrap()
+        );
+        let (a, b) = (
+            first.path().to_str().unwrap(),
+            second.path().to_str().unwrap(),
+        );
+        let joined = format!("{a}:{b}");
+        let runs: [ServeRun<'_>; 2] = [
+            (
+                vec!["--plugins", a, "--plugins", b],
+                vec![("PATH", path.as_str())],
+            ),
+            (
+                vec![],
+                vec![
+                    ("PATH", path.as_str()),
+                    ("PLUGVISOR_PLUGINS", joined.as_str()),
+                ],
+            ),
+        ];
+        for (args, env) in runs {
+            let served = Served::start(&args, &env, run.path());
+            assert!(
+                served.banner.contains("serving 2 plugins"),
+                "{}",
+                served.banner
+            );
+            let c = served.client();
+            for name in ["onpath", "shelled"] {
+                let answer = c
+                    .post(
+                        "/api/plugins/execute",
+                        &json!({"plugin_id": name, "input": "hi"}),
+                    )
+                    .await;
+                assert_eq!(answer.status, 200, "{name}: {}", answer.text());
+                assert_eq!(answer.json()["output"], "hi");
+            }
+            served.stop().await;
+        }
+        // The negative control: without the PATH entry the bare name is not found.
+        let served = Served::start(&["--plugins", a], &[], run.path());
+        let status = served.client().get("/api/plugins/status").await.json();
+        let why = plugin(&status["failed"], "onpath")["last_error"].clone();
+        assert!(
+            why.as_str().unwrap().contains("PATH has no executable"),
+            "{why}"
+        );
+        served.stop().await;
+        assert!(files_under(run.path())
+            .iter()
+            .all(|p| !p.to_string_lossy().contains("/h-")));
+    })
+}
