@@ -5,6 +5,7 @@ mod call;
 mod client;
 mod demo;
 mod demo_api;
+mod embedded;
 mod manage;
 mod resolve;
 mod routes;

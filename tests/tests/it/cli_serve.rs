@@ -1,5 +1,6 @@
 //! `plugvisor serve` as an operator runs it when things go wrong: plugins that cannot start, a
-//! port in use, manifests spread over directories and commands found on `PATH`.
+//! port in use, manifests spread over directories and commands found on `PATH`; and `call` /
+//! `stream` reading the same manifests and configuration layers.
 
 use plugvisor_tests::http::Client;
 use plugvisor_tests::{bin, eventually, files_under, proc_entries, process_state, serially};
@@ -362,6 +363,76 @@ fn manifests_from_several_dirs_find_commands_on_path_and_args_beside_them() {
             "{why}"
         );
         served.stop().await;
+        assert!(files_under(run.path())
+            .iter()
+            .all(|p| !p.to_string_lossy().contains("/h-")));
+    })
+}
+
+fn plugvisor(args: &[&str], env: &[(&str, &str)], run: &Path) -> (String, String) {
+    let out = Command::new(bin("plugvisor"))
+        .args(args)
+        .env("PLUGVISOR_RUNTIME_DIR", run)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "{args:?}: {stdout}{stderr}");
+    (stdout, stderr)
+}
+
+/// Issue 11: `PLUGVISOR__ECHO__MODE=upper plugvisor call echo '"hi"'` answered `"hi"`: `call`
+/// ran the bare worker, so no manifest, host-file or environment layer applied.
+#[test]
+fn call_and_stream_apply_the_manifest_host_file_and_environment_layers() {
+    serially(async {
+        let (run, dir) = (tempdir(), tempdir());
+        let upper = [("PLUGVISOR__ECHO__MODE", "upper")];
+        let (out, _) = plugvisor(&["call", "echo", "\"hi\""], &upper, run.path());
+        assert_eq!(out.trim(), "\"HI\"");
+        let (out, _) = plugvisor(&["stream", "echo", "\"a b\""], &upper, run.path());
+        assert_eq!(out.lines().collect::<Vec<_>>(), ["\"A\"", "\"B\""]);
+        // The host file under the environment; --config (the API layer) over both.
+        let host_file = dir.path().join("plugvisor.toml");
+        std::fs::write(&host_file, "[plugins.echo.config]\nprefix = \"p-\"\n").unwrap();
+        let file = host_file.to_str().unwrap();
+        let args = ["call", "echo", "\"hi\"", "--host-config", file];
+        let (out, _) = plugvisor(&args, &upper, run.path());
+        assert_eq!(out.trim(), "\"P-HI\"");
+        let args = [
+            "call",
+            "echo",
+            "\"hi\"",
+            "--host-config",
+            file,
+            "--config",
+            "{\"mode\": \"lower\"}",
+        ];
+        let (out, _) = plugvisor(&args, &upper, run.path());
+        assert_eq!(out.trim(), "\"p-hi\"");
+        // A manifest of --plugins: its [config] applies.
+        let manifests = dir.path().join("manifests");
+        std::fs::create_dir(&manifests).unwrap();
+        write(
+            &manifests,
+            "echo",
+            &manifest("echo", "echo", "[config]\nprefix = \"m-\""),
+        );
+        let args = [
+            "call",
+            "echo",
+            "\"hi\"",
+            "--plugins",
+            manifests.to_str().unwrap(),
+        ];
+        let (out, _) = plugvisor(&args, &[], run.path());
+        assert_eq!(out.trim(), "\"m-hi\"");
+        // The positive control of the layers: without them, the input comes back unchanged.
+        let (out, _) = plugvisor(&["call", "echo", "\"hi\""], &[], run.path());
+        assert_eq!(out.trim(), "\"hi\"");
         assert!(files_under(run.path())
             .iter()
             .all(|p| !p.to_string_lossy().contains("/h-")));
