@@ -2,6 +2,7 @@
 //! a server), list, inspect and validate them, and run the demo.
 
 mod call;
+mod checks;
 mod client;
 mod demo;
 mod demo_api;

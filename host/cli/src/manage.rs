@@ -5,7 +5,6 @@ use crate::resolve::manifest_dirs;
 use anyhow::Context;
 use clap::Args;
 use http::Method;
-use plugvisor_manager::deps::{self, Node};
 use plugvisor_manager::manifest::PluginKind;
 use plugvisor_manager::manifest::{self, Discovered, ManifestError};
 use plugvisor_manager::{ManagerConfig, PluginManager};
@@ -208,7 +207,6 @@ pub(crate) fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         Some(p) => vec![p],
         None => manifest_dirs(&[])?,
     };
-    let path = crate::resolve::show_dirs(&paths);
     let (mut found, mut problems) = (Vec::new(), Vec::new());
     for p in &paths {
         let (more, wrong) = read_manifests(p)?;
@@ -220,18 +218,7 @@ pub(crate) fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(plugvisor_manager::default_worker_dir);
     problems.extend(found.iter().filter_map(|d| missing_binary(d, &worker_dir)));
     let mut messages: Vec<String> = problems.iter().map(ToString::to_string).collect();
-    let manifests: Vec<&manifest::Manifest> = found.iter().map(|d| &d.manifest).collect();
-    let nodes: Vec<Node<'_>> = manifests
-        .iter()
-        .map(|m| Node {
-            name: &m.name,
-            provides: &m.provides,
-            requires: &m.requires,
-        })
-        .collect();
-    if let Err(e) = deps::start_order(&nodes) {
-        messages.push(format!("{path}: {e}"));
-    }
+    messages.extend(crate::checks::problems(&found));
     for m in &messages {
         println!("{m}");
     }

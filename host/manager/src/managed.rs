@@ -85,6 +85,9 @@ impl Managed {
                 });
             }
         };
+        if let Some(warning) = version_mismatch(manifest, &identity) {
+            tracing::warn!(plugin = %manifest.name, "{warning}");
+        }
         if let Err(reason) = kind_contract(manifest, &identity) {
             first.shutdown().await;
             return Err(ManagerError::Start {
@@ -515,6 +518,19 @@ fn worker_spec(found: &Discovered, worker_dir: &Path) -> Result<WorkerSpec, Mana
         }
     }
     Ok(spec)
+}
+
+/// A warning when the worker reports another version than its manifest declares.
+pub(crate) fn version_mismatch(
+    manifest: &crate::manifest::Manifest,
+    identity: &PluginIdentity,
+) -> Option<String> {
+    (identity.version != manifest.version).then(|| {
+        format!(
+            "the worker reports version {:?} but the manifest declares {:?}",
+            identity.version, manifest.version
+        )
+    })
 }
 
 /// What a kind promises that only the running worker can show: a `middleware` serves at least

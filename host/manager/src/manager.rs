@@ -790,6 +790,10 @@ fn info_of(found: &Discovered, managed: Option<&Arc<Managed>>, metrics: &Metrics
         ui: m.ui.as_ref().map(|ui| UiInfo::of(&m.name, ui)),
         tasks: managed.map(|x| x.task_infos()).unwrap_or_default(),
         last_error: sup.as_ref().and_then(crate::managed::not_serving),
+        warnings: managed
+            .and_then(|x| crate::managed::version_mismatch(m, &x.identity))
+            .into_iter()
+            .collect(),
     }
 }
 

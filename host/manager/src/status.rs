@@ -61,6 +61,9 @@ pub struct PluginInfo {
     /// `backoff`, …), its last start error or crash; for one that is not loaded, why its last
     /// load could not start the worker. `null` otherwise.
     pub last_error: Option<String>,
+    /// Things worth knowing that do not stop it, e.g. a worker reporting another version than
+    /// its manifest declares. Empty when none.
+    pub warnings: Vec<String>,
 }
 
 /// One mounted HTTP route of a plugin, as [`PluginInfo::routes`] lists it.

@@ -438,3 +438,77 @@ fn call_and_stream_apply_the_manifest_host_file_and_environment_layers() {
             .all(|p| !p.to_string_lossy().contains("/h-")));
     })
 }
+
+/// Issue 11: `validate` reported only duplicate names and the first dependency problem.
+#[test]
+fn validate_reports_every_problem_of_the_set_at_once() {
+    serially(async {
+        let (run, dir) = (tempdir(), tempdir());
+        let d = dir.path();
+        write(d, "one", &manifest("one", "echo", "provides = [\"text\"]"));
+        write(d, "two", &manifest("two", "echo", "provides = [\"text\"]"));
+        let loose = manifest("loose", "echo", "").replace("0.1.0", "1.0");
+        write(d, "loose", &loose);
+        write(d, "status", &manifest("status", "echo", ""));
+        write(
+            d,
+            "needs-x",
+            &manifest("needs-x", "echo", "requires = [\"x\", \"y\"]"),
+        );
+        let cyc =
+            |me: &str, other: &str| format!("provides = [\"{me}\"]\nrequires = [\"{other}\"]");
+        write(d, "cyc-a", &manifest("cyc-a", "echo", &cyc("sa", "sb")));
+        write(d, "cyc-b", &manifest("cyc-b", "echo", &cyc("sb", "sa")));
+        let out = Command::new(bin("plugvisor"))
+            .args(["validate", d.to_str().unwrap()])
+            .env("PLUGVISOR_RUNTIME_DIR", run.path())
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{report}");
+        for expected in [
+            "service \"text\" is provided by 2 plugins: one (",
+            "loose.toml: version \"1.0\" is not a semantic version",
+            "status.toml: name \"status\" is reserved",
+            "plugin needs-x requires service \"x\"",
+            "plugin needs-x requires service \"y\"",
+            "dependency cycle: cyc-a -> cyc-b -> cyc-a",
+        ] {
+            assert!(
+                report.contains(expected),
+                "missing {expected:?} in:\n{report}"
+            );
+        }
+        assert_eq!(report.lines().count(), 6, "{report}");
+    })
+}
+
+/// Issue 11: a worker reporting another version than its manifest went unnoticed.
+#[test]
+fn a_version_other_than_the_manifests_is_a_warning_in_status_and_the_log() {
+    serially(async {
+        let (run, dir) = (tempdir(), tempdir());
+        let other = manifest("other", "echo", "").replace("0.1.0", "9.9.9");
+        write(dir.path(), "other", &other);
+        write(dir.path(), "same", &manifest("same", "echo", ""));
+        let served = Served::start(
+            &["--plugins", dir.path().to_str().unwrap()],
+            &[],
+            run.path(),
+        );
+        let status = served.client().get("/api/plugins/status").await.json();
+        let warnings = &plugin(&status["plugins"], "other")["warnings"];
+        assert!(
+            warnings[0]
+                .as_str()
+                .is_some_and(|w| w.contains("\"0.1.0\"") && w.contains("\"9.9.9\"")),
+            "{status}"
+        );
+        assert_eq!(plugin(&status["plugins"], "same")["warnings"], json!([]));
+        let log = served.stop().await;
+        assert!(
+            log.contains("the worker reports version \"0.1.0\""),
+            "{log}"
+        );
+    })
+}

@@ -416,7 +416,8 @@ fn info_schemas() -> Value {
                 "ui": {"description": "Its panel on the status page (GET /), when the manifest has `ui`", "oneOf": [{"type": "null"}, {
                     "type": "object", "required": ["mount_point", "url"],
                     "properties": {"mount_point": {"enum": ["sidebar", "toolbar", "main"]}, "url": {"type": "string"}}}]},
-                "tasks": {"type": "array", "description": "Its scheduled tasks and their last runs", "items": {"$ref": "#/components/schemas/TaskInfo"}}
+                "tasks": {"type": "array", "description": "Its scheduled tasks and their last runs", "items": {"$ref": "#/components/schemas/TaskInfo"}},
+                "warnings": {"type": "array", "description": "Things worth knowing that do not stop it, e.g. a worker reporting another version than its manifest declares", "items": {"type": "string"}}
             }
         },
         "TaskInfo": {
