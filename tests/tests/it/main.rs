@@ -9,6 +9,7 @@
 
 mod api;
 mod api_answers;
+mod api_edges;
 mod api_ops;
 mod api_routes;
 mod api_trust;

@@ -165,6 +165,12 @@ pub(crate) async fn dispatch(
             reload(m, &id).await
         }
         Op::SetConfig => set_config(m, &id, parse(&body_of(ctx, parts, body).await?)?).await,
+        Op::GetConfig => {
+            let config = m.config(&id).map_err(ApiError::from_manager)?;
+            Ok(reply::ok(
+                &json!({ "config": config.config, "schema": config.schema }),
+            ))
+        }
         Op::Tasks => {
             let tasks = m.tasks(&id).map_err(ApiError::from_manager)?;
             Ok(reply::ok(&json!({ "plugin": id, "tasks": tasks })))
@@ -234,10 +240,8 @@ async fn load(ctx: &Ctx, req: LoadRequest) -> Result<Reply, ApiError> {
     if let Some(config) = &req.config {
         require_object(config)?;
     }
-    if m.info(&req.plugin_id).is_err() {
-        // A manifest added since the last discovery.
-        m.rediscover();
-    }
+    // A manifest added or edited since the last discovery is used as it is now.
+    m.rediscover();
     let info = m
         .load(&req.plugin_id, req.config)
         .await

@@ -289,6 +289,13 @@ fn describe(op: Op) -> Doc {
                 "",
             )
         },
+        Op::GetConfig => Doc {
+            errors: vec![404, 409],
+            ..read(
+                "A loaded plugin's configuration in force (secrets masked) and its JSON Schema",
+                "PluginConfigAnswer",
+            )
+        },
         Op::Tasks => Doc {
             errors: vec![404, 409],
             ..read("A loaded plugin's scheduled tasks and their last runs", "TaskList")
@@ -522,6 +529,10 @@ fn answer_schemas() -> Value {
             "id": {"type": "string"}, "size": {"type": "integer"}, "sha256": {"type": "string"},
             "expires_in_secs": {"type": "integer"},
             "ref": {"type": "object", "description": "Put this object anywhere in one execute or execute_stream input", "properties": {"$upload": {"type": "string"}}}
+        }},
+        "PluginConfigAnswer": {"type": "object", "required": ["config", "schema"], "properties": {
+            "config": {"type": "object", "description": "The configuration in force, secret fields shown as \"***\""},
+            "schema": {"type": "object", "description": "The JSON Schema the worker reports"}
         }},
         "ConfigAnswer": {"type": "object", "required": ["config"], "properties": {"config": {"type": "object"}}},
         "StreamFrame": {"oneOf": [
