@@ -51,6 +51,9 @@ pub(crate) struct CallArgs {
     /// here. `--config` then replaces the server's API config layer for the plugin.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
+    /// File holding the server's API token, for --server (default: $PLUGVISOR_API_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
 }
 
 /// `plugvisor call`.
@@ -144,7 +147,7 @@ async fn server_call_body(api: &ApiClient, args: &CallArgs) -> anyhow::Result<Va
 }
 
 async fn call_server(url: &str, args: &CallArgs) -> anyhow::Result<()> {
-    let api = ApiClient::new(url)?;
+    let api = ApiClient::new(url, args.api_token_file.as_deref())?;
     let body = server_call_body(&api, args).await?;
     let answer = api
         .json(Method::POST, "/api/plugins/execute", Some(&body))
@@ -154,7 +157,7 @@ async fn call_server(url: &str, args: &CallArgs) -> anyhow::Result<()> {
 }
 
 async fn stream_server(url: &str, args: &CallArgs) -> anyhow::Result<()> {
-    let api = ApiClient::new(url)?;
+    let api = ApiClient::new(url, args.api_token_file.as_deref())?;
     let body = server_call_body(&api, args).await?;
     let response = api
         .send(Method::POST, "/api/plugins/execute_stream", Some(&body))

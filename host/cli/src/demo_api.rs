@@ -82,7 +82,7 @@ async fn serve_and_use(
         manager.load(PANEL, None).await?;
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let client = ApiClient::new(&format!("http://{}", listener.local_addr()?))?;
+    let client = ApiClient::new(&format!("http://{}", listener.local_addr()?), None)?;
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(serve_api(
         listener,

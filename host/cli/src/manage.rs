@@ -18,6 +18,9 @@ pub(crate) struct ListArgs {
     /// Ask a running server (`http://127.0.0.1:8620`) instead of reading manifests.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
+    /// File holding the server's API token, for --server (default: $PLUGVISOR_API_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
     /// Manifest directory, repeatable (when not asking a server; default as for `serve`).
     #[arg(long, value_name = "DIR")]
     plugins: Vec<PathBuf>,
@@ -38,7 +41,9 @@ pub(crate) async fn list(args: ListArgs) -> anyhow::Result<()> {
                 Some(kind) => format!("/api/plugins/available?kind={kind}"),
                 None => "/api/plugins/available".to_owned(),
             };
-            let answer = ApiClient::new(url)?.json(Method::GET, &path, None).await?;
+            let answer = ApiClient::new(url, args.api_token_file.as_deref())?
+                .json(Method::GET, &path, None)
+                .await?;
             answer.get("plugins").cloned().unwrap_or(answer)
         }
         None => {
@@ -155,6 +160,9 @@ pub(crate) struct InspectArgs {
     /// Ask a running server instead of starting the plugin here.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
+    /// File holding the server's API token, for --server (default: $PLUGVISOR_API_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
     /// Manifest directory, repeatable (when not asking a server; default as for `serve`).
     #[arg(long, value_name = "DIR")]
     plugins: Vec<PathBuf>,
@@ -165,7 +173,9 @@ pub(crate) async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     let shown = match &args.server {
         Some(url) => {
             let path = format!("/api/plugins/{}", args.plugin);
-            ApiClient::new(url)?.json(Method::GET, &path, None).await?
+            ApiClient::new(url, args.api_token_file.as_deref())?
+                .json(Method::GET, &path, None)
+                .await?
         }
         None => inspect_embedded(&args).await?,
     };

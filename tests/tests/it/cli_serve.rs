@@ -512,3 +512,61 @@ fn a_version_other_than_the_manifests_is_a_warning_in_status_and_the_log() {
         );
     })
 }
+
+/// Issue 11: the `--server` commands took the token only from the environment, and a 401 did
+/// not say how to give one.
+#[test]
+fn server_commands_take_a_token_file_and_a_401_says_how_to_pass_one() {
+    serially(async {
+        let (run, dir) = (tempdir(), tempdir());
+        write(dir.path(), "echo", &manifest("echo", "echo", ""));
+        let token = ("PLUGVISOR_API_TOKEN", "s3cret-token");
+        let served = Served::start(
+            &["--plugins", dir.path().to_str().unwrap()],
+            &[token],
+            run.path(),
+        );
+        let url = format!("http://{}", served.addr);
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "s3cret-token\n").unwrap();
+        let cli = |extra: &[&str]| {
+            Command::new(bin("plugvisor"))
+                .args(extra)
+                .env_remove("PLUGVISOR_API_TOKEN")
+                .env("PLUGVISOR_RUNTIME_DIR", run.path())
+                .output()
+                .unwrap()
+        };
+        let denied = cli(&["list", "--server", &url]);
+        let stderr = String::from_utf8_lossy(&denied.stderr);
+        assert!(!denied.status.success());
+        assert!(
+            stderr.contains("401")
+                && stderr.contains("PLUGVISOR_API_TOKEN")
+                && stderr.contains("--api-token-file"),
+            "{stderr}"
+        );
+        let file = token_file.to_str().unwrap();
+        for args in [
+            vec!["list", "--server", &url, "--api-token-file", file],
+            vec![
+                "call",
+                "echo",
+                "\"hi\"",
+                "--server",
+                &url,
+                "--api-token-file",
+                file,
+            ],
+            vec!["routes", "--server", &url, "--api-token-file", file],
+        ] {
+            let out = cli(&args);
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        served.stop().await;
+    })
+}
