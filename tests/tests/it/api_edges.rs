@@ -58,3 +58,44 @@ fn the_config_route_answers_the_config_in_force_and_its_schema() {
         api.finish().await;
     })
 }
+
+/// `execute_stream` ignored `timeout_ms` (refused it as an unknown field).
+#[test]
+fn execute_stream_ends_with_timed_out_at_its_timeout_ms() {
+    serially(async {
+        let api = Api::start(&[manifest("ticker", "ticker", "")], ApiOptions::default()).await;
+        let c = &api.client;
+        c.post("/api/plugins/load", &json!({"plugin_id": "ticker"}))
+            .await;
+        let lines = |body: serde_json::Value| async move {
+            let body = body.to_string();
+            let mut stream = c
+                .open("POST", "/api/plugins/execute_stream", Some(body.as_bytes()))
+                .await;
+            assert_eq!(stream.status, 200);
+            let mut lines = Vec::new();
+            while let Some(line) = stream.next_line().await {
+                lines.push(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+            }
+            lines
+        };
+        let slow = json!({"n": 1000, "bytes": 2, "interval_ms": 20});
+        let cut = lines(json!({"plugin_id": "ticker", "input": slow, "timeout_ms": 200})).await;
+        let last = cut.last().unwrap();
+        assert_eq!(last["error"]["kind"], "timed_out", "{last}");
+        assert!(cut.len() > 1 && cut.len() < 1000, "{} frames", cut.len());
+        // The positive control: a stream within its timeout ends cleanly.
+        let quick = json!({"n": 3, "bytes": 2, "interval_ms": 20});
+        let whole = lines(json!({"plugin_id": "ticker", "input": quick, "timeout_ms": 5000})).await;
+        assert_eq!(whole.len(), 4);
+        assert_eq!(whole[3]["end"]["count"], 3, "{whole:?}");
+        let zero = c
+            .post(
+                "/api/plugins/execute_stream",
+                &json!({"plugin_id": "ticker", "input": quick, "timeout_ms": 0}),
+            )
+            .await;
+        assert_eq!(zero.status, 400, "{}", zero.text());
+        api.finish().await;
+    })
+}

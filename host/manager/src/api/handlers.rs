@@ -73,6 +73,9 @@ struct ExecuteRequest {
 struct StreamRequest {
     plugin_id: String,
     input: Value,
+    /// The deadline of the whole stream, from the request (start included).
+    #[serde(default)]
+    timeout_ms: Option<u64>,
 }
 
 /// Answers one request; every failure becomes an error answer.
@@ -293,12 +296,25 @@ async fn execute_stream(
     mut req: StreamRequest,
     client: IpAddr,
 ) -> Result<Reply, ApiError> {
+    let deadline = match req.timeout_ms {
+        Some(0) => return Err(ApiError::bad_request("timeout_ms must be at least 1")),
+        other => other.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms)),
+    };
     let claimed = ctx.files.resolve_input(&mut req.input)?;
-    let stream = ctx
-        .manager
-        .stream(&req.plugin_id, req.input)
-        .await
-        .map_err(ApiError::from_call)?;
+    let started = ctx.manager.stream(&req.plugin_id, req.input);
+    let stream = match deadline {
+        Some(at) => match tokio::time::timeout_at(at, started).await {
+            Ok(started) => started.map(|s| streams::with_deadline(s, at)),
+            Err(_) => Err(crate::ManagerError::Plugin {
+                plugin: req.plugin_id.clone(),
+                source: plugvisor_proto::PluginError::TimedOut(
+                    "the stream did not start within its timeout_ms".to_owned(),
+                ),
+            }),
+        },
+        None => started.await,
+    }
+    .map_err(ApiError::from_call)?;
     // Each item's output files become downloads, as for `execute`; the uploads the stream
     // reads are deleted when it ends.
     let files = Arc::clone(&ctx.files);

@@ -500,7 +500,8 @@ fn request_schemas() -> Value {
             "timeout_ms": {"type": ["integer", "null"], "minimum": 1, "description": "Deadline of this call (default, or null: the manifest's call_timeout_ms, or none)"}
         }},
         "ExecuteStreamRequest": {"type": "object", "required": ["plugin_id", "input"], "additionalProperties": false, "properties": {
-            "plugin_id": {"type": "string"}, "input": {}
+            "plugin_id": {"type": "string"}, "input": {},
+            "timeout_ms": {"type": "integer", "minimum": 1, "description": "Deadline of the whole stream; past it the stream ends with a timed_out error frame (504 if it has not started)"}
         }},
     })
 }
