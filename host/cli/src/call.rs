@@ -1,6 +1,7 @@
 //! `plugvisor call` and `plugvisor stream`: run one plugin call embedded and print the result.
 
 use crate::client::{check, ApiClient};
+use crate::embedded::{Embedded, Sources};
 use crate::resolve::worker_binary;
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
@@ -17,7 +18,8 @@ use std::path::{Path, PathBuf};
 /// Arguments shared by `call` and `stream`.
 #[derive(Debug, Args)]
 pub(crate) struct CallArgs {
-    /// Plugin name (resolved to `<name>-worker` beside plugvisor) or a worker binary path.
+    /// Plugin name (its manifest, from --plugins; else `<name>-worker` beside plugvisor) or a
+    /// worker binary path.
     plugin: String,
     /// The input, as JSON. Default `{}`.
     #[arg(default_value = "{}")]
@@ -25,9 +27,17 @@ pub(crate) struct CallArgs {
     /// Put a file reference to PATH at top-level key KEY of the input (repeatable).
     #[arg(long = "file", value_name = "KEY=PATH")]
     files: Vec<String>,
-    /// Initialize the plugin with this JSON config first.
+    /// Initialize the plugin with this JSON config first (for a plugin with a manifest: the
+    /// API layer, above the manifest's [config], --host-config and PLUGVISOR__<PLUGIN>__<FIELD>).
     #[arg(long)]
     config: Option<String>,
+    /// Manifest directory, repeatable (default: $PLUGVISOR_PLUGINS, colon-separated, else the
+    /// bundled manifests).
+    #[arg(long, value_name = "DIR")]
+    plugins: Vec<PathBuf>,
+    /// Host configuration file with `[plugins.<name>.config]` tables (as `serve --config`).
+    #[arg(long, value_name = "FILE")]
+    host_config: Option<PathBuf>,
     /// Where to look for `<name>-worker` binaries (default: beside plugvisor).
     #[arg(long, value_name = "DIR")]
     worker_dir: Option<PathBuf>,
@@ -41,12 +51,25 @@ pub(crate) struct CallArgs {
     /// here. `--config` then replaces the server's API config layer for the plugin.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
+    /// File holding the server's API token, for --server (default: $PLUGVISOR_API_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
 }
 
 /// `plugvisor call`.
 pub(crate) async fn call(args: CallArgs) -> anyhow::Result<()> {
     if let Some(url) = &args.server {
         return call_server(url, &args).await;
+    }
+    if let Some(plugin) = embedded(&args).await? {
+        let input = build_input(&args.input, &args.files)?;
+        let printed = match plugin.call(input).await {
+            Ok(output) => keep_outputs(output.value, output.files, &args.out_dir)
+                .and_then(|value| print_json(&value, args.pretty)),
+            Err(e) => Err(e),
+        };
+        plugin.shutdown().await;
+        return printed;
     }
     let (host, plugin, input) = start(&args).await?;
     let result = plugin.call(input).await;
@@ -67,11 +90,39 @@ pub(crate) async fn stream(args: CallArgs) -> anyhow::Result<()> {
     if let Some(url) = &args.server {
         return stream_server(url, &args).await;
     }
+    if let Some(plugin) = embedded(&args).await? {
+        let result = async {
+            let mut items = plugin
+                .stream(build_input(&args.input, &args.files)?)
+                .await?;
+            while let Some(item) = items.next().await {
+                print_json(&item?.value, args.pretty)?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        plugin.shutdown().await;
+        return result.with_context(|| format!("{} failed", args.plugin));
+    }
     let (host, plugin, input) = start(&args).await?;
     let result = print_stream(&plugin, input, args.pretty).await;
     plugin.shutdown().await;
     host.shutdown().await;
     result.with_context(|| format!("{} failed", args.plugin))
+}
+
+/// The plugin loaded from its manifest, when one describes it.
+async fn embedded(args: &CallArgs) -> anyhow::Result<Option<Embedded>> {
+    let config = match &args.config {
+        Some(c) => Some(serde_json::from_str::<Value>(c).context("--config is not valid JSON")?),
+        None => None,
+    };
+    let sources = Sources {
+        plugins: &args.plugins,
+        host_config: args.host_config.clone(),
+        worker_dir: args.worker_dir.clone(),
+    };
+    Embedded::load(&args.plugin, config, sources).await
 }
 
 async fn print_stream(plugin: &RemotePlugin, input: Value, pretty: bool) -> anyhow::Result<()> {
@@ -96,7 +147,7 @@ async fn server_call_body(api: &ApiClient, args: &CallArgs) -> anyhow::Result<Va
 }
 
 async fn call_server(url: &str, args: &CallArgs) -> anyhow::Result<()> {
-    let api = ApiClient::new(url)?;
+    let api = ApiClient::new(url, args.api_token_file.as_deref())?;
     let body = server_call_body(&api, args).await?;
     let answer = api
         .json(Method::POST, "/api/plugins/execute", Some(&body))
@@ -106,7 +157,7 @@ async fn call_server(url: &str, args: &CallArgs) -> anyhow::Result<()> {
 }
 
 async fn stream_server(url: &str, args: &CallArgs) -> anyhow::Result<()> {
-    let api = ApiClient::new(url)?;
+    let api = ApiClient::new(url, args.api_token_file.as_deref())?;
     let body = server_call_body(&api, args).await?;
     let response = api
         .send(Method::POST, "/api/plugins/execute_stream", Some(&body))

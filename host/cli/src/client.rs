@@ -16,8 +16,9 @@ pub(crate) struct ApiClient {
 }
 
 impl ApiClient {
-    /// A client for `url` (`http://127.0.0.1:8620`); the token from `PLUGVISOR_API_TOKEN`.
-    pub(crate) fn new(url: &str) -> anyhow::Result<Self> {
+    /// A client for `url` (`http://127.0.0.1:8620`); the token read from `token_file`
+    /// (`--api-token-file`), else from `PLUGVISOR_API_TOKEN`.
+    pub(crate) fn new(url: &str, token_file: Option<&std::path::Path>) -> anyhow::Result<Self> {
         let uri: Uri = url
             .parse()
             .with_context(|| format!("--server {url:?} is not a URL"))?;
@@ -28,7 +29,15 @@ impl ApiClient {
             .authority()
             .ok_or_else(|| anyhow!("--server {url:?} has no host:port"))?
             .to_string();
-        let token = std::env::var("PLUGVISOR_API_TOKEN").ok();
+        let token = match token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read --api-token-file {}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => std::env::var("PLUGVISOR_API_TOKEN").ok(),
+        };
         Ok(Self { authority, token })
     }
 
@@ -99,5 +108,11 @@ pub(crate) fn check(status: StatusCode, body: &Value) -> anyhow::Result<()> {
     }
     let kind = body["error"]["kind"].as_str().unwrap_or("error");
     let message = body["error"]["message"].as_str().unwrap_or("(no message)");
+    if status == StatusCode::UNAUTHORIZED {
+        bail!(
+            "server answered {status}: {kind}: {message} (the server needs its API token: set \
+             PLUGVISOR_API_TOKEN or pass --api-token-file FILE)"
+        );
+    }
     bail!("server answered {status}: {kind}: {message}")
 }

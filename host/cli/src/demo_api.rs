@@ -82,7 +82,7 @@ async fn serve_and_use(
         manager.load(PANEL, None).await?;
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let client = ApiClient::new(&format!("http://{}", listener.local_addr()?))?;
+    let client = ApiClient::new(&format!("http://{}", listener.local_addr()?), None)?;
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(serve_api(
         listener,
@@ -186,7 +186,10 @@ const PANEL: &str = "echo-panel";
 /// A manifest for the bundled `echo-panel` whose `ui.dir` is the bundled assets, when this
 /// build can find them (the bundled manifests directory); otherwise none.
 fn write_panel_manifest(manifests: &Path, worker_dir: &Path) -> anyhow::Result<()> {
-    let Ok(bundled) = crate::resolve::manifest_dir(None) else {
+    let Some(bundled) = crate::resolve::manifest_dirs(&[])
+        .ok()
+        .and_then(|dirs| dirs.into_iter().next())
+    else {
         return Ok(());
     };
     let assets = bundled.join(PANEL);

@@ -2,9 +2,11 @@
 //! a server), list, inspect and validate them, and run the demo.
 
 mod call;
+mod checks;
 mod client;
 mod demo;
 mod demo_api;
+mod embedded;
 mod manage;
 mod resolve;
 mod routes;
@@ -23,7 +25,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Load the plugins of a manifest directory and manage them over a REST API.
+    /// Load the plugins of a manifest directory and manage them over a REST API. A plugin
+    /// that cannot start is reported `failed` (GET /api/plugins/status) and the others serve.
     Serve(serve::ServeArgs),
     /// Call a plugin once and print its result as JSON.
     Call(call::CallArgs),

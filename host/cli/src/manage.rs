@@ -1,11 +1,10 @@
 //! `plugvisor list`, `inspect` and `validate`.
 
 use crate::client::ApiClient;
-use crate::resolve::manifest_dir;
+use crate::resolve::manifest_dirs;
 use anyhow::Context;
 use clap::Args;
 use http::Method;
-use plugvisor_manager::deps::{self, Node};
 use plugvisor_manager::manifest::PluginKind;
 use plugvisor_manager::manifest::{self, Discovered, ManifestError};
 use plugvisor_manager::{ManagerConfig, PluginManager};
@@ -19,9 +18,12 @@ pub(crate) struct ListArgs {
     /// Ask a running server (`http://127.0.0.1:8620`) instead of reading manifests.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
-    /// Manifest directory (when not asking a server).
+    /// File holding the server's API token, for --server (default: $PLUGVISOR_API_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
+    /// Manifest directory, repeatable (when not asking a server; default as for `serve`).
     #[arg(long, value_name = "DIR")]
-    plugins: Option<PathBuf>,
+    plugins: Vec<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -39,19 +41,24 @@ pub(crate) async fn list(args: ListArgs) -> anyhow::Result<()> {
                 Some(kind) => format!("/api/plugins/available?kind={kind}"),
                 None => "/api/plugins/available".to_owned(),
             };
-            let answer = ApiClient::new(url)?.json(Method::GET, &path, None).await?;
+            let answer = ApiClient::new(url, args.api_token_file.as_deref())?
+                .json(Method::GET, &path, None)
+                .await?;
             answer.get("plugins").cloned().unwrap_or(answer)
         }
         None => {
             let kind = args.kind.as_deref().map(PluginKind::parse).transpose();
             let kind = kind.map_err(|e| anyhow::anyhow!("--kind: {e}"))?;
-            let dir = manifest_dir(args.plugins.as_deref())?;
-            let (found, errors) = manifest::discover(&dir);
-            for e in errors {
-                eprintln!("plugvisor: skipped manifest: {e}");
+            let mut found = std::collections::BTreeMap::new();
+            for dir in manifest_dirs(&args.plugins)? {
+                let (in_dir, errors) = manifest::discover(&dir);
+                for e in errors {
+                    eprintln!("plugvisor: skipped manifest: {e}");
+                }
+                found.extend(in_dir.into_iter().map(|d| (d.manifest.name.clone(), d)));
             }
             let rows = found
-                .iter()
+                .values()
                 .filter(|d| kind.is_none_or(|k| d.manifest.kind == k))
                 .map(available_row);
             Value::from(rows.collect::<Vec<_>>())
@@ -153,9 +160,12 @@ pub(crate) struct InspectArgs {
     /// Ask a running server instead of starting the plugin here.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
-    /// Manifest directory (when not asking a server).
+    /// File holding the server's API token, for --server (default: $PLUGVISOR_API_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
+    /// Manifest directory, repeatable (when not asking a server; default as for `serve`).
     #[arg(long, value_name = "DIR")]
-    plugins: Option<PathBuf>,
+    plugins: Vec<PathBuf>,
 }
 
 /// `plugvisor inspect`: metadata, schema and current config (secrets masked).
@@ -163,7 +173,9 @@ pub(crate) async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     let shown = match &args.server {
         Some(url) => {
             let path = format!("/api/plugins/{}", args.plugin);
-            ApiClient::new(url)?.json(Method::GET, &path, None).await?
+            ApiClient::new(url, args.api_token_file.as_deref())?
+                .json(Method::GET, &path, None)
+                .await?
         }
         None => inspect_embedded(&args).await?,
     };
@@ -173,7 +185,7 @@ pub(crate) async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
 
 async fn inspect_embedded(args: &InspectArgs) -> anyhow::Result<Value> {
     let manager = PluginManager::new(ManagerConfig {
-        manifest_dirs: vec![manifest_dir(args.plugins.as_deref())?],
+        manifest_dirs: manifest_dirs(&args.plugins)?,
         ..ManagerConfig::default()
     })?;
     let shown = async {
@@ -201,28 +213,22 @@ pub(crate) struct ValidateArgs {
 
 /// `plugvisor validate`: every problem printed; non-zero exit if there is any.
 pub(crate) fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
-    let path = match args.path {
-        Some(p) => p,
-        None => manifest_dir(None)?,
+    let paths = match args.path {
+        Some(p) => vec![p],
+        None => manifest_dirs(&[])?,
     };
-    let (found, mut problems) = read_manifests(&path)?;
+    let (mut found, mut problems) = (Vec::new(), Vec::new());
+    for p in &paths {
+        let (more, wrong) = read_manifests(p)?;
+        found.extend(more);
+        problems.extend(wrong);
+    }
     let worker_dir = args
         .worker_dir
         .unwrap_or_else(plugvisor_manager::default_worker_dir);
     problems.extend(found.iter().filter_map(|d| missing_binary(d, &worker_dir)));
     let mut messages: Vec<String> = problems.iter().map(ToString::to_string).collect();
-    let manifests: Vec<&manifest::Manifest> = found.iter().map(|d| &d.manifest).collect();
-    let nodes: Vec<Node<'_>> = manifests
-        .iter()
-        .map(|m| Node {
-            name: &m.name,
-            provides: &m.provides,
-            requires: &m.requires,
-        })
-        .collect();
-    if let Err(e) = deps::start_order(&nodes) {
-        messages.push(format!("{}: {e}", path.display()));
-    }
+    messages.extend(crate::checks::problems(&found));
     for m in &messages {
         println!("{m}");
     }
@@ -253,18 +259,10 @@ fn read_manifests(path: &Path) -> anyhow::Result<(Vec<Discovered>, Vec<ManifestE
 }
 
 fn missing_binary(d: &Discovered, worker_dir: &Path) -> Option<ManifestError> {
-    let command = &d.manifest.command;
-    let program = if command.contains('/') {
-        d.file.parent().unwrap_or(Path::new(".")).join(command)
-    } else {
-        worker_dir.join(command)
-    };
-    (!program.is_file()).then(|| ManifestError {
+    let problem = plugvisor_manager::command::resolve_command(d, worker_dir).err()?;
+    Some(ManifestError {
         file: d.file.clone(),
         line: None,
-        reason: format!(
-            "command: worker binary {} does not exist",
-            program.display()
-        ),
+        reason: format!("command: {problem}"),
     })
 }

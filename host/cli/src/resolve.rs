@@ -48,20 +48,44 @@ pub(crate) fn available(dir: &Path) -> Vec<String> {
     names
 }
 
-/// The manifest directory: `explicit`, else `$PLUGVISOR_PLUGINS`, else `./plugins/manifests`,
-/// else the bundled manifests of the source tree this binary was built from.
-pub(crate) fn manifest_dir(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(dir) = explicit {
-        return Ok(dir.to_path_buf());
+/// The manifest directories: `explicit` (each `--plugins DIR`), else the colon-separated
+/// directories of `$PLUGVISOR_PLUGINS`, else `./plugins/manifests`, else the bundled manifests
+/// of the source tree this binary was built from. A later directory's manifest replaces an
+/// earlier one's of the same name.
+pub(crate) fn manifest_dirs(explicit: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    if !explicit.is_empty() {
+        return Ok(explicit.to_vec());
     }
-    if let Some(dir) = std::env::var_os("PLUGVISOR_PLUGINS") {
-        return Ok(PathBuf::from(dir));
+    if let Some(value) = std::env::var_os("PLUGVISOR_PLUGINS") {
+        let dirs: Vec<PathBuf> = std::env::split_paths(&value)
+            .filter(|d| !d.as_os_str().is_empty())
+            .collect();
+        if !dirs.is_empty() {
+            return Ok(dirs);
+        }
     }
     let candidates = [
         PathBuf::from("plugins/manifests"),
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/manifests"),
     ];
-    candidates.into_iter().find(|d| d.is_dir()).ok_or_else(|| {
+    let found = candidates.into_iter().find(|d| d.is_dir()).ok_or_else(|| {
         anyhow::anyhow!("no manifest directory: pass --plugins DIR or set PLUGVISOR_PLUGINS")
-    })
+    })?;
+    Ok(vec![found])
+}
+
+/// [`manifest_dirs`], each checked to be a readable directory.
+pub(crate) fn existing_manifest_dirs(explicit: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let dirs = manifest_dirs(explicit)?;
+    for dir in &dirs {
+        std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read the manifest directory {}", dir.display()))?;
+    }
+    Ok(dirs)
+}
+
+/// The directories as one line for people: `a, b`.
+pub(crate) fn show_dirs(dirs: &[PathBuf]) -> String {
+    let shown: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    shown.join(", ")
 }

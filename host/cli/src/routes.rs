@@ -5,6 +5,7 @@ use crate::client::ApiClient;
 use clap::Args;
 use http::Method;
 use serde_json::Value;
+use std::path::PathBuf;
 
 /// Arguments of `plugvisor routes`.
 #[derive(Debug, Args)]
@@ -12,6 +13,9 @@ pub(crate) struct RoutesArgs {
     /// The server to ask.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8620")]
     server: String,
+    /// File holding the server's API token, for --server (default: $PLUGVISOR_API_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
     /// Print JSON (`[{"method", "path", "plugin", "summary"}]`) instead of a table.
     #[arg(long)]
     json: bool,
@@ -19,7 +23,7 @@ pub(crate) struct RoutesArgs {
 
 /// `plugvisor routes`.
 pub(crate) async fn routes(args: RoutesArgs) -> anyhow::Result<()> {
-    let doc = ApiClient::new(&args.server)?
+    let doc = ApiClient::new(&args.server, args.api_token_file.as_deref())?
         .json(Method::GET, "/api/openapi.json", None)
         .await?;
     let rows = plugin_routes(&doc);

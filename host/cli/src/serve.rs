@@ -1,6 +1,6 @@
 //! `plugvisor serve`: load a manifest directory and serve the management REST API.
 
-use crate::resolve::manifest_dir;
+use crate::resolve::{existing_manifest_dirs, show_dirs};
 use anyhow::{bail, Context};
 use clap::Args;
 use plugvisor_manager::api::{
@@ -16,10 +16,11 @@ use tokio_util::sync::CancellationToken;
 /// Arguments of `plugvisor serve`.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// Manifest directory (default: $PLUGVISOR_PLUGINS, else ./plugins/manifests, else the
-    /// bundled manifests of this build).
+    /// Manifest directory, repeatable; a later directory's manifest replaces an earlier one's
+    /// of the same name (default: $PLUGVISOR_PLUGINS, colon-separated directories, else
+    /// ./plugins/manifests, else the bundled manifests of this build).
     #[arg(long, value_name = "DIR")]
-    plugins: Option<PathBuf>,
+    plugins: Vec<PathBuf>,
     /// Address to listen on. Anything but loopback needs an API token.
     #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))]
     listen: SocketAddr,
@@ -100,9 +101,11 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     let options = args.limits.options(token)?;
-    let dir = manifest_dir(args.plugins.as_deref())?;
+    // Bound before any worker starts: a port in use fails at once, with nothing to stop.
+    let listener = listen(args.listen).await?;
+    let dirs = existing_manifest_dirs(&args.plugins)?;
     let manager = PluginManager::new(ManagerConfig {
-        manifest_dirs: vec![dir.clone()],
+        manifest_dirs: dirs.clone(),
         worker_dir: args.worker_dir,
         host_config_file: args.config,
         ..ManagerConfig::default()
@@ -110,28 +113,44 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for problem in manager.manifest_errors() {
         eprintln!("plugvisor: skipped manifest: {problem}");
     }
-    let order = match manager.load_all().await {
-        Ok(order) => order,
-        Err(e) => {
-            manager.shutdown().await;
-            return Err(e).context("loading plugins");
-        }
-    };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let started = manager.start_all().await;
     let addr = listener.local_addr()?;
     eprintln!(
-        "plugvisor: serving {} plugins from {} on http://{addr} (order: {})",
-        order.len(),
-        dir.display(),
-        order.join(", ")
+        "plugvisor: serving {} plugins from {} on http://{addr} (order: {}){}",
+        started.loaded.len(),
+        show_dirs(&dirs),
+        started.loaded.join(", "),
+        not_started(&started.failed)
     );
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let served = serve_api(listener, manager.clone(), options, shutdown).await;
     manager.shutdown().await;
     served.context("the API server failed")
+}
+
+/// The API's listening socket on `addr`, or an error saying which address and why.
+async fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => Ok(listener),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+            "cannot listen on {addr}: the address is already in use (another server?); \
+             choose another with --listen; no plugin was started"
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot listen on {addr}")),
+    }
+}
+
+/// The plugins that did not start, for the start-up line (each was logged with its reason).
+fn not_started(failed: &std::collections::BTreeMap<String, String>) -> String {
+    if failed.is_empty() {
+        return String::new();
+    }
+    let names: Vec<&str> = failed.keys().map(String::as_str).collect();
+    format!(
+        "; not started: {} (see GET /api/plugins/status)",
+        names.join(", ")
+    )
 }
 
 fn api_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {

@@ -86,6 +86,77 @@ pub fn start_order(nodes: &[Node<'_>]) -> Result<Vec<String>, DepError> {
     Ok(order)
 }
 
+/// What can start and what cannot, for every plugin at once (see [`plan`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DepPlan {
+    /// The plugins free of dependency problems, providers first (ties by name). A plugin in
+    /// it may still require one that cannot start: check its providers while starting.
+    pub order: Vec<String>,
+    /// Every problem: each missing service of each plugin, each cycle.
+    pub problems: Vec<DepError>,
+}
+
+impl DepPlan {
+    /// Why `name` cannot start on its own account (a missing service, a cycle), if it cannot.
+    pub fn blocked(&self, name: &str) -> Option<&DepError> {
+        self.problems.iter().find(|p| match p {
+            DepError::Missing { plugin, .. } => plugin == name,
+            DepError::Cycle(members) => members.iter().any(|m| m == name),
+        })
+    }
+}
+
+/// Orders what can be ordered and lists every dependency problem, unlike [`start_order`],
+/// which stops at the first: a plugin with a missing service or in a cycle is left out of the
+/// order; the plugins that require it stay in (they find their provider missing at start).
+pub fn plan(nodes: &[Node<'_>]) -> DepPlan {
+    let providers = services(nodes);
+    let mut problems = Vec::new();
+    let mut pending: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for node in nodes {
+        let mut mine = BTreeSet::new();
+        let mut missing = false;
+        for service in node.requires {
+            match providers.get(service) {
+                Some(provider) => {
+                    mine.insert(provider.clone());
+                }
+                None => {
+                    missing = true;
+                    problems.push(DepError::Missing {
+                        plugin: node.name.to_owned(),
+                        service: service.clone(),
+                    });
+                }
+            }
+        }
+        if !missing {
+            pending.insert(node.name.to_owned(), mine);
+        }
+    }
+    let mut order = Vec::with_capacity(pending.len());
+    while !pending.is_empty() {
+        let ready: Vec<String> = pending
+            .iter()
+            .filter(|(_, deps)| deps.iter().all(|d| !pending.contains_key(d)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if ready.is_empty() {
+            let cycle = find_cycle(&pending);
+            for member in &cycle {
+                pending.remove(member);
+            }
+            problems.push(DepError::Cycle(cycle));
+            continue;
+        }
+        for name in ready {
+            pending.remove(&name);
+            order.push(name);
+        }
+    }
+    DepPlan { order, problems }
+}
+
 /// `names` and every plugin they transitively require (each provider of each required
 /// service), in the order they were found.
 pub fn closure(nodes: &[Node<'_>], names: &[String]) -> Vec<String> {
@@ -190,6 +261,62 @@ mod tests {
         ];
         assert_eq!(start_order(&nodes).unwrap(), ["store", "api", "web"]);
         assert_eq!(services(&nodes)["db"], "store");
+    }
+
+    #[test]
+    fn the_plan_lists_every_problem_and_orders_the_rest() {
+        let (none, x, y) = (s(&[]), s(&["x"]), s(&["y"]));
+        let (sa, sb, sab) = (s(&["sa"]), s(&["sb"]), s(&["sa", "z"]));
+        let nodes = [
+            Node {
+                name: "a",
+                provides: &sa,
+                requires: &sb,
+            },
+            Node {
+                name: "b",
+                provides: &sb,
+                requires: &sa,
+            },
+            Node {
+                name: "c",
+                provides: &none,
+                requires: &sab,
+            },
+            Node {
+                name: "lonely",
+                provides: &none,
+                requires: &x,
+            },
+            Node {
+                name: "needy",
+                provides: &none,
+                requires: &y,
+            },
+            Node {
+                name: "ok",
+                provides: &y,
+                requires: &none,
+            },
+            Node {
+                name: "uses-a",
+                provides: &none,
+                requires: &sa,
+            },
+        ];
+        let plan = plan(&nodes);
+        let shown: Vec<String> = plan.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "plugin c requires service \"z\", which no plugin provides",
+                "plugin lonely requires service \"x\", which no plugin provides",
+                "dependency cycle: a -> b -> a",
+            ]
+        );
+        assert_eq!(plan.order, ["ok", "needy", "uses-a"]);
+        assert!(plan.blocked("b").is_some() && plan.blocked("c").is_some());
+        assert!(plan.blocked("uses-a").is_none());
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //!   configuration changes, calls and streams, status.
 //! - `managed`: one loaded plugin: lazy start, idle stop, hot swap.
 //! - [`manifest`]: the manifest format, line-numbered errors, discovery.
+//! - [`command`]: where a manifest's `command` and `args` point (manifest dir, beside
+//!   `plugvisor`, `PATH`).
 //! - [`config`]: configuration layers, JSON Schema validation, secret masking.
 //! - `host_config`: the host configuration file (`plugvisor.toml`).
 //! - [`deps`]: start order, missing services, cycles, the dependency closure.
@@ -22,6 +24,7 @@
 //! - [`api`]: the management REST API over a [`PluginManager`] (`docs/API.md`).
 
 pub mod api;
+pub mod command;
 pub mod config;
 pub mod deps;
 mod error;
@@ -39,5 +42,5 @@ pub mod ui;
 
 pub use error::ManagerError;
 pub use host_config::default_worker_dir;
-pub use manager::{ManagerConfig, PluginManager};
+pub use manager::{ManagerConfig, PluginManager, StartReport};
 pub use status::{ManagerStatus, PluginConfig, PluginHealth, PluginInfo, PluginRoute};

@@ -86,6 +86,9 @@ impl Managed {
                 });
             }
         };
+        if let Some(warning) = version_mismatch(manifest, &identity) {
+            tracing::warn!(plugin = %manifest.name, "{warning}");
+        }
         if let Err(reason) = kind_contract(manifest, &identity) {
             first.shutdown().await;
             return Err(ManagerError::Start {
@@ -480,20 +483,14 @@ pub(crate) fn not_serving(sup: &Supervisor) -> Option<String> {
 /// The worker spec a manifest describes.
 fn worker_spec(found: &Discovered, worker_dir: &Path) -> Result<WorkerSpec, ManagerError> {
     let m = &found.manifest;
-    let program = if m.command.contains('/') {
-        let base = found.file.parent().unwrap_or(Path::new("."));
-        base.join(&m.command)
-    } else {
-        worker_dir.join(&m.command)
-    };
-    if !program.is_file() {
-        return Err(ManagerError::Start {
+    let program = crate::command::resolve_command(found, worker_dir).map_err(|reason| {
+        ManagerError::Start {
             plugin: m.name.clone(),
-            reason: format!("worker binary {} does not exist", program.display()),
-        });
-    }
+            reason,
+        }
+    })?;
     let mut spec = WorkerSpec::new(program).name(m.name.clone());
-    spec.args = m.args.iter().map(Into::into).collect();
+    spec.args = crate::command::resolve_args(found);
     spec.env = m.env.iter().map(|(k, v)| (k.into(), v.into())).collect();
     if let Some(secs) = m.supervision.start_timeout_secs {
         spec.start_timeout = Duration::from_secs(secs);
@@ -508,6 +505,19 @@ fn worker_spec(found: &Discovered, worker_dir: &Path) -> Result<WorkerSpec, Mana
         }
     }
     Ok(spec)
+}
+
+/// A warning when the worker reports another version than its manifest declares.
+pub(crate) fn version_mismatch(
+    manifest: &crate::manifest::Manifest,
+    identity: &PluginIdentity,
+) -> Option<String> {
+    (identity.version != manifest.version).then(|| {
+        format!(
+            "the worker reports version {:?} but the manifest declares {:?}",
+            identity.version, manifest.version
+        )
+    })
 }
 
 /// What a kind promises that only the running worker can show: a `middleware` serves at least

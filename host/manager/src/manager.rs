@@ -20,6 +20,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
+mod startup;
+pub use startup::StartReport;
+
 /// How long an unloaded or replaced plugin's in-flight calls may finish before it stops.
 const DRAIN: Duration = Duration::from_secs(30);
 
@@ -193,6 +196,9 @@ impl PluginManager {
         let mut info = info_of(found, managed.as_ref(), &self.inner.metrics);
         if managed.is_none() {
             info.last_error = read(&self.inner.load_failures).get(name).cloned();
+            if info.last_error.is_some() {
+                info.state = "failed".to_owned();
+            }
         }
         info
     }
@@ -637,6 +643,7 @@ impl PluginManager {
             initialization_order: deps::start_order(&nodes).unwrap_or_default(),
             services: deps::services(&nodes),
             plugins,
+            failed: self.failed_infos(),
             manifest_errors: self
                 .manifest_errors()
                 .iter()
@@ -783,6 +790,10 @@ fn info_of(found: &Discovered, managed: Option<&Arc<Managed>>, metrics: &Metrics
         ui: m.ui.as_ref().map(|ui| UiInfo::of(&m.name, ui)),
         tasks: managed.map(|x| x.task_infos()).unwrap_or_default(),
         last_error: sup.as_ref().and_then(crate::managed::not_serving),
+        warnings: managed
+            .and_then(|x| crate::managed::version_mismatch(m, &x.identity))
+            .into_iter()
+            .collect(),
     }
 }
 

@@ -23,7 +23,7 @@ pub struct PluginInfo {
     /// Whether it is loaded.
     pub loaded: bool,
     /// `ready`, `starting`, `failed`, … ; `idle` for a lazy plugin not running; `available`
-    /// when not loaded.
+    /// when not loaded; `failed` with `loaded: false` when its last load failed.
     pub state: String,
     /// Eager or lazy.
     pub start: StartMode,
@@ -61,6 +61,9 @@ pub struct PluginInfo {
     /// `backoff`, …), its last start error or crash; for one that is not loaded, why its last
     /// load could not start the worker. `null` otherwise.
     pub last_error: Option<String>,
+    /// Things worth knowing that do not stop it, e.g. a worker reporting another version than
+    /// its manifest declares. Empty when none.
+    pub warnings: Vec<String>,
 }
 
 /// One mounted HTTP route of a plugin, as [`PluginInfo::routes`] lists it.
@@ -84,6 +87,9 @@ pub struct ManagerStatus {
     pub services: BTreeMap<String, String>,
     /// Every loaded plugin.
     pub plugins: Vec<PluginInfo>,
+    /// The plugins that are not loaded because their last load failed (state `failed`,
+    /// `last_error` says why): at `serve` start-up, or by `POST /api/plugins/load`.
+    pub failed: Vec<PluginInfo>,
     /// Manifests that could not be read.
     pub manifest_errors: Vec<String>,
 }

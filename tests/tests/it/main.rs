@@ -9,6 +9,7 @@
 
 mod api;
 mod api_answers;
+mod api_edges;
 mod api_ops;
 mod api_routes;
 mod api_trust;
@@ -17,6 +18,7 @@ mod browser;
 mod calls;
 mod cli;
 mod cli_manage;
+mod cli_serve;
 mod faults;
 mod manager;
 mod middleware;

@@ -73,6 +73,9 @@ struct ExecuteRequest {
 struct StreamRequest {
     plugin_id: String,
     input: Value,
+    /// The deadline of the whole stream, from the request (start included).
+    #[serde(default)]
+    timeout_ms: Option<u64>,
 }
 
 /// Answers one request; every failure becomes an error answer.
@@ -165,6 +168,12 @@ pub(crate) async fn dispatch(
             reload(m, &id).await
         }
         Op::SetConfig => set_config(m, &id, parse(&body_of(ctx, parts, body).await?)?).await,
+        Op::GetConfig => {
+            let config = m.config(&id).map_err(ApiError::from_manager)?;
+            Ok(reply::ok(
+                &json!({ "config": config.config, "schema": config.schema }),
+            ))
+        }
         Op::Tasks => {
             let tasks = m.tasks(&id).map_err(ApiError::from_manager)?;
             Ok(reply::ok(&json!({ "plugin": id, "tasks": tasks })))
@@ -234,10 +243,8 @@ async fn load(ctx: &Ctx, req: LoadRequest) -> Result<Reply, ApiError> {
     if let Some(config) = &req.config {
         require_object(config)?;
     }
-    if m.info(&req.plugin_id).is_err() {
-        // A manifest added since the last discovery.
-        m.rediscover();
-    }
+    // A manifest added or edited since the last discovery is used as it is now.
+    m.rediscover();
     let info = m
         .load(&req.plugin_id, req.config)
         .await
@@ -289,12 +296,25 @@ async fn execute_stream(
     mut req: StreamRequest,
     client: IpAddr,
 ) -> Result<Reply, ApiError> {
+    let deadline = match req.timeout_ms {
+        Some(0) => return Err(ApiError::bad_request("timeout_ms must be at least 1")),
+        other => other.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms)),
+    };
     let claimed = ctx.files.resolve_input(&mut req.input)?;
-    let stream = ctx
-        .manager
-        .stream(&req.plugin_id, req.input)
-        .await
-        .map_err(ApiError::from_call)?;
+    let started = ctx.manager.stream(&req.plugin_id, req.input);
+    let stream = match deadline {
+        Some(at) => match tokio::time::timeout_at(at, started).await {
+            Ok(started) => started.map(|s| streams::with_deadline(s, at)),
+            Err(_) => Err(crate::ManagerError::Plugin {
+                plugin: req.plugin_id.clone(),
+                source: plugvisor_proto::PluginError::TimedOut(
+                    "the stream did not start within its timeout_ms".to_owned(),
+                ),
+            }),
+        },
+        None => started.await,
+    }
+    .map_err(ApiError::from_call)?;
     // Each item's output files become downloads, as for `execute`; the uploads the stream
     // reads are deleted when it ends.
     let files = Arc::clone(&ctx.files);

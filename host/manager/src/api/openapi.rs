@@ -289,6 +289,13 @@ fn describe(op: Op) -> Doc {
                 "",
             )
         },
+        Op::GetConfig => Doc {
+            errors: vec![404, 409],
+            ..read(
+                "A loaded plugin's configuration in force (secrets masked) and its JSON Schema",
+                "PluginConfigAnswer",
+            )
+        },
         Op::Tasks => Doc {
             errors: vec![404, 409],
             ..read("A loaded plugin's scheduled tasks and their last runs", "TaskList")
@@ -416,7 +423,8 @@ fn info_schemas() -> Value {
                 "ui": {"description": "Its panel on the status page (GET /), when the manifest has `ui`", "oneOf": [{"type": "null"}, {
                     "type": "object", "required": ["mount_point", "url"],
                     "properties": {"mount_point": {"enum": ["sidebar", "toolbar", "main"]}, "url": {"type": "string"}}}]},
-                "tasks": {"type": "array", "description": "Its scheduled tasks and their last runs", "items": {"$ref": "#/components/schemas/TaskInfo"}}
+                "tasks": {"type": "array", "description": "Its scheduled tasks and their last runs", "items": {"$ref": "#/components/schemas/TaskInfo"}},
+                "warnings": {"type": "array", "description": "Things worth knowing that do not stop it, e.g. a worker reporting another version than its manifest declares", "items": {"type": "string"}}
             }
         },
         "TaskInfo": {
@@ -472,6 +480,7 @@ fn info_schemas() -> Value {
             "initialization_order": {"type": "array", "items": {"type": "string"}},
             "services": {"type": "object", "additionalProperties": {"type": "string"}},
             "plugins": {"type": "array", "items": {"$ref": "#/components/schemas/PluginInfo"}},
+            "failed": {"type": "array", "description": "Plugins not loaded because their last load failed (state `failed`, `last_error` says why)", "items": {"$ref": "#/components/schemas/PluginInfo"}},
             "manifest_errors": {"type": "array", "items": {"type": "string"}}
         }},
     })
@@ -491,7 +500,8 @@ fn request_schemas() -> Value {
             "timeout_ms": {"type": ["integer", "null"], "minimum": 1, "description": "Deadline of this call (default, or null: the manifest's call_timeout_ms, or none)"}
         }},
         "ExecuteStreamRequest": {"type": "object", "required": ["plugin_id", "input"], "additionalProperties": false, "properties": {
-            "plugin_id": {"type": "string"}, "input": {}
+            "plugin_id": {"type": "string"}, "input": {},
+            "timeout_ms": {"type": "integer", "minimum": 1, "description": "Deadline of the whole stream; past it the stream ends with a timed_out error frame (504 if it has not started)"}
         }},
     })
 }
@@ -520,6 +530,10 @@ fn answer_schemas() -> Value {
             "id": {"type": "string"}, "size": {"type": "integer"}, "sha256": {"type": "string"},
             "expires_in_secs": {"type": "integer"},
             "ref": {"type": "object", "description": "Put this object anywhere in one execute or execute_stream input", "properties": {"$upload": {"type": "string"}}}
+        }},
+        "PluginConfigAnswer": {"type": "object", "required": ["config", "schema"], "properties": {
+            "config": {"type": "object", "description": "The configuration in force, secret fields shown as \"***\""},
+            "schema": {"type": "object", "description": "The JSON Schema the worker reports"}
         }},
         "ConfigAnswer": {"type": "object", "required": ["config"], "properties": {"config": {"type": "object"}}},
         "StreamFrame": {"oneOf": [

@@ -34,6 +34,8 @@ pub(crate) enum Op {
     Reload,
     /// `PUT /api/plugins/{id}/config`
     SetConfig,
+    /// `GET /api/plugins/{id}/config`
+    GetConfig,
     /// `GET /api/plugins/{id}/tasks`
     Tasks,
     /// `POST /api/plugins/{id}/tasks/{task}/run`
@@ -75,6 +77,7 @@ pub(crate) const ENDPOINTS: &[Endpoint] = &[
     ep("POST", "/api/plugins/{id}/unload", Op::Unload),
     ep("POST", "/api/plugins/{id}/reload", Op::Reload),
     ep("PUT", "/api/plugins/{id}/config", Op::SetConfig),
+    ep("GET", "/api/plugins/{id}/config", Op::GetConfig),
     ep("GET", "/api/plugins/{id}/tasks", Op::Tasks),
     ep("POST", "/api/plugins/{id}/tasks/{task}/run", Op::RunTask),
     ep("POST", "/api/files", Op::Upload),

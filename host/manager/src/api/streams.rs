@@ -13,7 +13,7 @@ use http_body_util::StreamBody;
 use hyper::body::Frame;
 use plugvisor_host::LifecycleEvent;
 use plugvisor_proto::wire::StreamFrame;
-use plugvisor_proto::{ErrorKind, PluginStream, WireError};
+use plugvisor_proto::{ErrorKind, PluginError, PluginStream, WireError};
 use std::convert::Infallible;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -120,6 +120,25 @@ async fn next_event(
             Err(broadcast::error::RecvError::Closed) => return None,
         }
     }
+}
+
+/// `stream` cut at `deadline` (`execute_stream`'s `timeout_ms`): past it, one `TimedOut` item
+/// ends the stream, and dropping the rest cancels it in the worker.
+pub(crate) fn with_deadline<T: Send + 'static>(
+    stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<T, PluginError>> + Send>>,
+    deadline: tokio::time::Instant,
+) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<T, PluginError>> + Send>> {
+    Box::pin(stream::unfold(Some(stream), move |state| async move {
+        let mut inner = state?;
+        match tokio::time::timeout_at(deadline, inner.next()).await {
+            Ok(Some(item)) => Some((item, Some(inner))),
+            Ok(None) => None,
+            Err(_) => {
+                let late = "the stream exceeded its timeout_ms".to_owned();
+                Some((Err(PluginError::TimedOut(late)), None))
+            }
+        }
+    }))
 }
 
 #[cfg(test)]
