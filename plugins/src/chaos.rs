@@ -38,10 +38,10 @@
 
 use futures_util::StreamExt;
 use plugvisor_proto::wire::{
-    AfterResponse, BeforeAction, Hook, HookRequest, HookResponse, RouteSpec,
+    AfterResponse, BeforeAction, Hook, HookRequest, HookResponse, MethodSpec, RouteSpec,
 };
 use plugvisor_proto::{json, Plugin, PluginError, PluginStream, Value};
-use plugvisor_worker::{Middleware, RouteRequest, RouteResponse, Routes};
+use plugvisor_worker::{Methods, Middleware, RouteRequest, RouteResponse, Routes};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -170,6 +170,19 @@ impl Routes for Chaos {
         let fault = request.params.get("name").cloned().unwrap_or_default();
         let answer = run_fault(&fault, &Value::Null).await?;
         Ok(RouteResponse::json(200, &answer))
+    }
+}
+
+/// Chaos's named method: `fault` runs the fault its input names, as `execute` does (so a crash
+/// inside a named method can be tested).
+impl Methods for Chaos {
+    fn methods(&self) -> Vec<MethodSpec> {
+        vec![MethodSpec::new("fault").summary("Misbehaves as the input's `fault` says")]
+    }
+
+    async fn call_method(&self, _name: &str, input: Value) -> Result<Value, PluginError> {
+        let fault = input.get("fault").and_then(Value::as_str).unwrap_or("none");
+        run_fault(fault, &input).await
     }
 }
 

@@ -31,6 +31,7 @@
 //! - [`Routes`] (`routes.rs`): a plugin's own HTTP routes, mounted by the host under
 //!   `/plugins/<plugin>/…` and forwarded to `/v1/route/…`; [`run_routed`] serves them.
 //! - [`Middleware`] (`middleware.rs`): hooks around host requests (`/v1/hooks/…`).
+//! - [`Methods`] (`methods.rs`): named methods beside `execute` (`/v1/methods/<name>`).
 //! - [`Worker`] (`builder.rs`): a plugin plus the extensions it serves
 //!   (`Worker::new(p).routes().middleware().run()`).
 
@@ -44,6 +45,7 @@ mod guardian;
 mod handlers;
 mod lanes;
 mod listener;
+mod methods;
 mod middleware;
 mod ndjson;
 mod offload;
@@ -63,6 +65,7 @@ pub use builder::Worker;
 pub use cli::{LOG_ENV, WORKER_THREADS_ENV};
 pub use error::WorkerError;
 pub use listener::{ListenAddr, Listener};
+pub use methods::Methods;
 pub use middleware::Middleware;
 pub use options::{ServeOptions, DEFAULT_CLEANUP_TIMEOUT, DEFAULT_GRACE};
 pub use routes::{RouteBody, RouteRequest, RouteResponse, Routes};

@@ -306,6 +306,24 @@ impl Managed {
         self.supervisor().await?.call_ref(input, options).await
     }
 
+    /// One call of the named method `method`, starting the worker first if needed (input
+    /// borrowed as for calls); a method the plugin does not declare in `/v1/info` is not sent.
+    pub(crate) async fn call_method(
+        &self,
+        method: &str,
+        input: &Value,
+        options: CallOptions,
+    ) -> Result<MethodCall, PluginError> {
+        let sup = self.supervisor().await?;
+        match sup.identity() {
+            Some(id) if !id.has_method(method) => Ok(MethodCall::Unknown(id.method_names())),
+            _ => {
+                let output = sup.call_method_ref(method, input, options).await?;
+                Ok(MethodCall::Output(output))
+            }
+        }
+    }
+
     /// One stream, starting the worker first if needed (input borrowed as for calls); its
     /// items own their output files.
     pub(crate) async fn stream(&self, input: &Value) -> Result<OutputStream, PluginError> {
@@ -537,4 +555,13 @@ fn kind_contract(
         );
     }
     Ok(())
+}
+
+/// The outcome of [`Managed::call_method`] that reached the plugin's method table.
+#[derive(Debug)]
+pub(crate) enum MethodCall {
+    /// The method ran.
+    Output(CallOutput),
+    /// The plugin has no such method: these are the ones it has.
+    Unknown(Vec<String>),
 }

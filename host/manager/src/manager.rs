@@ -4,7 +4,7 @@
 use crate::deps::{self, Node};
 use crate::error::ManagerError;
 use crate::host_config::{self, default_worker_dir};
-use crate::managed::{Managed, Plan};
+use crate::managed::{Managed, MethodCall, Plan};
 use crate::manifest::{self, under, Discovered, Manifest, ManifestError};
 use crate::metrics::{self, Metrics};
 use crate::status::{ManagerStatus, PluginConfig, PluginHealth, PluginInfo, PluginRoute};
@@ -605,6 +605,41 @@ impl PluginManager {
         result.map_err(|source| plugin_error(name, source))
     }
 
+    /// Calls method `method` of `name` once (`execute` is [`PluginManager::call`]): started
+    /// lazily, counted in the metrics and sent again after a reload as a call is.
+    ///
+    /// # Errors
+    /// As [`PluginManager::call`]; [`ManagerError::UnknownMethod`] naming the plugin's methods
+    /// when it declares no method `method` (nothing is sent, no call is counted).
+    pub async fn call_method(
+        &self,
+        name: &str,
+        method: &str,
+        input: Value,
+        options: CallOptions,
+    ) -> Result<CallOutput, ManagerError> {
+        let managed = self.loaded_or_err(name)?;
+        let started = Instant::now();
+        let mut result = managed.call_method(method, &input, options).await;
+        if resend(&result, &managed) {
+            let next = self.loaded_or_err(name)?;
+            result = next.call_method(method, &input, options).await;
+        }
+        let result = match result {
+            Ok(MethodCall::Unknown(known)) => {
+                return Err(ManagerError::UnknownMethod {
+                    plugin: name.to_owned(),
+                    method: method.to_owned(),
+                    known,
+                })
+            }
+            Ok(MethodCall::Output(output)) => Ok(output),
+            Err(e) => Err(e),
+        };
+        self.record(name, started, &result);
+        result.map_err(|source| plugin_error(name, source))
+    }
+
     /// Streams from `name`. A stream counts as one call, timed to its start. Each item owns
     /// the output files it references (as [`PluginManager::call`]'s answer does): they are
     /// deleted when the item is dropped unless persisted.
@@ -780,6 +815,9 @@ fn info_of(found: &Discovered, managed: Option<&Arc<Managed>>, metrics: &Metrics
         calls_total,
         errors_total,
         routes: managed.map(|x| mounted_routes(x)).unwrap_or_default(),
+        methods: managed
+            .map(|x| x.identity.methods.clone())
+            .unwrap_or_default(),
         ui: m.ui.as_ref().map(|ui| UiInfo::of(&m.name, ui)),
         tasks: managed.map(|x| x.task_infos()).unwrap_or_default(),
         last_error: sup.as_ref().and_then(crate::managed::not_serving),

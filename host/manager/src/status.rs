@@ -53,6 +53,9 @@ pub struct PluginInfo {
     pub errors_total: u64,
     /// Its HTTP routes as mounted (empty when not loaded: a worker reports them).
     pub routes: Vec<PluginRoute>,
+    /// Its named methods beside `execute`, as its worker reports them (empty when it has
+    /// none or is not loaded).
+    pub methods: Vec<plugvisor_proto::wire::MethodSpec>,
     /// Its panel on the status page, when the manifest has `ui`.
     pub ui: Option<crate::ui::UiInfo>,
     /// Its scheduled tasks and their last runs (empty when it has none or is not loaded).

@@ -6,5 +6,6 @@ fn main() {
     plugvisor_worker::Worker::new(plugvisor_plugins::chaos::Chaos::default())
         .routes()
         .middleware()
+        .methods()
         .run()
 }

@@ -19,6 +19,7 @@ mod cli;
 mod cli_manage;
 mod faults;
 mod manager;
+mod methods;
 mod middleware;
 mod protocol;
 mod sandbox;

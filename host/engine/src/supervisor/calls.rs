@@ -209,6 +209,23 @@ impl Supervisor {
             .await
     }
 
+    /// The plugin's named method `name` on a borrowed input (see [`Supervisor::call_ref`]):
+    /// admitted, timed, retried and crash-attributed like a call; `execute` is
+    /// [`Supervisor::call_ref`].
+    ///
+    /// # Errors
+    /// As [`crate::RemotePlugin::call_method`].
+    pub async fn call_method_ref(
+        &self,
+        name: &str,
+        input: &Value,
+        options: CallOptions,
+    ) -> Result<CallOutput, PluginError> {
+        self.inner
+            .run(options, |w| async move { w.call_method(name, input).await })
+            .await
+    }
+
     /// [`Plugin::execute_stream`] on a borrowed input (see [`Supervisor::call_ref`]); output
     /// files stay in the worker's transfer directory until it stops (use
     /// [`Supervisor::stream_outputs_ref`] to own them).
