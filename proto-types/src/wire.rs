@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
 
+pub mod health;
 pub mod hooks;
+pub use health::{HealthReport, HealthStatus};
 pub use hooks::{AfterResponse, BeforeAction, Hook, HookRequest, HookResponse};
 
 /// The protocol version this crate speaks; the first word after `plugvisor` in the handshake.
@@ -57,6 +59,9 @@ pub mod routes {
     /// `POST`: the prefix of a named method. `/v1/methods/shout` calls the plugin's method
     /// `shout` (body and answer as for [`EXECUTE`]).
     pub const METHOD_PREFIX: &str = "/v1/methods/";
+    /// `POST`: the plugin's own health check ([`super::health`]). A `POST`, not a `GET`,
+    /// because it runs plugin code: every `GET` is on the control lane, which never does.
+    pub const PLUGIN_HEALTH: &str = "/v1/plugin_health";
     /// `POST`: a middleware's `before_request` hook ([`super::hooks`]).
     pub const BEFORE_REQUEST: &str = "/v1/hooks/before_request";
     /// `POST`: a middleware's `after_response` hook ([`super::hooks`]).

@@ -2,6 +2,7 @@
 //! named methods),
 //! run as a worker binary or served in-process.
 
+use crate::health_check::{DynHealthCheck, HealthCheck};
 use crate::methods::{DynMethods, Methods};
 use crate::middleware::{DynMiddleware, Middleware};
 use crate::routes::{DynRoutes, Routes};
@@ -17,6 +18,8 @@ pub(crate) struct Extensions {
     pub middleware: Option<Arc<dyn DynMiddleware>>,
     /// Named methods (`/v1/methods/…`).
     pub methods: Option<Arc<dyn DynMethods>>,
+    /// The plugin's own health check (`/v1/plugin_health`).
+    pub health_check: Option<Arc<dyn DynHealthCheck>>,
 }
 
 /// A plugin and the extensions it serves; the seed [`Plugin`] trait stays as it is, and each
@@ -94,6 +97,17 @@ impl<P: Plugin> Worker<P> {
     {
         let methods: Arc<dyn DynMethods> = self.plugin.clone();
         self.extensions.methods = Some(methods);
+        self
+    }
+
+    /// Also serves the plugin's own health check ([`HealthCheck`]).
+    #[must_use]
+    pub fn health_check(mut self) -> Self
+    where
+        P: HealthCheck,
+    {
+        let check: Arc<dyn DynHealthCheck> = self.plugin.clone();
+        self.extensions.health_check = Some(check);
         self
     }
 

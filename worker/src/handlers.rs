@@ -69,9 +69,24 @@ fn capabilities<P>(shared: &Shared<P>) -> Vec<String> {
         ("routes", !shared.route_specs.is_empty()),
         ("middleware", !shared.hooks.is_empty()),
         ("methods", !shared.method_specs.is_empty()),
+        ("health_check", shared.health_check.is_some()),
     ];
     all.extend(extensions.iter().filter(|e| e.1).map(|e| e.0.to_owned()));
     all
+}
+
+/// `POST /v1/plugin_health`: the plugin's own verdict (404 when it has no health check).
+pub(crate) async fn plugin_health<P: Plugin>(shared: &Shared<P>) -> Handled {
+    refuse_when_stopping(shared)?;
+    let Some(check) = shared.health_check.clone() else {
+        return Err(WireError::new(
+            ErrorKind::NotFound,
+            "this plugin has no health check",
+        ));
+    };
+    let work = async move { guarded(async { Ok(check.check().await) }).await };
+    let report = offload(shared.exec.as_ref(), work).await??;
+    Ok(reply::json(StatusCode::OK, &report))
 }
 
 /// `POST /v1/methods/<name>`: one call of a named method, answered like `execute`.
@@ -396,6 +411,7 @@ mod tests {
             hooks: Vec::new(),
             methods: None,
             method_specs: Vec::new(),
+            health_check: None,
         }
     }
 

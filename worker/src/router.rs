@@ -26,6 +26,8 @@ enum Route {
     Shutdown,
     /// A plugin route: `ANY /v1/route/…`.
     Plugin,
+    /// The plugin's own health check.
+    PluginHealth,
     /// A named method: `POST /v1/methods/<name>`.
     Method,
     /// A middleware's `before_request` hook.
@@ -35,7 +37,7 @@ enum Route {
 }
 
 /// Path, method and route of every endpoint.
-const TABLE: [(&str, Method, Route); 11] = [
+const TABLE: [(&str, Method, Route); 12] = [
     (routes::HEALTH, Method::GET, Route::Health),
     (routes::INFO, Method::GET, Route::Info),
     (routes::CONFIG, Method::GET, Route::Config),
@@ -47,6 +49,7 @@ const TABLE: [(&str, Method, Route); 11] = [
     (routes::SHUTDOWN, Method::POST, Route::Shutdown),
     (routes::BEFORE_REQUEST, Method::POST, Route::BeforeRequest),
     (routes::AFTER_RESPONSE, Method::POST, Route::AfterResponse),
+    (routes::PLUGIN_HEALTH, Method::POST, Route::PluginHealth),
 ];
 
 /// Answers one request. Never fails: every problem is an error answer.
@@ -96,6 +99,7 @@ async fn dispatch<P: Plugin>(shared: &Shared<P>, route: Route, req: Request<Inco
         Route::Shutdown => handlers::shutdown(shared),
         Route::Plugin => handlers::route(shared, req).await,
         Route::Method => handlers::method(shared, req).await,
+        Route::PluginHealth => handlers::plugin_health(shared).await,
         Route::BeforeRequest => handlers::before_request(shared, req).await,
         Route::AfterResponse => handlers::after_response(shared, req).await,
     }

@@ -126,6 +126,7 @@ pub(crate) async fn serve_with<P: Plugin>(
         shared.method_specs = specs.map_err(WorkerError::Methods)?;
         shared.methods = Some(methods);
     }
+    shared.health_check = extensions.health_check;
     let shared = Arc::new(shared);
     let socket_path = listener.socket_path();
     tracing::info!(plugin = shared.plugin.name(), "serving");
@@ -176,6 +177,7 @@ fn shared_state<P: Plugin>(
         hooks: Vec::new(),
         methods: None,
         method_specs: Vec::new(),
+        health_check: None,
     })
 }
 

@@ -1,5 +1,6 @@
 //! `Shared`: what every request handler of one server sees (plugin, options, counters).
 
+use crate::health_check::DynHealthCheck;
 use crate::methods::DynMethods;
 use crate::middleware::DynMiddleware;
 use crate::routes::DynRoutes;
@@ -39,6 +40,8 @@ pub(crate) struct Shared<P> {
     pub methods: Option<Arc<dyn DynMethods>>,
     /// What it declared, read once at start.
     pub method_specs: Vec<MethodSpec>,
+    /// The plugin's own health check, when it has one.
+    pub health_check: Option<Arc<dyn DynHealthCheck>>,
 }
 
 /// Calls running now and calls started so far.

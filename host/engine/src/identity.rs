@@ -20,6 +20,8 @@ pub struct PluginIdentity {
     pub hooks: Vec<plugvisor_proto::wire::Hook>,
     /// Its named methods beside `execute` (empty when it has none).
     pub methods: Vec<plugvisor_proto::wire::MethodSpec>,
+    /// True when it serves its own health check (`health_check` capability).
+    pub health_check: bool,
 }
 
 impl PluginIdentity {
@@ -46,6 +48,7 @@ impl From<InfoResponse> for PluginIdentity {
             routes: info.routes,
             hooks: info.hooks,
             methods: info.methods,
+            health_check: info.capabilities.iter().any(|c| c == "health_check"),
         }
     }
 }

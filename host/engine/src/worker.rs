@@ -319,6 +319,12 @@ impl WorkerCore {
         self.json(Method::POST, routes::AFTER_RESPONSE, body).await
     }
 
+    /// `POST /v1/plugin_health`: the plugin's own check (not counted as a call).
+    pub(crate) async fn plugin_health(&self) -> Result<wire::HealthReport, PluginError> {
+        self.json(Method::POST, routes::PLUGIN_HEALTH, Bytes::new())
+            .await
+    }
+
     /// `GET /v1/health`.
     pub(crate) async fn health(&self) -> Result<wire::HealthResponse, PluginError> {
         self.json(Method::GET, routes::HEALTH, Bytes::new()).await

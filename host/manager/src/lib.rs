@@ -32,6 +32,7 @@ mod manager;
 pub mod manifest;
 pub mod metrics;
 pub mod middleware;
+pub mod plugin_health;
 mod scheduler;
 mod status;
 pub mod tasks;

@@ -41,8 +41,11 @@ pub(crate) struct Managed {
     idle_stopper: OnceLock<AbortHandle>,
     /// Its scheduled tasks (`[[tasks]]`).
     pub(crate) tasks: Vec<Arc<crate::scheduler::TaskSlot>>,
-    /// Their schedulers, ended when the plugin is retired or dropped.
+    /// Their schedulers, ended when the plugin is retired or dropped (and the health checker).
     task_runners: Mutex<Vec<AbortHandle>>,
+    /// The plugin's last own health report (`None` before the first check, without a worker,
+    /// or when it has no health check).
+    plugin_health: Mutex<Option<plugvisor_proto::wire::HealthReport>>,
     host: Arc<Host>,
 }
 
@@ -125,6 +128,7 @@ impl Managed {
             idle_stopper: OnceLock::new(),
             tasks,
             task_runners: Mutex::new(Vec::new()),
+            plugin_health: Mutex::new(None),
             host,
             found: plan.found,
         });
@@ -256,6 +260,54 @@ impl Managed {
         }
     }
 
+    /// Starts asking the worker for its own health, when it has a health check.
+    pub(crate) fn start_health_checks(self: &Arc<Self>) {
+        if !self.identity.health_check {
+            return;
+        }
+        let every = self.found.manifest.health.interval();
+        let checker = crate::plugin_health::spawn(Arc::downgrade(self), every);
+        lock_runners(&self.task_runners).push(checker.abort_handle());
+    }
+
+    /// One health check of the running worker (none for a lazy plugin between calls or a
+    /// worker not ready): stores the report; a `fail` restarts the worker when the manifest
+    /// says `restart_on_unhealthy`.
+    pub(crate) async fn check_plugin_health(&self) {
+        let Some(sup) = self.current() else {
+            *self.health_slot() = None;
+            return;
+        };
+        if !matches!(sup.state(), WorkerState::Ready | WorkerState::Unhealthy) {
+            return;
+        }
+        let rules = &self.found.manifest.health;
+        let report = sup.check_health(rules.timeout()).await;
+        let failed = report.status == plugvisor_proto::wire::HealthStatus::Fail;
+        if failed {
+            let output = report.output.as_deref().unwrap_or_default();
+            tracing::warn!(
+                plugin = self.name(),
+                output,
+                restart = rules.restart_on_unhealthy,
+                "plugin health check failed"
+            );
+        }
+        *self.health_slot() = Some(report);
+        if failed && rules.restart_on_unhealthy {
+            sup.recycle();
+        }
+    }
+
+    fn health_slot(&self) -> MutexGuard<'_, Option<plugvisor_proto::wire::HealthReport>> {
+        self.plugin_health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The plugin's last own health report.
+    pub(crate) fn plugin_health(&self) -> Option<plugvisor_proto::wire::HealthReport> {
+        self.health_slot().clone()
+    }
+
     /// Ends the schedulers (a run in progress finishes).
     fn stop_tasks(&self) {
         for runner in lock_runners(&self.task_runners).drain(..) {
@@ -354,12 +406,23 @@ impl Managed {
         self.supervisor().await?.route(request).await
     }
 
-    /// The state to report: the supervisor's, or `idle` for a lazy plugin not running.
+    /// The state to report: the supervisor's, `degraded` for a ready worker whose last own
+    /// health check failed (and that is not restarted for it), or `idle` for a lazy plugin
+    /// not running.
     pub(crate) fn state(&self) -> &'static str {
         match self.current() {
+            Some(sup) if sup.state() == WorkerState::Ready && self.degraded() => "degraded",
             Some(sup) => sup.state().as_str(),
             None => "idle",
         }
+    }
+
+    fn degraded(&self) -> bool {
+        let failed = self
+            .health_slot()
+            .as_ref()
+            .is_some_and(|r| r.status == plugvisor_proto::wire::HealthStatus::Fail);
+        failed && !self.found.manifest.health.restart_on_unhealthy
     }
 
     /// Stops the worker if it has had no call for `idle` and none is running.

@@ -342,6 +342,7 @@ impl PluginManager {
         write(&self.inner.loaded).insert(name.clone(), Arc::clone(&managed));
         self.emit(&name, EventKind::Loaded { version });
         managed.start_tasks(&self.task_sink());
+        managed.start_health_checks();
         self.info(&name)
     }
 
@@ -559,6 +560,7 @@ impl PluginManager {
         write(&self.inner.loaded).insert(name.to_owned(), Arc::clone(&new));
         old.retire();
         new.start_tasks(&self.task_sink());
+        new.start_health_checks();
         Ok((old, version))
     }
 
@@ -818,6 +820,7 @@ fn info_of(found: &Discovered, managed: Option<&Arc<Managed>>, metrics: &Metrics
         methods: managed
             .map(|x| x.identity.methods.clone())
             .unwrap_or_default(),
+        plugin_health: managed.and_then(|x| x.plugin_health()),
         ui: m.ui.as_ref().map(|ui| UiInfo::of(&m.name, ui)),
         tasks: managed.map(|x| x.task_infos()).unwrap_or_default(),
         last_error: sup.as_ref().and_then(crate::managed::not_serving),

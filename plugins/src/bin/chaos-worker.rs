@@ -7,5 +7,6 @@ fn main() {
         .routes()
         .middleware()
         .methods()
+        .health_check()
         .run()
 }

@@ -21,6 +21,7 @@ mod faults;
 mod manager;
 mod methods;
 mod middleware;
+mod plugin_health;
 mod protocol;
 mod sandbox;
 mod supervision;

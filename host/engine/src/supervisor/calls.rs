@@ -307,6 +307,23 @@ impl Supervisor {
             .await
     }
 
+    /// The plugin's own health check on the current worker, within `timeout`. It takes no
+    /// call slot (a busy plugin is still asked) and is no call. Every failure is a `fail`
+    /// report saying why: no worker up, no answer within `timeout` (a hung check), an error
+    /// or a panic in the check.
+    pub async fn check_health(&self, timeout: Duration) -> plugvisor_proto::wire::HealthReport {
+        use plugvisor_proto::wire::HealthReport;
+        let worker = self.inner.slot.borrow().worker.clone();
+        let Some(worker) = worker else {
+            return HealthReport::fail(format!("{} has no worker up", self.inner.label));
+        };
+        match tokio::time::timeout(timeout, worker.plugin_health()).await {
+            Ok(Ok(report)) => report,
+            Ok(Err(e)) => HealthReport::fail(format!("health check failed: {e}")),
+            Err(_) => HealthReport::fail(format!("health check gave no answer within {timeout:?}")),
+        }
+    }
+
     /// Health of the current worker, if one is up.
     ///
     /// # Errors

@@ -398,7 +398,7 @@ fn info_schemas() -> Value {
                 "kind": {"enum": KINDS},
                 "tags": {"type": "array", "items": {"type": "string"}},
                 "loaded": {"type": "boolean"},
-                "state": {"type": "string", "description": "ready, starting, unhealthy, exited, backoff, stopping, failed, stopped; idle (lazy, not running); available (not loaded)"},
+                "state": {"type": "string", "description": "ready, starting, unhealthy, exited, backoff, stopping, failed, stopped; degraded (ready, but its own health check failed); idle (lazy, not running); available (not loaded)"},
                 "start": {"enum": ["eager", "lazy"]},
                 "pid": {"type": ["integer", "null"]}, "restarts": {"type": "integer"},
                 "uptime_secs": {"type": ["number", "null"]},
@@ -416,6 +416,9 @@ fn info_schemas() -> Value {
                 "methods": {"type": "array", "description": "Its named methods beside `execute` (loaded plugins); call one with POST /api/plugins/execute and `method`", "items": {
                     "type": "object", "required": ["name"],
                     "properties": {"name": {"type": "string"}, "summary": {"type": "string"}, "input_schema": {}}}},
+                "plugin_health": {"description": "Its own health as its last check reported it ([health]); null without a health check, before the first check, or with no worker up", "oneOf": [{"type": "null"}, {
+                    "type": "object", "required": ["status"],
+                    "properties": {"status": {"enum": ["pass", "warn", "fail"]}, "checks": {"type": "object"}, "output": {"type": "string"}}}]},
                 "ui": {"description": "Its panel on the status page (GET /), when the manifest has `ui`", "oneOf": [{"type": "null"}, {
                     "type": "object", "required": ["mount_point", "url"],
                     "properties": {"mount_point": {"enum": ["sidebar", "toolbar", "main"]}, "url": {"type": "string"}}}]},
