@@ -266,7 +266,7 @@ impl Managed {
             return;
         }
         let every = self.found.manifest.health.interval();
-        let checker = crate::plugin_health::spawn(Arc::downgrade(self), every);
+        let checker = spawn_health_checker(Arc::downgrade(self), every);
         lock_runners(&self.task_runners).push(checker.abort_handle());
     }
 
@@ -627,4 +627,23 @@ pub(crate) enum MethodCall {
     Output(CallOutput),
     /// The plugin has no such method: these are the ones it has.
     Unknown(Vec<String>),
+}
+
+/// Checks `managed`'s plugin every `every` until it is dropped (or the task is aborted).
+fn spawn_health_checker(
+    managed: std::sync::Weak<Managed>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let Some(managed) = managed.upgrade() else {
+                return;
+            };
+            managed.check_plugin_health().await;
+        }
+    })
 }

@@ -1,13 +1,11 @@
-//! Plugin-defined health: the manifest's `[health]` table and the loop that asks a loaded
-//! plugin's worker for its own verdict (`POST /v1/plugin_health`) every `interval_ms`.
+//! Plugin-defined health: the manifest's `[health]` table (the loop that asks a loaded
+//! plugin's worker for its own verdict, `POST /v1/plugin_health`, is in `managed.rs`).
 //!
 //! A `fail` marks the plugin `degraded` (still served), or, with `restart_on_unhealthy`,
 //! has the supervisor replace the worker. The supervisor's liveness probe is separate and
 //! never runs plugin code.
 
-use crate::managed::Managed;
 use serde::{Deserialize, Serialize};
-use std::sync::Weak;
 use std::time::Duration;
 
 /// Default time between two checks.
@@ -49,20 +47,4 @@ impl HealthManifest {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS).max(1))
     }
-}
-
-/// Checks `managed`'s plugin every interval until it is dropped (or the task is aborted).
-pub(crate) fn spawn(managed: Weak<Managed>, every: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await;
-        loop {
-            ticks.tick().await;
-            let Some(managed) = managed.upgrade() else {
-                return;
-            };
-            managed.check_plugin_health().await;
-        }
-    })
 }
