@@ -31,6 +31,8 @@
 //! `x-chaos-after: NAME` runs it in `after_response`. Otherwise it appends `chaos` to the
 //! `x-chain` header both ways and sets `x-chaos-saw` to the request header names it saw.
 //! `CHAOS_HOOKS=before_request` (or `after_response`) declares only that hook.
+//! Its own health check answers what `CHAOS_HEALTH` says: `pass` (the default), `warn`, `fail`,
+//! or `hang` (never answers).
 //! Start-up faults come from the environment (see [`startup_fault`]) or the config
 //! (`{"crash_on_initialize": true}` aborts in `initialize`, so a supervisor that re-applies the
 //! config after each restart sees a crash loop; `{"initialize_delay_ms": N}` makes every
@@ -38,10 +40,11 @@
 
 use futures_util::StreamExt;
 use plugvisor_proto::wire::{
-    AfterResponse, BeforeAction, Hook, HookRequest, HookResponse, RouteSpec,
+    AfterResponse, BeforeAction, HealthReport, Hook, HookRequest, HookResponse, MethodSpec,
+    RouteSpec,
 };
 use plugvisor_proto::{json, Plugin, PluginError, PluginStream, Value};
-use plugvisor_worker::{Middleware, RouteRequest, RouteResponse, Routes};
+use plugvisor_worker::{HealthCheck, Methods, Middleware, RouteRequest, RouteResponse, Routes};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -51,6 +54,10 @@ pub const STARTUP_ENV: &str = "CHAOS_STARTUP";
 
 /// Environment variable naming the middleware hooks chaos declares (default: both).
 pub const HOOKS_ENV: &str = "CHAOS_HOOKS";
+
+/// Environment variable with the verdict of chaos's own health check (`pass`, `warn`, `fail`,
+/// `hang`).
+pub const HEALTH_ENV: &str = "CHAOS_HEALTH";
 
 /// Memory kept alive by `alloc`, so it stays resident.
 static LEAKED: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
@@ -170,6 +177,33 @@ impl Routes for Chaos {
         let fault = request.params.get("name").cloned().unwrap_or_default();
         let answer = run_fault(&fault, &Value::Null).await?;
         Ok(RouteResponse::json(200, &answer))
+    }
+}
+
+/// Chaos's named method: `fault` runs the fault its input names, as `execute` does (so a crash
+/// inside a named method can be tested).
+impl Methods for Chaos {
+    fn methods(&self) -> Vec<MethodSpec> {
+        vec![MethodSpec::new("fault").summary("Misbehaves as the input's `fault` says")]
+    }
+
+    async fn call_method(&self, _name: &str, input: Value) -> Result<Value, PluginError> {
+        let fault = input.get("fault").and_then(Value::as_str).unwrap_or("none");
+        run_fault(fault, &input).await
+    }
+}
+
+/// Chaos's own health: whatever `CHAOS_HEALTH` says.
+impl HealthCheck for Chaos {
+    async fn health_check(&self) -> HealthReport {
+        let wanted = std::env::var(HEALTH_ENV).unwrap_or_default();
+        match wanted.as_str() {
+            "warn" => HealthReport::warn("CHAOS_HEALTH says warn"),
+            "fail" => HealthReport::fail("CHAOS_HEALTH says fail")
+                .checks(json!({"chaos:env": [{"status": "fail", "observedValue": "fail"}]})),
+            "hang" => std::future::pending().await,
+            _ => HealthReport::pass(),
+        }
     }
 }
 

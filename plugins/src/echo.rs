@@ -5,11 +5,15 @@
 //! keys stay as they are); `execute_stream` yields one item per whitespace-separated word of
 //! a string input (or of `{"text": "..."}`), otherwise one item. It keeps its last
 //! [`RECENT_KEPT`] outputs for its `GET /recent` route (the `echo-panel` UI plugin shows them).
+//!
+//! Named methods beside `execute`: `shout` (upper case and `!`) and `reverse` (characters in
+//! reverse order) take a text as a string, `{"text": …}` or `{"args": [text], "kwargs": {}}`
+//! and answer a string.
 
 use futures_util::{stream, StreamExt};
-use plugvisor_proto::wire::RouteSpec;
+use plugvisor_proto::wire::{MethodSpec, RouteSpec};
 use plugvisor_proto::{json, Plugin, PluginError, PluginStream, Value};
-use plugvisor_worker::{RouteRequest, RouteResponse, Routes};
+use plugvisor_worker::{Methods, RouteRequest, RouteResponse, Routes};
 use serde_json::Map;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -183,6 +187,47 @@ impl Echo {
 
 /// Largest JSON body `POST /transform` reads.
 const TRANSFORM_LIMIT: usize = 1 << 20;
+
+/// Echo's named methods: `shout` and `reverse`.
+impl Methods for Echo {
+    fn methods(&self) -> Vec<MethodSpec> {
+        let text = json!({"oneOf": [
+            {"type": "string"},
+            {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}},
+            {"type": "object", "required": ["args"], "properties": {"args": {"type": "array", "minItems": 1}}}
+        ]});
+        vec![
+            MethodSpec::new("shout")
+                .summary("The text in upper case with an exclamation mark")
+                .input_schema(text.clone()),
+            MethodSpec::new("reverse")
+                .summary("The text's characters in reverse order")
+                .input_schema(text),
+        ]
+    }
+
+    async fn call_method(&self, name: &str, input: Value) -> Result<Value, PluginError> {
+        let text = text_of(&input)?;
+        let output = match name {
+            "shout" => format!("{}!", text.to_uppercase()),
+            _ => text.chars().rev().collect(),
+        };
+        Ok(Value::String(output))
+    }
+}
+
+/// The text of a method's input: a string, `{"text": …}` or `{"args": [text, …]}`.
+fn text_of(input: &Value) -> Result<&str, PluginError> {
+    let text = input
+        .as_str()
+        .or_else(|| input.get("text").and_then(Value::as_str))
+        .or_else(|| input.get("args")?.get(0)?.as_str());
+    text.ok_or_else(|| {
+        PluginError::InvalidInput(
+            "expected a string, {\"text\": string} or {\"args\": [string]}".to_owned(),
+        )
+    })
+}
 
 /// Echo's HTTP routes (mounted by the host under `/plugins/echo`):
 /// - `GET /hello` → `{"message": "Hello from echo"}`, the message through the config;

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
 
+pub mod health;
 pub mod hooks;
+pub use health::{HealthReport, HealthStatus};
 pub use hooks::{AfterResponse, BeforeAction, Hook, HookRequest, HookResponse};
 
 /// The protocol version this crate speaks; the first word after `plugvisor` in the handshake.
@@ -54,6 +56,12 @@ pub mod routes {
     /// Any method: the prefix of a plugin route. `/v1/route/hello?x=1` is the plugin's route
     /// `/hello` with query `x=1`.
     pub const ROUTE_PREFIX: &str = "/v1/route";
+    /// `POST`: the prefix of a named method. `/v1/methods/shout` calls the plugin's method
+    /// `shout` (body and answer as for [`EXECUTE`]).
+    pub const METHOD_PREFIX: &str = "/v1/methods/";
+    /// `POST`: the plugin's own health check ([`super::health`]). A `POST`, not a `GET`,
+    /// because it runs plugin code: every `GET` is on the control lane, which never does.
+    pub const PLUGIN_HEALTH: &str = "/v1/plugin_health";
     /// `POST`: a middleware's `before_request` hook ([`super::hooks`]).
     pub const BEFORE_REQUEST: &str = "/v1/hooks/before_request";
     /// `POST`: a middleware's `after_response` hook ([`super::hooks`]).
@@ -246,8 +254,8 @@ pub struct InfoResponse {
     pub protocol: u32,
     /// [`crate::Plugin::config_schema`].
     pub config_schema: Value,
-    /// Features the worker supports: `execute`, `stream`, `files`, and `routes` when it
-    /// serves plugin routes.
+    /// Features the worker supports: `execute`, `stream`, `files`, and `routes`,
+    /// `middleware`, `methods` when it serves those extensions.
     pub capabilities: Vec<String>,
     /// The worker's process id.
     pub pid: u32,
@@ -258,6 +266,66 @@ pub struct InfoResponse {
     /// workers).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<Hook>,
+    /// The named methods it serves beside `execute` (empty when it has none; absent from
+    /// older workers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<MethodSpec>,
+}
+
+/// The method every plugin serves: [`crate::Plugin::execute`].
+pub const DEFAULT_METHOD: &str = "execute";
+
+/// One named method of a plugin, as `/v1/info` reports it: called with
+/// `POST /v1/methods/<name>` and `{"input": …}`, answered like `execute`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodSpec {
+    /// The name: 1–64 of `a-z`, `0-9`, `_`, `-`, starting with a letter (see
+    /// [`valid_method_name`]).
+    pub name: String,
+    /// One line for method lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// JSON Schema of the method's input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<Value>,
+}
+
+impl MethodSpec {
+    /// A method called `name`.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            summary: None,
+            input_schema: None,
+        }
+    }
+
+    /// Sets the summary.
+    pub fn summary(mut self, summary: &str) -> Self {
+        self.summary = Some(summary.to_owned());
+        self
+    }
+
+    /// Sets the input's schema.
+    pub fn input_schema(mut self, schema: Value) -> Self {
+        self.input_schema = Some(schema);
+        self
+    }
+}
+
+/// True for a method name a worker may declare: 1–64 characters of `a-z`, `0-9`, `_` and
+/// `-`, the first a letter (so it is a path segment as is, and a CLI `plugin.method`).
+///
+/// ```
+/// use plugvisor_proto::wire::valid_method_name;
+/// assert!(valid_method_name("shout"));
+/// assert!(!valid_method_name("Shout") && !valid_method_name("a/b") && !valid_method_name(""));
+/// ```
+pub fn valid_method_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 /// One HTTP route of a plugin, as `/v1/info` reports it: the host mounts it under the

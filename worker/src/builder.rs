@@ -1,6 +1,9 @@
-//! [`Worker`]: a plugin together with the extensions it serves (HTTP routes, middleware hooks),
+//! [`Worker`]: a plugin together with the extensions it serves (HTTP routes, middleware hooks,
+//! named methods),
 //! run as a worker binary or served in-process.
 
+use crate::health_check::{DynHealthCheck, HealthCheck};
+use crate::methods::{DynMethods, Methods};
 use crate::middleware::{DynMiddleware, Middleware};
 use crate::routes::{DynRoutes, Routes};
 use plugvisor_proto::Plugin;
@@ -13,6 +16,10 @@ pub(crate) struct Extensions {
     pub routes: Option<Arc<dyn DynRoutes>>,
     /// Middleware hooks (`/v1/hooks/…`).
     pub middleware: Option<Arc<dyn DynMiddleware>>,
+    /// Named methods (`/v1/methods/…`).
+    pub methods: Option<Arc<dyn DynMethods>>,
+    /// The plugin's own health check (`/v1/plugin_health`).
+    pub health_check: Option<Arc<dyn DynHealthCheck>>,
 }
 
 /// A plugin and the extensions it serves; the seed [`Plugin`] trait stays as it is, and each
@@ -79,6 +86,28 @@ impl<P: Plugin> Worker<P> {
     {
         let hooks: Arc<dyn DynMiddleware> = self.plugin.clone();
         self.extensions.middleware = Some(hooks);
+        self
+    }
+
+    /// Also serves the plugin's named methods ([`Methods`]) beside `execute`.
+    #[must_use]
+    pub fn methods(mut self) -> Self
+    where
+        P: Methods,
+    {
+        let methods: Arc<dyn DynMethods> = self.plugin.clone();
+        self.extensions.methods = Some(methods);
+        self
+    }
+
+    /// Also serves the plugin's own health check ([`HealthCheck`]).
+    #[must_use]
+    pub fn health_check(mut self) -> Self
+    where
+        P: HealthCheck,
+    {
+        let check: Arc<dyn DynHealthCheck> = self.plugin.clone();
+        self.extensions.health_check = Some(check);
         self
     }
 

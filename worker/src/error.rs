@@ -52,6 +52,9 @@ pub enum WorkerError {
     /// The plugin's [`crate::Middleware::hooks`] panicked.
     #[error("the plugin's hooks() panicked")]
     Hooks,
+    /// The plugin's [`crate::Methods::methods`] panicked or declared a bad name.
+    #[error("the plugin's methods(): {0}")]
+    Methods(String),
     /// Any other I/O failure (stdout, runtime, accept).
     #[error("{context}")]
     Io {

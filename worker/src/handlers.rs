@@ -54,23 +54,75 @@ pub(crate) fn info<P: Plugin>(shared: &Shared<P>) -> Handled {
         version: plugin.version().to_owned(),
         protocol: PROTOCOL_VERSION,
         config_schema: plugin.config_schema(),
-        capabilities: capabilities(!shared.route_specs.is_empty(), !shared.hooks.is_empty()),
+        capabilities: capabilities(shared),
         pid: std::process::id(),
         routes: shared.route_specs.clone(),
         hooks: shared.hooks.clone(),
+        methods: shared.method_specs.clone(),
     })?;
     Ok(reply::json(StatusCode::OK, &info))
 }
 
-fn capabilities(routes: bool, middleware: bool) -> Vec<String> {
+fn capabilities<P>(shared: &Shared<P>) -> Vec<String> {
     let mut all: Vec<String> = CAPABILITIES.iter().map(|c| (*c).to_owned()).collect();
-    if routes {
-        all.push("routes".to_owned());
-    }
-    if middleware {
-        all.push("middleware".to_owned());
-    }
+    let extensions = [
+        ("routes", !shared.route_specs.is_empty()),
+        ("middleware", !shared.hooks.is_empty()),
+        ("methods", !shared.method_specs.is_empty()),
+        ("health_check", shared.health_check.is_some()),
+    ];
+    all.extend(extensions.iter().filter(|e| e.1).map(|e| e.0.to_owned()));
     all
+}
+
+/// `POST /v1/plugin_health`: the plugin's own verdict (404 when it has no health check).
+pub(crate) async fn plugin_health<P: Plugin>(shared: &Shared<P>) -> Handled {
+    refuse_when_stopping(shared)?;
+    let Some(check) = shared.health_check.clone() else {
+        return Err(WireError::new(
+            ErrorKind::NotFound,
+            "this plugin has no health check",
+        ));
+    };
+    let work = async move { guarded(async { Ok(check.check().await) }).await };
+    let report = offload(shared.exec.as_ref(), work).await??;
+    Ok(reply::json(StatusCode::OK, &report))
+}
+
+/// `POST /v1/methods/<name>`: one call of a named method, answered like `execute`.
+pub(crate) async fn method<P: Plugin>(shared: &Shared<P>, req: Request<Incoming>) -> Handled {
+    refuse_when_stopping(shared)?;
+    let name = req.uri().path()[routes::METHOD_PREFIX.len()..].to_owned();
+    let methods = match &shared.methods {
+        Some(m) if shared.method_specs.iter().any(|s| s.name == name) => Arc::clone(m),
+        _ => return Err(unknown_method(shared, &name)),
+    };
+    let request: ExecuteRequest = read_json(req, shared.max_body).await?;
+    check_file_refs(shared.transfer.as_ref(), &request.input)?;
+    let in_flight = shared.counters.start();
+    let work = async move {
+        let _in_flight = in_flight;
+        guarded(methods.call(&name, request.input)).await
+    };
+    let output = offload(shared.exec.as_ref(), work).await??;
+    Ok(reply::json(StatusCode::OK, &ExecuteResponse { output }))
+}
+
+/// `404` naming the methods the plugin has.
+fn unknown_method<P>(shared: &Shared<P>, name: &str) -> WireError {
+    let known: Vec<&str> = shared
+        .method_specs
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    WireError::new(
+        ErrorKind::NotFound,
+        format!(
+            "no method {name:?} (methods: execute{}{})",
+            if known.is_empty() { "" } else { ", " },
+            known.join(", ")
+        ),
+    )
 }
 
 /// `POST /v1/hooks/before_request`: the middleware sees a host request.
@@ -357,6 +409,9 @@ mod tests {
             route_specs: Vec::new(),
             middleware: None,
             hooks: Vec::new(),
+            methods: None,
+            method_specs: Vec::new(),
+            health_check: None,
         }
     }
 

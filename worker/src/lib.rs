@@ -31,6 +31,8 @@
 //! - [`Routes`] (`routes.rs`): a plugin's own HTTP routes, mounted by the host under
 //!   `/plugins/<plugin>/…` and forwarded to `/v1/route/…`; [`run_routed`] serves them.
 //! - [`Middleware`] (`middleware.rs`): hooks around host requests (`/v1/hooks/…`).
+//! - [`Methods`] (`methods.rs`): named methods beside `execute` (`/v1/methods/<name>`).
+//! - [`HealthCheck`] (`health_check.rs`): the plugin's own health (`/v1/plugin_health`).
 //! - [`Worker`] (`builder.rs`): a plugin plus the extensions it serves
 //!   (`Worker::new(p).routes().middleware().run()`).
 
@@ -42,8 +44,10 @@ pub mod files;
 pub mod fuzzing;
 mod guardian;
 mod handlers;
+mod health_check;
 mod lanes;
 mod listener;
+mod methods;
 mod middleware;
 mod ndjson;
 mod offload;
@@ -62,7 +66,9 @@ mod watch;
 pub use builder::Worker;
 pub use cli::{LOG_ENV, WORKER_THREADS_ENV};
 pub use error::WorkerError;
+pub use health_check::HealthCheck;
 pub use listener::{ListenAddr, Listener};
+pub use methods::Methods;
 pub use middleware::Middleware;
 pub use options::{ServeOptions, DEFAULT_CLEANUP_TIMEOUT, DEFAULT_GRACE};
 pub use routes::{RouteBody, RouteRequest, RouteResponse, Routes};

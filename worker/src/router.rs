@@ -26,6 +26,10 @@ enum Route {
     Shutdown,
     /// A plugin route: `ANY /v1/route/…`.
     Plugin,
+    /// The plugin's own health check.
+    PluginHealth,
+    /// A named method: `POST /v1/methods/<name>`.
+    Method,
     /// A middleware's `before_request` hook.
     BeforeRequest,
     /// A middleware's `after_response` hook.
@@ -33,7 +37,7 @@ enum Route {
 }
 
 /// Path, method and route of every endpoint.
-const TABLE: [(&str, Method, Route); 11] = [
+const TABLE: [(&str, Method, Route); 12] = [
     (routes::HEALTH, Method::GET, Route::Health),
     (routes::INFO, Method::GET, Route::Info),
     (routes::CONFIG, Method::GET, Route::Config),
@@ -45,6 +49,7 @@ const TABLE: [(&str, Method, Route); 11] = [
     (routes::SHUTDOWN, Method::POST, Route::Shutdown),
     (routes::BEFORE_REQUEST, Method::POST, Route::BeforeRequest),
     (routes::AFTER_RESPONSE, Method::POST, Route::AfterResponse),
+    (routes::PLUGIN_HEALTH, Method::POST, Route::PluginHealth),
 ];
 
 /// Answers one request. Never fails: every problem is an error answer.
@@ -93,6 +98,8 @@ async fn dispatch<P: Plugin>(shared: &Shared<P>, route: Route, req: Request<Inco
         Route::Cleanup => handlers::cleanup(shared).await,
         Route::Shutdown => handlers::shutdown(shared),
         Route::Plugin => handlers::route(shared, req).await,
+        Route::Method => handlers::method(shared, req).await,
+        Route::PluginHealth => handlers::plugin_health(shared).await,
         Route::BeforeRequest => handlers::before_request(shared, req).await,
         Route::AfterResponse => handlers::after_response(shared, req).await,
     }
@@ -106,19 +113,30 @@ fn find(method: &Method, path: &str) -> Result<Route, Box<Reply>> {
     if plugin_route {
         return Ok(Route::Plugin);
     }
+    if path.starts_with(routes::METHOD_PREFIX) {
+        return match *method {
+            Method::POST => Ok(Route::Method),
+            _ => Err(Box::new(wrong_method(path, &Method::POST, method))),
+        };
+    }
     let Some((_, allowed, route)) = TABLE.iter().find(|(p, _, _)| *p == path) else {
         let err = WireError::new(ErrorKind::NotFound, format!("no route {path}"));
         return Err(Box::new(reply::error(err)));
     };
     if method != allowed {
-        let message = format!("{path} takes {allowed}, not {method}");
-        let mut answer = reply::error(WireError::new(ErrorKind::MethodNotAllowed, message));
-        if let Ok(value) = HeaderValue::from_str(allowed.as_str()) {
-            answer.headers_mut().insert(ALLOW, value);
-        }
-        return Err(Box::new(answer));
+        return Err(Box::new(wrong_method(path, allowed, method)));
     }
     Ok(*route)
+}
+
+/// `405` naming the method `path` takes, with the `Allow` header.
+fn wrong_method(path: &str, allowed: &Method, method: &Method) -> Reply {
+    let message = format!("{path} takes {allowed}, not {method}");
+    let mut answer = reply::error(WireError::new(ErrorKind::MethodNotAllowed, message));
+    if let Ok(value) = HeaderValue::from_str(allowed.as_str()) {
+        answer.headers_mut().insert(ALLOW, value);
+    }
+    answer
 }
 
 /// True when the `Authorization` header is exactly `Bearer <token>` (constant-time compare).

@@ -120,6 +120,13 @@ pub(crate) async fn serve_with<P: Plugin>(
         shared.hooks = hooks.map_err(|_| WorkerError::Hooks)?;
         shared.middleware = Some(middleware);
     }
+    if let Some(methods) = extensions.methods {
+        let specs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| methods.declared()));
+        let specs = specs.map_err(|_| WorkerError::Methods("panicked".into()))?;
+        shared.method_specs = specs.map_err(WorkerError::Methods)?;
+        shared.methods = Some(methods);
+    }
+    shared.health_check = extensions.health_check;
     let shared = Arc::new(shared);
     let socket_path = listener.socket_path();
     tracing::info!(plugin = shared.plugin.name(), "serving");
@@ -168,6 +175,9 @@ fn shared_state<P: Plugin>(
         route_specs: Vec::new(),
         middleware: None,
         hooks: Vec::new(),
+        methods: None,
+        method_specs: Vec::new(),
+        health_check: None,
     })
 }
 

@@ -1,9 +1,11 @@
 //! `Shared`: what every request handler of one server sees (plugin, options, counters).
 
+use crate::health_check::DynHealthCheck;
+use crate::methods::DynMethods;
 use crate::middleware::DynMiddleware;
 use crate::routes::DynRoutes;
 use crate::transfer::TransferDir;
-use plugvisor_proto::wire::{Hook, RouteSpec};
+use plugvisor_proto::wire::{Hook, MethodSpec, RouteSpec};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +36,12 @@ pub(crate) struct Shared<P> {
     pub middleware: Option<Arc<dyn DynMiddleware>>,
     /// The hooks it declared, read once at start.
     pub hooks: Vec<Hook>,
+    /// The plugin's named methods, when it serves any.
+    pub methods: Option<Arc<dyn DynMethods>>,
+    /// What it declared, read once at start.
+    pub method_specs: Vec<MethodSpec>,
+    /// The plugin's own health check, when it has one.
+    pub health_check: Option<Arc<dyn DynHealthCheck>>,
 }
 
 /// Calls running now and calls started so far.

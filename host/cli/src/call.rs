@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Args)]
 pub(crate) struct CallArgs {
     /// Plugin name (its manifest, from --plugins; else `<name>-worker` beside plugvisor) or a
-    /// worker binary path.
+    /// worker binary path; `call` also takes `NAME.METHOD` for a named method (`echo.shout`).
     plugin: String,
     /// The input, as JSON. Default `{}`.
     #[arg(default_value = "{}")]
@@ -56,6 +56,20 @@ pub(crate) struct CallArgs {
     api_token_file: Option<PathBuf>,
 }
 
+impl CallArgs {
+    /// The plugin and the method of `NAME.METHOD` (a path, with a `/`, is never split).
+    fn target(&self) -> (&str, Option<&str>) {
+        match self.plugin.rsplit_once('.') {
+            Some((name, method))
+                if !name.contains('/') && plugvisor_proto::wire::valid_method_name(method) =>
+            {
+                (name, Some(method))
+            }
+            _ => (&self.plugin, None),
+        }
+    }
+}
+
 /// `plugvisor call`.
 pub(crate) async fn call(args: CallArgs) -> anyhow::Result<()> {
     if let Some(url) = &args.server {
@@ -72,7 +86,10 @@ pub(crate) async fn call(args: CallArgs) -> anyhow::Result<()> {
         return printed;
     }
     let (host, plugin, input) = start(&args).await?;
-    let result = plugin.call(input).await;
+    let result = match args.target().1 {
+        Some(method) => plugin.call_method(method, input).await,
+        None => plugin.call(input).await,
+    };
     let printed = match result {
         Ok(output) => {
             let value = keep_outputs(output.value, output.files, &args.out_dir)?;
@@ -87,6 +104,9 @@ pub(crate) async fn call(args: CallArgs) -> anyhow::Result<()> {
 
 /// `plugvisor stream`.
 pub(crate) async fn stream(args: CallArgs) -> anyhow::Result<()> {
+    if let (name, Some(method)) = args.target() {
+        bail!("stream calls execute_stream only; {name}.{method} names a method (use call)");
+    }
     if let Some(url) = &args.server {
         return stream_server(url, &args).await;
     }
@@ -135,15 +155,20 @@ async fn print_stream(plugin: &RemotePlugin, input: Value, pretty: bool) -> anyh
 
 /// Applies `--config` on the server, then returns the request body for the call.
 async fn server_call_body(api: &ApiClient, args: &CallArgs) -> anyhow::Result<Value> {
+    let (name, method) = args.target();
     if let Some(config) = &args.config {
         let config: Value = serde_json::from_str(config).context("--config is not valid JSON")?;
-        let path = format!("/api/plugins/{}/config", args.plugin);
+        let path = format!("/api/plugins/{name}/config");
         api.json(Method::PUT, &path, Some(&json!({ "config": config })))
             .await
             .with_context(|| format!("{} rejected --config", args.plugin))?;
     }
     let input = build_input(&args.input, &args.files)?;
-    Ok(json!({"plugin_id": args.plugin, "input": input}))
+    let mut body = json!({"plugin_id": name, "input": input});
+    if let Some(method) = method {
+        body["method"] = json!(method);
+    }
+    Ok(body)
 }
 
 async fn call_server(url: &str, args: &CallArgs) -> anyhow::Result<()> {
@@ -201,7 +226,7 @@ async fn start(args: &CallArgs) -> anyhow::Result<(Host, RemotePlugin, Value)> {
         Some(c) => Some(serde_json::from_str::<Value>(c).context("--config is not valid JSON")?),
         None => None,
     };
-    let program = worker_binary(&args.plugin, args.worker_dir.as_deref())?;
+    let program = worker_binary(args.target().0, args.worker_dir.as_deref())?;
     let host = Host::new().context("cannot create the host's runtime directory")?;
     let plugin = host.spawn(WorkerSpec::new(program)).await?;
     if let Some(config) = config {

@@ -18,6 +18,25 @@ pub struct PluginIdentity {
     pub routes: Vec<RouteSpec>,
     /// The middleware hooks it serves (empty when it is no middleware).
     pub hooks: Vec<plugvisor_proto::wire::Hook>,
+    /// Its named methods beside `execute` (empty when it has none).
+    pub methods: Vec<plugvisor_proto::wire::MethodSpec>,
+    /// True when it serves its own health check (`health_check` capability).
+    pub health_check: bool,
+}
+
+impl PluginIdentity {
+    /// The names of every method it serves, `execute` first.
+    pub fn method_names(&self) -> Vec<String> {
+        let named = self.methods.iter().map(|m| m.name.clone());
+        std::iter::once(plugvisor_proto::wire::DEFAULT_METHOD.to_owned())
+            .chain(named)
+            .collect()
+    }
+
+    /// True when it serves method `name` (`execute` always).
+    pub fn has_method(&self, name: &str) -> bool {
+        name == plugvisor_proto::wire::DEFAULT_METHOD || self.methods.iter().any(|m| m.name == name)
+    }
 }
 
 impl From<InfoResponse> for PluginIdentity {
@@ -28,6 +47,8 @@ impl From<InfoResponse> for PluginIdentity {
             config_schema: info.config_schema,
             routes: info.routes,
             hooks: info.hooks,
+            methods: info.methods,
+            health_check: info.capabilities.iter().any(|c| c == "health_check"),
         }
     }
 }

@@ -80,6 +80,17 @@ impl RemotePlugin {
         self.core.call(&input).await
     }
 
+    /// Calls the plugin's named method `name` (`execute` is [`RemotePlugin::call`]); output
+    /// files are handed to the caller as for `call`.
+    ///
+    /// # Errors
+    /// As [`RemotePlugin::call`]; [`PluginError::Protocol`] (`not found: …`, naming its
+    /// methods) when the plugin has no method `name`, [`PluginError::InvalidInput`] for a name
+    /// no plugin may have.
+    pub async fn call_method(&self, name: &str, input: Value) -> Result<CallOutput, PluginError> {
+        self.core.call_method(name, &input).await
+    }
+
     /// Forwards an HTTP request to one of the plugin's routes: `request`'s URI is the path
     /// below the plugin's mount point (`/hello?x=1`); bodies stream both ways.
     ///

@@ -213,10 +213,32 @@ impl WorkerCore {
 
     /// `POST /v1/execute`, staging input files and adopting output files.
     pub(crate) async fn call(&self, input: &Value) -> Result<CallOutput, PluginError> {
+        self.call_at(routes::EXECUTE, input).await
+    }
+
+    /// `POST /v1/methods/<name>` (`/v1/execute` for `execute`), as [`WorkerCore::call`].
+    pub(crate) async fn call_method(
+        &self,
+        name: &str,
+        input: &Value,
+    ) -> Result<CallOutput, PluginError> {
+        if name == wire::DEFAULT_METHOD {
+            return self.call(input).await;
+        }
+        if !wire::valid_method_name(name) {
+            return Err(PluginError::InvalidInput(format!(
+                "{} has no method {name:?}",
+                self.identity.name
+            )));
+        }
+        self.call_at(&format!("{}{name}", routes::METHOD_PREFIX), input)
+            .await
+    }
+
+    async fn call_at(&self, path: &str, input: &Value) -> Result<CallOutput, PluginError> {
         let _guard = self.begin_call();
         let (body, staged) = self.request_body(input).await?;
-        let response: wire::ExecuteResponse =
-            self.json(Method::POST, routes::EXECUTE, body).await?;
+        let response: wire::ExecuteResponse = self.json(Method::POST, path, body).await?;
         let dir = &self.process.transfer_dir;
         let files = transfer::adopt_outputs(dir, &response.output, &staged)?;
         Ok(CallOutput {
@@ -295,6 +317,12 @@ impl WorkerCore {
         let _guard = self.begin_call();
         let body = to_body(exchange)?;
         self.json(Method::POST, routes::AFTER_RESPONSE, body).await
+    }
+
+    /// `POST /v1/plugin_health`: the plugin's own check (not counted as a call).
+    pub(crate) async fn plugin_health(&self) -> Result<wire::HealthReport, PluginError> {
+        self.json(Method::POST, routes::PLUGIN_HEALTH, Bytes::new())
+            .await
     }
 
     /// `GET /v1/health`.

@@ -68,6 +68,16 @@ pub enum ManagerError {
         #[source]
         source: PluginError,
     },
+    /// The plugin has no method of that name.
+    #[error("plugin {plugin} has no method {method:?} (its methods: {})", known.join(", "))]
+    UnknownMethod {
+        /// The plugin.
+        plugin: String,
+        /// The method asked for.
+        method: String,
+        /// Its methods, `execute` first.
+        known: Vec<String>,
+    },
     /// The plugin has no task of that name.
     #[error("plugin {plugin} has no task {task:?} (its tasks: {})", known.join(", "))]
     UnknownTask {

@@ -35,6 +35,7 @@ mod manager;
 pub mod manifest;
 pub mod metrics;
 pub mod middleware;
+pub mod plugin_health;
 mod scheduler;
 mod status;
 pub mod tasks;

@@ -41,9 +41,12 @@ pub(crate) struct Managed {
     idle_stopper: OnceLock<AbortHandle>,
     /// Its scheduled tasks (`[[tasks]]`).
     pub(crate) tasks: Vec<Arc<crate::scheduler::TaskSlot>>,
-    /// Cancelled when the plugin is retired or dropped: each scheduler then ends at its next
-    /// wait (a run in progress finishes first).
+    /// Cancelled when the plugin is retired or dropped: each task scheduler (and the health
+    /// checker) then ends at its next wait (a run in progress finishes first).
     tasks_end: tokio_util::sync::CancellationToken,
+    /// The plugin's last own health report (`None` before the first check, without a worker,
+    /// or when it has no health check).
+    plugin_health: Mutex<Option<plugvisor_proto::wire::HealthReport>>,
     host: Arc<Host>,
 }
 
@@ -129,6 +132,7 @@ impl Managed {
             idle_stopper: OnceLock::new(),
             tasks,
             tasks_end: tokio_util::sync::CancellationToken::new(),
+            plugin_health: Mutex::new(None),
             host,
             found: plan.found,
         });
@@ -258,6 +262,53 @@ impl Managed {
         }
     }
 
+    /// Starts asking the worker for its own health, when it has a health check.
+    pub(crate) fn start_health_checks(self: &Arc<Self>) {
+        if !self.identity.health_check {
+            return;
+        }
+        let every = self.found.manifest.health.interval();
+        spawn_health_checker(Arc::downgrade(self), every, self.tasks_end.clone());
+    }
+
+    /// One health check of the running worker (none for a lazy plugin between calls or a
+    /// worker not ready): stores the report; a `fail` restarts the worker when the manifest
+    /// says `restart_on_unhealthy`.
+    pub(crate) async fn check_plugin_health(&self) {
+        let Some(sup) = self.current() else {
+            *self.health_slot() = None;
+            return;
+        };
+        if !matches!(sup.state(), WorkerState::Ready | WorkerState::Unhealthy) {
+            return;
+        }
+        let rules = &self.found.manifest.health;
+        let report = sup.check_health(rules.timeout()).await;
+        let failed = report.status == plugvisor_proto::wire::HealthStatus::Fail;
+        if failed {
+            let output = report.output.as_deref().unwrap_or_default();
+            tracing::warn!(
+                plugin = self.name(),
+                output,
+                restart = rules.restart_on_unhealthy,
+                "plugin health check failed"
+            );
+        }
+        *self.health_slot() = Some(report);
+        if failed && rules.restart_on_unhealthy {
+            sup.recycle();
+        }
+    }
+
+    fn health_slot(&self) -> MutexGuard<'_, Option<plugvisor_proto::wire::HealthReport>> {
+        self.plugin_health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The plugin's last own health report.
+    pub(crate) fn plugin_health(&self) -> Option<plugvisor_proto::wire::HealthReport> {
+        self.health_slot().clone()
+    }
+
     /// Its tasks' state.
     pub(crate) fn task_infos(&self) -> Vec<crate::tasks::TaskInfo> {
         self.tasks.iter().map(|t| t.info()).collect()
@@ -301,6 +352,24 @@ impl Managed {
         self.supervisor().await?.call_ref(input, options).await
     }
 
+    /// One call of the named method `method`, starting the worker first if needed (input
+    /// borrowed as for calls); a method the plugin does not declare in `/v1/info` is not sent.
+    pub(crate) async fn call_method(
+        &self,
+        method: &str,
+        input: &Value,
+        options: CallOptions,
+    ) -> Result<MethodCall, PluginError> {
+        let sup = self.supervisor().await?;
+        match sup.identity() {
+            Some(id) if !id.has_method(method) => Ok(MethodCall::Unknown(id.method_names())),
+            _ => {
+                let output = sup.call_method_ref(method, input, options).await?;
+                Ok(MethodCall::Output(output))
+            }
+        }
+    }
+
     /// One stream, starting the worker first if needed (input borrowed as for calls); its
     /// items own their output files.
     pub(crate) async fn stream(&self, input: &Value) -> Result<OutputStream, PluginError> {
@@ -331,12 +400,23 @@ impl Managed {
         self.supervisor().await?.route(request).await
     }
 
-    /// The state to report: the supervisor's, or `idle` for a lazy plugin not running.
+    /// The state to report: the supervisor's, `degraded` for a ready worker whose last own
+    /// health check failed (and that is not restarted for it), or `idle` for a lazy plugin
+    /// not running.
     pub(crate) fn state(&self) -> &'static str {
         match self.current() {
+            Some(sup) if sup.state() == WorkerState::Ready && self.degraded() => "degraded",
             Some(sup) => sup.state().as_str(),
             None => "idle",
         }
+    }
+
+    fn degraded(&self) -> bool {
+        let failed = self
+            .health_slot()
+            .as_ref()
+            .is_some_and(|r| r.status == plugvisor_proto::wire::HealthStatus::Fail);
+        failed && !self.found.manifest.health.restart_on_unhealthy
     }
 
     /// Stops the worker if it has had no call for `idle` and none is running.
@@ -534,4 +614,36 @@ fn kind_contract(
         );
     }
     Ok(())
+}
+
+/// The outcome of [`Managed::call_method`] that reached the plugin's method table.
+#[derive(Debug)]
+pub(crate) enum MethodCall {
+    /// The method ran.
+    Output(CallOutput),
+    /// The plugin has no such method: these are the ones it has.
+    Unknown(Vec<String>),
+}
+
+/// Checks `managed`'s plugin every `every` until it is dropped (or the task is aborted).
+fn spawn_health_checker(
+    managed: std::sync::Weak<Managed>,
+    every: Duration,
+    end: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                () = end.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let Some(managed) = managed.upgrade() else {
+                return;
+            };
+            managed.check_plugin_health().await;
+        }
+    })
 }

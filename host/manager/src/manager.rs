@@ -4,7 +4,7 @@
 use crate::deps::{self, Node};
 use crate::error::ManagerError;
 use crate::host_config::{self, default_worker_dir};
-use crate::managed::{Managed, Plan};
+use crate::managed::{Managed, MethodCall, Plan};
 use crate::manifest::{self, under, Discovered, Manifest, ManifestError};
 use crate::metrics::{self, Metrics};
 use crate::status::{ManagerStatus, PluginConfig, PluginHealth, PluginInfo, PluginRoute};
@@ -348,6 +348,7 @@ impl PluginManager {
         write(&self.inner.loaded).insert(name.clone(), Arc::clone(&managed));
         self.emit(&name, EventKind::Loaded { version });
         managed.start_tasks(&self.task_sink());
+        managed.start_health_checks();
         self.info(&name)
     }
 
@@ -565,6 +566,7 @@ impl PluginManager {
         write(&self.inner.loaded).insert(name.to_owned(), Arc::clone(&new));
         old.retire();
         new.start_tasks(&self.task_sink());
+        new.start_health_checks();
         Ok((old, version))
     }
 
@@ -607,6 +609,41 @@ impl PluginManager {
             let next = self.loaded_or_err(name)?;
             result = next.call(&input, options).await;
         }
+        self.record(name, started, &result);
+        result.map_err(|source| plugin_error(name, source))
+    }
+
+    /// Calls method `method` of `name` once (`execute` is [`PluginManager::call`]): started
+    /// lazily, counted in the metrics and sent again after a reload as a call is.
+    ///
+    /// # Errors
+    /// As [`PluginManager::call`]; [`ManagerError::UnknownMethod`] naming the plugin's methods
+    /// when it declares no method `method` (nothing is sent, no call is counted).
+    pub async fn call_method(
+        &self,
+        name: &str,
+        method: &str,
+        input: Value,
+        options: CallOptions,
+    ) -> Result<CallOutput, ManagerError> {
+        let managed = self.loaded_or_err(name)?;
+        let started = Instant::now();
+        let mut result = managed.call_method(method, &input, options).await;
+        if resend(&result, &managed) {
+            let next = self.loaded_or_err(name)?;
+            result = next.call_method(method, &input, options).await;
+        }
+        let result = match result {
+            Ok(MethodCall::Unknown(known)) => {
+                return Err(ManagerError::UnknownMethod {
+                    plugin: name.to_owned(),
+                    method: method.to_owned(),
+                    known,
+                })
+            }
+            Ok(MethodCall::Output(output)) => Ok(output),
+            Err(e) => Err(e),
+        };
         self.record(name, started, &result);
         result.map_err(|source| plugin_error(name, source))
     }
@@ -787,6 +824,10 @@ fn info_of(found: &Discovered, managed: Option<&Arc<Managed>>, metrics: &Metrics
         calls_total,
         errors_total,
         routes: managed.map(|x| mounted_routes(x)).unwrap_or_default(),
+        methods: managed
+            .map(|x| x.identity.methods.clone())
+            .unwrap_or_default(),
+        plugin_health: managed.and_then(|x| x.plugin_health()),
         ui: m.ui.as_ref().map(|ui| UiInfo::of(&m.name, ui)),
         tasks: managed.map(|x| x.task_infos()).unwrap_or_default(),
         last_error: sup.as_ref().and_then(crate::managed::not_serving),

@@ -153,6 +153,9 @@ pub struct Manifest {
     /// (`[middleware]`; required for that kind, refused for the others).
     #[serde(default)]
     pub middleware: Option<crate::middleware::MiddlewareManifest>,
+    /// The plugin's own health check: how often, how long, what a `fail` does (`[health]`).
+    #[serde(default)]
+    pub health: crate::plugin_health::HealthManifest,
     /// Calls the manager makes on a schedule (`[[tasks]]`).
     #[serde(default)]
     pub tasks: Vec<crate::tasks::TaskManifest>,

@@ -53,6 +53,13 @@ pub struct PluginInfo {
     pub errors_total: u64,
     /// Its HTTP routes as mounted (empty when not loaded: a worker reports them).
     pub routes: Vec<PluginRoute>,
+    /// Its named methods beside `execute`, as its worker reports them (empty when it has
+    /// none or is not loaded).
+    pub methods: Vec<plugvisor_proto::wire::MethodSpec>,
+    /// Its own health as its last check reported it (`[health]`; `null` when it has no
+    /// health check, before the first check, or with no worker up). A `fail` makes `state`
+    /// `degraded` unless the manifest restarts it instead.
+    pub plugin_health: Option<plugvisor_proto::wire::HealthReport>,
     /// Its panel on the status page, when the manifest has `ui`.
     pub ui: Option<crate::ui::UiInfo>,
     /// Its scheduled tasks and their last runs (empty when it has none or is not loaded).

@@ -6,5 +6,7 @@ fn main() {
     plugvisor_worker::Worker::new(plugvisor_plugins::chaos::Chaos::default())
         .routes()
         .middleware()
+        .methods()
+        .health_check()
         .run()
 }

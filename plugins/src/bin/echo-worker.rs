@@ -1,5 +1,8 @@
 //! `echo-worker`: the echo plugin as a worker process.
 
 fn main() {
-    plugvisor_worker::run_routed(plugvisor_plugins::Echo::default())
+    plugvisor_worker::Worker::new(plugvisor_plugins::Echo::default())
+        .routes()
+        .methods()
+        .run()
 }

@@ -209,6 +209,23 @@ impl Supervisor {
             .await
     }
 
+    /// The plugin's named method `name` on a borrowed input (see [`Supervisor::call_ref`]):
+    /// admitted, timed, retried and crash-attributed like a call; `execute` is
+    /// [`Supervisor::call_ref`].
+    ///
+    /// # Errors
+    /// As [`crate::RemotePlugin::call_method`].
+    pub async fn call_method_ref(
+        &self,
+        name: &str,
+        input: &Value,
+        options: CallOptions,
+    ) -> Result<CallOutput, PluginError> {
+        self.inner
+            .run(options, |w| async move { w.call_method(name, input).await })
+            .await
+    }
+
     /// [`Plugin::execute_stream`] on a borrowed input (see [`Supervisor::call_ref`]); output
     /// files stay in the worker's transfer directory until it stops (use
     /// [`Supervisor::stream_outputs_ref`] to own them).
@@ -288,6 +305,23 @@ impl Supervisor {
         self.inner
             .run(options, |w| async move { w.after_response(exchange).await })
             .await
+    }
+
+    /// The plugin's own health check on the current worker, within `timeout`. It takes no
+    /// call slot (a busy plugin is still asked) and is no call. Every failure is a `fail`
+    /// report saying why: no worker up, no answer within `timeout` (a hung check), an error
+    /// or a panic in the check.
+    pub async fn check_health(&self, timeout: Duration) -> plugvisor_proto::wire::HealthReport {
+        use plugvisor_proto::wire::HealthReport;
+        let worker = self.inner.slot.borrow().worker.clone();
+        let Some(worker) = worker else {
+            return HealthReport::fail(format!("{} has no worker up", self.inner.label));
+        };
+        match tokio::time::timeout(timeout, worker.plugin_health()).await {
+            Ok(Ok(report)) => report,
+            Ok(Err(e)) => HealthReport::fail(format!("health check failed: {e}")),
+            Err(_) => HealthReport::fail(format!("health check gave no answer within {timeout:?}")),
+        }
     }
 
     /// Health of the current worker, if one is up.

@@ -275,6 +275,9 @@ impl ApiError {
             ManagerError::UnknownTask { known, .. } => {
                 Self::new(ApiKind::Wire(ErrorKind::NotFound), message).with("tasks", json!(known))
             }
+            ManagerError::UnknownMethod { known, .. } => {
+                Self::new(ApiKind::Wire(ErrorKind::NotFound), message).with("methods", json!(known))
+            }
             ManagerError::TaskBusy { .. } => Self::new(ApiKind::TaskBusy, message),
             ManagerError::TaskPaused { .. } => {
                 Self::new(ApiKind::Wire(ErrorKind::Unavailable), message)

@@ -2,6 +2,7 @@
 //! manager, answer.
 
 use super::errors::ApiError;
+use super::execute::ExecuteCall;
 use super::reply::{self, Reply};
 use super::request::{
     authorize, declared_length, parse, parse_optional, query_flag, read_body, ApiBody,
@@ -16,12 +17,13 @@ use http::{Request, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use plugvisor_host::CallOptions;
+use plugvisor_proto::wire::DEFAULT_METHOD;
 use plugvisor_proto::Value;
 use serde::Deserialize;
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// `POST /api/plugins/load`.
 #[derive(Debug, Deserialize)]
@@ -55,16 +57,6 @@ struct RunTaskRequest {}
 #[serde(deny_unknown_fields)]
 struct ConfigRequest {
     config: Value,
-}
-
-/// `POST /api/plugins/execute`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExecuteRequest {
-    plugin_id: String,
-    input: Value,
-    #[serde(default)]
-    timeout_ms: Option<u64>,
 }
 
 /// `POST /api/plugins/execute_stream`.
@@ -149,7 +141,10 @@ pub(crate) async fn dispatch(
             streams::events(m, ctx.shutdown.clone()),
         )),
         Op::Load => load(ctx, parse(&body_of(ctx, parts, body).await?)?).await,
-        Op::Execute => execute(ctx, parse(&body_of(ctx, parts, body).await?)?, client).await,
+        Op::Execute => {
+            let call = ExecuteCall::parse(&body_of(ctx, parts, body).await?)?;
+            execute(ctx, call, client).await
+        }
         Op::ExecuteStream => {
             let req = parse(&body_of(ctx, parts, body).await?)?;
             execute_stream(ctx, req, client).await
@@ -274,17 +269,19 @@ async fn set_config(m: &PluginManager, id: &str, req: ConfigRequest) -> Result<R
     Ok(reply::ok(&json!({ "config": masked })))
 }
 
-async fn execute(ctx: &Ctx, mut req: ExecuteRequest, client: IpAddr) -> Result<Reply, ApiError> {
-    let timeout = match req.timeout_ms {
-        Some(0) => return Err(ApiError::bad_request("timeout_ms must be at least 1")),
-        other => other.map(Duration::from_millis),
-    };
+async fn execute(ctx: &Ctx, mut req: ExecuteCall, client: IpAddr) -> Result<Reply, ApiError> {
     let claimed = ctx.files.resolve_input(&mut req.input)?;
-    let output = ctx
-        .manager
-        .call(&req.plugin_id, req.input, CallOptions { timeout })
-        .await
-        .map_err(ApiError::from_call)?;
+    let options = CallOptions {
+        timeout: req.timeout,
+    };
+    let output = if req.method == DEFAULT_METHOD {
+        ctx.manager.call(&req.plugin, req.input, options).await
+    } else {
+        let m = &ctx.manager;
+        m.call_method(&req.plugin, &req.method, req.input, options)
+            .await
+    };
+    let output = output.map_err(ApiError::from_call)?;
     drop(claimed);
     let mut value = output.value;
     ctx.files.publish(client, &mut value, output.files);
@@ -298,7 +295,7 @@ async fn execute_stream(
 ) -> Result<Reply, ApiError> {
     let deadline = match req.timeout_ms {
         Some(0) => return Err(ApiError::bad_request("timeout_ms must be at least 1")),
-        other => other.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms)),
+        other => other.map(|ms| tokio::time::Instant::now() + std::time::Duration::from_millis(ms)),
     };
     let claimed = ctx.files.resolve_input(&mut req.input)?;
     let started = ctx.manager.stream(&req.plugin_id, req.input);

@@ -3,13 +3,16 @@
 //! check per loaded plugin.
 //!
 //! A worker that is `ready`, or a lazy one not running (`idle`), passes; one on its way back
-//! (`starting`, `unhealthy`, `exited`, `backoff`, `stopping`) warns; `failed` or `stopped`
-//! fails. The overall status is the worst check: HTTP 200 for pass and warn, 503 for fail.
+//! (`starting`, `unhealthy`, `exited`, `backoff`, `stopping`) or `degraded` warns; `failed` or
+//! `stopped` fails. A plugin with its own health check also has a `<plugin>:plugin` check with
+//! its last report; its `fail` counts as `warn` overall (the plugin is still served). The
+//! overall status is the worst check: HTTP 200 for pass and warn, 503 for fail.
 
 use super::reply::{self, Reply};
 use crate::{PluginInfo, PluginManager};
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::StatusCode;
+use plugvisor_proto::wire::{HealthReport, HealthStatus};
 use serde_json::{json, Map, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -30,6 +33,14 @@ impl Verdict {
             "ready" | "idle" => Self::Pass,
             "failed" | "stopped" => Self::Fail,
             _ => Self::Warn,
+        }
+    }
+
+    fn of_plugin(status: HealthStatus) -> Self {
+        match status {
+            HealthStatus::Pass => Self::Pass,
+            HealthStatus::Warn => Self::Warn,
+            HealthStatus::Fail => Self::Fail,
         }
     }
 
@@ -69,6 +80,13 @@ fn document(plugins: &[PluginInfo]) -> (Verdict, Value) {
             format!("{}:worker", p.name),
             json!([check(p, verdict, &time)]),
         );
+        if let Some(report) = &p.plugin_health {
+            overall = overall.max(Verdict::of_plugin(report.status).min(Verdict::Warn));
+            checks.insert(
+                format!("{}:plugin", p.name),
+                json!([plugin_check(p, report, &time)]),
+            );
+        }
     }
     let doc = json!({
         "status": overall.name(),
@@ -79,6 +97,23 @@ fn document(plugins: &[PluginInfo]) -> (Verdict, Value) {
         "checks": checks,
     });
     (overall, doc)
+}
+
+/// The `<plugin>:plugin` check: the plugin's own report as it gave it.
+fn plugin_check(p: &PluginInfo, report: &HealthReport, time: &str) -> Value {
+    let mut check = json!({
+        "componentId": p.name,
+        "componentType": "plugin",
+        "status": report.status.as_str(),
+        "time": time,
+    });
+    if let Some(output) = &report.output {
+        check["output"] = json!(output);
+    }
+    if let Some(details) = &report.checks {
+        check["checks"] = details.clone();
+    }
+    check
 }
 
 fn check(p: &PluginInfo, verdict: Verdict, time: &str) -> Value {

@@ -18,6 +18,7 @@
 //! - `ui/`: the status page (`GET /`) and UI plugins' assets (`/ui/plugins/<plugin>/…`).
 
 mod errors;
+mod execute;
 mod files;
 mod guard;
 mod handlers;

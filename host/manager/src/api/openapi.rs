@@ -405,7 +405,7 @@ fn info_schemas() -> Value {
                 "kind": {"enum": KINDS},
                 "tags": {"type": "array", "items": {"type": "string"}},
                 "loaded": {"type": "boolean"},
-                "state": {"type": "string", "description": "ready, starting, unhealthy, exited, backoff, stopping, failed, stopped; idle (lazy, not running); available (not loaded)"},
+                "state": {"type": "string", "description": "ready, starting, unhealthy, exited, backoff, stopping, failed, stopped; degraded (ready, but its own health check failed); idle (lazy, not running); available (not loaded)"},
                 "start": {"enum": ["eager", "lazy"]},
                 "pid": {"type": ["integer", "null"]}, "restarts": {"type": "integer"},
                 "uptime_secs": {"type": ["number", "null"]},
@@ -420,6 +420,12 @@ fn info_schemas() -> Value {
                 "routes": {"type": "array", "description": "Its mounted HTTP routes (loaded plugins)", "items": {
                     "type": "object", "required": ["method", "path"],
                     "properties": {"method": {"type": "string"}, "path": {"type": "string"}, "summary": {"type": ["string", "null"]}}}},
+                "methods": {"type": "array", "description": "Its named methods beside `execute` (loaded plugins); call one with POST /api/plugins/execute and `method`", "items": {
+                    "type": "object", "required": ["name"],
+                    "properties": {"name": {"type": "string"}, "summary": {"type": "string"}, "input_schema": {}}}},
+                "plugin_health": {"description": "Its own health as its last check reported it ([health]); null without a health check, before the first check, or with no worker up", "oneOf": [{"type": "null"}, {
+                    "type": "object", "required": ["status"],
+                    "properties": {"status": {"enum": ["pass", "warn", "fail"]}, "checks": {"type": "object"}, "output": {"type": "string"}}}]},
                 "ui": {"description": "Its panel on the status page (GET /), when the manifest has `ui`", "oneOf": [{"type": "null"}, {
                     "type": "object", "required": ["mount_point", "url"],
                     "properties": {"mount_point": {"enum": ["sidebar", "toolbar", "main"]}, "url": {"type": "string"}}}]},
@@ -495,9 +501,25 @@ fn request_schemas() -> Value {
         "UnloadRequest": {"type": "object", "additionalProperties": false, "properties": {"force": {"type": "boolean", "default": false}}},
         "ReloadRequest": {"type": "object", "additionalProperties": false, "properties": {}},
         "ConfigRequest": {"type": "object", "required": ["config"], "additionalProperties": false, "properties": {"config": {"type": "object", "description": "Checked against the plugin's own JSON Schema (`config_schema` of GET /api/plugins/{id}); a config that fails it is answered 422 `invalid_config` with `problems`, and nothing changes"}}},
-        "ExecuteRequest": {"type": "object", "required": ["plugin_id", "input"], "additionalProperties": false, "properties": {
+        "ExecuteRequest": {"description": "One of three bodies, told apart by their fields; a body mixing them is a 400 naming the accepted ones", "oneOf": [
+            {"$ref": "#/components/schemas/ExecuteInputRequest"},
+            {"$ref": "#/components/schemas/ExecuteArgsRequest"},
+            {"$ref": "#/components/schemas/ExecuteDataRequest"}
+        ]},
+        "ExecuteInputRequest": {"type": "object", "required": ["plugin_id", "input"], "additionalProperties": false, "properties": {
             "plugin_id": {"type": "string"}, "input": {},
+            "method": {"type": "string", "default": "execute", "description": "A named method of the plugin (its `methods`); an unknown one is a 404 listing them"},
             "timeout_ms": {"type": ["integer", "null"], "minimum": 1, "description": "Deadline of this call (default, or null: the manifest's call_timeout_ms, or none)"}
+        }},
+        "ExecuteArgsRequest": {"type": "object", "required": ["plugin_id", "method"], "additionalProperties": false, "description": "AI Chat Studio's shape: the method's input is exactly {\"args\": args, \"kwargs\": kwargs}", "properties": {
+            "plugin_id": {"type": "string"},
+            "method": {"type": "string", "description": "`execute` or a named method of the plugin; an unknown one is a 404 listing them"},
+            "args": {"type": "array", "default": []},
+            "kwargs": {"type": "object", "default": {}},
+            "timeout_ms": {"type": ["integer", "null"], "minimum": 1}
+        }},
+        "ExecuteDataRequest": {"type": "object", "required": ["plugin", "data"], "additionalProperties": false, "description": "CodexContinue's shape: `data` is the input of `execute`", "properties": {
+            "plugin": {"type": "string"}, "data": {}
         }},
         "ExecuteStreamRequest": {"type": "object", "required": ["plugin_id", "input"], "additionalProperties": false, "properties": {
             "plugin_id": {"type": "string"}, "input": {},
