@@ -43,6 +43,8 @@ pub(crate) async fn rest_files(
         worker_dir.join("echo-worker").display()
     );
     std::fs::write(manifests.join("clock.toml"), clock)?;
+    let broken = "name = \"broken\"\nversion = \"0.1.0\"\ncommand = \"no-such-worker\"\n";
+    std::fs::write(manifests.join("broken.toml"), broken)?;
     let manager = PluginManager::new(ManagerConfig {
         manifest_dirs: vec![manifests],
         host: plugvisor_host::HostConfig {
@@ -74,13 +76,8 @@ async fn serve_and_use(
     scratch: &Path,
     say: impl Fn(&str),
 ) -> anyhow::Result<()> {
-    for name in ["files", "echo", "ticker", "guard"] {
-        manager.load(name, None).await?;
-    }
-    let panel = manager.info(PANEL).is_ok();
-    if panel {
-        manager.load(PANEL, None).await?;
-    }
+    degrades(manager, &say).await?;
+    let panel = manager.info(PANEL).is_ok_and(|p| p.loaded);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let client = ApiClient::new(&format!("http://{}", listener.local_addr()?), None)?;
     let shutdown = CancellationToken::new();
@@ -93,6 +90,7 @@ async fn serve_and_use(
     let used = use_files(&client, scratch, &say).await;
     let refused = refusals(&client, &say).await;
     let routed = plugin_routes(&client, &say).await;
+    let methods = named_methods(&client, &say).await;
     let guarded = middleware(&client, &say).await;
     let page = status_page(&client, panel, &say).await;
     let ticked = scheduled(manager, &say).await;
@@ -100,18 +98,55 @@ async fn serve_and_use(
     server.await.context("the API server task")??;
     used.and(refused)
         .and(routed)
+        .and(methods)
         .and(guarded)
         .and(page)
         .and(ticked)
 }
 
+/// Starts every plugin as `serve` does: the one whose binary is missing is failed, with its
+/// reason, and the others serve.
+async fn degrades(manager: &PluginManager, say: &impl Fn(&str)) -> anyhow::Result<()> {
+    let report = manager.start_all().await;
+    let reason = report.failed.get("broken").cloned().unwrap_or_default();
+    ensure!(
+        report.failed.len() == 1 && !reason.is_empty(),
+        "expected only `broken` to fail, got {:?}",
+        report.failed
+    );
+    let state = manager.info("broken")?.state;
+    say(&format!(
+        "serve degrades: {} plugins started; `broken` is {state}: {reason}",
+        report.loaded.len()
+    ));
+    Ok(())
+}
+
+/// A named method through the seeds' request bodies.
+async fn named_methods(client: &ApiClient, say: &impl Fn(&str)) -> anyhow::Result<()> {
+    let chat = json!({"plugin_id": "echo", "method": "shout", "args": ["hi"], "kwargs": {}});
+    let shouted = client
+        .json(Method::POST, "/api/plugins/execute", Some(&chat))
+        .await?;
+    let codex = json!({"plugin": "echo", "data": "hi"});
+    let echoed = client
+        .json(Method::POST, "/api/plugins/execute", Some(&codex))
+        .await?;
+    say(&format!(
+        "named methods: {{plugin_id, method: \"shout\", args, kwargs}} → {}; \
+         CodexContinue's {{plugin, data}} → {}",
+        shouted["output"], echoed["output"]
+    ));
+    Ok(())
+}
+
 /// The demo clock's period.
 const TICK_MS: u64 = 100;
 
-/// A plugin with a task every 100 ms, watched for a second: runs and how late they started.
+/// The clock plugin (a task every 100 ms, started with the others), watched for a second: its
+/// runs and how late they started.
 async fn scheduled(manager: &PluginManager, say: &impl Fn(&str)) -> anyhow::Result<()> {
     let mut events = manager.host().events();
-    manager.load("clock", None).await?;
     let until = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
     let mut late = Vec::new();
     while let Ok(Ok(event)) = tokio::time::timeout_at(until, events.recv()).await {
@@ -135,9 +170,10 @@ async fn scheduled(manager: &PluginManager, say: &impl Fn(&str)) -> anyhow::Resu
     let p50 = late.get(late.len() / 2).copied().unwrap_or_default();
     let max = late.last().copied().unwrap_or_default();
     say(&format!(
-        "scheduled task: clock's `every = \"{TICK_MS}ms\"` ran {} times in 1 s through its \
-         supervisor; started late by {p50:.2} ms (p50), {max:.2} ms at most",
-        task.runs
+        "scheduled task: clock's `every = \"{TICK_MS}ms\"` ran {} times through its supervisor \
+         ({} in the last second); they started late by {p50:.2} ms (p50), {max:.2} ms at most",
+        task.runs,
+        late.len()
     ));
     Ok(())
 }
