@@ -111,7 +111,11 @@ pub fn openapi_document() -> Value {
 
 /// The operation object of `endpoint`.
 fn operation(endpoint: &Endpoint) -> Value {
-    let doc = describe(endpoint.op);
+    let mut doc = describe(endpoint.op);
+    if endpoint.path.contains('{') {
+        // A path segment that does not percent-decode to a plain name.
+        doc.errors.push(400);
+    }
     let mut op = json!({
         "operationId": format!("{:?}", endpoint.op),
         "summary": doc.summary,
@@ -508,7 +512,7 @@ fn request_schemas() -> Value {
         ]},
         "ExecuteInputRequest": {"type": "object", "required": ["plugin_id", "input"], "additionalProperties": false, "properties": {
             "plugin_id": {"type": "string"}, "input": {},
-            "method": {"type": "string", "default": "execute", "description": "A named method of the plugin (its `methods`); an unknown one is a 404 listing them"},
+            "method": {"type": ["string", "null"], "default": "execute", "description": "A named method of the plugin (its `methods`; null: `execute`); an unknown one is a 404 listing them"},
             "timeout_ms": {"type": ["integer", "null"], "minimum": 1, "description": "Deadline of this call (default, or null: the manifest's call_timeout_ms, or none)"}
         }},
         "ExecuteArgsRequest": {"type": "object", "required": ["plugin_id", "method"], "additionalProperties": false, "description": "AI Chat Studio's shape: the method's input is exactly {\"args\": args, \"kwargs\": kwargs}", "properties": {
@@ -523,7 +527,7 @@ fn request_schemas() -> Value {
         }},
         "ExecuteStreamRequest": {"type": "object", "required": ["plugin_id", "input"], "additionalProperties": false, "properties": {
             "plugin_id": {"type": "string"}, "input": {},
-            "timeout_ms": {"type": "integer", "minimum": 1, "description": "Deadline of the whole stream; past it the stream ends with a timed_out error frame (504 if it has not started)"}
+            "timeout_ms": {"type": ["integer", "null"], "minimum": 1, "description": "Deadline of the whole stream (null: none of its own); past it the stream ends with a timed_out error frame (504 if it has not started)"}
         }},
     })
 }
