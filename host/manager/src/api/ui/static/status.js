@@ -236,12 +236,17 @@
         cell("name", p.name, "name"),
         cell("kind", p.kind),
         cell("version", p.version),
-        cell("description", p.description, "desc"),
+        cell("description", describeAvailable(p), p.last_error ? "desc errors some" : "desc"),
         cell("actions", actionButton("load", "load", p.name))
       );
       body.append(row);
     }
     $("available-section").hidden = state.available.length === 0;
+  }
+
+  // A plugin that could not start says why (serve degrades instead of dying).
+  function describeAvailable(p) {
+    return p.last_error ? p.state + ": " + p.last_error : p.description;
   }
 
   function tickUptimes() {
