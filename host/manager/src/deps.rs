@@ -44,46 +44,18 @@ pub fn services(nodes: &[Node<'_>]) -> BTreeMap<String, String> {
     map
 }
 
-/// The plugins each plugin depends on.
-fn edges(nodes: &[Node<'_>]) -> Result<BTreeMap<String, BTreeSet<String>>, DepError> {
-    let providers = services(nodes);
-    let mut deps = BTreeMap::new();
-    for node in nodes {
-        let mut mine = BTreeSet::new();
-        for service in node.requires {
-            let provider = providers.get(service).ok_or_else(|| DepError::Missing {
-                plugin: node.name.to_owned(),
-                service: service.clone(),
-            })?;
-            mine.insert(provider.clone());
-        }
-        deps.insert(node.name.to_owned(), mine);
-    }
-    Ok(deps)
-}
-
 /// A start order with every provider before the plugins that require it (ties by name).
 ///
 /// # Errors
 /// [`DepError::Missing`] or [`DepError::Cycle`].
 pub fn start_order(nodes: &[Node<'_>]) -> Result<Vec<String>, DepError> {
-    let mut pending = edges(nodes)?;
-    let mut order = Vec::with_capacity(pending.len());
-    while !pending.is_empty() {
-        let ready: Vec<String> = pending
-            .iter()
-            .filter(|(_, deps)| deps.iter().all(|d| !pending.contains_key(d)))
-            .map(|(name, _)| name.clone())
-            .collect();
-        if ready.is_empty() {
-            return Err(DepError::Cycle(find_cycle(&pending)));
-        }
-        for name in ready {
-            pending.remove(&name);
-            order.push(name);
-        }
+    // The first of `plan`'s problems is the one this reports: the first missing service in
+    // the nodes' order, else the first cycle met while peeling.
+    let plan = plan(nodes);
+    match plan.problems.into_iter().next() {
+        Some(first) => Err(first),
+        None => Ok(plan.order),
     }
-    Ok(order)
 }
 
 /// What can start and what cannot, for every plugin at once (see [`plan`]).
