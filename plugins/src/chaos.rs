@@ -21,6 +21,7 @@
 //! | `crash_once` | `{"marker": PATH}`: aborts if PATH does not exist (creating it), else answers |
 //! | `open_files` | `{"n": N}`: opens N files and keeps them, or none if one fails |
 //! | `config` | answers `{"config": …}`, the configuration in force, secrets included (so a test can see what reached the worker) |
+//! | `call_service` | `{"service": S, "input": V, "method"?: M, "repeat"?: N}`: calls service S through the host (N times) and answers `{"output": …, "nanos": [each call's time]}`, or `{"inner_error": {kind, message, crash?}}` when a call fails (the caller decides: it does not fail itself) |
 //!
 //! `execute_stream` with `{"fault": "stream_crash", "chunks": K}` yields K chunks, then aborts;
 //! with `{"fault": "stream_fork"}` it starts a grandchild, yields `{"grandchild": pid}`, and
@@ -287,10 +288,50 @@ async fn run_fault(fault: &str, input: &Value) -> Result<Value, PluginError> {
         "spin" => spin(),
         "crash_once" => crash_once(input),
         "open_files" => open_files(number("n")),
+        "call_service" => call_service(input).await,
         other => Err(PluginError::invalid_input(format!(
             "unknown fault {other:?}"
         ))),
     }
+}
+
+/// Calls the service `input` names through the host, `repeat` times (default once), timing
+/// each call; a failed call is reported as data (`inner_error`), not as this call's error.
+async fn call_service(input: &Value) -> Result<Value, PluginError> {
+    let service = input
+        .get("service")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let method = input.get("method").and_then(Value::as_str);
+    let inner = input.get("input").cloned().unwrap_or(Value::Null);
+    let repeat = input
+        .get("repeat")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .max(1);
+    let host = match plugvisor_worker::host() {
+        Ok(host) => host,
+        Err(e) => return Ok(inner_error(&e)),
+    };
+    let mut nanos = Vec::new();
+    let mut output = Value::Null;
+    for _ in 0..repeat {
+        let started = std::time::Instant::now();
+        let result = match method {
+            Some(m) => host.call_method(service, m, inner.clone()).await,
+            None => host.call(service, inner.clone()).await,
+        };
+        nanos.push(started.elapsed().as_nanos() as u64);
+        match result {
+            Ok(value) => output = value,
+            Err(e) => return Ok(inner_error(&e)),
+        }
+    }
+    Ok(json!({"output": output, "nanos": nanos}))
+}
+
+fn inner_error(e: &PluginError) -> Value {
+    json!({ "inner_error": plugvisor_proto::WireError::from(e) })
 }
 
 /// A panic that takes the process down, as an uncaught panic in `main` does: the panic

@@ -7,6 +7,8 @@
 //!   middleware hooks.
 //! - [`guard`]: a middleware that refuses requests without the configured API key
 //!   (`guard-worker`).
+//! - [`shop`]: `pricing` provides a service, `checkout` calls it through the host
+//!   (`pricing-worker`, `checkout-worker`).
 //! - [`echo_panel`]: a UI plugin whose panel shows echo's last outputs (`echo-panel-worker`,
 //!   assets in `manifests/echo-panel/`).
 //! - [`intruder`]: attempts what a hostile plugin would (read host files, connect, ptrace,
@@ -19,6 +21,7 @@ pub mod echo_panel;
 pub mod files;
 pub mod guard;
 pub mod intruder;
+pub mod shop;
 pub mod ticker;
 
 pub use echo::Echo;

@@ -50,6 +50,14 @@ pub enum PluginError {
     /// The two sides do not understand each other (bad frame, wrong version, auth, route).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The caller may not do this: a service it does not list in its manifest's `requires`
+    /// or `optional_requires`.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// A call between plugins would come back to a plugin already waiting in its chain
+    /// (A → B → A), or the chain is deeper than the host allows.
+    #[error("call cycle: {0}")]
+    CallCycle(String),
 }
 
 impl PluginError {
@@ -66,6 +74,8 @@ impl PluginError {
             Self::WorkerCrashed(_) => ErrorKind::WorkerCrashed,
             Self::Unavailable(_) => ErrorKind::Unavailable,
             Self::Protocol(_) => ErrorKind::Protocol,
+            Self::Forbidden(_) => ErrorKind::Forbidden,
+            Self::CallCycle(_) => ErrorKind::CallCycle,
         }
     }
 
@@ -73,7 +83,11 @@ impl PluginError {
     pub fn is_caller_error(&self) -> bool {
         matches!(
             self,
-            Self::InvalidInput(_) | Self::InvalidConfig(_) | Self::FileAccess(_)
+            Self::InvalidInput(_)
+                | Self::InvalidConfig(_)
+                | Self::FileAccess(_)
+                | Self::Forbidden(_)
+                | Self::CallCycle(_)
         )
     }
 
@@ -130,6 +144,10 @@ pub enum ErrorKind {
     Unavailable,
     /// The call exceeded its deadline (504).
     TimedOut,
+    /// The caller may not call this service (403).
+    Forbidden,
+    /// A call between plugins would loop or is nested too deep (508).
+    CallCycle,
     /// A kind this version does not know (500); kept so newer peers stay readable.
     #[serde(other)]
     Unknown,
@@ -137,7 +155,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in declaration order.
-    pub const ALL: [ErrorKind; 16] = [
+    pub const ALL: [ErrorKind; 18] = [
         Self::BadRequest,
         Self::InvalidInput,
         Self::Unauthorized,
@@ -153,6 +171,8 @@ impl ErrorKind {
         Self::Protocol,
         Self::Unavailable,
         Self::TimedOut,
+        Self::Forbidden,
+        Self::CallCycle,
         Self::Unknown,
     ];
 
@@ -174,6 +194,8 @@ impl ErrorKind {
             Self::Protocol => "protocol",
             Self::Unavailable => "unavailable",
             Self::TimedOut => "timed_out",
+            Self::Forbidden => "forbidden",
+            Self::CallCycle => "call_cycle",
             Self::Unknown => "unknown",
         }
     }
@@ -183,7 +205,7 @@ impl ErrorKind {
         match self {
             Self::BadRequest | Self::InvalidInput => 400,
             Self::Unauthorized => 401,
-            Self::FileAccessDenied => 403,
+            Self::FileAccessDenied | Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::NotInitialized => 409,
@@ -194,6 +216,7 @@ impl ErrorKind {
             Self::WorkerCrashed | Self::Protocol => 502,
             Self::Unavailable => 503,
             Self::TimedOut => 504,
+            Self::CallCycle => 508,
         }
     }
 }
@@ -236,7 +259,9 @@ impl From<&PluginError> for WireError {
             | PluginError::Cancelled(m)
             | PluginError::TimedOut(m)
             | PluginError::Unavailable(m)
-            | PluginError::Protocol(m) => m.clone(),
+            | PluginError::Protocol(m)
+            | PluginError::Forbidden(m)
+            | PluginError::CallCycle(m) => m.clone(),
             PluginError::WorkerCrashed(report) => report.to_string(),
         };
         Self {
@@ -267,6 +292,8 @@ impl From<WireError> for PluginError {
             ErrorKind::Cancelled => Self::Cancelled(m),
             ErrorKind::TimedOut => Self::TimedOut(m),
             ErrorKind::Unavailable => Self::Unavailable(m),
+            ErrorKind::Forbidden => Self::Forbidden(m),
+            ErrorKind::CallCycle => Self::CallCycle(m),
             ErrorKind::WorkerCrashed => match wire.crash {
                 Some(report) => Self::WorkerCrashed(report),
                 None => Self::Protocol(format!("worker_crashed without a report: {m}")),
@@ -454,6 +481,8 @@ mod tests {
             PluginError::WorkerCrashed(crash),
             PluginError::Unavailable("h".into()),
             PluginError::Protocol("i".into()),
+            PluginError::Forbidden("j".into()),
+            PluginError::CallCycle("k".into()),
         ];
         for err in errors {
             let json = serde_json::to_string(&WireError::from(&err)).unwrap();

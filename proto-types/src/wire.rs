@@ -9,8 +9,10 @@ use std::fmt;
 
 pub mod health;
 pub mod hooks;
+pub mod services;
 pub use health::{HealthReport, HealthStatus};
 pub use hooks::{AfterResponse, BeforeAction, Hook, HookRequest, HookResponse};
+pub use services::{ServiceCall, ServiceInfo};
 
 /// The protocol version this crate speaks; the first word after `plugvisor` in the handshake.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,5 +1,6 @@
 //! One handler per route: read the request, call the plugin (panics contained), answer.
 
+use crate::host;
 use crate::ndjson::NdjsonBody;
 use crate::offload::{offload, on_runtime, PumpedBody};
 use crate::reply::{self, Reply};
@@ -97,13 +98,14 @@ pub(crate) async fn method<P: Plugin>(shared: &Shared<P>, req: Request<Incoming>
         Some(m) if shared.method_specs.iter().any(|s| s.name == name) => Arc::clone(m),
         _ => return Err(unknown_method(shared, &name)),
     };
+    let context = host::context_of(&req);
     let request: ExecuteRequest = read_json(req, shared.max_body).await?;
     check_file_refs(shared.transfer.as_ref(), &request.input)?;
     let in_flight = shared.counters.start();
-    let work = async move {
+    let work = host::scoped(context, async move {
         let _in_flight = in_flight;
         guarded(methods.call(&name, request.input)).await
-    };
+    });
     let output = offload(shared.exec.as_ref(), work).await??;
     Ok(reply::json(StatusCode::OK, &ExecuteResponse { output }))
 }
@@ -272,15 +274,16 @@ pub(crate) async fn initialize<P: Plugin>(shared: &Shared<P>, req: Request<Incom
 /// `POST /v1/execute`: one call, one result.
 pub(crate) async fn execute<P: Plugin>(shared: &Shared<P>, req: Request<Incoming>) -> Handled {
     refuse_when_stopping(shared)?;
+    let context = host::context_of(&req);
     let request: ExecuteRequest = read_json(req, shared.max_body).await?;
     check_file_refs(shared.transfer.as_ref(), &request.input)?;
     let in_flight = shared.counters.start();
     let plugin = Arc::clone(&shared.plugin);
-    let work = async move {
+    let work = host::scoped(context, async move {
         // Counted until the plugin's future completes or is dropped.
         let _in_flight = in_flight;
         guarded(plugin.execute(request.input)).await
-    };
+    });
     let output = offload(shared.exec.as_ref(), work).await??;
     Ok(reply::json(StatusCode::OK, &ExecuteResponse { output }))
 }
@@ -291,12 +294,16 @@ pub(crate) async fn execute_stream<P: Plugin>(
     req: Request<Incoming>,
 ) -> Handled {
     refuse_when_stopping(shared)?;
+    let context = host::context_of(&req);
     let request: ExecuteRequest = read_json(req, shared.max_body).await?;
     check_file_refs(shared.transfer.as_ref(), &request.input)?;
     let in_flight = shared.counters.start();
     let plugin = Arc::clone(&shared.plugin);
-    let work = async move { guarded(plugin.execute_stream(request.input)).await };
-    let stream = offload(shared.exec.as_ref(), work).await??;
+    let scope = context.clone();
+    let work = host::scoped(scope, async move {
+        guarded(plugin.execute_stream(request.input)).await
+    });
+    let stream = host::scoped_stream(context, offload(shared.exec.as_ref(), work).await??);
     let body = NdjsonBody::new(stream, in_flight);
     // On a call connection (already on the plugin runtime) the body is encoded inline.
     let body = match &shared.exec {

@@ -33,6 +33,8 @@
 //! - [`Middleware`] (`middleware.rs`): hooks around host requests (`/v1/hooks/…`).
 //! - [`Methods`] (`methods.rs`): named methods beside `execute` (`/v1/methods/<name>`).
 //! - [`HealthCheck`] (`health_check.rs`): the plugin's own health (`/v1/plugin_health`).
+//! - [`host()`] (`host.rs`): the client for calling the host back: services other plugins
+//!   provide, with the call context of nested calls.
 //! - [`Worker`] (`builder.rs`): a plugin plus the extensions it serves
 //!   (`Worker::new(p).routes().middleware().run()`).
 
@@ -45,6 +47,7 @@ pub mod fuzzing;
 mod guardian;
 mod handlers;
 mod health_check;
+mod host;
 mod lanes;
 mod listener;
 mod methods;
@@ -67,6 +70,7 @@ pub use builder::Worker;
 pub use cli::{LOG_ENV, WORKER_THREADS_ENV};
 pub use error::WorkerError;
 pub use health_check::HealthCheck;
+pub use host::{host, HostClient};
 pub use listener::{ListenAddr, Listener};
 pub use methods::Methods;
 pub use middleware::Middleware;

@@ -73,7 +73,9 @@ impl NdjsonBody {
                     format!("an item could not be serialized: {e}"),
                 )))),
             },
-            Some(Err(err)) => self.finish(&StreamFrame::Error(WireError::from(&err))),
+            Some(Err(err)) => self.finish(&StreamFrame::Error(WireError::from(
+                crate::unwind::own(err),
+            ))),
             None => self.finish(&StreamFrame::End { count: self.count }),
         }
     }

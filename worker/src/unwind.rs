@@ -1,4 +1,5 @@
-//! Panic containment: a panicking plugin becomes a `plugin_failed` error, never a dead worker.
+//! Panic containment: a panicking plugin becomes a `plugin_failed` error, never a dead worker;
+//! and a worker reports only its own errors (an inner call's crash is the plugin's failure).
 
 use futures_util::FutureExt;
 use plugvisor_proto::PluginError;
@@ -11,8 +12,19 @@ pub(crate) async fn guarded<T>(
     future: impl Future<Output = Result<T, PluginError>>,
 ) -> Result<T, PluginError> {
     match AssertUnwindSafe(future).catch_unwind().await {
-        Ok(result) => result,
+        Ok(result) => result.map_err(own),
         Err(payload) => Err(panicked(payload.as_ref())),
+    }
+}
+
+/// The error as this worker may report it. `worker_crashed` is the host's to say about this
+/// worker, so a plugin passing on another worker's crash (a service call's) reports it as its
+/// own failure: otherwise the host would take this live worker for dead (and retry an
+/// idempotent call elsewhere).
+pub(crate) fn own(err: PluginError) -> PluginError {
+    match err {
+        PluginError::WorkerCrashed(_) => PluginError::Failed(err.to_string()),
+        other => other,
     }
 }
 

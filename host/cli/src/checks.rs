@@ -81,9 +81,5 @@ fn shared_services(found: &[Discovered]) -> Vec<String> {
 }
 
 fn node(d: &Discovered) -> Node<'_> {
-    Node {
-        name: &d.manifest.name,
-        provides: &d.manifest.provides,
-        requires: &d.manifest.requires,
-    }
+    d.manifest.node()
 }

@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use plugvisor_proto::wire::routes::Lane;
+use plugvisor_proto::wire::services::CALL_CONTEXT_HEADER;
 use plugvisor_proto::wire::Transport;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -159,6 +160,11 @@ impl WorkerClient {
         let headers = request.headers_mut();
         headers.insert(HOST, HeaderValue::from_static("plugvisor"));
         headers.insert(AUTHORIZATION, self.auth.clone());
+        // Only the host names a call context: one a route's client sent is dropped.
+        match crate::call_context::current() {
+            Some(context) => headers.insert(CALL_CONTEXT_HEADER, context.to_header()),
+            None => headers.remove(CALL_CONTEXT_HEADER),
+        };
         let lane = Lane::of(request.method() == Method::GET, request.uri().path());
         let mut lease = Lease {
             conn: Some(self.checkout(lane).await?),

@@ -55,6 +55,7 @@
 //! - `stream`: the NDJSON frame decoder behind every result stream.
 //! - `side_thread`: async work for synchronous trait methods (`current_config`).
 
+mod call_context;
 mod cgroup;
 mod client;
 mod dirs;
@@ -83,6 +84,7 @@ mod supervisor;
 mod transfer;
 mod worker;
 
+pub use call_context::{with_call_context, CallContext};
 pub use dirs::RUNTIME_DIR_ENV;
 pub use error::{chain as error_chain, HostError};
 pub use events::{EventBus, EventKind, HookHandle, LifecycleEvent};

@@ -28,6 +28,9 @@ pub struct Node<'a> {
     pub provides: &'a [String],
     /// Services it requires.
     pub requires: &'a [String],
+    /// Services it may use when present: their providers start first unless that would make
+    /// a cycle; a missing one is no problem.
+    pub optional: &'a [String],
 }
 
 /// Which plugin provides each service (the first by name when several do).
@@ -85,7 +88,13 @@ pub fn plan(nodes: &[Node<'_>]) -> DepPlan {
     let providers = services(nodes);
     let mut problems = Vec::new();
     let mut pending: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut soft: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for node in nodes {
+        let optional = node
+            .optional
+            .iter()
+            .filter_map(|s| providers.get(s).cloned());
+        soft.insert(node.name.to_owned(), optional.collect());
         let mut mine = BTreeSet::new();
         let mut missing = false;
         for service in node.requires {
@@ -108,11 +117,24 @@ pub fn plan(nodes: &[Node<'_>]) -> DepPlan {
     }
     let mut order = Vec::with_capacity(pending.len());
     while !pending.is_empty() {
-        let ready: Vec<String> = pending
+        let free = |name: &String, deps: &BTreeSet<String>| {
+            let started = |d: &String| !pending.contains_key(d);
+            deps.iter().all(started) && soft.get(name).is_none_or(|s| s.iter().all(started))
+        };
+        let mut ready: Vec<String> = pending
             .iter()
-            .filter(|(_, deps)| deps.iter().all(|d| !pending.contains_key(d)))
+            .filter(|(name, deps)| free(name, deps))
             .map(|(name, _)| name.clone())
             .collect();
+        if ready.is_empty() {
+            // Only optional needs hold the rest back: start one plugin without them.
+            ready.extend(
+                pending
+                    .iter()
+                    .find(|(_, deps)| deps.iter().all(|d| !pending.contains_key(d)))
+                    .map(|(name, _)| name.clone()),
+            );
+        }
         if ready.is_empty() {
             let cycle = find_cycle(&pending);
             for member in &cycle {
@@ -180,6 +202,27 @@ mod tests {
     }
 
     #[test]
+    fn optional_needs_order_when_they_can_and_never_block() {
+        let (none, sa, sb, ghost) = (s(&[]), s(&["sa"]), s(&["sb"]), s(&["ghost"]));
+        let node = |name, provides, optional| Node {
+            name,
+            provides,
+            requires: &none,
+            optional,
+        };
+        // "a" optionally needs b's service: b starts first though "a" sorts first.
+        let p = plan(&[node("a", &sa, &sb), node("b", &sb, &none)]);
+        assert_eq!((p.order, p.problems), (s(&["b", "a"]), vec![]));
+        // A missing optional service is no problem.
+        let p = plan(&[node("a", &sa, &ghost)]);
+        assert_eq!((p.order, p.problems), (s(&["a"]), vec![]));
+        // Two plugins optionally needing each other both start: no cycle is reported.
+        let p = plan(&[node("a", &sa, &sb), node("b", &sb, &sa)]);
+        assert_eq!(p.problems, vec![]);
+        assert_eq!(p.order.len(), 2);
+    }
+
+    #[test]
     fn the_closure_follows_requirements_transitively() {
         let (none, db, api) = (s(&[]), s(&["db"]), s(&["api"]));
         let nodes = [
@@ -187,21 +230,25 @@ mod tests {
                 name: "web",
                 provides: &none,
                 requires: &api,
+                optional: &[],
             },
             Node {
                 name: "api",
                 provides: &api,
                 requires: &db,
+                optional: &[],
             },
             Node {
                 name: "store",
                 provides: &db,
                 requires: &none,
+                optional: &[],
             },
             Node {
                 name: "other",
                 provides: &none,
                 requires: &none,
+                optional: &[],
             },
         ];
         assert_eq!(closure(&nodes, &s(&["web"])), ["web", "api", "store"]);
@@ -219,16 +266,19 @@ mod tests {
                 name: "web",
                 provides: &p3,
                 requires: &r3,
+                optional: &[],
             },
             Node {
                 name: "api",
                 provides: &p2,
                 requires: &r2,
+                optional: &[],
             },
             Node {
                 name: "store",
                 provides: &p1,
                 requires: &r1,
+                optional: &[],
             },
         ];
         assert_eq!(start_order(&nodes).unwrap(), ["store", "api", "web"]);
@@ -244,36 +294,43 @@ mod tests {
                 name: "a",
                 provides: &sa,
                 requires: &sb,
+                optional: &[],
             },
             Node {
                 name: "b",
                 provides: &sb,
                 requires: &sa,
+                optional: &[],
             },
             Node {
                 name: "c",
                 provides: &none,
                 requires: &sab,
+                optional: &[],
             },
             Node {
                 name: "lonely",
                 provides: &none,
                 requires: &x,
+                optional: &[],
             },
             Node {
                 name: "needy",
                 provides: &none,
                 requires: &y,
+                optional: &[],
             },
             Node {
                 name: "ok",
                 provides: &y,
                 requires: &none,
+                optional: &[],
             },
             Node {
                 name: "uses-a",
                 provides: &none,
                 requires: &sa,
+                optional: &[],
             },
         ];
         let plan = plan(&nodes);
@@ -298,6 +355,7 @@ mod tests {
             name: "a",
             provides: &none,
             requires: &needs_x,
+            optional: &[],
         }];
         assert_eq!(
             start_order(&missing).unwrap_err().to_string(),
@@ -310,11 +368,13 @@ mod tests {
                 name: "a",
                 provides: &pa,
                 requires: &ra,
+                optional: &[],
             },
             Node {
                 name: "b",
                 provides: &pb,
                 requires: &rb,
+                optional: &[],
             },
         ];
         assert_eq!(

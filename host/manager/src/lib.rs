@@ -15,6 +15,8 @@
 //! - [`middleware`]: the `[middleware]` table, the paths a middleware may cover, chain links.
 //! - [`tasks`]: the `[[tasks]]` table and what is reported of each task; `scheduler`: the
 //!   task per scheduled task that runs it through the supervisor.
+//! - `services`: services between plugins: tokens, who may call what, chains of nested calls
+//!   (cycles, depth, deadlines); `services/endpoint.rs`: the host's endpoint workers call.
 //! - `idle`: the idle stopper of plugins with `idle_stop_secs`.
 //! - [`metrics`]: call counters, latency histogram, restarts and workers in Prometheus text.
 //! - `error`: [`ManagerError`].
@@ -37,6 +39,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod plugin_health;
 mod scheduler;
+mod services;
 mod status;
 pub mod tasks;
 pub mod ui;
@@ -44,4 +47,5 @@ pub mod ui;
 pub use error::ManagerError;
 pub use host_config::default_worker_dir;
 pub use manager::{ManagerConfig, PluginManager, StartReport};
+pub use services::MAX_CHAIN;
 pub use status::{ManagerStatus, PluginConfig, PluginHealth, PluginInfo, PluginRoute};

@@ -48,6 +48,8 @@ pub(crate) struct Managed {
     /// or when it has no health check).
     plugin_health: Mutex<Option<plugvisor_proto::wire::HealthReport>>,
     host: Arc<Host>,
+    /// Its right to call services (revoked when this is dropped).
+    _grant: Option<crate::services::Grant>,
 }
 
 /// What changes while the plugin is loaded.
@@ -69,6 +71,8 @@ pub(crate) struct Plan {
     pub(crate) worker_dir: PathBuf,
     pub(crate) file_layer: Value,
     pub(crate) api_layer: Value,
+    /// Its right to call services, when its manifest lists any.
+    pub(crate) grant: Option<crate::services::Grant>,
 }
 
 impl Managed {
@@ -76,7 +80,11 @@ impl Managed {
     /// applies it. Nothing is left running on error.
     pub(crate) async fn load(host: Arc<Host>, plan: Plan) -> Result<Arc<Self>, ManagerError> {
         let manifest = &plan.found.manifest;
-        let spec = worker_spec(&plan.found, &plan.worker_dir)?;
+        let mut spec = worker_spec(&plan.found, &plan.worker_dir)?;
+        if let Some(grant) = &plan.grant {
+            spec.env
+                .extend(grant.env().map(|(k, v)| (k.into(), v.into())));
+        }
         let supervision = manifest.supervision.to_config();
         let first = supervise(&host, &spec, &supervision, &manifest.name).await?;
         let identity = match first.identity() {
@@ -134,6 +142,7 @@ impl Managed {
             tasks_end: tokio_util::sync::CancellationToken::new(),
             plugin_health: Mutex::new(None),
             host,
+            _grant: plan.grant,
             found: plan.found,
         });
         if let Err(e) = managed.configure_first(&first).await {

@@ -13,7 +13,7 @@ use plugvisor_host::{
     CallOptions, CallOutput, EventKind, HookHandle, Host, HostConfig, LifecycleEvent, OutputStream,
     PluginError, RouteBody,
 };
-use plugvisor_proto::wire::RouteSpec;
+use plugvisor_proto::wire::{RouteSpec, DEFAULT_METHOD};
 use plugvisor_proto::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -52,6 +52,8 @@ struct Inner {
     load_failures: RwLock<BTreeMap<String, String>>,
     ops: tokio::sync::Mutex<()>,
     metrics: Metrics,
+    /// Tokens of the plugins that call services, chains in flight, the host's endpoint.
+    services: crate::services::Services,
 }
 
 /// Discovers, loads, configures, reloads and unloads plugins. Cheap to clone.
@@ -82,6 +84,82 @@ impl crate::scheduler::TaskSink for Inner {
     }
 }
 
+/// The service endpoint routes calls through the manager; it holds it weakly.
+impl crate::services::Backend for Inner {
+    fn permission(&self, caller: &str, service: &str) -> Option<bool> {
+        read(&self.loaded)
+            .get(caller)?
+            .found
+            .manifest
+            .may_call(service)
+    }
+
+    fn provider(&self, service: &str) -> Option<String> {
+        let loaded = read(&self.loaded);
+        let mut providers = loaded
+            .iter()
+            .filter(|(_, m)| m.found.manifest.provides.iter().any(|s| s == service));
+        providers.next().map(|(name, _)| name.clone())
+    }
+
+    fn call(
+        self: Arc<Self>,
+        provider: String,
+        call: plugvisor_proto::wire::ServiceCall,
+        timeout: Option<Duration>,
+    ) -> futures_util::future::BoxFuture<'static, Result<Value, PluginError>> {
+        let manager = PluginManager { inner: self };
+        Box::pin(async move {
+            let method = call.method.as_deref().unwrap_or(DEFAULT_METHOD);
+            let options = CallOptions { timeout };
+            let result = manager
+                .call_method(&provider, method, call.input, options)
+                .await;
+            result.map_err(service_error).and_then(served_value)
+        })
+    }
+
+    fn stream(
+        self: Arc<Self>,
+        provider: String,
+        input: Value,
+    ) -> futures_util::future::BoxFuture<
+        'static,
+        Result<futures_util::stream::BoxStream<'static, Result<Value, PluginError>>, PluginError>,
+    > {
+        use futures_util::StreamExt;
+        let manager = PluginManager { inner: self };
+        Box::pin(async move {
+            let items = manager
+                .stream(&provider, input)
+                .await
+                .map_err(service_error)?;
+            Ok(items.map(|item| item.and_then(served_value)).boxed())
+        })
+    }
+}
+
+/// A provider's answer as a service call passes it on: its value, when it references no
+/// files (they would be deleted before the caller could read them; they are deleted now).
+fn served_value(output: CallOutput) -> Result<Value, PluginError> {
+    if output.files.is_empty() {
+        return Ok(output.value);
+    }
+    Err(PluginError::Failed(
+        "the provider answered with file references, which a service call cannot pass on"
+            .to_owned(),
+    ))
+}
+
+/// A manager error as the plugin calling a service sees it.
+fn service_error(e: ManagerError) -> PluginError {
+    match e {
+        ManagerError::Plugin { source, .. } => source,
+        ManagerError::UnknownMethod { .. } => PluginError::InvalidInput(e.to_string()),
+        other => PluginError::Unavailable(other.to_string()),
+    }
+}
+
 impl std::fmt::Debug for PluginManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PluginManager")
@@ -106,8 +184,10 @@ impl PluginManager {
             Some(path) => host_config::read(path)?,
             None => BTreeMap::new(),
         };
+        let services = crate::services::Services::new(host.dir());
         let manager = Self {
             inner: Arc::new(Inner {
+                services,
                 host,
                 config,
                 worker_dir,
@@ -332,6 +412,7 @@ impl PluginManager {
             file_layer: self.file_layer(&name),
             worker_dir: self.inner.worker_dir.clone(),
             api_layer: api.unwrap_or(Value::Object(Default::default())),
+            grant: self.grant(&found)?,
             found,
         };
         let managed = match Managed::load(Arc::clone(&self.inner.host), plan).await {
@@ -559,6 +640,7 @@ impl PluginManager {
             file_layer: self.file_layer(name),
             worker_dir: self.inner.worker_dir.clone(),
             api_layer: old.api_layer(),
+            grant: self.grant(&found)?,
             found,
         };
         let new = Managed::load(Arc::clone(&self.inner.host), plan).await?;
@@ -716,7 +798,22 @@ impl PluginManager {
         let all = std::mem::take(&mut *write(&self.inner.loaded));
         let stops = all.values().map(|m| m.stop(Duration::from_secs(5)));
         futures_util::future::join_all(stops).await;
+        self.inner.services.stop();
         self.inner.host.stop_all().await;
+    }
+
+    /// The right of `found`'s plugin to call services, when its manifest lists any.
+    fn grant(&self, found: &Discovered) -> Result<Option<crate::services::Grant>, ManagerError> {
+        if !found.manifest.calls_services() {
+            return Ok(None);
+        }
+        let inner: Arc<dyn crate::services::Backend> = self.inner.clone();
+        let backend = Arc::downgrade(&inner);
+        let grant = self.inner.services.grant(&found.manifest.name, backend);
+        grant.map(Some).map_err(|reason| ManagerError::Start {
+            plugin: found.manifest.name.clone(),
+            reason,
+        })
     }
 
     /// The host file's layer for `name`; an empty object when it has none (never `null`,
@@ -788,11 +885,7 @@ fn plugin_error(name: &str, source: PluginError) -> ManagerError {
 }
 
 fn node(m: &Manifest) -> Node<'_> {
-    Node {
-        name: &m.name,
-        provides: &m.provides,
-        requires: &m.requires,
-    }
+    m.node()
 }
 
 /// What the API shows of `found`, loaded as `managed` or not loaded, with its call counts.
@@ -818,6 +911,7 @@ fn info_of(found: &Discovered, managed: Option<&Arc<Managed>>, metrics: &Metrics
             .map(|t| t.elapsed().as_secs_f64()),
         provides: m.provides.clone(),
         requires: m.requires.clone(),
+        optional_requires: m.optional_requires.clone(),
         manifest: found.file.clone(),
         sandbox: m.sandbox.clone(),
         enforced: sup.as_ref().and_then(|s| s.sandbox()),

@@ -92,7 +92,8 @@ pub enum StartMode {
 /// command = "echo-worker"          # a path, or a binary name beside plugvisor
 /// start = "eager"                   # or "lazy"
 /// provides = ["text.transform"]
-/// requires = []
+/// requires = []                     # services it needs: loaded first, callable by it
+/// optional_requires = []            # services it may call when present (no load order need)
 ///
 /// [config]
 /// mode = "identity"
@@ -132,8 +133,14 @@ pub struct Manifest {
     #[serde(default)]
     pub provides: Vec<String>,
     /// Service names that must be provided (by other loaded plugins) before this one starts.
+    /// The plugin may call them through the host (`plugvisor_worker::host()`).
     #[serde(default)]
     pub requires: Vec<String>,
+    /// Service names the plugin may call when some loaded plugin provides them. They never
+    /// block loading; when present they start first; a call of a missing one is
+    /// `unavailable`.
+    #[serde(default)]
+    pub optional_requires: Vec<String>,
     /// Eager or lazy start.
     #[serde(default)]
     pub start: StartMode,
@@ -587,6 +594,7 @@ impl Manifest {
     /// Rules serde cannot express; an error names the key it is about, when there is one.
     fn check(&self) -> Result<(), (Option<&'static str>, String)> {
         self.check_identity().map_err(|reason| (None, reason))?;
+        self.check_services()?;
         if self.kind == PluginKind::Ui && self.ui.is_none() {
             return Err((Some("kind"), crate::ui::MISSING_UI.to_owned()));
         }
@@ -645,6 +653,59 @@ impl Manifest {
             ));
         }
         Ok(())
+    }
+
+    fn check_services(&self) -> Result<(), (Option<&'static str>, String)> {
+        if let Some(s) = self
+            .optional_requires
+            .iter()
+            .find(|s| self.provides.contains(s))
+        {
+            return Err((
+                Some("optional_requires"),
+                format!(
+                    "{} optionally requires service {s:?}, which it provides itself",
+                    self.name
+                ),
+            ));
+        }
+        if let Some(s) = self
+            .optional_requires
+            .iter()
+            .find(|s| self.requires.contains(s))
+        {
+            return Err((
+                Some("optional_requires"),
+                format!("service {s:?} is in both requires and optional_requires"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Its services, for dependency order ([`crate::deps`]).
+    pub fn node(&self) -> crate::deps::Node<'_> {
+        crate::deps::Node {
+            name: &self.name,
+            provides: &self.provides,
+            requires: &self.requires,
+            optional: &self.optional_requires,
+        }
+    }
+
+    /// Whether the plugin calls services (its worker gets the host's service endpoint).
+    pub fn calls_services(&self) -> bool {
+        !self.requires.is_empty() || !self.optional_requires.is_empty()
+    }
+
+    /// Whether the plugin may call `service`, and if so whether it is required.
+    pub fn may_call(&self, service: &str) -> Option<bool> {
+        if self.requires.iter().any(|s| s == service) {
+            Some(true)
+        } else if self.optional_requires.iter().any(|s| s == service) {
+            Some(false)
+        } else {
+            None
+        }
     }
 
     /// The manifest's `[config]` as JSON.

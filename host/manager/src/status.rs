@@ -37,6 +37,9 @@ pub struct PluginInfo {
     pub provides: Vec<String>,
     /// Services it requires.
     pub requires: Vec<String>,
+    /// Services it may use when present.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub optional_requires: Vec<String>,
     /// The manifest file.
     pub manifest: PathBuf,
     /// The manifest's `[sandbox]`, when it has one: `{filesystem, network, syscalls, read,

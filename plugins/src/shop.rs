@@ -1,0 +1,163 @@
+//! `pricing` and `checkout`: a service between plugins. `pricing` provides the service
+//! `pricing` (a price list with a configurable discount); `checkout` requires it and calls it
+//! through the host, one call per line of an order, inside its own `execute`.
+
+use plugvisor_proto::{json, Plugin, PluginError, Value};
+use std::sync::RwLock;
+
+/// The price list, in cents.
+const PRICES: [(&str, u64); 4] = [("apple", 40), ("bread", 250), ("cheese", 620), ("tea", 390)];
+
+/// The service `checkout` calls.
+pub const SERVICE: &str = "pricing";
+
+/// Provides the `pricing` service: `{"sku": S, "qty": N}` → the line's price.
+#[derive(Debug, Default)]
+pub struct Pricing {
+    discount_percent: RwLock<u64>,
+}
+
+impl Plugin for Pricing {
+    fn name(&self) -> &str {
+        "pricing"
+    }
+
+    fn version(&self) -> &str {
+        env!("CARGO_PKG_VERSION")
+    }
+
+    async fn initialize(&self, config: Option<Value>) -> Result<(), PluginError> {
+        let discount = config
+            .as_ref()
+            .and_then(|c| c.get("discount_percent"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        if discount > 100 {
+            return Err(PluginError::invalid_config("discount_percent: at most 100"));
+        }
+        *self
+            .discount_percent
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = discount;
+        Ok(())
+    }
+
+    async fn execute(&self, input: Value) -> Result<Value, PluginError> {
+        let sku = input
+            .get("sku")
+            .and_then(Value::as_str)
+            .ok_or_else(|| PluginError::invalid_input("expected {\"sku\": …, \"qty\": …}"))?;
+        let qty = input.get("qty").and_then(Value::as_u64).unwrap_or(1);
+        let Some((_, unit)) = PRICES.iter().find(|(name, _)| *name == sku) else {
+            let known: Vec<&str> = PRICES.iter().map(|(name, _)| *name).collect();
+            return Err(PluginError::invalid_input(format!(
+                "unknown sku {sku:?} (known: {})",
+                known.join(", ")
+            )));
+        };
+        let discount = *self
+            .discount_percent
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let unit_cents = unit * (100 - discount) / 100;
+        Ok(json!({
+            "sku": sku,
+            "qty": qty,
+            "unit_cents": unit_cents,
+            "total_cents": unit_cents.saturating_mul(qty),
+        }))
+    }
+
+    fn config_schema(&self) -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "discount_percent": {"type": "integer", "minimum": 0, "maximum": 100, "default": 0}
+            },
+            "additionalProperties": false
+        })
+    }
+
+    fn current_config(&self) -> Value {
+        let discount = *self
+            .discount_percent
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        json!({ "discount_percent": discount })
+    }
+}
+
+/// Prices an order through the `pricing` service: `{"items": [{"sku": S, "qty": N}, …]}` →
+/// its lines and total.
+#[derive(Debug, Default)]
+pub struct Checkout;
+
+impl Plugin for Checkout {
+    fn name(&self) -> &str {
+        "checkout"
+    }
+
+    fn version(&self) -> &str {
+        env!("CARGO_PKG_VERSION")
+    }
+
+    async fn execute(&self, input: Value) -> Result<Value, PluginError> {
+        let items = input
+            .get("items")
+            .and_then(Value::as_array)
+            .ok_or_else(|| {
+                PluginError::invalid_input("expected {\"items\": [{\"sku\", \"qty\"}]}")
+            })?;
+        let host = plugvisor_worker::host()?;
+        let mut lines = Vec::with_capacity(items.len());
+        let mut total = 0u64;
+        for (i, item) in items.iter().enumerate() {
+            let line = host
+                .call(SERVICE, item.clone())
+                .await
+                .map_err(|e| line_error(i, e))?;
+            total =
+                total.saturating_add(line.get("total_cents").and_then(Value::as_u64).unwrap_or(0));
+            lines.push(line);
+        }
+        Ok(json!({ "lines": lines, "total_cents": total }))
+    }
+}
+
+/// What `checkout` makes of a failed line: the customer's mistake stays one; anything else
+/// means pricing cannot serve now.
+fn line_error(i: usize, e: PluginError) -> PluginError {
+    match e {
+        PluginError::InvalidInput(m) => PluginError::InvalidInput(format!("item {i}: {m}")),
+        other => PluginError::Unavailable(format!("pricing could not price item {i}: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn prices_apply_the_discount_and_refuse_unknown_skus() {
+        let pricing = Pricing::default();
+        pricing
+            .initialize(Some(json!({"discount_percent": 50})))
+            .await
+            .unwrap();
+        let line = pricing
+            .execute(json!({"sku": "bread", "qty": 2}))
+            .await
+            .unwrap();
+        assert_eq!(line["total_cents"], 250);
+        let err = pricing.execute(json!({"sku": "caviar"})).await.unwrap_err();
+        assert!(err.to_string().contains("caviar"), "{err}");
+    }
+
+    #[test]
+    fn a_crashed_pricing_is_unavailable_to_the_customer_and_a_bad_item_is_their_mistake() {
+        let bad = line_error(2, PluginError::InvalidInput("unknown sku".into()));
+        assert!(matches!(bad, PluginError::InvalidInput(m) if m.starts_with("item 2")));
+        let down = line_error(0, PluginError::Unavailable("gone".into()));
+        assert!(matches!(down, PluginError::Unavailable(_)));
+    }
+}
