@@ -21,7 +21,7 @@
 //! | `crash_once` | `{"marker": PATH}`: aborts if PATH does not exist (creating it), else answers |
 //! | `open_files` | `{"n": N}`: opens N files and keeps them, or none if one fails |
 //! | `config` | answers `{"config": …}`, the configuration in force, secrets included (so a test can see what reached the worker) |
-//! | `call_service` | `{"service": S, "input": V, "method"?: M, "repeat"?: N}`: calls service S through the host (N times) and answers `{"output": …, "nanos": [each call's time]}`, or `{"inner_error": {kind, message, crash?}}` when a call fails (the caller decides: it does not fail itself) |
+//! | `call_service` | `{"service": S, "input": V, "method"?: M, "timeout_ms"?: T, "repeat"?: N, "stream"?: true}`: calls service S through the host (N times; or streams from it, collecting the items) and answers `{"output": …, "nanos": [each call's time]}`, or `{"inner_error": {kind, message, crash?}}` when a call fails (the caller decides: it does not fail itself) |
 //!
 //! `execute_stream` with `{"fault": "stream_crash", "chunks": K}` yields K chunks, then aborts;
 //! with `{"fault": "stream_fork"}` it starts a grandchild, yields `{"grandchild": pid}`, and
@@ -42,9 +42,9 @@
 use futures_util::StreamExt;
 use plugvisor_proto::wire::{
     AfterResponse, BeforeAction, HealthReport, Hook, HookRequest, HookResponse, MethodSpec,
-    RouteSpec,
+    RouteSpec, ServiceCall,
 };
-use plugvisor_proto::{json, Plugin, PluginError, PluginStream, Value};
+use plugvisor_proto::{json, Plugin, PluginError, PluginStream, Value, WireError};
 use plugvisor_worker::{HealthCheck, Methods, Middleware, RouteRequest, RouteResponse, Routes};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -298,29 +298,24 @@ async fn run_fault(fault: &str, input: &Value) -> Result<Value, PluginError> {
 /// Calls the service `input` names through the host, `repeat` times (default once), timing
 /// each call; a failed call is reported as data (`inner_error`), not as this call's error.
 async fn call_service(input: &Value) -> Result<Value, PluginError> {
-    let service = input
-        .get("service")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let method = input.get("method").and_then(Value::as_str);
-    let inner = input.get("input").cloned().unwrap_or(Value::Null);
-    let repeat = input
-        .get("repeat")
-        .and_then(Value::as_u64)
-        .unwrap_or(1)
-        .max(1);
+    let text = |key: &str| input.get(key).and_then(Value::as_str);
+    let service = text("service").unwrap_or_default();
+    let mut call = ServiceCall::new(input.get("input").cloned().unwrap_or(Value::Null));
+    call.method = text("method").map(str::to_owned);
+    call.timeout_ms = input.get("timeout_ms").and_then(Value::as_u64);
+    let repeat = input.get("repeat").and_then(Value::as_u64).unwrap_or(1);
     let host = match plugvisor_worker::host() {
         Ok(host) => host,
         Err(e) => return Ok(inner_error(&e)),
     };
+    if input.get("stream").and_then(Value::as_bool) == Some(true) {
+        return Ok(stream_service(host, service, call.input).await);
+    }
     let mut nanos = Vec::new();
     let mut output = Value::Null;
-    for _ in 0..repeat {
+    for _ in 0..repeat.max(1) {
         let started = std::time::Instant::now();
-        let result = match method {
-            Some(m) => host.call_method(service, m, inner.clone()).await,
-            None => host.call(service, inner.clone()).await,
-        };
+        let result = host.call_with(service, call.clone()).await;
         nanos.push(started.elapsed().as_nanos() as u64);
         match result {
             Ok(value) => output = value,
@@ -330,8 +325,24 @@ async fn call_service(input: &Value) -> Result<Value, PluginError> {
     Ok(json!({"output": output, "nanos": nanos}))
 }
 
+/// Streams from `service`, collecting its items (an error ends the collection).
+async fn stream_service(host: &plugvisor_worker::HostClient, service: &str, input: Value) -> Value {
+    let mut items = match host.stream(service, input).await {
+        Ok(items) => items,
+        Err(e) => return inner_error(&e),
+    };
+    let mut collected = Vec::new();
+    while let Some(item) = items.next().await {
+        match item {
+            Ok(value) => collected.push(value),
+            Err(e) => return json!({"output": collected, "inner_error": WireError::from(&e)}),
+        }
+    }
+    json!({ "output": collected })
+}
+
 fn inner_error(e: &PluginError) -> Value {
-    json!({ "inner_error": plugvisor_proto::WireError::from(e) })
+    json!({ "inner_error": WireError::from(e) })
 }
 
 /// A panic that takes the process down, as an uncaught panic in `main` does: the panic

@@ -79,6 +79,7 @@ fn read_token(file: Option<PathBuf>) -> Result<String, WorkerError> {
     let env_token = std::env::var(TOKEN_ENV).ok();
     // Single-threaded here (before the runtime starts), so editing the environment is sound.
     std::env::remove_var(TOKEN_ENV);
+    crate::host::take_env();
     let (token, source) = match file {
         Some(path) => {
             let text = std::fs::read_to_string(&path).map_err(|e| {

@@ -36,6 +36,17 @@ tokio::task_local! {
 /// Idle connections kept for the next service call.
 const MAX_IDLE: usize = 8;
 
+/// The client [`host()`] returns, made once from the environment.
+static CLIENT: OnceLock<Option<HostClient>> = OnceLock::new();
+
+/// Reads the endpoint and token from the environment and removes the token from it, so
+/// processes the plugin starts do not inherit it. Must run while the process is still
+/// single-threaded (the worker runtime calls it with its own token's removal).
+pub(crate) fn take_env() {
+    CLIENT.get_or_init(HostClient::from_env);
+    std::env::remove_var(HOST_TOKEN_ENV);
+}
+
 /// This worker's client of the host's service endpoint.
 ///
 /// # Errors
@@ -49,7 +60,6 @@ const MAX_IDLE: usize = 8;
 /// # Ok(price) }
 /// ```
 pub fn host() -> Result<&'static HostClient, PluginError> {
-    static CLIENT: OnceLock<Option<HostClient>> = OnceLock::new();
     CLIENT
         .get_or_init(HostClient::from_env)
         .as_ref()

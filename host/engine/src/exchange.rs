@@ -76,11 +76,24 @@ pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PluginError>
 /// The worker's typed error from an error answer, or a protocol error quoting what it sent.
 pub(crate) fn error_from_body(status: StatusCode, bytes: &[u8]) -> PluginError {
     match serde_json::from_slice::<ErrorBody>(bytes) {
-        Ok(body) => body.error.into(),
+        Ok(body) => from_worker(body.error),
         Err(_) => PluginError::Protocol(format!(
             "worker answered {status} with {}",
             String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
         )),
+    }
+}
+
+/// A worker's error as the host believes it: `worker_crashed` is the host's own statement
+/// about a worker, so a live worker claiming it (with a made-up report) is a protocol error,
+/// never a crash that would send an idempotent call's retry waiting for another worker.
+pub(crate) fn from_worker(wire: plugvisor_proto::WireError) -> PluginError {
+    match wire.kind {
+        plugvisor_proto::ErrorKind::WorkerCrashed => PluginError::Protocol(format!(
+            "the worker answered worker_crashed, which only the host reports: {}",
+            wire.message
+        )),
+        _ => wire.into(),
     }
 }
 

@@ -131,7 +131,7 @@ pub(crate) fn read_frame(line: &[u8]) -> Frame {
     match serde_json::from_slice::<StreamFrame>(line) {
         Ok(StreamFrame::Item(value)) => Frame::Item(value),
         Ok(StreamFrame::End { .. }) => Frame::End,
-        Ok(StreamFrame::Error(wire)) => Frame::Error(wire.into()),
+        Ok(StreamFrame::Error(wire)) => Frame::Error(crate::exchange::from_worker(wire)),
         Err(e) => Frame::Bad(PluginError::Protocol(format!("bad stream frame: {e}"))),
     }
 }

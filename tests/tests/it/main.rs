@@ -26,6 +26,7 @@ mod middleware;
 mod plugin_health;
 mod protocol;
 mod sandbox;
+mod services;
 mod supervision;
 mod tasks;
 mod tidy;
