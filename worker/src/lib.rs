@@ -33,12 +33,15 @@
 //! - [`Middleware`] (`middleware.rs`): hooks around host requests (`/v1/hooks/…`).
 //! - [`Methods`] (`methods.rs`): named methods beside `execute` (`/v1/methods/<name>`).
 //! - [`HealthCheck`] (`health_check.rs`): the plugin's own health (`/v1/plugin_health`).
+//! - [`Events`] (`events.rs`): host lifecycle and task events the manifest subscribes the
+//!   plugin to (`/v1/events`).
 //! - [`Worker`] (`builder.rs`): a plugin plus the extensions it serves
-//!   (`Worker::new(p).routes().middleware().run()`).
+//!   (`Worker::new(p).routes().middleware().events().run()`).
 
 mod builder;
 mod cli;
 mod error;
+mod events;
 pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -66,6 +69,7 @@ mod watch;
 pub use builder::Worker;
 pub use cli::{LOG_ENV, WORKER_THREADS_ENV};
 pub use error::WorkerError;
+pub use events::Events;
 pub use health_check::HealthCheck;
 pub use listener::{ListenAddr, Listener};
 pub use methods::Methods;
