@@ -16,10 +16,13 @@
 //! - [`tasks`]: the `[[tasks]]` table and what is reported of each task; `scheduler`: the
 //!   task per scheduled task that runs it through the supervisor.
 //! - `idle`: the idle stopper of plugins with `idle_stop_secs`.
-//! - [`metrics`]: call counters, latency histogram, restarts and workers in Prometheus text.
+//! - [`hook_delivery`]: the host events a plugin subscribes to (`hooks`), queued per
+//!   subscriber (bounded, drops counted) and sent to its worker (`POST /v1/events`).
+//! - [`metrics`]: call counters, latency histogram, task runs, hook deliveries, restarts and
+//!   workers in Prometheus text.
 //! - `error`: [`ManagerError`].
-//! - `status`: what the manager reports: [`PluginInfo`], [`ManagerStatus`],
-//!   [`PluginConfig`], [`PluginHealth`].
+//! - `status`: what the manager reports: [`PluginInfo`] (and its [`HookInfo`]),
+//!   [`ManagerStatus`], [`PluginConfig`], [`PluginHealth`].
 //! - [`ui`]: UI plugins: the manifest's `ui` table, mount points, the `ui` kind's contract.
 //! - [`api`]: the management REST API over a [`PluginManager`] (`docs/API.md`).
 
@@ -28,6 +31,7 @@ pub mod command;
 pub mod config;
 pub mod deps;
 mod error;
+pub mod hook_delivery;
 mod host_config;
 mod idle;
 mod managed;
@@ -44,4 +48,4 @@ pub mod ui;
 pub use error::ManagerError;
 pub use host_config::default_worker_dir;
 pub use manager::{ManagerConfig, PluginManager, StartReport};
-pub use status::{ManagerStatus, PluginConfig, PluginHealth, PluginInfo, PluginRoute};
+pub use status::{HookInfo, ManagerStatus, PluginConfig, PluginHealth, PluginInfo, PluginRoute};
