@@ -34,6 +34,10 @@
 //! `CHAOS_HOOKS=before_request` (or `after_response`) declares only that hook.
 //! Its own health check answers what `CHAOS_HEALTH` says: `pass` (the default), `warn`, `fail`,
 //! or `hang` (never answers).
+//! As an event subscriber it handles every event its manifest's `hooks` name, as
+//! `CHAOS_EVENTS` says: `ok` (the default), `slow:<ms>` (takes that long), `fail` (answers an
+//! error), `panic` (panics; the worker contains it), `crash` (aborts the process) or `hang`
+//! (never answers).
 //! Start-up faults come from the environment (see [`startup_fault`]) or the config
 //! (`{"crash_on_initialize": true}` aborts in `initialize`, so a supervisor that re-applies the
 //! config after each restart sees a crash loop; `{"initialize_delay_ms": N}` makes every
@@ -41,11 +45,13 @@
 
 use futures_util::StreamExt;
 use plugvisor_proto::wire::{
-    AfterResponse, BeforeAction, HealthReport, Hook, HookRequest, HookResponse, MethodSpec,
-    RouteSpec, ServiceCall,
+    AfterResponse, BeforeAction, EventDelivery, HealthReport, Hook, HookRequest, HookResponse,
+    MethodSpec, RouteSpec, ServiceCall, ANY_EVENT,
 };
 use plugvisor_proto::{json, Plugin, PluginError, PluginStream, Value, WireError};
-use plugvisor_worker::{HealthCheck, Methods, Middleware, RouteRequest, RouteResponse, Routes};
+use plugvisor_worker::{
+    Events, HealthCheck, Methods, Middleware, RouteRequest, RouteResponse, Routes,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -59,6 +65,10 @@ pub const HOOKS_ENV: &str = "CHAOS_HOOKS";
 /// Environment variable with the verdict of chaos's own health check (`pass`, `warn`, `fail`,
 /// `hang`).
 pub const HEALTH_ENV: &str = "CHAOS_HEALTH";
+
+/// Environment variable saying how chaos handles host events (`ok`, `slow:<ms>`, `fail`,
+/// `panic`, `crash`, `hang`).
+pub const EVENTS_ENV: &str = "CHAOS_EVENTS";
 
 /// Memory kept alive by `alloc`, so it stays resident.
 static LEAKED: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
@@ -204,6 +214,38 @@ impl HealthCheck for Chaos {
                 .checks(json!({"chaos:env": [{"status": "fail", "observedValue": "fail"}]})),
             "hang" => std::future::pending().await,
             _ => HealthReport::pass(),
+        }
+    }
+}
+
+/// Chaos as an event subscriber: handles any event as `CHAOS_EVENTS` says.
+impl Events for Chaos {
+    fn events(&self) -> Vec<String> {
+        vec![ANY_EVENT.to_owned()]
+    }
+
+    async fn on_event(&self, event: EventDelivery) -> Result<(), PluginError> {
+        let how = std::env::var(EVENTS_ENV).unwrap_or_default();
+        match how.as_str() {
+            "" | "ok" => Ok(()),
+            "fail" => Err(PluginError::failed(format!(
+                "CHAOS_EVENTS says fail ({} of {})",
+                event.event, event.plugin
+            ))),
+            "panic" => panic!("chaos: panic in an event hook"),
+            "crash" => {
+                eprintln!(
+                    "chaos: crashing on event {} of {}",
+                    event.event, event.plugin
+                );
+                std::process::abort()
+            }
+            "hang" => std::future::pending().await,
+            slow => {
+                let ms = slow.strip_prefix("slow:").and_then(|m| m.parse().ok());
+                tokio::time::sleep(Duration::from_millis(ms.unwrap_or(0))).await;
+                Ok(())
+            }
         }
     }
 }

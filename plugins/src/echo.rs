@@ -8,7 +8,8 @@
 //!
 //! Named methods beside `execute`: `shout` (upper case and `!`) and `reverse` (characters in
 //! reverse order) take a text as a string, `{"text": …}` or `{"args": [text], "kwargs": {}}`
-//! and answer a string.
+//! and answer a string; `events` answers the host events echo heard (`heard.rs`: it hears
+//! whatever its manifest's `hooks` subscribe it to, and keeps the last few).
 
 use futures_util::{stream, StreamExt};
 use plugvisor_proto::wire::{MethodSpec, RouteSpec};
@@ -18,6 +19,9 @@ use serde_json::Map;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+mod heard;
+pub use heard::HEARD_KEPT;
 
 /// How strings are transformed after the prefix is added.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -140,6 +144,7 @@ const RECENT_MAX_BYTES: usize = 2048;
 pub struct Echo {
     config: RwLock<Arc<EchoConfig>>,
     recent: Mutex<Recent>,
+    heard: Mutex<heard::Heard>,
 }
 
 /// The last outputs, newest last, and how many there were in all.
@@ -188,7 +193,7 @@ impl Echo {
 /// Largest JSON body `POST /transform` reads.
 const TRANSFORM_LIMIT: usize = 1 << 20;
 
-/// Echo's named methods: `shout` and `reverse`.
+/// Echo's named methods: `shout`, `reverse` and `events`.
 impl Methods for Echo {
     fn methods(&self) -> Vec<MethodSpec> {
         let text = json!({"oneOf": [
@@ -203,10 +208,16 @@ impl Methods for Echo {
             MethodSpec::new("reverse")
                 .summary("The text's characters in reverse order")
                 .input_schema(text),
+            MethodSpec::new("events")
+                .summary("The host events it heard (its manifest's hooks), newest first"),
         ]
     }
 
     async fn call_method(&self, name: &str, input: Value) -> Result<Value, PluginError> {
+        if name == "events" {
+            let heard = self.heard.lock().unwrap_or_else(PoisonError::into_inner);
+            return Ok(heard.to_value());
+        }
         let text = text_of(&input)?;
         let output = match name {
             "shout" => format!("{}!", text.to_uppercase()),

@@ -7,9 +7,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
 
+pub mod events;
 pub mod health;
 pub mod hooks;
 pub mod services;
+pub use events::{
+    canonical_event, handles_event, valid_event_name, EventDelivery, ANY_EVENT, EVENT_PREFIX,
+};
 pub use health::{HealthReport, HealthStatus};
 pub use hooks::{AfterResponse, BeforeAction, Hook, HookRequest, HookResponse};
 pub use services::{ServiceCall, ServiceInfo};
@@ -68,11 +72,15 @@ pub mod routes {
     pub const BEFORE_REQUEST: &str = "/v1/hooks/before_request";
     /// `POST`: a middleware's `after_response` hook ([`super::hooks`]).
     pub const AFTER_RESPONSE: &str = "/v1/hooks/after_response";
+    /// `POST`: one host event delivered to a plugin that subscribed to it
+    /// ([`super::events`]). A `POST` like every route that runs plugin code, so it is on the
+    /// call lane.
+    pub const EVENTS: &str = "/v1/events";
 
     /// Which lane a request belongs to: a connection carries requests of one lane only.
     ///
     /// *Call* requests run plugin code (`initialize`, `execute`, `execute_stream`,
-    /// `cleanup`); a worker serves their connections where plugin code runs. *Control*
+    /// `cleanup`, named methods, plugin health, middleware hooks, events); a worker serves their connections where plugin code runs. *Control*
     /// requests (every `GET`, and `shutdown`) never wait for plugin code, so a worker serves
     /// them on a thread plugin code cannot block, and health probes answer while a plugin is
     /// stuck. Host and worker both route by this one rule.
@@ -93,6 +101,7 @@ pub mod routes {
         /// assert_eq!(Lane::of(true, routes::HEALTH), Lane::Control);
         /// assert_eq!(Lane::of(false, routes::SHUTDOWN), Lane::Control);
         /// assert_eq!(Lane::of(true, "/v1/route/hello"), Lane::Call);
+        /// assert_eq!(Lane::of(false, routes::EVENTS), Lane::Call);
         /// ```
         pub fn of(is_get: bool, path: &str) -> Self {
             let route = path
@@ -257,7 +266,7 @@ pub struct InfoResponse {
     /// [`crate::Plugin::config_schema`].
     pub config_schema: Value,
     /// Features the worker supports: `execute`, `stream`, `files`, and `routes`,
-    /// `middleware`, `methods` when it serves those extensions.
+    /// `middleware`, `methods`, `health_check`, `events` when it serves those extensions.
     pub capabilities: Vec<String>,
     /// The worker's process id.
     pub pid: u32,
@@ -272,6 +281,10 @@ pub struct InfoResponse {
     /// older workers).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<MethodSpec>,
+    /// The host events it handles on `POST /v1/events` (`loaded`, `plugin_unloaded`, or `*`
+    /// for any; empty when it serves no events; absent from older workers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
 }
 
 /// The method every plugin serves: [`crate::Plugin::execute`].

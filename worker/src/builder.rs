@@ -1,7 +1,8 @@
 //! [`Worker`]: a plugin together with the extensions it serves (HTTP routes, middleware hooks,
-//! named methods),
+//! named methods, its own health check, host events),
 //! run as a worker binary or served in-process.
 
+use crate::events::{DynEvents, Events};
 use crate::health_check::{DynHealthCheck, HealthCheck};
 use crate::methods::{DynMethods, Methods};
 use crate::middleware::{DynMiddleware, Middleware};
@@ -20,6 +21,8 @@ pub(crate) struct Extensions {
     pub methods: Option<Arc<dyn DynMethods>>,
     /// The plugin's own health check (`/v1/plugin_health`).
     pub health_check: Option<Arc<dyn DynHealthCheck>>,
+    /// Host events it hears (`/v1/events`).
+    pub events: Option<Arc<dyn DynEvents>>,
 }
 
 /// A plugin and the extensions it serves; the seed [`Plugin`] trait stays as it is, and each
@@ -108,6 +111,17 @@ impl<P: Plugin> Worker<P> {
     {
         let check: Arc<dyn DynHealthCheck> = self.plugin.clone();
         self.extensions.health_check = Some(check);
+        self
+    }
+
+    /// Also hears the host events its manifest subscribes it to ([`Events`]).
+    #[must_use]
+    pub fn events(mut self) -> Self
+    where
+        P: Events,
+    {
+        let events: Arc<dyn DynEvents> = self.plugin.clone();
+        self.extensions.events = Some(events);
         self
     }
 

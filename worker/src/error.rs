@@ -55,6 +55,9 @@ pub enum WorkerError {
     /// The plugin's [`crate::Methods::methods`] panicked or declared a bad name.
     #[error("the plugin's methods(): {0}")]
     Methods(String),
+    /// The plugin's [`crate::Events::events`] panicked or declared a bad name.
+    #[error("the plugin's events(): {0}")]
+    Events(String),
     /// Any other I/O failure (stdout, runtime, accept).
     #[error("{context}")]
     Io {

@@ -16,8 +16,9 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use plugvisor_proto::file_ref::visit_file_refs;
 use plugvisor_proto::wire::{
-    routes, AfterResponse, ConfigResponse, ConfigSchemaResponse, ExecuteRequest, ExecuteResponse,
-    HealthResponse, Hook, HookRequest, InfoResponse, InitializeRequest, NDJSON, PROTOCOL_VERSION,
+    handles_event, routes, AfterResponse, ConfigResponse, ConfigSchemaResponse, EventDelivery,
+    ExecuteRequest, ExecuteResponse, HealthResponse, Hook, HookRequest, InfoResponse,
+    InitializeRequest, NDJSON, PROTOCOL_VERSION,
 };
 use plugvisor_proto::{json, ErrorKind, Plugin, PluginError, Value, WireError};
 use std::sync::atomic::Ordering;
@@ -60,6 +61,7 @@ pub(crate) fn info<P: Plugin>(shared: &Shared<P>) -> Handled {
         routes: shared.route_specs.clone(),
         hooks: shared.hooks.clone(),
         methods: shared.method_specs.clone(),
+        events: shared.event_names.clone(),
     })?;
     Ok(reply::json(StatusCode::OK, &info))
 }
@@ -71,6 +73,7 @@ fn capabilities<P>(shared: &Shared<P>) -> Vec<String> {
         ("middleware", !shared.hooks.is_empty()),
         ("methods", !shared.method_specs.is_empty()),
         ("health_check", shared.health_check.is_some()),
+        ("events", !shared.event_names.is_empty()),
     ];
     all.extend(extensions.iter().filter(|e| e.1).map(|e| e.0.to_owned()));
     all
@@ -88,6 +91,33 @@ pub(crate) async fn plugin_health<P: Plugin>(shared: &Shared<P>) -> Handled {
     let work = async move { guarded(async { Ok(check.check().await) }).await };
     let report = offload(shared.exec.as_ref(), work).await??;
     Ok(reply::json(StatusCode::OK, &report))
+}
+
+/// `POST /v1/events`: one host event for a subscribed plugin, answered `204` once the plugin
+/// handled it (404 when it hears no events or did not declare this one). Not counted as a
+/// call.
+pub(crate) async fn event<P: Plugin>(shared: &Shared<P>, req: Request<Incoming>) -> Handled {
+    refuse_when_stopping(shared)?;
+    let Some(events) = shared.events.clone() else {
+        return Err(WireError::new(
+            ErrorKind::NotFound,
+            "this plugin hears no events",
+        ));
+    };
+    let delivery: EventDelivery = read_json(req, shared.max_body).await?;
+    if !handles_event(&shared.event_names, &delivery.event) {
+        return Err(WireError::new(
+            ErrorKind::NotFound,
+            format!(
+                "this plugin does not handle event {:?} (it handles: {})",
+                delivery.event,
+                shared.event_names.join(", ")
+            ),
+        ));
+    }
+    let work = async move { guarded(events.deliver(delivery)).await };
+    offload(shared.exec.as_ref(), work).await??;
+    Ok(reply::empty(StatusCode::NO_CONTENT))
 }
 
 /// `POST /v1/methods/<name>`: one call of a named method, answered like `execute`.
@@ -419,6 +449,8 @@ mod tests {
             methods: None,
             method_specs: Vec::new(),
             health_check: None,
+            events: None,
+            event_names: Vec::new(),
         }
     }
 

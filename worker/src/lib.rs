@@ -35,12 +35,15 @@
 //! - [`HealthCheck`] (`health_check.rs`): the plugin's own health (`/v1/plugin_health`).
 //! - [`host()`] (`host.rs`): the client for calling the host back: services other plugins
 //!   provide, with the call context of nested calls.
+//! - [`Events`] (`events.rs`): host lifecycle and task events the manifest subscribes the
+//!   plugin to (`/v1/events`).
 //! - [`Worker`] (`builder.rs`): a plugin plus the extensions it serves
-//!   (`Worker::new(p).routes().middleware().run()`).
+//!   (`Worker::new(p).routes().middleware().events().run()`).
 
 mod builder;
 mod cli;
 mod error;
+mod events;
 pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -69,6 +72,7 @@ mod watch;
 pub use builder::Worker;
 pub use cli::{LOG_ENV, WORKER_THREADS_ENV};
 pub use error::WorkerError;
+pub use events::Events;
 pub use health_check::HealthCheck;
 pub use host::{host, HostClient};
 pub use listener::{ListenAddr, Listener};

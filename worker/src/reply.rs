@@ -31,6 +31,13 @@ pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
     }
 }
 
+/// An answer without a body (`204 No Content`).
+pub(crate) fn empty(status: StatusCode) -> Reply {
+    let mut reply = Response::new(Either::Left(Full::new(Bytes::new())));
+    *reply.status_mut() = status;
+    reply
+}
+
 /// The error answer for `err`: status from its kind, body `{"error": {...}}`.
 pub(crate) fn error(err: WireError) -> Reply {
     let status =

@@ -34,10 +34,12 @@ enum Route {
     BeforeRequest,
     /// A middleware's `after_response` hook.
     AfterResponse,
+    /// A host event for a subscribed plugin.
+    Events,
 }
 
 /// Path, method and route of every endpoint.
-const TABLE: [(&str, Method, Route); 12] = [
+const TABLE: [(&str, Method, Route); 13] = [
     (routes::HEALTH, Method::GET, Route::Health),
     (routes::INFO, Method::GET, Route::Info),
     (routes::CONFIG, Method::GET, Route::Config),
@@ -50,6 +52,7 @@ const TABLE: [(&str, Method, Route); 12] = [
     (routes::BEFORE_REQUEST, Method::POST, Route::BeforeRequest),
     (routes::AFTER_RESPONSE, Method::POST, Route::AfterResponse),
     (routes::PLUGIN_HEALTH, Method::POST, Route::PluginHealth),
+    (routes::EVENTS, Method::POST, Route::Events),
 ];
 
 /// Answers one request. Never fails: every problem is an error answer.
@@ -102,6 +105,7 @@ async fn dispatch<P: Plugin>(shared: &Shared<P>, route: Route, req: Request<Inco
         Route::PluginHealth => handlers::plugin_health(shared).await,
         Route::BeforeRequest => handlers::before_request(shared, req).await,
         Route::AfterResponse => handlers::after_response(shared, req).await,
+        Route::Events => handlers::event(shared, req).await,
     }
 }
 

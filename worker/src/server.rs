@@ -127,6 +127,12 @@ pub(crate) async fn serve_with<P: Plugin>(
         shared.methods = Some(methods);
     }
     shared.health_check = extensions.health_check;
+    if let Some(events) = extensions.events {
+        let names = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| events.declared()));
+        let names = names.map_err(|_| WorkerError::Events("panicked".into()))?;
+        shared.event_names = names.map_err(WorkerError::Events)?;
+        shared.events = Some(events);
+    }
     let shared = Arc::new(shared);
     let socket_path = listener.socket_path();
     tracing::info!(plugin = shared.plugin.name(), "serving");
@@ -178,6 +184,8 @@ fn shared_state<P: Plugin>(
         methods: None,
         method_specs: Vec::new(),
         health_check: None,
+        events: None,
+        event_names: Vec::new(),
     })
 }
 

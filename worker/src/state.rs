@@ -1,5 +1,6 @@
 //! `Shared`: what every request handler of one server sees (plugin, options, counters).
 
+use crate::events::DynEvents;
 use crate::health_check::DynHealthCheck;
 use crate::methods::DynMethods;
 use crate::middleware::DynMiddleware;
@@ -42,6 +43,10 @@ pub(crate) struct Shared<P> {
     pub method_specs: Vec<MethodSpec>,
     /// The plugin's own health check, when it has one.
     pub health_check: Option<Arc<dyn DynHealthCheck>>,
+    /// The host events it hears, when it serves any.
+    pub events: Option<Arc<dyn DynEvents>>,
+    /// The event names it declared, read once at start.
+    pub event_names: Vec<String>,
 }
 
 /// Calls running now and calls started so far.

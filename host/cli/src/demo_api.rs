@@ -1,7 +1,7 @@
 //! The demo's REST step: `plugvisor serve`'s API in-process, a file uploaded, gzipped by a
 //! plugin and downloaded, the requests the API refuses (a host path, a foreign web page),
-//! plugin routes, a middleware (guard) in front of one, and the status page with the bundled
-//! UI plugin's panel.
+//! plugin routes, a middleware (guard) in front of one, the status page with the bundled
+//! UI plugin's panel, a scheduled task, and the host events echo subscribed to (hooks).
 
 use crate::client::ApiClient;
 use anyhow::{ensure, Context};
@@ -24,8 +24,9 @@ pub(crate) async fn rest_files(
     std::fs::create_dir_all(&manifests)?;
     for name in ["files", "echo", "ticker"] {
         let command = worker_dir.join(format!("{name}-worker"));
+        let hooks = if name == "echo" { ECHO_HOOKS } else { "" };
         let manifest = format!(
-            "name = \"{name}\"\nversion = \"0.1.0\"\ncommand = \"{}\"\n",
+            "name = \"{name}\"\nversion = \"0.1.0\"\ncommand = \"{}\"\n{hooks}",
             command.display()
         );
         std::fs::write(manifests.join(format!("{name}.toml")), manifest)?;
@@ -94,6 +95,7 @@ async fn serve_and_use(
     let guarded = middleware(&client, &say).await;
     let page = status_page(&client, panel, &say).await;
     let ticked = scheduled(manager, &say).await;
+    let heard = hooks(&client, manager, &say).await;
     shutdown.cancel();
     server.await.context("the API server task")??;
     used.and(refused)
@@ -102,6 +104,65 @@ async fn serve_and_use(
         .and(guarded)
         .and(page)
         .and(ticked)
+        .and(heard)
+}
+
+/// The events the demo's echo subscribes to.
+const ECHO_HOOKS: &str = "hooks = [\"plugin_loaded\", \"plugin_unloaded\", \"task_failed\"]\n";
+
+/// What echo heard of the others (loads, and clock's unload by `scheduled`), through its
+/// `events` method, and how its deliveries were counted.
+async fn hooks(
+    client: &ApiClient,
+    manager: &PluginManager,
+    say: &impl Fn(&str),
+) -> anyhow::Result<()> {
+    let call = json!({"plugin_id": "echo", "method": "events", "input": null});
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    // Events arrive in order: once clock's unload is there, the loads before it are too.
+    let heard = loop {
+        let heard = client
+            .json(Method::POST, "/api/plugins/execute", Some(&call))
+            .await?["output"]
+            .take();
+        if heard["counts"]["unloaded"].as_u64() >= Some(1) || Instant::now() > deadline {
+            break heard;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let counts = manager
+        .info("echo")?
+        .hooks
+        .context("echo subscribes to no events")?;
+    ensure!(
+        heard["counts"]["unloaded"] == json!(1) && counts.failed == 0,
+        "echo did not hear clock's unload: {heard}, {counts:?}"
+    );
+    say(&format!(
+        "hooks: echo heard {} and {} through POST /v1/events in its own worker ({} delivered, \
+         {} dropped, {} failed)",
+        heard_line(&heard, "loaded"),
+        heard_line(&heard, "unloaded"),
+        counts.delivered,
+        counts.dropped,
+        counts.failed
+    ));
+    Ok(())
+}
+
+/// `loaded ×N (a, b, …)`: how often echo heard `event`, and of whom (oldest first).
+fn heard_line(heard: &Value, event: &str) -> String {
+    let events = heard["events"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let about: Vec<&str> = events
+        .iter()
+        .rev()
+        .filter(|e| e["event"] == event)
+        .filter_map(|e| e["plugin"].as_str())
+        .collect();
+    format!("{event} ×{} ({})", heard["counts"][event], about.join(", "))
 }
 
 /// Starts every plugin as `serve` does: the one whose binary is missing is failed, with its

@@ -1,5 +1,6 @@
 //! Lifecycle events: a broadcast stream every embedder can subscribe to, and hooks.
 
+use plugvisor_proto::wire::{canonical_event, EventDelivery};
 use plugvisor_proto::CrashReport;
 use serde::Serialize;
 use std::sync::Arc;
@@ -126,6 +127,42 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every event's name, as [`EventKind::name`] gives it (a new variant goes in both; the
+    /// manifest's `hooks` accept only these).
+    pub const NAMES: [&'static str; 17] = [
+        "started",
+        "ready",
+        "unhealthy",
+        "crashed",
+        "start_failed",
+        "restarting",
+        "failed",
+        "reset",
+        "recycled",
+        "stopped",
+        "loaded",
+        "unloaded",
+        "reloaded",
+        "config_changed",
+        "task_started",
+        "task_finished",
+        "task_failed",
+    ];
+
+    /// The event's name as [`EventKind::NAMES`] and [`EventKind::name`] spell it, for a name
+    /// a hook subscription may use (`"loaded"` or `"plugin_loaded"`); `None` for a name no
+    /// event has.
+    ///
+    /// ```
+    /// use plugvisor_host::EventKind;
+    /// assert_eq!(EventKind::known("plugin_task_failed"), Some("task_failed"));
+    /// assert_eq!(EventKind::known("plugin_lodaed"), None);
+    /// ```
+    pub fn known(name: &str) -> Option<&'static str> {
+        let name = canonical_event(name);
+        Self::NAMES.into_iter().find(|n| *n == name)
+    }
+
     /// The event's name, as used by [`EventBus::register_hook`]: `"started"`, `"crashed"`, …
     pub fn name(&self) -> &'static str {
         match self {
@@ -146,6 +183,24 @@ impl EventKind {
             Self::TaskStarted { .. } => "task_started",
             Self::TaskFinished { .. } => "task_finished",
             Self::TaskFailed { .. } => "task_failed",
+        }
+    }
+}
+
+impl LifecycleEvent {
+    /// The event as `POST /v1/events` delivers it to a subscribed plugin: its name, plugin
+    /// and time, and its own fields as `details`.
+    pub fn to_delivery(&self) -> EventDelivery {
+        let mut details = match serde_json::to_value(&self.kind) {
+            Ok(serde_json::Value::Object(fields)) => fields,
+            _ => serde_json::Map::new(),
+        };
+        details.remove("event");
+        EventDelivery {
+            event: self.kind.name().to_owned(),
+            plugin: self.plugin.clone(),
+            at_ms: self.at_ms,
+            details: serde_json::Value::Object(details),
         }
     }
 }
@@ -241,5 +296,101 @@ impl HookHandle {
     /// Unregisters the hook.
     pub fn remove(self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn every_kind() -> Vec<EventKind> {
+        vec![
+            EventKind::Started { pid: 1 },
+            EventKind::Ready { pid: 1 },
+            EventKind::Unhealthy {
+                pid: 1,
+                failures: 1,
+            },
+            EventKind::StartFailed {
+                error: String::new(),
+            },
+            EventKind::Restarting {
+                delay_ms: 1,
+                attempt: 1,
+            },
+            EventKind::Failed {
+                restarts: 1,
+                window_ms: 1,
+            },
+            EventKind::Reset,
+            EventKind::Recycled {
+                old_pid: 1,
+                new_pid: 2,
+                reason: String::new(),
+            },
+            EventKind::Stopped { pid: None },
+            EventKind::Loaded {
+                version: String::new(),
+            },
+            EventKind::Unloaded,
+            EventKind::Reloaded {
+                version: String::new(),
+            },
+            EventKind::ConfigChanged { config: json!({}) },
+            EventKind::TaskStarted {
+                task: String::new(),
+                late_ms: 0.0,
+            },
+            EventKind::TaskFinished {
+                task: String::new(),
+                duration_ms: 0.0,
+            },
+            EventKind::TaskFailed {
+                task: String::new(),
+                duration_ms: 0.0,
+                error: String::new(),
+            },
+        ]
+    }
+
+    #[test]
+    fn names_lists_every_kind_and_known_takes_the_prefix() {
+        // `Crashed` needs a crash report; its name is checked by the listing alone.
+        let mut named: Vec<&str> = every_kind().iter().map(EventKind::name).collect();
+        named.push("crashed");
+        named.sort_unstable();
+        let mut listed = EventKind::NAMES.to_vec();
+        listed.sort_unstable();
+        assert_eq!(named, listed);
+        for name in EventKind::NAMES {
+            assert_eq!(EventKind::known(name), Some(name));
+            assert_eq!(EventKind::known(&format!("plugin_{name}")), Some(name));
+        }
+        assert_eq!(EventKind::known("plugin_lodaed"), None);
+        assert_eq!(EventKind::known("*"), None);
+    }
+
+    #[test]
+    fn a_delivery_carries_the_events_own_fields_as_details() {
+        let event = LifecycleEvent {
+            plugin: "ticker".to_owned(),
+            at_ms: 42,
+            kind: EventKind::TaskFailed {
+                task: "tick".to_owned(),
+                duration_ms: 1.5,
+                error: "boom".to_owned(),
+            },
+        };
+        let delivery = event.to_delivery();
+        assert_eq!(delivery.event, "task_failed");
+        assert_eq!((delivery.plugin.as_str(), delivery.at_ms), ("ticker", 42));
+        let details = json!({"task": "tick", "duration_ms": 1.5, "error": "boom"});
+        assert_eq!(delivery.details, details);
+        let unloaded = LifecycleEvent {
+            kind: EventKind::Unloaded,
+            ..event
+        };
+        assert_eq!(unloaded.to_delivery().details, json!({}));
     }
 }

@@ -22,6 +22,9 @@ pub struct PluginIdentity {
     pub methods: Vec<plugvisor_proto::wire::MethodSpec>,
     /// True when it serves its own health check (`health_check` capability).
     pub health_check: bool,
+    /// The host events it handles on `POST /v1/events` (`loaded`, `plugin_unloaded`, `*`;
+    /// empty when it hears none).
+    pub events: Vec<String>,
 }
 
 impl PluginIdentity {
@@ -31,6 +34,11 @@ impl PluginIdentity {
         std::iter::once(plugvisor_proto::wire::DEFAULT_METHOD.to_owned())
             .chain(named)
             .collect()
+    }
+
+    /// True when it handles host event `name` (with or without the `plugin_` prefix).
+    pub fn handles_event(&self, name: &str) -> bool {
+        plugvisor_proto::wire::handles_event(&self.events, name)
     }
 
     /// True when it serves method `name` (`execute` always).
@@ -49,6 +57,7 @@ impl From<InfoResponse> for PluginIdentity {
             hooks: info.hooks,
             methods: info.methods,
             health_check: info.capabilities.iter().any(|c| c == "health_check"),
+            events: info.events,
         }
     }
 }

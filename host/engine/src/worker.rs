@@ -319,6 +319,20 @@ impl WorkerCore {
         self.json(Method::POST, routes::AFTER_RESPONSE, body).await
     }
 
+    /// `POST /v1/events`: one host event for a subscribed plugin (not counted as a call); the
+    /// answer's body, if any, is read and ignored.
+    pub(crate) async fn deliver_event(
+        &self,
+        event: &wire::EventDelivery,
+    ) -> Result<(), PluginError> {
+        let body = to_body(event)?;
+        let (answer, lease) = self.post(routes::EVENTS, body).await?;
+        match exchange::read_all(answer, lease).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.failure(e).await),
+        }
+    }
+
     /// `POST /v1/plugin_health`: the plugin's own check (not counted as a call).
     pub(crate) async fn plugin_health(&self) -> Result<wire::HealthReport, PluginError> {
         self.json(Method::POST, routes::PLUGIN_HEALTH, Bytes::new())

@@ -18,10 +18,13 @@
 //! - `services`: services between plugins: tokens, who may call what, chains of nested calls
 //!   (cycles, depth, deadlines); `services/endpoint.rs`: the host's endpoint workers call.
 //! - `idle`: the idle stopper of plugins with `idle_stop_secs`.
-//! - [`metrics`]: call counters, latency histogram, restarts and workers in Prometheus text.
+//! - [`hook_delivery`]: the host events a plugin subscribes to (`hooks`), queued per
+//!   subscriber (bounded, drops counted) and sent to its worker (`POST /v1/events`).
+//! - [`metrics`]: call counters, latency histogram, task runs, hook deliveries, restarts and
+//!   workers in Prometheus text.
 //! - `error`: [`ManagerError`].
-//! - `status`: what the manager reports: [`PluginInfo`], [`ManagerStatus`],
-//!   [`PluginConfig`], [`PluginHealth`].
+//! - `status`: what the manager reports: [`PluginInfo`] (and its [`HookInfo`]),
+//!   [`ManagerStatus`], [`PluginConfig`], [`PluginHealth`].
 //! - [`ui`]: UI plugins: the manifest's `ui` table, mount points, the `ui` kind's contract.
 //! - [`api`]: the management REST API over a [`PluginManager`] (`docs/API.md`).
 
@@ -30,6 +33,7 @@ pub mod command;
 pub mod config;
 pub mod deps;
 mod error;
+pub mod hook_delivery;
 mod host_config;
 mod idle;
 mod managed;
@@ -48,4 +52,4 @@ pub use error::ManagerError;
 pub use host_config::default_worker_dir;
 pub use manager::{ManagerConfig, PluginManager, StartReport};
 pub use services::MAX_CHAIN;
-pub use status::{ManagerStatus, PluginConfig, PluginHealth, PluginInfo, PluginRoute};
+pub use status::{HookInfo, ManagerStatus, PluginConfig, PluginHealth, PluginInfo, PluginRoute};

@@ -5,6 +5,7 @@ use crate::config::{
     env_layer, keep_masked_secrets, mask_secrets, merge, schema_defaults, validate,
 };
 use crate::error::ManagerError;
+use crate::hook_delivery::{HookSink, Subscriber};
 use crate::idle::{self, IdleStop};
 use crate::manifest::{Discovered, StartMode};
 use crate::scheduler::{TaskSink, TaskTarget};
@@ -263,12 +264,37 @@ impl Managed {
         self.tasks_end.cancel();
     }
 
+    /// Ends its background work (task schedulers, health checker, hook delivery) without
+    /// retiring it: what the manager does before stopping everything.
+    pub(crate) fn end_tasks(&self) {
+        self.tasks_end.cancel();
+    }
+
     /// Starts the scheduler of each of its tasks, telling `sink` (the manager) of each run.
     pub(crate) fn start_tasks(self: &Arc<Self>, sink: &std::sync::Weak<dyn TaskSink>) {
         for slot in &self.tasks {
             let end = self.tasks_end.clone();
             crate::scheduler::spawn(Arc::clone(slot), Arc::downgrade(self), sink.clone(), end);
         }
+    }
+
+    /// Starts delivering the host events its manifest subscribes it to (`hooks`), counted in
+    /// `sink`; the delivery ends when the plugin is retired or dropped.
+    pub(crate) fn start_hooks(self: &Arc<Self>, sink: &std::sync::Weak<dyn HookSink>) {
+        let events = self.found.manifest.hook_events();
+        if events.is_empty() {
+            return;
+        }
+        let name = self.name().to_owned();
+        let end = self.tasks_end.clone();
+        crate::hook_delivery::spawn(
+            &self.host,
+            Arc::downgrade(self),
+            name,
+            events,
+            sink.clone(),
+            end,
+        );
     }
 
     /// Starts asking the worker for its own health, when it has a health check.
@@ -512,6 +538,22 @@ impl TaskTarget for Managed {
     }
 }
 
+impl Subscriber for Managed {
+    fn name(&self) -> &str {
+        Managed::name(self)
+    }
+
+    async fn deliver(
+        &self,
+        event: &plugvisor_proto::wire::EventDelivery,
+        timeout: Duration,
+    ) -> Option<Result<(), PluginError>> {
+        // A lazy plugin between calls is not started for an event.
+        let sup = self.current()?;
+        Some(sup.deliver_event(event, timeout).await)
+    }
+}
+
 impl IdleStop for Managed {
     fn name(&self) -> &str {
         Managed::name(self)
@@ -610,7 +652,7 @@ pub(crate) fn version_mismatch(
 }
 
 /// What a kind promises that only the running worker can show: a `middleware` serves at least
-/// one hook.
+/// one hook; and what `hooks` needs: a worker that handles every subscribed event.
 fn kind_contract(
     manifest: &crate::manifest::Manifest,
     identity: &PluginIdentity,
@@ -622,7 +664,7 @@ fn kind_contract(
                 .to_owned(),
         );
     }
-    Ok(())
+    crate::hook_delivery::contract(manifest, identity)
 }
 
 /// The outcome of [`Managed::call_method`] that reached the plugin's method table.

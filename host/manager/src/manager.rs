@@ -160,6 +160,13 @@ fn service_error(e: ManagerError) -> PluginError {
     }
 }
 
+/// Hook deliveries are counted in the manager's metrics; the delivery tasks hold it weakly.
+impl crate::hook_delivery::HookSink for Inner {
+    fn record_hook(&self, plugin: &str, outcome: crate::hook_delivery::Outcome, n: u64) {
+        self.metrics.record_hook(plugin, outcome, n);
+    }
+}
+
 impl std::fmt::Debug for PluginManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PluginManager")
@@ -427,6 +434,8 @@ impl PluginManager {
         write(&self.inner.load_failures).remove(&name);
         let version = managed.identity.version.clone();
         write(&self.inner.loaded).insert(name.clone(), Arc::clone(&managed));
+        // Subscribed before its own `loaded`, which it hears too.
+        managed.start_hooks(&self.hook_sink());
         self.emit(&name, EventKind::Loaded { version });
         managed.start_tasks(&self.task_sink());
         managed.start_health_checks();
@@ -647,6 +656,7 @@ impl PluginManager {
         let version = new.identity.version.clone();
         write(&self.inner.loaded).insert(name.to_owned(), Arc::clone(&new));
         old.retire();
+        new.start_hooks(&self.hook_sink());
         new.start_tasks(&self.task_sink());
         new.start_health_checks();
         Ok((old, version))
@@ -796,6 +806,9 @@ impl PluginManager {
     /// Stops every plugin and the host; waits until every worker is gone.
     pub async fn shutdown(self) {
         let all = std::mem::take(&mut *write(&self.inner.loaded));
+        // Background work first (schedulers, health checks, hook deliveries), so none of it
+        // fails against a stopping worker.
+        all.values().for_each(|m| m.end_tasks());
         let stops = all.values().map(|m| m.stop(Duration::from_secs(5)));
         futures_util::future::join_all(stops).await;
         self.inner.services.stop();
@@ -833,6 +846,12 @@ impl PluginManager {
     /// The manager as the task schedulers see it, held weakly.
     fn task_sink(&self) -> std::sync::Weak<dyn crate::scheduler::TaskSink> {
         let inner: Arc<dyn crate::scheduler::TaskSink> = self.inner.clone();
+        Arc::downgrade(&inner)
+    }
+
+    /// The manager as the hook deliveries see it, held weakly.
+    fn hook_sink(&self) -> std::sync::Weak<dyn crate::hook_delivery::HookSink> {
+        let inner: Arc<dyn crate::hook_delivery::HookSink> = self.inner.clone();
         Arc::downgrade(&inner)
     }
 
@@ -924,12 +943,30 @@ fn info_of(found: &Discovered, managed: Option<&Arc<Managed>>, metrics: &Metrics
         plugin_health: managed.and_then(|x| x.plugin_health()),
         ui: m.ui.as_ref().map(|ui| UiInfo::of(&m.name, ui)),
         tasks: managed.map(|x| x.task_infos()).unwrap_or_default(),
+        hooks: hook_info(m, metrics),
         last_error: sup.as_ref().and_then(crate::managed::not_serving),
         warnings: managed
             .and_then(|x| crate::managed::version_mismatch(m, &x.identity))
             .into_iter()
             .collect(),
     }
+}
+
+/// The subscriptions of `m` and their deliveries so far; `None` when it subscribes to none.
+fn hook_info(m: &Manifest, metrics: &Metrics) -> Option<crate::status::HookInfo> {
+    use crate::hook_delivery::Outcome;
+    let subscribed = m.hook_events();
+    if subscribed.is_empty() {
+        return None;
+    }
+    let count = |outcome| metrics.hook_count(&m.name, outcome);
+    Some(crate::status::HookInfo {
+        subscribed: subscribed.into_iter().map(str::to_owned).collect(),
+        delivered: count(Outcome::Delivered),
+        failed: count(Outcome::Failed),
+        dropped: count(Outcome::Dropped),
+        skipped: count(Outcome::Skipped),
+    })
 }
 
 /// The routes a loaded plugin's worker reported, with their full paths.

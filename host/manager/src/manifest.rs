@@ -2,7 +2,8 @@
 //! and discovery of a directory.
 
 use plugvisor_host::{
-    FsPolicy, HealthConfig, NetPolicy, RestartPolicy, Sandbox, SupervisorConfig, SyscallPolicy,
+    EventKind, FsPolicy, HealthConfig, NetPolicy, RestartPolicy, Sandbox, SupervisorConfig,
+    SyscallPolicy,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -94,6 +95,7 @@ pub enum StartMode {
 /// provides = ["text.transform"]
 /// requires = []                     # services it needs: loaded first, callable by it
 /// optional_requires = []            # services it may call when present (no load order need)
+/// hooks = ["plugin_loaded", "task_failed"]   # host events delivered to it (Events)
 ///
 /// [config]
 /// mode = "identity"
@@ -147,6 +149,11 @@ pub struct Manifest {
     /// Stop the worker after this many seconds without calls (it restarts on the next call).
     #[serde(default)]
     pub idle_stop_secs: Option<u64>,
+    /// Host events delivered to the plugin (`POST /v1/events`): lifecycle and task event
+    /// names (`loaded`, `unloaded`, `crashed`, `task_failed`, …; a `plugin_` prefix is
+    /// optional). Its worker must handle each (`plugvisor_worker::Events`).
+    #[serde(default)]
+    pub hooks: Vec<String>,
     /// Supervision knobs.
     #[serde(default)]
     pub supervision: SupervisionManifest,
@@ -604,7 +611,35 @@ impl Manifest {
         self.http.check()?;
         self.check_kind()?;
         crate::tasks::check_all(&self.tasks)?;
+        self.check_hooks()?;
         self.supervision.check()
+    }
+
+    /// Every `hooks` entry names an event the host emits.
+    fn check_hooks(&self) -> Result<(), (Option<&'static str>, String)> {
+        match self.hooks.iter().find(|h| EventKind::known(h).is_none()) {
+            None => Ok(()),
+            Some(unknown) => Err((
+                Some("hooks"),
+                format!(
+                    "hooks: unknown event {unknown:?}; events are {} (a plugin_ prefix is \
+                     optional)",
+                    EventKind::NAMES.join(", ")
+                ),
+            )),
+        }
+    }
+
+    /// The events `hooks` subscribes to, by the names the host gives them (`plugin_loaded`
+    /// is `loaded`), each once, in the manifest's order.
+    pub fn hook_events(&self) -> Vec<&'static str> {
+        let mut events: Vec<&'static str> = Vec::new();
+        for name in self.hooks.iter().filter_map(|h| EventKind::known(h)) {
+            if !events.contains(&name) {
+                events.push(name);
+            }
+        }
+        events
     }
 
     /// A kind's contract, as far as the manifest can show it: a `middleware` has a
@@ -875,6 +910,34 @@ rss_limit_mib = 64
             .to_config();
         assert_eq!(c.max_concurrent, MAX_CONCURRENT);
         assert_eq!(c.rss_limit, Some(1 << 40));
+    }
+
+    #[test]
+    fn hooks_name_known_events_and_an_unknown_one_is_an_error_with_its_line() {
+        let hooked = GOOD.replace(
+            "provides = [\"text\"]",
+            "provides = [\"text\"]\nhooks = [\"plugin_loaded\", \"unloaded\", \"loaded\", \"task_failed\"]",
+        );
+        let m = Manifest::parse(&hooked, Path::new("h.toml")).unwrap();
+        assert_eq!(m.hook_events(), ["loaded", "unloaded", "task_failed"]);
+        let typo = hooked.replace("\"unloaded\"", "\"plugin_unlaoded\"");
+        let err = Manifest::parse(&typo, Path::new("m/h.toml")).unwrap_err();
+        assert_eq!(err.line, Some(6), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("m/h.toml:6: hooks: unknown event \"plugin_unlaoded\""),
+            "{err}"
+        );
+        assert!(
+            err.reason.contains("task_failed"),
+            "the known names are listed: {err}"
+        );
+        let star = hooked.replace("\"unloaded\"", "\"*\"");
+        assert!(Manifest::parse(&star, Path::new("h.toml")).is_err());
+        assert!(Manifest::parse(GOOD, Path::new("h.toml"))
+            .unwrap()
+            .hook_events()
+            .is_empty());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Metrics in Prometheus text: calls, errors by kind and latency per plugin (counted as calls
-//! finish), restarts per plugin and loaded plugins by state (read off the plugins' status).
+//! finish), scheduled task runs, hook deliveries by outcome, restarts per plugin and loaded
+//! plugins by state (read off the plugins' status).
 
+use crate::hook_delivery::Outcome;
 use crate::status::PluginInfo;
 use plugvisor_proto::ErrorKind;
 use std::collections::BTreeMap;
@@ -33,6 +35,7 @@ struct TaskMetrics {
 pub struct Metrics {
     plugins: Mutex<BTreeMap<String, PluginMetrics>>,
     tasks: Mutex<BTreeMap<(String, String), TaskMetrics>>,
+    hooks: Mutex<BTreeMap<String, BTreeMap<Outcome, u64>>>,
 }
 
 impl Metrics {
@@ -68,6 +71,27 @@ impl Metrics {
         if let Some(took) = took {
             m.timing.observe(took);
         }
+    }
+
+    /// Counts `n` hook events of subscriber `plugin` that ended with `outcome`.
+    pub fn record_hook(&self, plugin: &str, outcome: Outcome, n: u64) {
+        let Ok(mut hooks) = self.hooks.lock() else {
+            return;
+        };
+        let counts = hooks.entry(plugin.to_owned()).or_default();
+        *counts.entry(outcome).or_default() += n;
+    }
+
+    /// Hook events of subscriber `plugin` so far with `outcome`.
+    pub fn hook_count(&self, plugin: &str, outcome: Outcome) -> u64 {
+        let Ok(hooks) = self.hooks.lock() else {
+            return 0;
+        };
+        hooks
+            .get(plugin)
+            .and_then(|c| c.get(&outcome))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Calls of `plugin` so far and how many of them failed.
@@ -117,6 +141,27 @@ impl Metrics {
             render_histogram(out, metric, &format!("plugin=\"{name}\""), m);
         }
         self.render_tasks(out);
+        self.render_hooks(out);
+    }
+
+    fn render_hooks(&self, out: &mut String) {
+        let hooks = self.hooks.lock().map(|h| h.clone()).unwrap_or_default();
+        if hooks.is_empty() {
+            return;
+        }
+        let metric = "plugvisor_hook_deliveries_total";
+        let help =
+            "Host events for subscribed plugins by outcome (delivered, failed, dropped, skipped).";
+        header(out, metric, "counter", help);
+        for (plugin, counts) in &hooks {
+            for (outcome, n) in counts {
+                let outcome = outcome.as_str();
+                let _ = writeln!(
+                    out,
+                    "{metric}{{plugin=\"{plugin}\",outcome=\"{outcome}\"}} {n}"
+                );
+            }
+        }
     }
 
     fn render_tasks(&self, out: &mut String) {
@@ -233,5 +278,31 @@ mod tests {
         assert!(out.contains("plugvisor_call_duration_seconds_count{plugin=\"echo\"} 2"));
         assert_eq!(m.counts("echo"), (2, 1));
         assert_eq!(m.counts("nobody"), (0, 0));
+        assert!(!out.contains("plugvisor_hook_deliveries_total"), "{out}");
+    }
+
+    #[test]
+    fn renders_hook_deliveries_by_outcome() {
+        let m = Metrics::default();
+        m.record_hook("echo", Outcome::Delivered, 1);
+        m.record_hook("echo", Outcome::Delivered, 2);
+        m.record_hook("echo", Outcome::Dropped, 5);
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(
+            out.contains("# TYPE plugvisor_hook_deliveries_total counter"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "plugvisor_hook_deliveries_total{plugin=\"echo\",outcome=\"delivered\"} 3"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("plugvisor_hook_deliveries_total{plugin=\"echo\",outcome=\"dropped\"} 5")
+        );
+        assert_eq!(m.hook_count("echo", Outcome::Dropped), 5);
+        assert_eq!(m.hook_count("echo", Outcome::Failed), 0);
     }
 }

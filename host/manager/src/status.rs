@@ -1,5 +1,6 @@
-//! What the manager reports: one plugin ([`PluginInfo`]), the whole ([`ManagerStatus`]), a
-//! plugin's configuration ([`PluginConfig`]) and health ([`PluginHealth`]).
+//! What the manager reports: one plugin ([`PluginInfo`], with its hook deliveries
+//! [`HookInfo`]), the whole ([`ManagerStatus`]), a plugin's configuration ([`PluginConfig`])
+//! and health ([`PluginHealth`]).
 
 use crate::manifest::{PluginKind, StartMode};
 use plugvisor_proto::Value;
@@ -67,6 +68,9 @@ pub struct PluginInfo {
     pub ui: Option<crate::ui::UiInfo>,
     /// Its scheduled tasks and their last runs (empty when it has none or is not loaded).
     pub tasks: Vec<crate::tasks::TaskInfo>,
+    /// The host events its manifest subscribes it to (`hooks`) and how their deliveries
+    /// ended, across reloads; `null` when it subscribes to none.
+    pub hooks: Option<HookInfo>,
     /// Why it is not serving: for a loaded plugin whose worker is not up (`failed`,
     /// `backoff`, …), its last start error or crash; for one that is not loaded, why its last
     /// load could not start the worker. `null` otherwise.
@@ -74,6 +78,23 @@ pub struct PluginInfo {
     /// Things worth knowing that do not stop it, e.g. a worker reporting another version than
     /// its manifest declares. Empty when none.
     pub warnings: Vec<String>,
+}
+
+/// A plugin's event subscriptions and their deliveries since the manager started, as
+/// `plugvisor_hook_deliveries_total` counts them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HookInfo {
+    /// The events it subscribes to, by their host names (`loaded`, `task_failed`, …).
+    pub subscribed: Vec<String>,
+    /// Events its plugin handled.
+    pub delivered: u64,
+    /// Events whose delivery failed: an error, a crash, no ready worker or no answer in time
+    /// (logged, never raised).
+    pub failed: u64,
+    /// Events dropped because its queue was full (or still queued when it was unloaded).
+    pub dropped: u64,
+    /// Events not sent because no worker was running (a lazy plugin is not started for one).
+    pub skipped: u64,
 }
 
 /// One mounted HTTP route of a plugin, as [`PluginInfo::routes`] lists it.

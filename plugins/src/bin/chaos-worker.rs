@@ -1,5 +1,5 @@
 //! The `chaos` worker: misbehaves on demand (see `plugvisor_plugins::chaos`), in calls, in its
-//! route, and in middleware hooks.
+//! route, in middleware hooks, its own health check and as an event subscriber.
 
 fn main() {
     plugvisor_plugins::chaos::startup_fault();
@@ -8,5 +8,6 @@ fn main() {
         .middleware()
         .methods()
         .health_check()
+        .events()
         .run()
 }

@@ -4,5 +4,6 @@ fn main() {
     plugvisor_worker::Worker::new(plugvisor_plugins::Echo::default())
         .routes()
         .methods()
+        .events()
         .run()
 }

@@ -265,6 +265,8 @@ fn the_demo_runs_to_completion_and_leaves_nothing_behind() {
             "the supervisor restarted it",
             "status page: GET / 200",
             "UI panel echo-panel at sidebar",
+            "hooks: echo heard loaded ×",
+            "unloaded ×1 (clock)",
             "done: all",
         ] {
             assert!(

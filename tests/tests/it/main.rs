@@ -20,6 +20,7 @@ mod cli;
 mod cli_manage;
 mod cli_serve;
 mod faults;
+mod hooks;
 mod manager;
 mod methods;
 mod middleware;

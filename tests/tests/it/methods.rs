@@ -23,7 +23,7 @@ fn every_execute_body_calls_its_method() {
             .iter()
             .map(|m| m["name"].clone())
             .collect();
-        assert_eq!(names, [json!("shout"), json!("reverse")]);
+        assert_eq!(names, [json!("shout"), json!("reverse"), json!("events")]);
 
         for (body, want) in [
             (json!({"plugin_id": "echo", "input": "hi"}), json!("hi")),
@@ -58,7 +58,10 @@ fn every_execute_body_calls_its_method() {
             .await;
         assert_error(&unknown, 404, "not_found");
         let error = &unknown.json()["error"];
-        assert_eq!(error["methods"], json!(["execute", "shout", "reverse"]));
+        assert_eq!(
+            error["methods"],
+            json!(["execute", "shout", "reverse", "events"])
+        );
         let message = error["message"].as_str().unwrap();
         assert!(
             message.contains("echo") && message.contains("whisper"),
@@ -151,7 +154,10 @@ fn the_cli_calls_a_method_by_name() {
         let out = plugvisor(&["call", "echo.whisper", r#""hi""#], base.path());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
-        assert!(stderr.contains("execute, shout, reverse"), "{stderr}");
+        assert!(
+            stderr.contains("execute, shout, reverse, events"),
+            "{stderr}"
+        );
         let out = plugvisor(&["stream", "echo.shout", r#""hi""#], base.path());
         assert!(!out.status.success());
         let run = base.path().join("run");

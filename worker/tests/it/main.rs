@@ -16,6 +16,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod events;
 mod file_refs;
 mod http_api;
 mod shutdown;

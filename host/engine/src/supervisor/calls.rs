@@ -324,6 +324,42 @@ impl Supervisor {
         }
     }
 
+    /// Delivers one host event to the worker (`POST /v1/events`), within `timeout` all told:
+    /// waiting for a ready worker (one restarting after a crash is waited for), then for its
+    /// answer. It takes no call slot, so it never waits behind busy calls, and it is no call.
+    ///
+    /// # Errors
+    /// [`PluginError::Unavailable`] when the plugin is failed or stopped or no worker is ready
+    /// in time, [`PluginError::TimedOut`] when the answer does not come in time (the request is
+    /// then cancelled), [`PluginError::WorkerCrashed`] when the worker died meanwhile, and
+    /// the plugin's own error.
+    ///
+    /// # Cancel safety
+    /// Dropping the future closes the connection, which cancels the handler in the worker.
+    pub async fn deliver_event(
+        &self,
+        event: &plugvisor_proto::wire::EventDelivery,
+        timeout: Duration,
+    ) -> Result<(), PluginError> {
+        let deadline = Instant::now() + timeout;
+        let worker = match self.inner.ready_worker(deadline, None).await {
+            Ok(worker) => worker,
+            Err(_) if Instant::now() >= deadline => {
+                return Err(PluginError::Unavailable(format!(
+                    "{}: no worker ready within {timeout:?}",
+                    self.inner.label
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        match tokio::time::timeout_at(deadline, worker.deliver_event(event)).await {
+            Ok(result) => result,
+            Err(_) => Err(PluginError::TimedOut(format!(
+                "the event was not handled within {timeout:?}; the delivery was cancelled"
+            ))),
+        }
+    }
+
     /// Health of the current worker, if one is up.
     ///
     /// # Errors

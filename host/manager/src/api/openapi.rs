@@ -398,6 +398,26 @@ fn schemas() -> Value {
     Value::Object(all)
 }
 
+/// `PluginInfo.hooks` (apart: one `json!` of every info schema exceeds the macro's recursion
+/// limit).
+fn hook_info_schema() -> Value {
+    let count = |what: &str| json!({"type": "integer", "description": what});
+    json!({
+        "description": "The host events its manifest subscribes it to (`hooks`) and how their deliveries ended since the server started (across reloads); null when it subscribes to none",
+        "oneOf": [{"type": "null"}, {
+            "type": "object",
+            "required": ["subscribed", "delivered", "failed", "dropped", "skipped"],
+            "properties": {
+                "subscribed": {"type": "array", "items": {"type": "string"}, "description": "Event names without the plugin_ prefix: loaded, unloaded, task_failed, …"},
+                "delivered": count("Handled by the plugin"),
+                "failed": count("An error, a crash, no ready worker or no answer within 5 s (logged, never raised)"),
+                "dropped": count("Its queue of 64 was full, or it was unloaded or reloaded before handling them"),
+                "skipped": count("No worker running (a lazy plugin is not started for an event)")
+            }
+        }]
+    })
+}
+
 fn info_schemas() -> Value {
     json!({
         "PluginInfo": {
@@ -434,6 +454,7 @@ fn info_schemas() -> Value {
                     "type": "object", "required": ["mount_point", "url"],
                     "properties": {"mount_point": {"enum": ["sidebar", "toolbar", "main"]}, "url": {"type": "string"}}}]},
                 "tasks": {"type": "array", "description": "Its scheduled tasks and their last runs", "items": {"$ref": "#/components/schemas/TaskInfo"}},
+                "hooks": hook_info_schema(),
                 "warnings": {"type": "array", "description": "Things worth knowing that do not stop it, e.g. a worker reporting another version than its manifest declares", "items": {"type": "string"}}
             }
         },
