@@ -147,6 +147,10 @@ async fn run(cli: &Cli) -> Result<Report> {
         let one = step("P18", scenario::tasks::lateness(&ctx)).await;
         outcomes.push(one_or_error(one, "P18"));
     }
+    if wants(&["P19"]) {
+        let one = step("P19", scenario::services::call(&ctx)).await;
+        outcomes.push(one_or_error(one, "P19"));
+    }
     if wants(&["P16"]) {
         let one = step("P16", scenario::routes::streaming(&ctx)).await;
         outcomes.push(one_or_error(one, "P16"));

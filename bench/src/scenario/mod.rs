@@ -19,6 +19,7 @@ pub mod middleware;
 pub mod routes;
 pub mod sandbox;
 pub mod scale;
+pub mod services;
 pub mod streams;
 pub mod tasks;
 

@@ -1,7 +1,8 @@
 //! The demo's REST step: `plugvisor serve`'s API in-process, a file uploaded, gzipped by a
 //! plugin and downloaded, the requests the API refuses (a host path, a foreign web page),
 //! plugin routes, a middleware (guard) in front of one, the status page with the bundled
-//! UI plugin's panel, a scheduled task, and the host events echo subscribed to (hooks).
+//! UI plugin's panel, a scheduled task, the host events echo subscribed to (hooks), and a
+//! service call between plugins (checkout → pricing).
 
 use crate::client::ApiClient;
 use anyhow::{ensure, Context};
@@ -22,9 +23,14 @@ pub(crate) async fn rest_files(
 ) -> anyhow::Result<()> {
     let manifests = scratch.join("manifests");
     std::fs::create_dir_all(&manifests)?;
-    for name in ["files", "echo", "ticker"] {
+    for name in ["files", "echo", "ticker", "pricing", "checkout"] {
         let command = worker_dir.join(format!("{name}-worker"));
-        let hooks = if name == "echo" { ECHO_HOOKS } else { "" };
+        let hooks = match name {
+            "echo" => ECHO_HOOKS,
+            "pricing" => "provides = [\"pricing\"]\n",
+            "checkout" => "requires = [\"pricing\"]\n",
+            _ => "",
+        };
         let manifest = format!(
             "name = \"{name}\"\nversion = \"0.1.0\"\ncommand = \"{}\"\n{hooks}",
             command.display()
@@ -92,6 +98,7 @@ async fn serve_and_use(
     let refused = refusals(&client, &say).await;
     let routed = plugin_routes(&client, &say).await;
     let methods = named_methods(&client, &say).await;
+    let served = services(&client, &say).await;
     let guarded = middleware(&client, &say).await;
     let page = status_page(&client, panel, &say).await;
     let ticked = scheduled(manager, &say).await;
@@ -101,6 +108,7 @@ async fn serve_and_use(
     used.and(refused)
         .and(routed)
         .and(methods)
+        .and(served)
         .and(guarded)
         .and(page)
         .and(ticked)
@@ -197,6 +205,26 @@ async fn named_methods(client: &ApiClient, say: &impl Fn(&str)) -> anyhow::Resul
         "named methods: {{plugin_id, method: \"shout\", args, kwargs}} → {}; \
          CodexContinue's {{plugin, data}} → {}",
         shouted["output"], echoed["output"]
+    ));
+    Ok(())
+}
+
+/// checkout prices an order by calling the pricing service through the host, once per line.
+async fn services(client: &ApiClient, say: &impl Fn(&str)) -> anyhow::Result<()> {
+    let order = json!({"plugin_id": "checkout", "input": {"items": [
+        {"sku": "tea", "qty": 2}, {"sku": "apple", "qty": 3}
+    ]}});
+    let started = Instant::now();
+    let priced = client
+        .json(Method::POST, "/api/plugins/execute", Some(&order))
+        .await?;
+    let took = started.elapsed().as_secs_f64() * 1000.0;
+    let lines = priced["output"]["lines"].as_array().map_or(0, Vec::len);
+    ensure!(lines == 2, "checkout priced {lines} lines: {priced}");
+    say(&format!(
+        "services: checkout called the pricing service through the host for each of \
+         {lines} lines → {} cents in {took:.1} ms",
+        priced["output"]["total_cents"]
     ));
     Ok(())
 }
