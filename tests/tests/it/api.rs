@@ -34,6 +34,27 @@ pub(crate) fn manifest(name: &str, worker: &str, extra: &str) -> (String, String
     (name.to_owned(), text)
 }
 
+/// Loads each plugin in `ids` through the API; each load must succeed.
+pub(crate) async fn load_plugins(c: &Client, ids: &[&str]) {
+    for id in ids {
+        let loaded = c.post("/api/plugins/load", &json!({"plugin_id": id})).await;
+        assert_eq!(loaded.status, 200, "{id}: {}", loaded.text());
+    }
+}
+
+/// Polls `GET /api/plugins/{name}` until `pred` holds (10 s at most).
+pub(crate) async fn info_until(c: &Client, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = c.get(&format!("/api/plugins/{name}")).await.json();
+        if pred(&info) {
+            return info;
+        }
+        assert!(Instant::now() < deadline, "{name} never got there: {info}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub(crate) fn echo() -> (String, String) {
     manifest(
         "echo",

@@ -5,25 +5,12 @@
 //! crashing one restarts, and nothing else notices; a manifest naming an unknown event, or
 //! subscribing a worker that serves no events, is refused with the reason.
 
-use crate::api::{assert_error, manifest, Api};
+use crate::api::{assert_error, info_until, manifest, Api};
 use plugvisor_manager::api::ApiOptions;
 use plugvisor_tests::http::Client;
 use plugvisor_tests::{bin, serially};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-
-/// Polls `GET /api/plugins/{name}` until `pred` holds (10 s at most).
-async fn info_until(c: &Client, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let info = c.get(&format!("/api/plugins/{name}")).await.json();
-        if pred(&info) {
-            return info;
-        }
-        assert!(Instant::now() < deadline, "{name} never got there: {info}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// What echo plugin `name` heard, from its `events` method.
 async fn heard(c: &Client, name: &str) -> Value {

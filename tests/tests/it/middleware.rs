@@ -2,9 +2,8 @@
 //! plugin routes and the call routes, early answers, fail-closed vs skip, crashes, the host
 //! token kept from middlewares, and the kind's contract.
 
-use crate::api::{assert_error, manifest, Api};
+use crate::api::{assert_error, load_plugins, manifest, Api};
 use plugvisor_manager::api::ApiOptions;
-use plugvisor_tests::http::Client;
 use plugvisor_tests::{eventually, serially};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -33,7 +32,7 @@ fn chaos(name: &str, priority: i32, paths: &str, on_error: &str) -> (String, Str
 }
 
 async fn load(api: &Api, ids: &[&str]) {
-    load_with(&api.client, ids).await;
+    load_plugins(&api.client, ids).await;
 }
 
 fn execute(input: Value) -> Value {
@@ -178,7 +177,7 @@ fn a_middleware_never_sees_the_host_token() {
         };
         let api = Api::start(&manifests, options).await;
         let c = api.client.with_token("s3cret-token");
-        load_with(&c, &["echo", "spy"]).await;
+        load_plugins(&c, &["echo", "spy"]).await;
         // Without the token the host refuses before any plugin code runs.
         let refused = api.client.get("/plugins/echo/hello").await;
         assert_error(&refused, 401, "unauthorized");
@@ -208,13 +207,6 @@ fn a_middleware_never_sees_the_host_token() {
         );
         api.finish().await;
     })
-}
-
-async fn load_with(c: &Client, ids: &[&str]) {
-    for id in ids {
-        let loaded = c.post("/api/plugins/load", &json!({"plugin_id": id})).await;
-        assert_eq!(loaded.status, 200, "{id}: {}", loaded.text());
-    }
 }
 
 #[test]

@@ -2,12 +2,10 @@
 //! `/api/plugins/health` and `PluginInfo` show it: pass, warn, fail → `degraded` but served,
 //! a hung check → fail, and fail with `restart_on_unhealthy` → a new worker.
 
-use crate::api::{manifest, Api};
+use crate::api::{info_until, manifest, Api};
 use plugvisor_manager::api::ApiOptions;
-use plugvisor_tests::http::Client;
 use plugvisor_tests::serially;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
 
 /// A chaos plugin called `name` whose health check answers `health`.
 fn chaos(name: &str, health: &str, extra: &str) -> (String, String) {
@@ -15,19 +13,6 @@ fn chaos(name: &str, health: &str, extra: &str) -> (String, String) {
         "env = {{ CHAOS_HEALTH = \"{health}\" }}\n[health]\ninterval_ms = 100\ntimeout_ms = 300\n{extra}"
     );
     manifest(name, "chaos", &text)
-}
-
-/// Polls `GET /api/plugins/{name}` until `pred` holds (10 s at most).
-async fn info_until(c: &Client, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let info = c.get(&format!("/api/plugins/{name}")).await.json();
-        if pred(&info) {
-            return info;
-        }
-        assert!(Instant::now() < deadline, "{name} never got there: {info}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! `worker_crashed` (the caller lives on, the callee restarts), a cycle A → B → A ends with
 //! `call_cycle` while the same call outside the chain works, and a nested call's deadline.
 
-use crate::api::{manifest, Api};
+use crate::api::{load_plugins, manifest, Api};
 use plugvisor_manager::api::ApiOptions;
 use plugvisor_tests::http::Client;
 use plugvisor_tests::serially;
@@ -23,15 +23,6 @@ async fn execute(c: &Client, plugin: &str, input: Value) -> Value {
 /// Chaos's input that calls `service` with `input` through the host.
 fn call(service: &str, input: Value) -> Value {
     json!({"fault": "call_service", "service": service, "input": input})
-}
-
-async fn load(c: &Client, names: &[&str]) {
-    for name in names {
-        let loaded = c
-            .post("/api/plugins/load", &json!({"plugin_id": name}))
-            .await;
-        assert_eq!(loaded.status, 200, "{name}: {}", loaded.text());
-    }
 }
 
 /// One raw request to the host's service endpoint (which runs on this test's runtime, so
@@ -75,7 +66,7 @@ fn plugins_call_the_services_they_list_and_nothing_else() {
         ];
         let api = Api::start(&plugins, ApiOptions::default()).await;
         let c = &api.client;
-        load(
+        load_plugins(
             c,
             &[
                 "pricing", "checkout", "echo", "ticker", "caller", "allowed", "plain",
@@ -143,7 +134,7 @@ fn a_crash_of_the_callee_reaches_the_caller_which_lives_on() {
         ];
         let api = Api::start(&plugins, ApiOptions::default()).await;
         let c = &api.client;
-        load(c, &["victim", "caller"]).await;
+        load_plugins(c, &["victim", "caller"]).await;
         let pid = |name: &'static str| async move {
             c.get(&format!("/api/plugins/{name}")).await.json()["pid"].clone()
         };
@@ -186,7 +177,7 @@ fn a_cycle_between_plugins_ends_with_call_cycle() {
         ];
         let api = Api::start(&plugins, ApiOptions::default()).await;
         let c = &api.client;
-        load(c, &["a", "b"]).await;
+        load_plugins(c, &["a", "b"]).await;
 
         // a → b → a: b's call back into a is refused, and b reports it to a.
         let back = call("sa", json!({"fault": "none"}));

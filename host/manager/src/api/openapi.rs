@@ -216,7 +216,7 @@ fn reason(code: u16) -> &'static str {
     match code {
         400 => "Malformed JSON or a body of the wrong shape (the message names the problem), or the plugin rejected the input (`invalid_input`)",
         401 => "A token is configured and the request has no or a wrong `Authorization: Bearer` header",
-        403 => "A browser request from another origin (`forbidden_origin`) or by a host name the server does not answer to (`forbidden_host`); a file path outside every `--file-root` (`file_path_refused`); or the plugin refused a file reference (`file_access_denied`)",
+        403 => "A browser request from another origin (`forbidden_origin`) or by a host name the server does not answer to (`forbidden_host`); a file path outside every `--file-root` (`file_path_refused`); or the plugin refused a file reference (`file_access_denied`), or it returned a service call's refusal (`forbidden`: a service its manifest does not list)",
         404 => "No plugin with this id, or no such upload or download (`not_found`)",
         408 => "The request body did not arrive within the read timeout",
         409 => "Conflict with the plugin's state: `already_loaded`, `not_loaded`, `required_by_others` (with `dependents`), or the plugin is `not_initialized`",
@@ -229,13 +229,14 @@ fn reason(code: u16) -> &'static str {
         502 => "The worker crashed (`worker_crashed`, with a `crash` report), could not start (`start_failed`), or spoke garbage (`protocol`)",
         503 => "The plugin cannot take calls now (`unavailable`, e.g. failed after too many restarts)",
         504 => "The call exceeded its deadline (`timed_out`)",
+        508 => "The plugin returned a service call's `call_cycle`: a chain of calls between plugins that would loop (A -> B -> A) or nest more than 8 deep",
         _ => "Error",
     }
 }
 
 /// The description of each operation.
 fn describe(op: Op) -> Doc {
-    const CALL_ERRORS: &[u16] = &[400, 403, 404, 408, 409, 413, 422, 499, 502, 503, 504];
+    const CALL_ERRORS: &[u16] = &[400, 403, 404, 408, 409, 413, 422, 499, 502, 503, 504, 508];
     const CHANGE_ERRORS: &[u16] = &[400, 404, 408, 409, 413, 422, 502, 503, 504];
     let read = |summary, schema| Doc {
         summary,
@@ -435,6 +436,7 @@ fn info_schemas() -> Value {
                 "uptime_secs": {"type": ["number", "null"]},
                 "provides": {"type": "array", "items": {"type": "string"}},
                 "requires": {"type": "array", "items": {"type": "string"}},
+                "optional_requires": {"type": "array", "items": {"type": "string"}, "description": "Services it calls when present (absent when empty)"},
                 "manifest": {"type": "string"},
                 "sandbox": {"type": ["object", "null"], "description": "The manifest's [sandbox] table (filesystem, network, syscalls, read, write, memory_mib, pids, user, cpu_seconds, allow_degraded), or null when the plugin runs unsandboxed"},
                 "enforced": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/Enforced"}], "description": "What the running worker's sandbox really enforces; null when no sandboxed worker is up"},
