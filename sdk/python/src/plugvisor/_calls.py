@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextvars
 import inspect
 import logging
 import os
+import queue
 import threading
-from typing import Any, Callable, Deque, List, NoReturn, Optional
+import weakref
+from typing import Any, Callable, List, NoReturn, Optional
 
 from ._errors import Cancelled, PluginFailed
 
@@ -35,10 +36,11 @@ class Call:
                 work(step)
     """
 
-    __slots__ = ("_event", "_callbacks", "_lock", "context")
+    __slots__ = ("_cancelled", "_event", "_callbacks", "_lock", "context")
 
     def __init__(self, context: Optional[str] = None) -> None:
-        self._event = threading.Event()
+        self._cancelled = False
+        self._event: Optional[threading.Event] = None  # made by the first `wait`
         self._callbacks: List[Callable[[], Any]] = []
         self._lock = threading.Lock()
         #: The host's call-context header (``x-plugvisor-call``) of the request this call
@@ -49,11 +51,11 @@ class Call:
     @property
     def cancelled(self) -> bool:
         """True once the host has dropped the call; its answer will not be read."""
-        return self._event.is_set()
+        return self._cancelled
 
     def raise_if_cancelled(self) -> None:
         """Raises `plugvisor.Cancelled` when the call was cancelled."""
-        if self._event.is_set():
+        if self._cancelled:
             raise Cancelled("the call was cancelled by the host")
 
     def wait(self, timeout: Optional[float] = None) -> bool:
@@ -61,22 +63,30 @@ class Call:
 
         A plain-code replacement for ``time.sleep`` that wakes up as soon as the host leaves.
         """
-        return self._event.wait(timeout)
+        with self._lock:
+            if self._event is None:
+                self._event = threading.Event()
+                if self._cancelled:
+                    self._event.set()
+            event = self._event
+        return event.wait(timeout)
 
     def on_cancel(self, callback: Callable[[], Any]) -> None:
         """Runs `callback()` (from the worker's server thread) when the call is cancelled, or
         now if it already was. Keep it short: stop a subprocess, close a socket."""
         with self._lock:
-            if not self._event.is_set():
+            if not self._cancelled:
                 self._callbacks.append(callback)
                 return
         _safely(callback)
 
     def _cancel(self) -> None:
         with self._lock:
-            if self._event.is_set():
+            if self._cancelled:
                 return
-            self._event.set()
+            self._cancelled = True
+            if self._event is not None:
+                self._event.set()
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
             _safely(callback)
@@ -103,11 +113,25 @@ def cancelled() -> bool:
     return _current.get().cancelled
 
 
+_async_of: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
+
+
 def is_async_callable(fn: Any) -> bool:
-    """True for ``async def`` functions and objects whose ``__call__`` is one."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+    """True for ``async def`` functions and objects whose ``__call__`` is one (remembered per
+    function: a bound method is a new object on every access, its ``__func__`` is not)."""
+    key = getattr(fn, "__func__", fn)
+    try:
+        return _async_of[key]
+    except (KeyError, TypeError):
+        pass
+    found = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)
     )
+    try:
+        _async_of[key] = found
+    except TypeError:
+        pass  # not weakly referable: asked again next time
+    return found
 
 
 def default_threads() -> int:
@@ -129,43 +153,48 @@ def default_threads() -> int:
 class _Pool:
     """Threads for plain plugin code: made on demand up to `limit`, daemons, kept when idle.
 
-    Leaner than `concurrent.futures`: a job is a plain callable, and nothing waits on a
-    `Future` (a call's result goes back to the server loop in one ``call_soon_threadsafe``).
+    Leaner than `concurrent.futures` (a call's hop costs about half): a job is a plain
+    callable on a `queue.SimpleQueue`, and a call's result goes back to the server loop in one
+    ``call_soon_threadsafe``. The counts are kept in aggregate: `_idle` threads wait on the
+    queue unreserved, `_backlog` jobs wait for a busy thread.
     """
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
-        self._cond = threading.Condition(threading.Lock())
-        self._jobs: Deque[Callable[[], None]] = collections.deque()
+        self._lock = threading.Lock()
+        self._jobs: "queue.SimpleQueue[Callable[[], None]]" = queue.SimpleQueue()
         self._threads = 0
         self._idle = 0
+        self._backlog = 0
 
     def submit(self, job: Callable[[], None]) -> None:
         """Runs `job()` on a pool thread (queued while all `limit` threads are busy)."""
-        spawn = False
-        with self._cond:
-            self._jobs.append(job)
+        with self._lock:
+            spawn = False
             if self._idle > 0:
-                self._idle -= 1  # reserved: the thread woken takes this job
-                self._cond.notify()
+                self._idle -= 1
             elif self._threads < self._limit:
                 self._threads += 1
                 spawn = True
+            else:
+                self._backlog += 1
+        self._jobs.put(job)
         if spawn:
             name = f"plugvisor-plugin-{self._threads}"
             threading.Thread(target=self._work, name=name, daemon=True).start()
 
     def _work(self) -> None:
         while True:
-            with self._cond:
-                while not self._jobs:
-                    self._idle += 1
-                    self._cond.wait()
-                job = self._jobs.popleft()
+            job = self._jobs.get()
             try:
                 job()
             except BaseException:  # noqa: BLE001 - jobs report their own errors
                 _log.exception("a plugin thread's job failed")
+            with self._lock:
+                if self._backlog > 0:
+                    self._backlog -= 1  # a queued job is this thread's next
+                else:
+                    self._idle += 1
 
 
 class Runner:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -28,8 +29,10 @@ MAX_TARGET = 65534
 #: Longest chunk-size line of a chunked body (size and extensions).
 MAX_CHUNK_LINE = 4096
 
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_HEX = frozenset(b"0123456789abcdefABCDEF")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
+_HEX = re.compile(rb"[0-9a-fA-F]{1,16}\Z")
 
 
 class HttpError(Exception):
@@ -130,11 +133,11 @@ def _request_line(line: bytes) -> Tuple[str, str, str]:
     if len(parts) != 3 or not parts[0] or not parts[1]:
         raise HttpError(400, "malformed request line")
     method, target, version = parts
-    if any(b not in _TCHAR for b in method):
+    if not _TOKEN.match(method):
         raise HttpError(400, "malformed method")
     if version not in (b"HTTP/1.1", b"HTTP/1.0"):
         raise HttpError(400, "unsupported HTTP version")
-    if any(b <= 0x20 or b == 0x7F for b in target):
+    if _BAD_TARGET.search(target):
         raise HttpError(400, "malformed request target")
     if len(target) > MAX_TARGET:
         raise HttpError(414, "the request target is too long")
@@ -149,11 +152,11 @@ def _header_field(raw: bytes) -> Tuple[str, str]:
     if colon <= 0:
         raise HttpError(400, "malformed header field")
     name = raw[:colon]
-    if any(b not in _TCHAR for b in name):
+    if not _TOKEN.match(name):
         # Also refuses obsolete line folding and whitespace before the colon (RFC 9112 §5).
         raise HttpError(400, "malformed header name")
     value = raw[colon + 1 :].strip(b" \t")
-    if any((b < 0x20 and b != 0x09) or b == 0x7F for b in value):
+    if _BAD_VALUE.search(value):
         raise HttpError(400, "malformed header value")
     return name.decode("ascii").lower(), value.decode("latin-1")
 
@@ -256,7 +259,7 @@ class ChunkedDecoder:
     def _line(self, line: bytes) -> None:
         if self._state == self._SIZE:
             size = line.split(b";", 1)[0].strip(b" \t")
-            if not size or len(size) > 16 or any(b not in _HEX for b in size):
+            if not _HEX.match(size):
                 raise HttpError(400, "malformed chunk size")
             self._remaining = int(size, 16)
             self._state = self._DATA if self._remaining else self._TRAILER

@@ -92,6 +92,9 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_decoder = json.JSONDecoder(parse_constant=_no_constant)
+
+
 def loads(data: bytes) -> Any:
     """Parses strict JSON (UTF-8; no NaN or Infinity). Raises `BadJson`."""
     try:
@@ -99,7 +102,7 @@ def loads(data: bytes) -> Any:
     except UnicodeDecodeError as e:
         raise BadJson(f"the body is not UTF-8: {e}") from None
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        return _decoder.decode(text)
     except ValueError as e:
         raise BadJson(str(e)) from None
 
