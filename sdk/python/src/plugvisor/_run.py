@@ -1,0 +1,424 @@
+"""`run`: the whole `main` of a Python worker (arguments, logging, handshake, signals, exit)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import List, NoReturn, Optional, Sequence, Tuple
+
+from . import _wire as wire
+from ._calls import Runner, default_threads
+from ._files import install_transfer_dir
+from ._plugin import Plugin
+from ._server import ServeOptions, Server, StartError
+
+__all__ = ["run", "parse_listen"]
+
+_log = logging.getLogger("plugvisor")
+
+#: Exit status of a worker the watchdog (or a second signal) had to stop.
+FORCED_EXIT = 1
+#: Exit status of a bug in the SDK outside plugin calls (the Rust runtime's panic status).
+BUG_EXIT = 101
+
+
+class UsageError(Exception):
+    """A bad argument, a missing listen address or token: exit status 2."""
+
+
+@dataclass
+class WorkerConfig:
+    """Everything `run` needs, resolved from arguments and environment."""
+
+    listen: Tuple[str, str]
+    token: str
+    transfer_dir: Optional[str]
+    max_body: int
+    watch_stdin: bool
+    threads: int
+
+
+def run(plugin: Plugin, argv: Optional[Sequence[str]] = None) -> NoReturn:
+    """Runs `plugin` as a worker process and exits: a worker script's whole ``main``.
+
+    It parses the arguments the host passes (``--socket PATH`` or ``--listen ADDR``,
+    ``--token-file``, ``--transfer-dir``, ``--max-body``), logs to stderr (``PLUGVISOR_LOG``,
+    default ``info``), binds, prints the one handshake line on stdout and points stdout at
+    stderr (so nothing the plugin prints can reach the host's handshake pipe), serves until
+    ``POST /v1/shutdown``, SIGTERM/SIGINT or (with ``PLUGVISOR_WATCH_STDIN=1``) end-of-file on
+    stdin, runs the plugin's `cleanup`, and exits. Exit statuses: 0 after a clean shutdown,
+    1 when it could not start or had to be stopped forcibly, 2 for usage errors.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "worker"
+    _init_logging()
+    try:
+        config = _resolve(_parser(program).parse_args(args))
+    except UsageError as e:
+        _exit_with(program, str(e), 2)
+    if config is None:
+        name = getattr(plugin, "name", "plugin")
+        print(
+            f"{program}: a plugvisor worker; start it through plugvisor (plugvisor call {name} '{{}}') "
+            f"or by hand: {program} --listen tcp://127.0.0.1:9000 --token-file TOKEN",
+            file=sys.stderr,
+        )
+        _exit(2)
+    guardian = _spawn_guardian() if config.watch_stdin else None
+    handshake_fd = _divert_stdout()
+    try:
+        code = _serve(plugin, config, handshake_fd, program)
+    except BaseException as e:  # noqa: BLE001 - an SDK bug: report it, exit like a Rust panic
+        _log.critical("the worker failed outside plugin calls", exc_info=e)
+        code = BUG_EXIT
+    _dismiss(guardian)
+    _exit(code)
+
+
+def _parser(program: str) -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=program,
+        description="A plugvisor worker: serves one plugin over the plugvisor worker protocol.",
+        epilog="The token comes from the PLUGVISOR_TOKEN environment variable or --token-file. "
+        "Once listening, the worker prints one handshake line on stdout.",
+    )
+    listen = parser.add_mutually_exclusive_group()
+    listen.add_argument("--socket", metavar="PATH", help="listen on a Unix socket at PATH")
+    listen.add_argument("--listen", metavar="ADDR", help="listen on unix:PATH or tcp://HOST:PORT")
+    parser.add_argument("--token-file", metavar="FILE", help="read the bearer token from FILE")
+    parser.add_argument(
+        "--transfer-dir",
+        metavar="DIR",
+        default=os.environ.get(wire.TRANSFER_DIR_ENV),
+        help="the only directory file references may point into",
+    )
+    parser.add_argument(
+        "--max-body",
+        metavar="BYTES",
+        default=os.environ.get(wire.MAX_BODY_ENV),
+        help="largest request body in bytes (default 67108864)",
+    )
+    return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises `UsageError` instead of exiting by itself."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def parse_listen(address: str) -> Tuple[str, str]:
+    """``unix:PATH`` → ``("unix", PATH)``; ``tcp://HOST:PORT`` → ``("tcp", "HOST:PORT")``."""
+    if address.startswith("unix:"):
+        path = address[len("unix:") :]
+        if not path:
+            raise UsageError(f"bad listen address {address!r}: empty socket path")
+        return "unix", path
+    if address.startswith("tcp://"):
+        hostport = address[len("tcp://") :].rstrip("/")
+        host, _, port = hostport.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise UsageError(f"bad listen address {address!r}: expected tcp://HOST:PORT")
+        return "tcp", hostport
+    raise UsageError(f"bad listen address {address!r}: expected unix:PATH or tcp://HOST:PORT")
+
+
+def _resolve(ns: argparse.Namespace) -> Optional[WorkerConfig]:
+    if ns.socket:
+        listen = ("unix", ns.socket)
+    elif ns.listen:
+        listen = parse_listen(ns.listen)
+    else:
+        return None
+    max_body = wire.DEFAULT_MAX_BODY
+    if ns.max_body not in (None, ""):
+        text = str(ns.max_body).strip()
+        if not text.isdigit():
+            raise UsageError(f"invalid value {ns.max_body!r} for --max-body: not a byte count")
+        max_body = int(text)
+    return WorkerConfig(
+        listen=listen,
+        token=_read_token(ns.token_file),
+        transfer_dir=ns.transfer_dir or None,
+        max_body=max_body,
+        watch_stdin=os.environ.get(wire.WATCH_STDIN_ENV, "").strip() == "1",
+        threads=default_threads(),
+    )
+
+
+def _read_token(token_file: Optional[str]) -> str:
+    """The token from `token_file`, else from ``PLUGVISOR_TOKEN`` (removed from the
+    environment, so processes the plugin starts do not inherit it)."""
+    env_token = os.environ.pop(wire.TOKEN_ENV, None)
+    if token_file is not None:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                token, source = f.read(), f"token file {token_file}"
+        except OSError as e:
+            raise UsageError(f"no token: cannot read {token_file}: {e}") from None
+    elif env_token is not None:
+        token, source = env_token, wire.TOKEN_ENV
+    else:
+        raise UsageError(f"no token: set {wire.TOKEN_ENV} or pass --token-file FILE")
+    token = token.strip()
+    if not token:
+        raise UsageError(f"no token: {source} is empty")
+    return token
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+class _Formatter(logging.Formatter):
+    """``2026-01-02T03:04:05.678Z  INFO logger: message``, as the Rust runtime's lines look."""
+
+    _NAMES = {"WARNING": "WARN", "CRITICAL": "ERROR"}
+
+    def formatTime(self, record: logging.LogRecord, datefmt: Optional[str] = None) -> str:  # noqa: N802
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{stamp}.{int(record.msecs):03d}Z"
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.level = self._NAMES.get(record.levelname, record.levelname)
+        return super().format(record)
+
+
+_LEVELS = {
+    "trace": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "off": logging.CRITICAL + 10,
+}
+
+
+def _init_logging() -> None:
+    """Logs to stderr, one event per line, no colours; ``PLUGVISOR_LOG`` sets the level
+    (``info`` by default; a bare level, and ``plugvisor=LEVEL`` for the SDK's own logger)."""
+    root_level, sdk_level = logging.INFO, None
+    for part in os.environ.get(wire.LOG_ENV, "info").split(","):
+        target, _, level = part.strip().rpartition("=")
+        value = _LEVELS.get(level.strip().lower())
+        if value is None:
+            continue
+        if not target:
+            root_level = value
+        elif target.strip() in ("plugvisor", "plugvisor_worker"):
+            sdk_level = value
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter("%(asctime)s %(level)5s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(handler)
+        root.setLevel(root_level)
+    logging.getLogger("plugvisor").setLevel(sdk_level if sdk_level is not None else root_level)
+    logging.getLogger("asyncio").setLevel(max(root_level, logging.WARNING))
+
+
+# ----------------------------------------------------------------------------- process
+
+
+def _divert_stdout() -> int:
+    """Keeps the real stdout for the handshake line alone and makes fd 1 a copy of stderr, so
+    everything the plugin prints (even buffered before `run`) goes to stderr."""
+    saved = os.dup(1)
+    os.set_inheritable(saved, False)
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    os.dup2(2, 1)
+    return saved
+
+
+def _announce(fd: int, line: str) -> None:
+    """Prints the handshake line on the real stdout and closes it for good."""
+    data = (line + "\n").encode("utf-8")
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    finally:
+        os.close(fd)
+
+
+def _serve(plugin: Plugin, config: WorkerConfig, handshake_fd: int, program: str) -> int:
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    transfer = None
+    if config.transfer_dir is not None:
+        try:
+            transfer = install_transfer_dir(config.transfer_dir)
+        except OSError as e:
+            print(f"{program}: error: cannot open transfer directory {config.transfer_dir}: {e}", file=sys.stderr)
+            return 1
+    runner = Runner(loop, config.threads)
+    options = ServeOptions(config.token, transfer, config.max_body)
+    try:
+        server = Server(plugin, options, runner)
+        line = loop.run_until_complete(_bind(server, config.listen))
+    except StartError as e:
+        print(f"{program}: error: {e}", file=sys.stderr)
+        return 1
+    deadline = options.grace + options.cleanup_timeout + 0.5
+    _install_signals(loop, server, deadline)
+    _announce(handshake_fd, line)
+    _log.info("listening handshake=%r pid=%d", line, os.getpid())
+    if config.watch_stdin:
+        _watch_stdin(loop, server, deadline)
+    loop.run_until_complete(server.serve())
+    runner.close()
+    return 0
+
+
+async def _bind(server: Server, listen: Tuple[str, str]) -> str:
+    kind, address = listen
+    if kind == "unix":
+        path = await server.listen_unix(address)
+        return f"plugvisor {wire.PROTOCOL_VERSION} unix {path}"
+    host, _, port = address.rpartition(":")
+    bound = await server.listen_tcp(host, int(port))
+    return f"plugvisor {wire.PROTOCOL_VERSION} tcp {bound}"
+
+
+def _install_signals(loop: asyncio.AbstractEventLoop, server: Server, deadline: float) -> None:
+    """SIGTERM or SIGINT starts the graceful shutdown; a second one exits at once (status 1)."""
+    seen: List[str] = []
+
+    def on_signal(name: str) -> None:
+        if seen:
+            _force_exit(server, f"second {name}")
+        seen.append(name)
+        server.begin_shutdown(name)
+        _arm_watchdog(server, deadline)
+
+    for sig, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
+        loop.add_signal_handler(sig, on_signal, name)
+    original = server.begin_shutdown
+
+    def begin_shutdown(why: str) -> None:
+        original(why)
+        _arm_watchdog(server, deadline)
+
+    server.begin_shutdown = begin_shutdown  # type: ignore[method-assign]
+
+
+def _watch_stdin(loop: asyncio.AbstractEventLoop, server: Server, deadline: float) -> None:
+    """Shuts down when stdin reaches end-of-file or fails (the host, its only writer, is gone)."""
+
+    def watch() -> None:
+        try:
+            while os.read(0, 512):
+                pass
+        except OSError:
+            pass
+        _log.info("stdin closed (host gone); shutting down")
+        _arm_watchdog(server, deadline)
+        try:
+            loop.call_soon_threadsafe(server.begin_shutdown, "stdin closed")
+        except RuntimeError:
+            pass
+
+    threading.Thread(target=watch, name="plugvisor-stdin", daemon=True).start()
+
+
+_watchdog_armed = threading.Lock()
+
+
+def _arm_watchdog(server: Server, deadline: float) -> None:
+    """Exits the process `deadline` seconds from now unless it has exited by then (once)."""
+    if not _watchdog_armed.acquire(blocking=False):
+        return
+
+    def watchdog() -> None:
+        time.sleep(deadline)
+        _force_exit(server, "graceful shutdown stalled")
+
+    threading.Thread(target=watchdog, name="plugvisor-watchdog", daemon=True).start()
+
+
+def _force_exit(server: Server, why: str) -> NoReturn:
+    _log.error("exiting without finishing shutdown reason=%s", why)
+    server.remove_socket_file()
+    _dismiss(_guardian_pid)
+    _exit(FORCED_EXIT)
+
+
+def _exit(code: int) -> NoReturn:
+    """Flushes logs and stdio, then ends the process at once (threads still stuck in plugin
+    code cannot hold the exit up; put teardown in `cleanup`, not in ``atexit``)."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def _exit_with(program: str, message: str, code: int) -> NoReturn:
+    print(f"{program}: error: {message}", file=sys.stderr)
+    _exit(code)
+
+
+# ----------------------------------------------------------------------------- guardian
+
+_guardian_pid: Optional[int] = None
+
+
+def _spawn_guardian() -> Optional[int]:
+    """Forks the group guardian (before any thread exists): when the worker dies, however it
+    dies, it SIGKILLs the worker's process group, grandchildren included (`PROTOCOL.md` §11)."""
+    global _guardian_pid
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError) as e:
+        _log.warning("no group guardian (%s); grandchildren may outlive a dead host", e)
+        return None
+    worker = os.getpid()
+    try:
+        pid = os.fork()
+    except OSError as e:
+        _log.warning("no group guardian (%s); grandchildren may outlive a dead host", e)
+        return None
+    if pid == 0:
+        _guard(worker, prctl)
+    _guardian_pid = pid
+    return pid
+
+
+def _guard(worker: int, prctl: object) -> NoReturn:
+    """The guardian's life: wait for the worker's death (SIGUSR1 as parent-death signal),
+    then kill the process group and itself."""
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        armed = prctl(1, int(signal.SIGUSR1), 0, 0, 0) == 0  # type: ignore[operator]  # PR_SET_PDEATHSIG
+        os.closerange(0, 1 << 16)
+        if armed and os.getppid() == worker:
+            signal.sigwait({signal.SIGUSR1})
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    finally:
+        os._exit(0)
+
+
+def _dismiss(pid: Optional[int]) -> None:
+    """Ends and reaps the guardian before a clean exit."""
+    if pid is None:
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except OSError:
+        pass
