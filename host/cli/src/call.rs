@@ -77,7 +77,7 @@ pub(crate) async fn call(args: CallArgs) -> anyhow::Result<()> {
     }
     if let Some(plugin) = embedded(&args).await? {
         let input = build_input(&args.input, &args.files)?;
-        let printed = match plugin.call(input).await {
+        let printed = match plugin.call(args.target().1, input).await {
             Ok(output) => keep_outputs(output.value, output.files, &args.out_dir)
                 .and_then(|value| print_json(&value, args.pretty)),
             Err(e) => Err(e),
@@ -142,7 +142,8 @@ async fn embedded(args: &CallArgs) -> anyhow::Result<Option<Embedded>> {
         host_config: args.host_config.clone(),
         worker_dir: args.worker_dir.clone(),
     };
-    Embedded::load(&args.plugin, config, sources).await
+    // `NAME.METHOD` names the manifest NAME (manifest names have no dots).
+    Embedded::load(args.target().0, config, sources).await
 }
 
 async fn print_stream(plugin: &RemotePlugin, input: Value, pretty: bool) -> anyhow::Result<()> {

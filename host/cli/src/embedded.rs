@@ -57,10 +57,21 @@ impl Embedded {
         Ok(Some(Self { manager, name }))
     }
 
-    /// One call.
-    pub(crate) async fn call(&self, input: Value) -> anyhow::Result<CallOutput> {
+    /// One call of `method` (`None`: `execute`).
+    pub(crate) async fn call(
+        &self,
+        method: Option<&str>,
+        input: Value,
+    ) -> anyhow::Result<CallOutput> {
         let options = CallOptions::default();
-        let output = self.manager.call(&self.name, input, options).await;
+        let output = match method {
+            Some(m) => {
+                self.manager
+                    .call_method(&self.name, m, input, options)
+                    .await
+            }
+            None => self.manager.call(&self.name, input, options).await,
+        };
         output.with_context(|| format!("{} failed", self.name))
     }
 

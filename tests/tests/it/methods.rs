@@ -160,6 +160,24 @@ fn the_cli_calls_a_method_by_name() {
         );
         let out = plugvisor(&["stream", "echo.shout", r#""hi""#], base.path());
         assert!(!out.status.success());
+        // A manifest plugin with no `<name>-worker` binary of its name: NAME.METHOD still
+        // finds the manifest (it used to look for `talker-worker`).
+        let manifests = base.path().join("manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        let manifest = format!(
+            "name = \"talker\"\nversion = \"0.1.0\"\ncommand = \"{}\"\n",
+            bin("echo-worker").display()
+        );
+        std::fs::write(manifests.join("talker.toml"), manifest).unwrap();
+        let dir = manifests.to_str().unwrap();
+        let out = plugvisor(
+            &["call", "--plugins", dir, "talker.shout", r#""hi""#],
+            base.path(),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stdout} {stderr}");
+        assert_eq!(stdout.trim(), r#""HI!""#);
         let run = base.path().join("run");
         let clean = eventually(Duration::from_secs(5), || files_under(&run).is_empty()).await;
         assert!(clean, "files left: {:?}", files_under(&run));
