@@ -74,6 +74,7 @@ async fn tour(
     supervised_chaos(host, dir).await?;
     sandboxed_intruder(host, dir).await?;
     confined_intruder(host, dir, scratch).await?;
+    crate::demo_python::hello(scratch, say).await?;
     let files_worker = worker_binary("files", dir)?;
     let worker_dir = files_worker.parent().unwrap_or(Path::new("."));
     crate::demo_api::rest_files(scratch, worker_dir, say).await

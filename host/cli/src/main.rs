@@ -6,6 +6,7 @@ mod checks;
 mod client;
 mod demo;
 mod demo_api;
+mod demo_python;
 mod embedded;
 mod manage;
 mod resolve;

@@ -266,6 +266,7 @@ fn the_demo_runs_to_completion_and_leaves_nothing_behind() {
             "status page: GET / 200",
             "UI panel echo-panel at sidebar",
             "services: checkout called the pricing service through the host for each of 2",
+            "python: hello (Python SDK",
             "hooks: echo heard loaded ×",
             "unloaded ×1 (clock)",
             "done: all",
