@@ -167,7 +167,7 @@ class Raw:
                 headers[k.strip().lower()] = v.strip()
             if status != 100:
                 break
-        if head_only:
+        if head_only or status in (204, 304):
             return Answer(status, headers, b"")
         if headers.get("transfer-encoding") == "chunked":
             body = b""

@@ -18,27 +18,36 @@ process, supervises it and restarts it when it crashes::
         plugvisor.run(Hello())
 
 Map of the package:
-- `_plugin.py`: `Plugin`, and the `route` / `method` decorators.
+- `_plugin.py`: `Plugin` (with the optional `events` / `on_event`), and the `route` /
+  `method` decorators.
 - `_run.py`: `run` (arguments, logging, handshake, signals, stdin watch, watchdog, guardian).
 - `_server.py`: the `/v1` routes over `_http.py` (a strict HTTP/1.1 parser); `_stream.py`: the
   NDJSON stream pump; `_calls.py`: where plugin code runs, and `Call` (cancellation).
 - `_files.py`: `FileRef`, output files, and confinement to the transfer directory.
+- `_host.py`: `host()`, the client of the host's service endpoint (services of other plugins).
+- `_events.py`: `Event` and the rules for the host event names a plugin declares.
 - `_errors.py`: typed errors; `_ext.py`: route, hook and health types; `_wire.py`: constants
   and the strict JSON reader and writer.
 """
 
 from ._calls import Call, cancelled, current_call
 from ._errors import (
+    CallCycle,
     Cancelled,
+    CrashReport,
     FileAccessDenied,
+    Forbidden,
     InvalidConfig,
     InvalidInput,
     NotInitialized,
     PluginError,
     PluginFailed,
+    ProtocolError,
     TimedOut,
     Unavailable,
+    WorkerCrashed,
 )
+from ._events import Event
 from ._ext import (
     Continue,
     HealthReport,
@@ -50,6 +59,7 @@ from ._ext import (
     RouteResponse,
 )
 from ._files import FileRef, OutputFile, output_file, transfer_dir
+from ._host import AsyncServiceStream, HostClient, ServiceInfo, ServiceStream, host
 from ._plugin import MethodSpec, Plugin, RouteSpec, method, route
 from ._run import run
 from ._wire import PROTOCOL_VERSION
@@ -58,12 +68,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "AsyncServiceStream",
     "Call",
+    "CallCycle",
     "Cancelled",
     "Continue",
+    "CrashReport",
+    "Event",
     "FileAccessDenied",
     "FileRef",
+    "Forbidden",
     "HealthReport",
+    "HostClient",
     "HookRequest",
     "HookResponse",
     "InvalidConfig",
@@ -74,15 +90,20 @@ __all__ = [
     "Plugin",
     "PluginError",
     "PluginFailed",
+    "ProtocolError",
     "Respond",
     "RouteBody",
     "RouteRequest",
     "RouteResponse",
     "RouteSpec",
+    "ServiceInfo",
+    "ServiceStream",
     "TimedOut",
     "Unavailable",
+    "WorkerCrashed",
     "cancelled",
     "current_call",
+    "host",
     "method",
     "output_file",
     "route",

@@ -80,6 +80,14 @@ class Call:
                 return
         _safely(callback)
 
+    def _forget(self, callback: Callable[[], Any]) -> None:
+        """Drops a callback `on_cancel` registered and that is no longer wanted."""
+        with self._lock:
+            try:
+                self._callbacks.remove(callback)
+            except ValueError:
+                pass
+
     def _cancel(self) -> None:
         with self._lock:
             if self._cancelled:

@@ -17,6 +17,7 @@ from typing import (
     Iterator,
     List,
     Optional,
+    Sequence,
     Tuple,
     TypeVar,
     Union,
@@ -50,13 +51,20 @@ class Plugin(abc.ABC):
 
     Optional extensions beside the seed interface, served only when a plugin has them:
     `health_check` (override it), middleware hooks (override `before_request` and/or
-    `after_response`), plugin routes (`@plugvisor.route`) and named methods
-    (`@plugvisor.method`).
+    `after_response`), plugin routes (`@plugvisor.route`), named methods
+    (`@plugvisor.method`) and host events (declare `events`, override `on_event`).
     """
 
     #: The JSON Schema of the configuration: the default `get_config_schema` answers it, and the
     #: default `initialize` fills keys left out from its properties' ``default`` values.
     config_schema: ClassVar[Dict[str, Any]] = {"type": "object"}
+
+    #: The host events the plugin handles in `on_event` (``POST /v1/events``), listed once in
+    #: ``/v1/info``: host event names (``loaded``, ``plugin_unloaded``, ``task_failed``, …; the
+    #: ``plugin_`` prefix is optional) or ``"*"`` for every event its manifest's ``hooks``
+    #: subscribe it to. Read only when the plugin overrides `on_event`; empty: it hears no
+    #: events. May also be a property or a method.
+    events: ClassVar[Sequence[str]] = ()
 
     @property
     def config(self) -> Dict[str, Any]:
@@ -146,6 +154,17 @@ class Plugin(abc.ABC):
         return the response, changed or not (`None`: unchanged).
         """
         return response
+
+    def on_event(self, event: Any) -> Any:
+        """Handles one host event (a `plugvisor.Event`) of those declared in `events`; served
+        only when overridden.
+
+        Events of one plugin arrive one at a time, in order. The return value is ignored; an
+        exception is answered as for `execute` (``500 plugin_failed``) and only logged and
+        counted (``hooks.failed``) by the host, never raised to whoever caused the event. Keep
+        it short: the host cancels a delivery after 5 s and drops events while one runs long.
+        """
+        return None
 
 
 def schema_defaults(schema: Any) -> Dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import List, NoReturn, Optional, Sequence, Tuple
 from . import _wire as wire
 from ._calls import Runner, default_threads
 from ._files import install_transfer_dir
+from ._host import take_env as take_host_env
 from ._plugin import Plugin
 from ._server import ServeOptions, Server, StartError
 
@@ -144,9 +145,11 @@ def _resolve(ns: argparse.Namespace) -> Optional[WorkerConfig]:
         if not text.isdigit():
             raise UsageError(f"invalid value {ns.max_body!r} for --max-body: not a byte count")
         max_body = int(text)
+    token = _read_token(ns.token_file)
+    take_host_env()
     return WorkerConfig(
         listen=listen,
-        token=_read_token(ns.token_file),
+        token=token,
         transfer_dir=ns.transfer_dir or None,
         max_body=max_body,
         watch_stdin=os.environ.get(wire.WATCH_STDIN_ENV, "").strip() == "1",

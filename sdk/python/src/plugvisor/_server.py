@@ -20,7 +20,8 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple
 
 from . import _wire as wire
 from ._calls import Call, Runner, is_async_callable
-from ._errors import FileAccessDenied, PluginError, error_from_exception, status_of
+from ._errors import FileAccessDenied, PluginError, error_from_exception, own, status_of
+from ._events import Event, check_event_names, handles_event
 from ._ext import (
     HookRequest,
     HookResponse,
@@ -86,7 +87,9 @@ def json_reply(status: int, value: Any) -> Reply:
 
 
 def error_reply(err: PluginError) -> Reply:
-    """The error answer for `err`: its kind's status, ``{"error": {"kind", "message"}}``."""
+    """The error answer for `err`: its kind's status, ``{"error": {"kind", "message"}}``
+    (never ``worker_crashed``, the host's word about a dead worker: `own`)."""
+    err = own(err)
     reply = Reply(status_of(err.kind), wire.error_body(err.kind, err.message))
     if err.kind == "unauthorized":
         reply.headers.append(("www-authenticate", "Bearer"))
@@ -186,6 +189,28 @@ class Server:
         self.methods: Dict[str, Callable[..., Any]] = {spec.name: fn for spec, fn in methods}
         self.hooks = [h for h in ("before_request", "after_response") if overrides(plugin, h)]
         self.health_check = overrides(plugin, "health_check")
+        self.event_names = self._declared_events()
+
+    def _declared_events(self) -> List[str]:
+        """The plugin's `events`, checked, when it overrides `on_event` (else none: an
+        ``events`` attribute of a plugin without `on_event` may be its own data). A bad
+        declaration stops the worker at start."""
+        plugin = self.plugin
+        if not overrides(plugin, "on_event"):
+            declared = getattr(type(plugin), "events", ())
+            if isinstance(declared, (list, tuple)) and declared and all(isinstance(n, str) for n in declared):
+                _log.warning("the plugin declares events but has no on_event: it hears none")
+            return []
+        try:
+            declared = getattr(plugin, "events", ())
+            if callable(declared):
+                declared = declared()
+            names = check_event_names(declared)
+        except Exception as e:  # noqa: BLE001 - a bad or raising declaration
+            raise StartError(f"the plugin's events: {e}") from None
+        if not names:
+            _log.warning("the plugin has an on_event but declares no events: it hears none")
+        return names
 
     def capabilities(self) -> List[str]:
         """``execute``, ``stream``, ``files``, and each extension the plugin serves."""
@@ -194,6 +219,7 @@ class Server:
             ("middleware", bool(self.hooks)),
             ("methods", bool(self.methods)),
             ("health_check", self.health_check),
+            ("events", bool(self.event_names)),
         ]
         return _CAPABILITIES + [name for name, on in extensions if on]
 
@@ -341,6 +367,7 @@ class Server:
         wire.BEFORE_REQUEST: ("POST", lambda s: s.h_before_request),
         wire.AFTER_RESPONSE: ("POST", lambda s: s.h_after_response),
         wire.PLUGIN_HEALTH: ("POST", lambda s: s.h_plugin_health),
+        wire.EVENTS: ("POST", lambda s: s.h_events),
     }
 
     def refuse_when_stopping(self) -> None:
@@ -441,6 +468,8 @@ class Server:
             info["hooks"] = list(self.hooks)
         if self.method_specs:
             info["methods"] = [spec.to_wire() for spec in self.method_specs]
+        if self.event_names:
+            info["events"] = list(self.event_names)
         return json_reply(200, info)
 
     async def h_config(self, conn: "Connection", head: RequestHead) -> Reply:
@@ -553,6 +582,32 @@ class Server:
             return json_reply(200, health_to_wire(report))
         except PluginError as e:
             return error_reply(e)
+
+    async def h_events(self, conn: "Connection", head: RequestHead) -> Reply:
+        """``POST /v1/events``: one host event for a subscribed plugin, answered ``204`` once
+        the plugin handled it (404 when it hears no events or did not declare this one). Not
+        counted as a call."""
+        self.refuse_when_stopping()
+        if not self.event_names:
+            raise _error("not_found", "this plugin hears no events")
+        body = await conn.read_body(self.options.max_body)
+        stripped = body.strip()
+        try:
+            if not stripped:
+                raise ValueError("missing field `event`")
+            if stripped[:1] != b"{":
+                raise ValueError("the request body must be a JSON object")
+            event = Event.from_wire(wire.loads(stripped))
+        except ValueError as e:  # BadJson included
+            raise _error("bad_request", str(e)) from None
+        if not handles_event(self.event_names, event.event):
+            raise _error(
+                "not_found",
+                f"this plugin does not handle event {_quoted(event.event)} "
+                f"(it handles: {', '.join(self.event_names)})",
+            )
+        await self._call(self.plugin.on_event, event, call=Call())
+        return Reply(204, b"", [])
 
     async def h_cleanup(self, conn: "Connection", head: RequestHead) -> Reply:
         """``POST /v1/cleanup``: runs the plugin's cleanup now."""
@@ -936,7 +991,8 @@ class Connection(asyncio.Protocol):
             or self.server.stopping
             or self.after_reply is not None
         )
-        data = answer_head(reply.status, reply.headers, length=len(reply.body), close=close)
+        length = None if reply.status in (204, 304) or reply.status < 200 else len(reply.body)
+        data = answer_head(reply.status, reply.headers, length=length, close=close)
         self.write(data if head.method == "HEAD" else data + reply.body)
         self._head_sent = True
         return not close
