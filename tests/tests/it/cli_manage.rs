@@ -20,6 +20,47 @@ fn plugvisor(args: &[&str], runtime: &Path) -> Output {
         .unwrap()
 }
 
+/// Runs `plugvisor` like [`plugvisor`], but SIGKILLs it past `limit` and fails the test with
+/// what it printed so far: a hang fails fast instead of holding CI until its own limit.
+fn plugvisor_within(args: &[&str], runtime: &Path, limit: Duration) -> Output {
+    let mut child = Command::new(bin("plugvisor"))
+        .args(args)
+        .env("PLUGVISOR_RUNTIME_DIR", runtime)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            let _ = child.wait();
+            let printed = text(&stdout.join().unwrap());
+            panic!("plugvisor {args:?} ran past {limit:?}; it printed:\n{printed}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -254,7 +295,8 @@ fn serve_manages_plugins_over_http_and_stops_them_on_sigterm() {
 fn the_demo_runs_to_completion_and_leaves_nothing_behind() {
     serially(async {
         let run = tempfile::tempdir().unwrap();
-        let out = plugvisor(&["demo", "--file-mib", "4", "--chunks", "2000"], run.path());
+        let args = ["demo", "--file-mib", "4", "--chunks", "2000"];
+        let out = plugvisor_within(&args, run.path(), Duration::from_secs(240));
         let report = text(&out.stdout);
         assert!(out.status.success(), "{report}{}", text(&out.stderr));
         for expected in [
