@@ -121,6 +121,31 @@ fn plugins_call_the_services_they_list_and_nothing_else() {
 }
 
 #[test]
+fn a_sandboxed_plugin_calls_the_services_it_lists() {
+    serially(async {
+        let sandbox = "[sandbox]\nfilesystem = \"strict\"\nnetwork = \"none\"";
+        let plugins = [
+            manifest("pricing", "pricing", "provides = [\"pricing\"]"),
+            manifest(
+                "boxed",
+                "chaos",
+                &format!("requires = [\"pricing\"]\n{sandbox}"),
+            ),
+        ];
+        let api = Api::start(&plugins, ApiOptions::default()).await;
+        let c = &api.client;
+        load_plugins(c, &["pricing", "boxed"]).await;
+        let info = c.get("/api/plugins/boxed").await.json();
+        assert_eq!(info["enforced"]["filesystem"], "landlock", "{info}");
+        assert_eq!(info["enforced"]["network"], "none", "{info}");
+        // Confined (Landlock, seccomp, no network), it still reaches the host's endpoint.
+        let got = execute(c, "boxed", call("pricing", json!({"sku": "cheese"}))).await;
+        assert_eq!(got["output"]["unit_cents"], 620, "{got}");
+        api.finish().await;
+    })
+}
+
+#[test]
 fn a_crash_of_the_callee_reaches_the_caller_which_lives_on() {
     serially(async {
         let backoff = "[supervision]\nbackoff_initial_ms = 20";
