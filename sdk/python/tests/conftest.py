@@ -27,10 +27,14 @@ def plugin_script(name: str) -> str:
 
 
 def plugvisor_bin() -> Path:
-    """The `plugvisor` binary: $PLUGVISOR_BIN, else target/debug (or release) of this repo."""
+    """The `plugvisor` binary: $PLUGVISOR_BIN, else a prebuilt one in the checkout's `.bin/`
+    (untracked; its `*-worker` binaries beside it), else target/debug (or release)."""
     explicit = os.environ.get("PLUGVISOR_BIN")
     if explicit:
         return Path(explicit)
+    prebuilt = REPO / ".bin" / "plugvisor"
+    if prebuilt.is_file():
+        return prebuilt
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
     for profile in ("debug", "release"):
         candidate = target / profile / "plugvisor"
