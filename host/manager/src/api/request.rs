@@ -166,13 +166,15 @@ pub(crate) fn query_flag(query: Option<&str>, name: &str) -> Result<bool, ApiErr
     let pairs = query.unwrap_or("").split('&').filter(|p| !p.is_empty());
     let mut value = false;
     for pair in pairs {
+        // A bare `?force` is the flag set; with `=`, only `true` or `false` (the OpenAPI
+        // document's boolean): schemathesis found `?force=` taken for true.
         let (key, raw) = pair.split_once('=').unwrap_or((pair, "true"));
         if key != name {
             continue;
         }
         value = match raw {
-            "" | "true" | "1" => true,
-            "false" | "0" => false,
+            "true" => true,
+            "false" => false,
             other => {
                 return Err(ApiError::bad_request(format!(
                     "query parameter {name}={other:?}: expected true or false"
@@ -192,9 +194,11 @@ mod tests {
         assert!(!query_flag(None, "force").unwrap());
         assert!(query_flag(Some("force"), "force").unwrap());
         assert!(query_flag(Some("a=1&force=true"), "force").unwrap());
-        assert!(!query_flag(Some("force=0"), "force").unwrap());
-        let err = query_flag(Some("force=maybe"), "force").unwrap_err();
-        assert!(err.message.contains("force"), "{}", err.message);
+        assert!(!query_flag(Some("force=false"), "force").unwrap());
+        for bad in ["force=maybe", "force=", "force=1", "force=0"] {
+            let err = query_flag(Some(bad), "force").unwrap_err();
+            assert!(err.message.contains("force"), "{bad}: {}", err.message);
+        }
     }
 
     #[test]
