@@ -5,7 +5,7 @@
 //! crashing one restarts, and nothing else notices; a manifest naming an unknown event, or
 //! subscribing a worker that serves no events, is refused with the reason.
 
-use crate::api::{assert_error, info_until, manifest, Api};
+use crate::api::{assert_error, info_until, load_plugins, manifest, Api};
 use plugvisor_manager::api::ApiOptions;
 use plugvisor_tests::http::Client;
 use plugvisor_tests::{bin, serially};
@@ -18,13 +18,6 @@ async fn heard(c: &Client, name: &str) -> Value {
     let answer = c.post("/api/plugins/execute", &call).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     answer.json()["output"].clone()
-}
-
-async fn load(c: &Client, name: &str) {
-    let loaded = c
-        .post("/api/plugins/load", &json!({"plugin_id": name}))
-        .await;
-    assert_eq!(loaded.status, 200, "{name}: {}", loaded.text());
 }
 
 async fn unload(c: &Client, name: &str) {
@@ -56,9 +49,9 @@ fn a_subscriber_hears_other_plugins_load_and_unload() {
         ];
         let api = Api::start(&plugins, ApiOptions::default()).await;
         let c = &api.client;
-        load(c, "listener").await;
-        load(c, "sleeper").await;
-        load(c, "other").await;
+        load_plugins(c, &["listener"]).await;
+        load_plugins(c, &["sleeper"]).await;
+        load_plugins(c, &["other"]).await;
         // Not subscribed: never delivered.
         let changed = c
             .put(
@@ -105,7 +98,7 @@ fn a_subscriber_hears_other_plugins_load_and_unload() {
         // After a reload only the new worker hears events, once each.
         let reloaded = c.send("POST", "/api/plugins/listener/reload", None).await;
         assert_eq!(reloaded.status, 200, "{}", reloaded.text());
-        load(c, "other").await;
+        load_plugins(c, &["other"]).await;
         unload(c, "other").await;
         let info = info_until(c, "listener", |i| i["hooks"]["delivered"] == 6).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -140,7 +133,7 @@ fn a_slow_subscriber_blocks_nothing_and_its_overflow_is_counted() {
         let api = Api::start(&plugins, ApiOptions::default()).await;
         let c = &api.client;
         for name in ["slow", "fast", "target", "bystander"] {
-            load(c, name).await;
+            load_plugins(c, &[name]).await;
         }
 
         // A burst of events, each from a configuration change of `target`.
@@ -178,7 +171,7 @@ fn a_slow_subscriber_blocks_nothing_and_its_overflow_is_counted() {
             call.elapsed()
         );
         let cycle = Instant::now();
-        load(c, "extra").await;
+        load_plugins(c, &["extra"]).await;
         unload(c, "extra").await;
         assert!(
             cycle.elapsed() < Duration::from_secs(3),
@@ -241,7 +234,7 @@ fn failing_and_crashing_subscribers_are_counted_and_nothing_else_notices() {
         let api = Api::start(&plugins, ApiOptions::default()).await;
         let c = &api.client;
         for name in ["bystander", "failer", "panicker", "crasher", "target"] {
-            load(c, name).await;
+            load_plugins(c, &[name]).await;
         }
         // crasher hears its own `loaded` and target's: it dies on each, and restarts.
         let crasher = info_until(c, "crasher", |i| {

@@ -414,6 +414,13 @@ def to_wire(value: Any) -> Any:
         return {k: to_wire(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_wire(v) for v in value]
+    wire = file_backed_wire(value)
+    return value if wire is None else wire
+
+
+def file_backed_wire(value: Any) -> Optional[Dict[str, Any]]:
+    """The tagged reference of one file-backed object (a `FileRef`, an `OutputFile`, which is
+    closed first, or anything with ``to_temp_file()``); `None` for any other value."""
     if isinstance(value, FileRef):
         return value.to_wire()
     if isinstance(value, OutputFile):
@@ -423,7 +430,7 @@ def to_wire(value: Any) -> Any:
         return ref.to_wire()
     if callable(getattr(value, "to_temp_file", None)):
         return file_backed_ref(value).to_wire()
-    return value
+    return None
 
 
 def contains_file_backed(value: Any) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict
 
-from ._files import FileRef, OutputFile, file_backed_ref
+from ._files import file_backed_wire
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -64,15 +64,9 @@ class BadJson(ValueError):
 
 def _wire_default(value: Any) -> Any:
     """The JSON form of what `json` cannot write itself: file-backed values become references."""
-    if isinstance(value, FileRef):
-        return value.to_wire()
-    if isinstance(value, OutputFile):
-        ref = value.ref()
-        if not value.closed:
-            value.close()
-        return ref.to_wire()
-    if callable(getattr(value, "to_temp_file", None)):
-        return file_backed_ref(value).to_wire()
+    wire = file_backed_wire(value)
+    if wire is not None:
+        return wire
     if isinstance(value, (set, frozenset)):
         return list(value)
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
