@@ -14,17 +14,20 @@
 use futures_util::{stream, StreamExt};
 use plugvisor_proto::wire::{MethodSpec, RouteSpec};
 use plugvisor_proto::{json, Plugin, PluginError, PluginStream, Value};
-use plugvisor_worker::{Methods, RouteRequest, RouteResponse, Routes};
+use plugvisor_worker::{typed_config, Methods, RouteRequest, RouteResponse, Routes, Settings};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::Map;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 mod heard;
 pub use heard::HEARD_KEPT;
 
 /// How strings are transformed after the prefix is added.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Unchanged.
     #[default]
@@ -35,73 +38,22 @@ pub enum Mode {
     Lower,
 }
 
-impl Mode {
-    const NAMES: [&'static str; 3] = ["identity", "upper", "lower"];
-
-    fn parse(value: &Value) -> Result<Self, PluginError> {
-        match value.as_str() {
-            Some("identity") => Ok(Self::Identity),
-            Some("upper") => Ok(Self::Upper),
-            Some("lower") => Ok(Self::Lower),
-            _ => Err(PluginError::invalid_config(format!(
-                "mode: must be one of \"identity\", \"upper\", \"lower\", got {value}"
-            ))),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Identity => "identity",
-            Self::Upper => "upper",
-            Self::Lower => "lower",
-        }
-    }
-}
-
-/// The echo plugin's configuration.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The echo plugin's configuration (typed: its schema, validation and `current_config` come
+/// from this type through [`Settings`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+#[schemars(
+    title = "echo configuration",
+    description = "How echo transforms every string it answers."
+)]
 pub struct EchoConfig {
-    /// Case transformation.
+    /// Case transformation applied after the prefix.
     pub mode: Mode,
     /// Text put in front of every string.
     pub prefix: String,
 }
 
 impl EchoConfig {
-    /// Reads a configuration; `None` or `null` means the defaults, missing keys take theirs.
-    ///
-    /// # Errors
-    /// [`PluginError::InvalidConfig`] naming the field and the rule.
-    pub fn from_value(config: Option<&Value>) -> Result<Self, PluginError> {
-        let map = match config {
-            None | Some(Value::Null) => return Ok(Self::default()),
-            Some(Value::Object(map)) => map,
-            Some(other) => {
-                return Err(PluginError::invalid_config(format!(
-                    "config: must be an object, got {other}"
-                )))
-            }
-        };
-        let mut parsed = Self::default();
-        for (key, value) in map {
-            match key.as_str() {
-                "mode" => parsed.mode = Mode::parse(value)?,
-                "prefix" => parsed.prefix = parse_prefix(value)?,
-                _ => {
-                    return Err(PluginError::invalid_config(format!(
-                        "{key}: unknown field; allowed fields are \"mode\", \"prefix\""
-                    )))
-                }
-            }
-        }
-        Ok(parsed)
-    }
-
-    /// The configuration as JSON, defaults filled in.
-    pub fn to_value(&self) -> Value {
-        json!({"mode": self.mode.name(), "prefix": self.prefix})
-    }
-
     /// Applies prefix and mode to one string.
     pub fn apply(&self, text: &str) -> String {
         let joined = format!("{}{text}", self.prefix);
@@ -127,12 +79,6 @@ impl EchoConfig {
     }
 }
 
-fn parse_prefix(value: &Value) -> Result<String, PluginError> {
-    value.as_str().map(str::to_owned).ok_or_else(|| {
-        PluginError::invalid_config(format!("prefix: must be a string, got {value}"))
-    })
-}
-
 /// How many outputs `GET /recent` shows.
 pub const RECENT_KEPT: usize = 10;
 
@@ -142,7 +88,7 @@ const RECENT_MAX_BYTES: usize = 2048;
 /// The echo plugin. Re-configurable while it serves calls.
 #[derive(Debug, Default)]
 pub struct Echo {
-    config: RwLock<Arc<EchoConfig>>,
+    settings: Settings<EchoConfig>,
     recent: Mutex<Recent>,
     heard: Mutex<heard::Heard>,
 }
@@ -157,7 +103,7 @@ struct Recent {
 impl Echo {
     /// The configuration in force (a snapshot).
     pub fn config(&self) -> Arc<EchoConfig> {
-        Arc::clone(&self.config.read().unwrap_or_else(PoisonError::into_inner))
+        self.settings.get()
     }
 
     /// Remembers `output` for `GET /recent` (the last [`RECENT_KEPT`]).
@@ -313,11 +259,7 @@ impl Plugin for Echo {
         env!("CARGO_PKG_VERSION")
     }
 
-    async fn initialize(&self, config: Option<Value>) -> Result<(), PluginError> {
-        let parsed = Arc::new(EchoConfig::from_value(config.as_ref())?);
-        *self.config.write().unwrap_or_else(PoisonError::into_inner) = parsed;
-        Ok(())
-    }
+    typed_config!(settings);
 
     async fn execute(&self, input: Value) -> Result<Value, PluginError> {
         let output = self.config().transform(input);
@@ -343,32 +285,6 @@ impl Plugin for Echo {
             self.remember(item);
         }
         Ok(Box::pin(stream::iter(items)))
-    }
-
-    fn config_schema(&self) -> Value {
-        json!({
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "title": "echo configuration",
-            "type": "object",
-            "properties": {
-                "mode": {
-                    "description": "Case transformation applied after the prefix.",
-                    "type": "string",
-                    "enum": Mode::NAMES,
-                    "default": "identity"
-                },
-                "prefix": {
-                    "description": "Text put in front of every string.",
-                    "type": "string",
-                    "default": ""
-                }
-            },
-            "additionalProperties": false
-        })
-    }
-
-    fn current_config(&self) -> Value {
-        self.config().to_value()
     }
 }
 
@@ -402,12 +318,9 @@ mod tests {
         let echo = Echo::default();
         echo.initialize(Some(json!({"prefix": ">"}))).await.unwrap();
         let cases = [
-            (
-                json!({"mode": "shout"}),
-                r#"mode: must be one of "identity", "upper", "lower", got "shout""#,
-            ),
-            (json!({"prefix": 5}), "prefix: must be a string, got 5"),
-            (json!({"volume": 11}), "volume: unknown field"),
+            (json!({"mode": "shout"}), "mode: unknown variant `shout`"),
+            (json!({"prefix": 5}), "prefix: invalid type: integer `5`"),
+            (json!({"volume": 11}), "unknown field `volume`"),
             (json!([1]), "config: must be an object"),
         ];
         for (config, want) in cases {

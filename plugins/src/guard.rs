@@ -14,46 +14,46 @@ use plugvisor_proto::wire::{
     AfterResponse, BeforeAction, Hook, HookRequest, HookResponse, RouteSpec,
 };
 use plugvisor_proto::{json, Plugin, PluginError, Value};
-use plugvisor_worker::{Middleware, RouteRequest, RouteResponse, Routes};
-use std::sync::Mutex;
+use plugvisor_worker::{typed_config, Middleware, RouteRequest, RouteResponse, Routes, Settings};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// The guard plugin.
 #[derive(Debug, Default)]
 pub struct Guard {
-    config: Mutex<Settings>,
+    settings: Settings<GuardConfig>,
 }
 
-/// The configuration in force.
-#[derive(Debug, Clone, Default)]
-struct Settings {
-    api_key: String,
-    header: String,
-    stamp: String,
+/// `guard`'s configuration.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuardConfig {
+    /// The key requests must carry; until set, nothing passes.
+    #[schemars(extend("writeOnly" = true))]
+    pub api_key: String,
+    /// The request header that carries the key.
+    #[schemars(length(min = 1))]
+    pub header: String,
+    /// Appended to `x-chain` both ways and sent as `x-guarded-by`.
+    #[schemars(length(min = 1))]
+    pub stamp: String,
 }
 
-impl Settings {
-    fn from_config(config: &Value) -> Result<Self, PluginError> {
-        let text = |key: &str, default: &str| -> Result<String, PluginError> {
-            match config.get(key) {
-                None | Some(Value::Null) => Ok(default.to_owned()),
-                Some(Value::String(s)) => Ok(s.clone()),
-                Some(other) => Err(PluginError::invalid_config(format!(
-                    "{key}: must be a string, got {other}"
-                ))),
-            }
-        };
-        Ok(Self {
-            api_key: text("api_key", "")?,
-            header: text("header", "X-Api-Key")?,
-            stamp: text("stamp", "guard")?,
-        })
+impl Default for GuardConfig {
+    fn default() -> Self {
+        Self {
+            api_key: String::new(),
+            header: "X-Api-Key".to_owned(),
+            stamp: "guard".to_owned(),
+        }
     }
 }
 
 impl Guard {
-    fn settings(&self) -> Settings {
-        self.config.lock().map(|s| s.clone()).unwrap_or_default()
+    fn settings(&self) -> Arc<GuardConfig> {
+        self.settings.get()
     }
 }
 
@@ -66,38 +66,11 @@ impl Plugin for Guard {
         env!("CARGO_PKG_VERSION")
     }
 
-    async fn initialize(&self, config: Option<Value>) -> Result<(), PluginError> {
-        let settings = Settings::from_config(&config.unwrap_or_else(|| json!({})))?;
-        if let Ok(mut kept) = self.config.lock() {
-            *kept = settings;
-        }
-        Ok(())
-    }
+    typed_config!(settings);
 
     async fn execute(&self, _input: Value) -> Result<Value, PluginError> {
         let s = self.settings();
         Ok(json!({"configured": !s.api_key.is_empty(), "header": s.header, "stamp": s.stamp}))
-    }
-
-    fn config_schema(&self) -> Value {
-        json!({
-            "type": "object",
-            "properties": {
-                "api_key": {
-                    "type": "string",
-                    "writeOnly": true,
-                    "description": "The key requests must carry; until set, nothing passes."
-                },
-                "header": {"type": "string", "default": "X-Api-Key", "minLength": 1},
-                "stamp": {"type": "string", "default": "guard", "minLength": 1}
-            },
-            "additionalProperties": false
-        })
-    }
-
-    fn current_config(&self) -> Value {
-        let s = self.settings();
-        json!({"api_key": s.api_key, "header": s.header, "stamp": s.stamp})
     }
 }
 
@@ -119,7 +92,7 @@ impl Middleware for Guard {
             let body =
                 json!({"error": {"kind": "unauthorized", "message": format!("guard: {why}")}});
             let mut answer = HookResponse::json(401, body);
-            answer.set_header("x-guarded-by", s.stamp);
+            answer.set_header("x-guarded-by", s.stamp.clone());
             return Ok(BeforeAction::Respond(answer));
         }
         let chain = appended(request.header("x-chain"), &s.stamp);
@@ -132,7 +105,7 @@ impl Middleware for Guard {
         let mut response = exchange.response;
         let chain = appended(response.header("x-chain"), &s.stamp);
         response.set_header("x-chain", chain);
-        response.set_header("x-guarded-by", s.stamp);
+        response.set_header("x-guarded-by", s.stamp.clone());
         Ok(response)
     }
 }

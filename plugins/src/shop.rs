@@ -3,7 +3,9 @@
 //! through the host, one call per line of an order, inside its own `execute`.
 
 use plugvisor_proto::{json, Plugin, PluginError, Value};
-use std::sync::RwLock;
+use plugvisor_worker::{typed_config, Settings};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// The price list, in cents.
 const PRICES: [(&str, u64); 4] = [("apple", 40), ("bread", 250), ("cheese", 620), ("tea", 390)];
@@ -14,7 +16,16 @@ pub const SERVICE: &str = "pricing";
 /// Provides the `pricing` service: `{"sku": S, "qty": N}` → the line's price.
 #[derive(Debug, Default)]
 pub struct Pricing {
-    discount_percent: RwLock<u64>,
+    settings: Settings<PricingConfig>,
+}
+
+/// `pricing`'s configuration.
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct PricingConfig {
+    /// Taken off every unit price, in percent.
+    #[schemars(range(max = 100))]
+    pub discount_percent: u64,
 }
 
 impl Plugin for Pricing {
@@ -26,20 +37,14 @@ impl Plugin for Pricing {
         env!("CARGO_PKG_VERSION")
     }
 
+    typed_config!(settings; without initialize);
+
     async fn initialize(&self, config: Option<Value>) -> Result<(), PluginError> {
-        let discount = config
-            .as_ref()
-            .and_then(|c| c.get("discount_percent"))
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        if discount > 100 {
-            return Err(PluginError::invalid_config("discount_percent: at most 100"));
-        }
-        *self
-            .discount_percent
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = discount;
-        Ok(())
+        let at_most_100 = |c: &PricingConfig| match c.discount_percent {
+            0..=100 => Ok(()),
+            _ => Err(PluginError::invalid_config("discount_percent: at most 100")),
+        };
+        self.settings.apply_checked(config, at_most_100).map(drop)
     }
 
     async fn execute(&self, input: Value) -> Result<Value, PluginError> {
@@ -55,10 +60,7 @@ impl Plugin for Pricing {
                 known.join(", ")
             )));
         };
-        let discount = *self
-            .discount_percent
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let discount = self.settings.get().discount_percent;
         let unit_cents = unit * (100 - discount) / 100;
         Ok(json!({
             "sku": sku,
@@ -66,24 +68,6 @@ impl Plugin for Pricing {
             "unit_cents": unit_cents,
             "total_cents": unit_cents.saturating_mul(qty),
         }))
-    }
-
-    fn config_schema(&self) -> Value {
-        json!({
-            "type": "object",
-            "properties": {
-                "discount_percent": {"type": "integer", "minimum": 0, "maximum": 100, "default": 0}
-            },
-            "additionalProperties": false
-        })
-    }
-
-    fn current_config(&self) -> Value {
-        let discount = *self
-            .discount_percent
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        json!({ "discount_percent": discount })
     }
 }
 

@@ -37,11 +37,14 @@
 //!   provide, with the call context of nested calls.
 //! - [`Events`] (`events.rs`): host lifecycle and task events the manifest subscribes the
 //!   plugin to (`/v1/events`).
+//! - [`Settings`] / [`typed_config!`] (`config.rs`): typed configuration, a serde + schemars
+//!   type giving the plugin its schema, validation naming the field, and `current_config`.
 //! - [`Worker`] (`builder.rs`): a plugin plus the extensions it serves
 //!   (`Worker::new(p).routes().middleware().events().run()`).
 
 mod builder;
 mod cli;
+mod config;
 mod error;
 mod events;
 pub mod files;
@@ -71,6 +74,7 @@ mod watch;
 
 pub use builder::Worker;
 pub use cli::{LOG_ENV, WORKER_THREADS_ENV};
+pub use config::{parse as parse_config, schema_of, Config, Settings};
 pub use error::WorkerError;
 pub use events::Events;
 pub use health_check::HealthCheck;
@@ -83,3 +87,13 @@ pub use routes::{RouteBody, RouteRequest, RouteResponse, Routes};
 pub use run::{run, run_routed};
 pub use server::{serve, serve_routed};
 pub use tokio_util::sync::CancellationToken;
+
+/// The schemars crate [`Settings`] uses, for `#[derive(JsonSchema)]` without a dependency of
+/// your own (`#[schemars(crate = "plugvisor_worker::schemars")]`).
+pub use schemars;
+
+/// What [`typed_config!`] expands to refers to; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use plugvisor_proto::{PluginError, Value};
+}
