@@ -1,6 +1,8 @@
 //! `pricing` and `checkout`: a service between plugins. `pricing` provides the service
 //! `pricing` (a price list with a configurable discount); `checkout` requires it and calls it
-//! through the host, one call per line of an order, inside its own `execute`.
+//! through the host, one call per line of an order, inside its own `execute`. Both log each
+//! call with `tracing`, so one order can be followed across the two processes by the trace id
+//! the runtime puts on their log lines.
 
 use plugvisor_proto::{json, Plugin, PluginError, Value};
 use plugvisor_worker::{typed_config, Settings};
@@ -62,6 +64,7 @@ impl Plugin for Pricing {
         };
         let discount = self.settings.get().discount_percent;
         let unit_cents = unit * (100 - discount) / 100;
+        tracing::info!(sku, qty, unit_cents, "pricing quoted a line");
         Ok(json!({
             "sku": sku,
             "qty": qty,
@@ -104,6 +107,11 @@ impl Plugin for Checkout {
                 total.saturating_add(line.get("total_cents").and_then(Value::as_u64).unwrap_or(0));
             lines.push(line);
         }
+        tracing::info!(
+            lines = lines.len(),
+            total_cents = total,
+            "checkout priced an order"
+        );
         Ok(json!({ "lines": lines, "total_cents": total }))
     }
 }

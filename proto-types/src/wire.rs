@@ -11,12 +11,14 @@ pub mod events;
 pub mod health;
 pub mod hooks;
 pub mod services;
+pub mod trace;
 pub use events::{
     canonical_event, handles_event, valid_event_name, EventDelivery, ANY_EVENT, EVENT_PREFIX,
 };
 pub use health::{HealthReport, HealthStatus};
 pub use hooks::{AfterResponse, BeforeAction, Hook, HookRequest, HookResponse};
 pub use services::{ServiceCall, ServiceInfo};
+pub use trace::TraceParent;
 
 /// The protocol version this crate speaks; the first word after `plugvisor` in the handshake.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -128,11 +128,11 @@ pub(crate) async fn method<P: Plugin>(shared: &Shared<P>, req: Request<Incoming>
         Some(m) if shared.method_specs.iter().any(|s| s.name == name) => Arc::clone(m),
         _ => return Err(unknown_method(shared, &name)),
     };
-    let context = host::context_of(&req);
+    let scope = host::scope_of(&req);
     let request: ExecuteRequest = read_json(req, shared.max_body).await?;
     check_file_refs(shared.transfer.as_ref(), &request.input)?;
     let in_flight = shared.counters.start();
-    let work = host::scoped(context, async move {
+    let work = host::scoped(scope, async move {
         let _in_flight = in_flight;
         guarded(methods.call(&name, request.input)).await
     });
@@ -163,9 +163,13 @@ pub(crate) async fn before_request<P: Plugin>(
     req: Request<Incoming>,
 ) -> Handled {
     let middleware = hook_target(shared, Hook::BeforeRequest)?;
+    let scope = host::scope_of(&req);
     let request: HookRequest = read_json(req, shared.max_body).await?;
     let _in_flight = shared.counters.start();
-    let work = async move { guarded(middleware.before(request)).await };
+    let work = host::scoped(
+        scope,
+        async move { guarded(middleware.before(request)).await },
+    );
     let action = offload(shared.exec.as_ref(), work).await??;
     Ok(reply::json(StatusCode::OK, &action))
 }
@@ -176,9 +180,13 @@ pub(crate) async fn after_response<P: Plugin>(
     req: Request<Incoming>,
 ) -> Handled {
     let middleware = hook_target(shared, Hook::AfterResponse)?;
+    let scope = host::scope_of(&req);
     let exchange: AfterResponse = read_json(req, shared.max_body).await?;
     let _in_flight = shared.counters.start();
-    let work = async move { guarded(middleware.after(exchange)).await };
+    let work = host::scoped(
+        scope,
+        async move { guarded(middleware.after(exchange)).await },
+    );
     let response = offload(shared.exec.as_ref(), work).await??;
     Ok(reply::json(StatusCode::OK, &response))
 }
@@ -207,6 +215,7 @@ pub(crate) async fn route<P: Plugin>(shared: &Shared<P>, req: Request<Incoming>)
             "this plugin has no routes",
         ));
     };
+    let scope = host::scope_of(&req);
     let (parts, body) = req.into_parts();
     let path = parts
         .uri
@@ -236,7 +245,7 @@ pub(crate) async fn route<P: Plugin>(shared: &Shared<P>, req: Request<Incoming>)
         body: RouteBody(body),
     };
     let in_flight = shared.counters.start();
-    let work = async move { guarded(routes.call(request)).await };
+    let work = host::scoped(scope, async move { guarded(routes.call(request)).await });
     let answer = offload(shared.exec.as_ref(), work).await??;
     Ok(route_reply(answer, in_flight))
 }
@@ -304,12 +313,12 @@ pub(crate) async fn initialize<P: Plugin>(shared: &Shared<P>, req: Request<Incom
 /// `POST /v1/execute`: one call, one result.
 pub(crate) async fn execute<P: Plugin>(shared: &Shared<P>, req: Request<Incoming>) -> Handled {
     refuse_when_stopping(shared)?;
-    let context = host::context_of(&req);
+    let scope = host::scope_of(&req);
     let request: ExecuteRequest = read_json(req, shared.max_body).await?;
     check_file_refs(shared.transfer.as_ref(), &request.input)?;
     let in_flight = shared.counters.start();
     let plugin = Arc::clone(&shared.plugin);
-    let work = host::scoped(context, async move {
+    let work = host::scoped(scope, async move {
         // Counted until the plugin's future completes or is dropped.
         let _in_flight = in_flight;
         guarded(plugin.execute(request.input)).await
@@ -324,16 +333,15 @@ pub(crate) async fn execute_stream<P: Plugin>(
     req: Request<Incoming>,
 ) -> Handled {
     refuse_when_stopping(shared)?;
-    let context = host::context_of(&req);
+    let scope = host::scope_of(&req);
     let request: ExecuteRequest = read_json(req, shared.max_body).await?;
     check_file_refs(shared.transfer.as_ref(), &request.input)?;
     let in_flight = shared.counters.start();
     let plugin = Arc::clone(&shared.plugin);
-    let scope = context.clone();
-    let work = host::scoped(scope, async move {
+    let work = host::scoped(scope.clone(), async move {
         guarded(plugin.execute_stream(request.input)).await
     });
-    let stream = host::scoped_stream(context, offload(shared.exec.as_ref(), work).await??);
+    let stream = host::scoped_stream(scope, offload(shared.exec.as_ref(), work).await??);
     let body = NdjsonBody::new(stream, in_flight);
     // On a call connection (already on the plugin runtime) the body is encoded inline.
     let body = match &shared.exec {

@@ -19,7 +19,10 @@ use hyper_util::rt::TokioIo;
 use plugvisor_proto::wire::services::{
     CALL_CONTEXT_HEADER, HOST_ADDR_ENV, HOST_TOKEN_ENV, SERVICES_PREFIX, STREAM_SUFFIX,
 };
-use plugvisor_proto::wire::{ErrorBody, ExecuteResponse, ServiceCall, ServiceInfo, StreamFrame};
+use plugvisor_proto::wire::trace::TRACEPARENT_HEADER;
+use plugvisor_proto::wire::{
+    ErrorBody, ExecuteResponse, ServiceCall, ServiceInfo, StreamFrame, TraceParent,
+};
 use plugvisor_proto::{PluginError, PluginStream, Value};
 use serde::de::DeserializeOwned;
 use std::path::PathBuf;
@@ -27,10 +30,29 @@ use std::pin::Pin;
 use std::sync::{Mutex, OnceLock};
 use std::task::{Context, Poll};
 use tokio::net::UnixStream;
+use tracing::Instrument;
 
 tokio::task_local! {
-    /// The context of the call the running plugin code serves, when the host named one.
-    static CALL: HeaderValue;
+    /// What the call the running plugin code serves came with: the host's call context and
+    /// its trace, when it named them.
+    static SCOPE: Scope;
+}
+
+/// The call context and trace of one call from the host, passed on to the service calls its
+/// plugin code makes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Scope {
+    call: Option<HeaderValue>,
+    trace: Option<TraceParent>,
+}
+
+/// The trace (W3C `traceparent`) of the call the running plugin code serves, if the host sent
+/// one: the host does for every call it makes inside a trace (API requests, task runs,
+/// service calls). The runtime already puts its trace id on the plugin's `tracing` log lines
+/// and passes it on to [`host()`] calls; this is for plugin code that talks to something
+/// else.
+pub fn trace() -> Option<TraceParent> {
+    SCOPE.try_with(|s| s.trace).ok().flatten()
 }
 
 /// Idle connections kept for the next service call.
@@ -187,8 +209,15 @@ impl HostClient {
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(Full::new(body))
             .map_err(|e| PluginError::InvalidInput(format!("service request: {e}")))?;
-        if let Ok(context) = CALL.try_with(HeaderValue::clone) {
-            request.headers_mut().insert(CALL_CONTEXT_HEADER, context);
+        if let Ok(scope) = SCOPE.try_with(Scope::clone) {
+            let headers = request.headers_mut();
+            if let Some(context) = scope.call {
+                headers.insert(CALL_CONTEXT_HEADER, context);
+            }
+            let child = scope.trace.map(|t| t.child(fastrand::u64(1..)).to_string());
+            if let Some(value) = child.and_then(|c| HeaderValue::try_from(c).ok()) {
+                headers.insert(TRACEPARENT_HEADER, value);
+            }
         }
         let mut sender = self.checkout().await?;
         let answer = sender
@@ -344,30 +373,42 @@ fn decode(line: &[u8]) -> Line {
     }
 }
 
-/// Runs `work` with `context` as the call context its service calls carry.
-pub(crate) async fn scoped<F: std::future::Future>(
-    context: Option<HeaderValue>,
-    work: F,
-) -> F::Output {
-    match context {
-        Some(context) => CALL.scope(context, work).await,
-        None => work.await,
+/// Runs `work` in `scope`: its service calls carry the call context and a child of the
+/// trace, and its `tracing` log lines the trace id.
+pub(crate) async fn scoped<F: std::future::Future>(scope: Scope, work: F) -> F::Output {
+    match (&scope.call, scope.trace) {
+        (None, None) => work.await,
+        (_, trace) => {
+            let span = span_of(trace);
+            SCOPE.scope(scope, work.instrument(span)).await
+        }
     }
 }
 
-/// `stream` polled with `context` as its call context (a stream's items run plugin code).
-pub(crate) fn scoped_stream(context: Option<HeaderValue>, stream: PluginStream) -> PluginStream {
-    match context {
-        Some(context) => Box::pin(Scoped {
-            context,
-            inner: stream,
-        }),
-        None => stream,
+/// `stream` polled in `scope` (a stream's items run plugin code).
+pub(crate) fn scoped_stream(scope: Scope, stream: PluginStream) -> PluginStream {
+    if scope.call.is_none() && scope.trace.is_none() {
+        return stream;
+    }
+    let span = span_of(scope.trace);
+    Box::pin(Scoped {
+        scope,
+        span,
+        inner: stream,
+    })
+}
+
+/// The span plugin code runs in: `call{trace_id=…}` (disabled without a trace).
+fn span_of(trace: Option<TraceParent>) -> tracing::Span {
+    match trace {
+        Some(t) => tracing::info_span!("call", trace_id = %t.trace_id_hex()),
+        None => tracing::Span::none(),
     }
 }
 
 struct Scoped {
-    context: HeaderValue,
+    scope: Scope,
+    span: tracing::Span,
     inner: PluginStream,
 }
 
@@ -375,14 +416,22 @@ impl Stream for Scoped {
     type Item = Result<Value, PluginError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let context = self.context.clone();
-        CALL.sync_scope(context, || self.inner.as_mut().poll_next(cx))
+        let this = &mut *self;
+        let _entered = this.span.enter();
+        SCOPE.sync_scope(this.scope.clone(), || this.inner.as_mut().poll_next(cx))
     }
 }
 
-/// The call context a request names, if any.
-pub(crate) fn context_of<B>(req: &Request<B>) -> Option<HeaderValue> {
-    req.headers().get(CALL_CONTEXT_HEADER).cloned()
+/// The call context and trace a request names, if any (an invalid `traceparent` is none).
+pub(crate) fn scope_of<B>(req: &Request<B>) -> Scope {
+    let headers = req.headers();
+    Scope {
+        call: headers.get(CALL_CONTEXT_HEADER).cloned(),
+        trace: headers
+            .get(TRACEPARENT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceParent::parse),
+    }
 }
 
 #[cfg(test)]

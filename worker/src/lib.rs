@@ -34,7 +34,8 @@
 //! - [`Methods`] (`methods.rs`): named methods beside `execute` (`/v1/methods/<name>`).
 //! - [`HealthCheck`] (`health_check.rs`): the plugin's own health (`/v1/plugin_health`).
 //! - [`host()`] (`host.rs`): the client for calling the host back: services other plugins
-//!   provide, with the call context of nested calls.
+//!   provide, with the call context of nested calls and the W3C trace ([`trace()`]) each
+//!   call came with (its id on the plugin's log lines, a child of it on nested calls).
 //! - [`Events`] (`events.rs`): host lifecycle and task events the manifest subscribes the
 //!   plugin to (`/v1/events`).
 //! - [`Settings`] / [`typed_config!`] (`config.rs`): typed configuration, a serde + schemars
@@ -78,7 +79,7 @@ pub use config::{parse as parse_config, schema_of, Config, Settings};
 pub use error::WorkerError;
 pub use events::Events;
 pub use health_check::HealthCheck;
-pub use host::{host, HostClient};
+pub use host::{host, trace, HostClient};
 pub use listener::{ListenAddr, Listener};
 pub use methods::Methods;
 pub use middleware::Middleware;

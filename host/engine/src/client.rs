@@ -23,6 +23,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use plugvisor_proto::wire::routes::Lane;
 use plugvisor_proto::wire::services::CALL_CONTEXT_HEADER;
+use plugvisor_proto::wire::trace::TRACEPARENT_HEADER;
 use plugvisor_proto::wire::Transport;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -164,6 +165,10 @@ impl WorkerClient {
         match crate::call_context::current() {
             Some(context) => headers.insert(CALL_CONTEXT_HEADER, context.to_header()),
             None => headers.remove(CALL_CONTEXT_HEADER),
+        };
+        match crate::trace::outgoing(headers.get(TRACEPARENT_HEADER)) {
+            Some(trace) => headers.insert(TRACEPARENT_HEADER, trace),
+            None => headers.remove(TRACEPARENT_HEADER),
         };
         let lane = Lane::of(request.method() == Method::GET, request.uri().path());
         let mut lease = Lease {

@@ -50,7 +50,8 @@
 //!
 //! Talking to a worker:
 //! - `client`: the pooled HTTP/1.1 client, one pool per lane (calls, control); cancellation
-//!   by closing a connection.
+//!   by closing a connection. Every request carries the task's call context
+//!   (`call_context`) and a child of its trace (`trace`: [`with_trace`], W3C `traceparent`).
 //! - `exchange`: one JSON request and its answer, or the worker's typed error.
 //! - `stream`: the NDJSON frame decoder behind every result stream.
 //! - `side_thread`: async work for synchronous trait methods (`current_config`).
@@ -81,6 +82,7 @@ mod spec;
 mod stderr;
 mod stream;
 mod supervisor;
+mod trace;
 mod transfer;
 mod worker;
 
@@ -99,5 +101,6 @@ pub use supervisor::{
     BackoffConfig, CallOptions, HealthConfig, RestartPolicy, Supervisor, SupervisorConfig,
     WorkerState,
 };
+pub use trace::{current_trace, new_trace, with_trace};
 pub use transfer::{OutputFile, StagedFile};
 pub use worker::{CallOutput, OutputStream};

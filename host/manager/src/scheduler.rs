@@ -230,7 +230,12 @@ pub(crate) async fn run_once<T: TaskTarget + ?Sized>(
     let options = CallOptions {
         timeout: slot.plan.timeout,
     };
-    let result = target.run(&slot.plan.input, options).await;
+    // Each run is a trace of its own, so its worker's log lines can be told apart.
+    let trace = plugvisor_host::new_trace();
+    let span =
+        tracing::info_span!("task", task = %slot.plan.name, trace_id = %trace.trace_id_hex());
+    let run = plugvisor_host::with_trace(trace, target.run(&slot.plan.input, options));
+    let result = tracing::Instrument::instrument(run, span).await;
     let took = began.elapsed();
     sink.record_call(plugin, took, result.as_ref().err().map(PluginError::kind));
     finished(slot, plugin, sink, took, result);

@@ -570,3 +570,64 @@ fn server_commands_take_a_token_file_and_a_401_says_how_to_pass_one() {
         served.stop().await;
     })
 }
+
+/// Issue 12: one request is followed across processes by its W3C trace: the API continues
+/// the client's `traceparent` (and names a new trace in `traceresponse` when there was none),
+/// and both workers of a service call log their lines under that trace id.
+#[test]
+fn one_order_is_followed_across_processes_by_its_trace_id() {
+    serially(async {
+        let (run, dir) = (tempdir(), tempdir());
+        let pricing = manifest("pricing", "pricing", "provides = [\"pricing\"]");
+        write(dir.path(), "pricing", &pricing);
+        let checkout = manifest("checkout", "checkout", "requires = [\"pricing\"]");
+        write(dir.path(), "checkout", &checkout);
+        // `info` shows the workers' stderr lines (they inherit the filter).
+        let dirs = ["--plugins", dir.path().to_str().unwrap()];
+        let served = Served::start(&dirs, &[("PLUGVISOR_LOG", "info")], run.path());
+        let order = json!({"plugin_id": "checkout",
+                           "input": {"items": [{"sku": "tea"}, {"sku": "apple", "qty": 2}]}});
+        let theirs = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let traced = served
+            .client()
+            .with_header("traceparent", &format!("00-{theirs}-00f067aa0ba902b7-01"))
+            .post("/api/plugins/execute", &order)
+            .await;
+        assert_eq!(traced.status, 200, "{}", traced.text());
+        let answered = traced
+            .header("traceresponse")
+            .unwrap_or_default()
+            .to_owned();
+        assert!(answered.starts_with(&format!("00-{theirs}-")), "{answered}");
+        assert!(answered.ends_with("-01"), "{answered}");
+        // Without a traceparent the request runs in a trace of its own, named in the answer.
+        let fresh = served.client().post("/api/plugins/execute", &order).await;
+        assert_eq!(fresh.status, 200, "{}", fresh.text());
+        let fresh_id = fresh
+            .header("traceresponse")
+            .and_then(|t| t.split('-').nth(1))
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(fresh_id.len(), 32, "{fresh_id}");
+        assert_ne!(fresh_id, theirs);
+        // Each trace's lines: one from checkout, one per line of the order from pricing.
+        let counts = |log: &str, id: &str| {
+            let tagged = format!("trace_id={id}");
+            let of = |what: &str| {
+                log.lines()
+                    .filter(|l| l.contains(&tagged) && l.contains(what))
+                    .count()
+            };
+            (of("checkout priced an order"), of("pricing quoted a line"))
+        };
+        // The log is whole once serve has stopped (its workers' lines are relayed as they come).
+        let log = served.stop().await;
+        let logged = counts(&log, theirs) == (1, 2) && counts(&log, &fresh_id) == (1, 2);
+        assert!(
+            logged,
+            "{:?} {:?}\n{log}",
+            counts(&log, theirs),
+            counts(&log, &fresh_id)
+        );
+    })
+}

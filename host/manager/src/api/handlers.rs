@@ -17,7 +17,8 @@ use http::{Request, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use plugvisor_host::CallOptions;
-use plugvisor_proto::wire::DEFAULT_METHOD;
+use plugvisor_proto::wire::trace::{TRACEPARENT_HEADER, TRACERESPONSE_HEADER};
+use plugvisor_proto::wire::{TraceParent, DEFAULT_METHOD};
 use plugvisor_proto::Value;
 use serde::Deserialize;
 use serde_json::json;
@@ -74,10 +75,16 @@ struct StreamRequest {
 pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, peer: SocketAddr) -> Reply {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let reply = match route(&ctx, &parts, body, peer.ip()).await {
+    let trace = trace_of(&parts);
+    let span = tracing::info_span!("api", trace_id = %trace.trace_id_hex());
+    let routed = plugvisor_host::with_trace(trace, route(&ctx, &parts, body, peer.ip()));
+    let mut reply = match tracing::Instrument::instrument(routed, span).await {
         Ok(reply) => reply,
         Err(e) => reply::error(e),
     };
+    if let Ok(value) = http::HeaderValue::try_from(trace.to_string()) {
+        reply.headers_mut().insert(TRACERESPONSE_HEADER, value);
+    }
     tracing::debug!(
         method = %parts.method,
         path = parts.uri.path(),
@@ -86,6 +93,17 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, peer: SocketAd
         "API request"
     );
     reply
+}
+
+/// The trace a request runs in: the client's `traceparent` when it sent a valid one, else a
+/// new trace.
+fn trace_of(parts: &Parts) -> TraceParent {
+    parts
+        .headers
+        .get(TRACEPARENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
+        .unwrap_or_else(plugvisor_host::new_trace)
 }
 
 async fn route(

@@ -16,11 +16,12 @@ use hyper::body::{Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use plugvisor_host::{with_call_context, CallContext, PluginError};
+use plugvisor_host::{with_call_context, with_trace, CallContext, PluginError};
 use plugvisor_proto::file_ref::contains_file_refs;
 use plugvisor_proto::wire::services::{CALL_CONTEXT_HEADER, SERVICES_PREFIX, STREAM_SUFFIX};
+use plugvisor_proto::wire::trace::TRACEPARENT_HEADER;
 use plugvisor_proto::wire::{
-    ErrorBody, ExecuteResponse, ServiceCall, StreamFrame, DEFAULT_MAX_BODY, NDJSON,
+    ErrorBody, ExecuteResponse, ServiceCall, StreamFrame, TraceParent, DEFAULT_MAX_BODY, NDJSON,
 };
 use plugvisor_proto::{ErrorKind, Value, WireError};
 use serde::Serialize;
@@ -103,8 +104,22 @@ async fn serve_connection(stream: tokio::net::UnixStream, shared: Arc<Shared>) {
     }
 }
 
-/// One request: who calls, which service, then the lookup, call or stream.
+/// One request inside its trace (the caller's `traceparent`, else a new trace), so the
+/// provider's call continues it.
 async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    let trace = req
+        .headers()
+        .get(TRACEPARENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
+        .unwrap_or_else(plugvisor_host::new_trace);
+    let span = tracing::info_span!("service", trace_id = %trace.trace_id_hex());
+    let answer = with_trace(trace, answer(shared, req));
+    tracing::Instrument::instrument(answer, span).await
+}
+
+/// Who calls, which service, then the lookup, call or stream.
+async fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     let Some(caller) = bearer(&req).and_then(|t| caller_of(&shared.tokens, t)) else {
         return unauthorized();
     };
