@@ -12,7 +12,7 @@
 //! | `exit` | `{"code": N}`: exits with status N |
 //! | `hang` | the call never finishes (the worker still answers health probes) |
 //! | `deadlock` | the whole process freezes (SIGSTOP): even health probes stall |
-//! | `sleep` | `{"ms": N}`: answers after N ms |
+//! | `sleep` | `{"ms": N}`: answers `{"slept_ms": N, "pid": …}` after N ms |
 //! | `alloc` | `{"mib": N}`: allocates and touches N MiB and keeps it (a leak) |
 //! | `stdout` | writes garbage to stdout (which the runtime has redirected to stderr) |
 //! | `fork` | starts a grandchild (`sleep 3600`) that keeps running; answers its pid |
@@ -318,7 +318,7 @@ async fn run_fault(fault: &str, input: &Value) -> Result<Value, PluginError> {
         "deadlock" => freeze(),
         "sleep" => {
             tokio::time::sleep(Duration::from_millis(number("ms"))).await;
-            Ok(json!({"slept_ms": number("ms")}))
+            Ok(json!({"slept_ms": number("ms"), "pid": std::process::id()}))
         }
         "alloc" => alloc(number("mib")),
         "stdout" => {

@@ -75,12 +75,12 @@ pub(crate) async fn list(args: ListArgs) -> anyhow::Result<()> {
 fn available_row(d: &Discovered) -> Value {
     let m = &d.manifest;
     json!({"name": m.name, "version": m.version, "kind": m.kind, "state": "available",
-           "description": m.description, "sandbox": m.sandbox})
+           "description": m.description, "sandbox": m.sandbox, "replicas": m.replicas})
 }
 
-/// A plain-text table of name, version, kind, state and sandbox.
+/// A plain-text table of name, version, kind, state, workers and sandbox.
 fn table(plugins: &Value) -> String {
-    let rows: Vec<[String; 5]> = plugins
+    let rows: Vec<[String; 6]> = plugins
         .as_array()
         .into_iter()
         .flatten()
@@ -91,11 +91,27 @@ fn table(plugins: &Value) -> String {
                 s("version"),
                 s("kind"),
                 s("state"),
+                workers_cell(p),
                 sandbox_cell(p),
             ]
         })
         .collect();
-    text_table(&["NAME", "VERSION", "KIND", "STATE", "SANDBOX"], &rows)
+    text_table(
+        &["NAME", "VERSION", "KIND", "STATE", "WORKERS", "SANDBOX"],
+        &rows,
+    )
+}
+
+/// `ready/replicas` while workers run (`2/3`: one replica is restarting), else `replicas`.
+fn workers_cell(p: &Value) -> String {
+    let replicas = p["replicas"].as_u64().unwrap_or(1);
+    match p["workers"].as_array() {
+        Some(workers) => {
+            let ready = workers.iter().filter(|w| w["state"] == "ready").count();
+            format!("{ready}/{replicas}")
+        }
+        None => replicas.to_string(),
+    }
 }
 
 /// A plain-text table: `header` and `rows` in columns two spaces apart, each line without

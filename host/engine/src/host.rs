@@ -77,6 +77,15 @@ impl Host {
         Supervisor::start(Arc::clone(&self.registry), spec, config)
     }
 
+    /// Supervises `replicas` workers of `spec` (at least one), each on its own, behind one
+    /// [`crate::Pool`] that sends each call to the least-loaded ready replica.
+    pub fn pool(&self, spec: WorkerSpec, config: SupervisorConfig, replicas: usize) -> crate::Pool {
+        let all = (0..replicas.max(1))
+            .map(|_| self.supervise(spec.clone(), config.clone()))
+            .collect();
+        crate::Pool::new(all)
+    }
+
     /// A receiver of every lifecycle event of this host's workers from now on.
     pub fn events(&self) -> broadcast::Receiver<LifecycleEvent> {
         self.registry.events.subscribe()

@@ -30,6 +30,8 @@
 //!   `calls.rs` (bounded queue, deadlines, idempotent retry, recycling budget), `actor.rs`
 //!   (start, watch, probe, restart, Failed, recycle), `config.rs` (the knobs), `backoff.rs`
 //!   (restart arithmetic: backoff, intensity window, stable runs).
+//! - `pool`: [`Pool`], several supervised replicas of one plugin ([`Host::pool`]); each call
+//!   goes to the least-loaded ready one.
 //! - `events`: [`LifecycleEvent`], [`EventBus`], hooks.
 //! - `transfer`: file-backed data: staging inputs ([`StagedFile`]), adopting outputs
 //!   ([`OutputFile`]).
@@ -70,6 +72,7 @@ mod host;
 mod identity;
 mod keeper;
 mod launch;
+mod pool;
 mod process;
 mod registry;
 mod remote;
@@ -93,6 +96,7 @@ pub use events::{EventBus, EventKind, HookHandle, LifecycleEvent};
 pub use host::{Host, HostConfig};
 pub use identity::PluginIdentity;
 pub use plugvisor_proto::{self as proto, DynPlugin, FileRef, Plugin, PluginError};
+pub use pool::{Pool, ReplicaInfo};
 pub use remote::RemotePlugin;
 pub use route::{RouteBody, RouteRequestBody};
 pub use sandbox::{Enforced, FsPolicy, NetPolicy, Sandbox, SandboxError, SyscallPolicy};

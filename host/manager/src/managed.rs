@@ -10,7 +10,7 @@ use crate::idle::{self, IdleStop};
 use crate::manifest::{Discovered, StartMode};
 use crate::scheduler::{TaskSink, TaskTarget};
 use plugvisor_host::{
-    CallOptions, CallOutput, Host, OutputStream, Plugin, PluginError, PluginIdentity, Supervisor,
+    CallOptions, CallOutput, Host, OutputStream, PluginError, PluginIdentity, Pool,
     SupervisorConfig, WorkerSpec, WorkerState,
 };
 use plugvisor_proto::Value;
@@ -60,8 +60,9 @@ struct State {
     api_layer: Value,
     /// The configuration in force (validated).
     config: Value,
-    /// The running supervisor; `None` for a lazy plugin between calls.
-    current: Option<Supervisor>,
+    /// The running pool of replicas (one for most plugins); `None` for a lazy plugin between
+    /// calls.
+    current: Option<Pool>,
     last_call: Instant,
     started_at: Option<Instant>,
 }
@@ -87,7 +88,7 @@ impl Managed {
                 .extend(grant.env().map(|(k, v)| (k.into(), v.into())));
         }
         let supervision = manifest.supervision.to_config();
-        let first = supervise(&host, &spec, &supervision, &manifest.name).await?;
+        let first = supervise(&host, &spec, &supervision, manifest).await?;
         let identity = match first.identity() {
             Some(identity) => identity.clone(),
             None => {
@@ -160,7 +161,7 @@ impl Managed {
     }
 
     /// Validates the layered configuration and applies it to the first worker.
-    async fn configure_first(&self, first: &Supervisor) -> Result<(), ManagerError> {
+    async fn configure_first(&self, first: &Pool) -> Result<(), ManagerError> {
         let config = self.effective(None)?;
         first
             .initialize(Some(config.clone()))
@@ -242,14 +243,14 @@ impl Managed {
         Ok(self.masked_config())
     }
 
-    fn install(&self, sup: Supervisor) {
+    fn install(&self, sup: Pool) {
         let mut state = self.lock();
         state.current = Some(sup);
         state.started_at = Some(Instant::now());
     }
 
-    /// The running supervisor, if any.
-    pub(crate) fn current(&self) -> Option<Supervisor> {
+    /// The running pool, if any.
+    pub(crate) fn current(&self) -> Option<Pool> {
         self.lock().current.clone()
     }
 
@@ -354,8 +355,8 @@ impl Managed {
         self.replaced.load(Ordering::Acquire)
     }
 
-    /// The running supervisor, starting one first for a lazy plugin.
-    async fn supervisor(&self) -> Result<Supervisor, PluginError> {
+    /// The running pool, starting one first for a lazy plugin.
+    async fn supervisor(&self) -> Result<Pool, PluginError> {
         self.lock().last_call = Instant::now();
         if let Some(sup) = self.current() {
             return Ok(sup);
@@ -368,9 +369,14 @@ impl Managed {
         if let Some(sup) = self.current() {
             return Ok(sup);
         }
-        let sup = supervise(&self.host, &self.spec, &self.supervision, self.name())
-            .await
-            .map_err(|e| PluginError::Unavailable(plugvisor_host::error_chain(&e)))?;
+        let sup = supervise(
+            &self.host,
+            &self.spec,
+            &self.supervision,
+            &self.found.manifest,
+        )
+        .await
+        .map_err(|e| PluginError::Unavailable(plugvisor_host::error_chain(&e)))?;
         let config = self.lock().config.clone();
         sup.initialize(Some(config)).await?;
         self.install(sup.clone());
@@ -568,22 +574,22 @@ impl IdleStop for Managed {
     }
 }
 
-/// Starts a supervisor for `spec` and waits until it is ready.
+/// Starts the manifest's replicas of `spec` and waits until every one is ready.
 async fn supervise(
     host: &Host,
     spec: &WorkerSpec,
     config: &SupervisorConfig,
-    name: &str,
-) -> Result<Supervisor, ManagerError> {
-    let sup = host.supervise(spec.clone(), config.clone());
+    manifest: &crate::manifest::Manifest,
+) -> Result<Pool, ManagerError> {
+    let pool = host.pool(spec.clone(), config.clone(), manifest.replicas);
     let wait = spec.start_timeout + Duration::from_secs(1);
-    match sup.wait_ready(wait).await {
-        WorkerState::Ready => Ok(sup),
+    match pool.wait_ready(wait).await {
+        WorkerState::Ready => Ok(pool),
         state => {
-            let reason = start_failure(&sup, state, wait);
-            sup.shutdown().await;
+            let reason = start_failure(&pool, state, wait);
+            pool.shutdown().await;
             Err(ManagerError::Start {
-                plugin: name.to_owned(),
+                plugin: manifest.name.clone(),
                 reason,
             })
         }
@@ -592,7 +598,7 @@ async fn supervise(
 
 /// Why `sup` did not become ready within `waited`: the real cause (its last start error or
 /// crash, with the exit status and last stderr line), then the state it was left in.
-fn start_failure(sup: &Supervisor, state: WorkerState, waited: Duration) -> String {
+fn start_failure(sup: &Pool, state: WorkerState, waited: Duration) -> String {
     let left = match sup.reason() {
         Some(reason) => format!("state {state}: {reason}"),
         None => format!("state {state} after {waited:?}"),
@@ -604,7 +610,7 @@ fn start_failure(sup: &Supervisor, state: WorkerState, waited: Duration) -> Stri
 }
 
 /// Why the worker of a loaded plugin is not serving, when it is not.
-pub(crate) fn not_serving(sup: &Supervisor) -> Option<String> {
+pub(crate) fn not_serving(sup: &Pool) -> Option<String> {
     match sup.state() {
         WorkerState::Ready | WorkerState::Unhealthy | WorkerState::Stopping => None,
         _ => sup.last_failure().or_else(|| sup.reason()),

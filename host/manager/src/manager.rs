@@ -925,6 +925,8 @@ fn info_of(found: &Discovered, managed: Option<&Arc<Managed>>, metrics: &Metrics
         start: m.start,
         pid: sup.as_ref().and_then(|s| s.pid()),
         restarts: sup.as_ref().map(|s| s.restarts()).unwrap_or(0),
+        replicas: m.replicas,
+        workers: sup.as_ref().map(|s| s.infos()).unwrap_or_default(),
         uptime_secs: managed
             .and_then(|x| x.started_at())
             .map(|t| t.elapsed().as_secs_f64()),

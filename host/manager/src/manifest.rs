@@ -82,6 +82,13 @@ pub enum StartMode {
     Lazy,
 }
 
+/// The most workers one plugin may run (`replicas`).
+pub const MAX_REPLICAS: usize = 64;
+
+fn one() -> usize {
+    1
+}
+
 /// One plugin manifest.
 ///
 /// ```toml
@@ -149,6 +156,10 @@ pub struct Manifest {
     /// Stop the worker after this many seconds without calls (it restarts on the next call).
     #[serde(default)]
     pub idle_stop_secs: Option<u64>,
+    /// Workers serving the plugin (1 to [`MAX_REPLICAS`]), each supervised on its own; calls
+    /// go to the least-loaded ready one.
+    #[serde(default = "one")]
+    pub replicas: usize,
     /// Host events delivered to the plugin (`POST /v1/events`): lifecycle and task event
     /// names (`loaded`, `unloaded`, `crashed`, `task_failed`, …; a `plugin_` prefix is
     /// optional). Its worker must handle each (`plugvisor_worker::Events`).
@@ -612,7 +623,22 @@ impl Manifest {
         self.check_kind()?;
         crate::tasks::check_all(&self.tasks)?;
         self.check_hooks()?;
+        self.check_replicas()?;
         self.supervision.check()
+    }
+
+    /// `replicas` is 1 to [`MAX_REPLICAS`].
+    fn check_replicas(&self) -> Result<(), (Option<&'static str>, String)> {
+        if (1..=MAX_REPLICAS).contains(&self.replicas) {
+            return Ok(());
+        }
+        Err((
+            Some("replicas"),
+            format!(
+                "replicas: {} is out of range; a plugin runs 1 to {MAX_REPLICAS} workers",
+                self.replicas
+            ),
+        ))
     }
 
     /// Every `hooks` entry names an event the host emits.

@@ -28,10 +28,15 @@ pub struct PluginInfo {
     pub state: String,
     /// Eager or lazy.
     pub start: StartMode,
-    /// Current worker pid.
+    /// Current worker pid (the first ready replica's).
     pub pid: Option<u32>,
-    /// Restarts of the current supervisor.
+    /// Restarts of the current supervisor (of all its replicas).
     pub restarts: u64,
+    /// The manifest's `replicas`.
+    pub replicas: usize,
+    /// Each running replica: pid, state, calls in flight, restarts (empty while none runs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<plugvisor_host::ReplicaInfo>,
     /// Seconds since the current worker was started.
     pub uptime_secs: Option<f64>,
     /// Services it provides.

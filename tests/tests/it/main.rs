@@ -25,6 +25,7 @@ mod manager;
 mod methods;
 mod middleware;
 mod plugin_health;
+mod pools;
 mod protocol;
 mod sandbox;
 mod services;

@@ -264,6 +264,18 @@ impl Supervisor {
             .unwrap_or(0)
     }
 
+    /// How busy it is, for a [`crate::Pool`] choosing a replica: call slots taken (calls,
+    /// streams and route requests in flight) plus calls queued for one.
+    pub fn load(&self) -> usize {
+        let slots = self
+            .inner
+            .config
+            .max_concurrent
+            .clamp(1, Semaphore::MAX_PERMITS);
+        let taken = slots.saturating_sub(self.inner.permits.available_permits());
+        taken + self.inner.queued.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Restarts since supervision began.
     pub fn restarts(&self) -> u64 {
         self.inner

@@ -419,8 +419,25 @@ fn hook_info_schema() -> Value {
     })
 }
 
-fn info_schemas() -> Value {
+/// `PluginInfo.workers` (apart, for the same reason as [`hook_info_schema`]).
+fn workers_schema() -> Value {
     json!({
+        "type": "array",
+        "description": "Each running replica (absent while none runs): calls go to the least-loaded ready one",
+        "items": {
+            "type": "object",
+            "required": ["index", "pid", "state", "in_flight", "restarts"],
+            "properties": {
+                "index": {"type": "integer"}, "pid": {"type": ["integer", "null"]},
+                "state": {"type": "string"}, "in_flight": {"type": "integer"},
+                "restarts": {"type": "integer"}
+            }
+        }
+    })
+}
+
+fn info_schemas() -> Value {
+    let mut schemas = json!({
         "PluginInfo": {
             "type": "object",
             "required": ["name", "version", "loaded", "state"],
@@ -516,7 +533,13 @@ fn info_schemas() -> Value {
             "failed": {"type": "array", "description": "Plugins not loaded because their last load failed (state `failed`, `last_error` says why)", "items": {"$ref": "#/components/schemas/PluginInfo"}},
             "manifest_errors": {"type": "array", "items": {"type": "string"}}
         }},
-    })
+    });
+    // Added apart: one `json!` of every property exceeds the macro's recursion limit.
+    let properties = &mut schemas["PluginInfo"]["properties"];
+    properties["replicas"] =
+        json!({"type": "integer", "description": "Workers the manifest asks for (`replicas`)"});
+    properties["workers"] = workers_schema();
+    schemas
 }
 
 fn request_schemas() -> Value {

@@ -1,0 +1,323 @@
+//! `Pool`: several supervised replicas of one plugin, each with its own worker, restarts,
+//! backoff and recycling; every call goes to the least-loaded ready replica.
+//!
+//! Load is what a replica's [`Supervisor::load`] counts: calls and streams holding a call slot
+//! plus calls queued for one. Ties go round-robin, so an idle pool spreads sequential calls
+//! too. A replica that is starting, backing off or failed is skipped while another is ready;
+//! a crash fails only the calls in flight on that replica.
+
+use crate::identity::PluginIdentity;
+use crate::supervisor::{CallOptions, Supervisor, WorkerState};
+use crate::worker::{CallOutput, OutputStream};
+use crate::{RouteBody, RouteRequestBody};
+use futures_util::future::join_all;
+use plugvisor_proto::wire::{
+    AfterResponse, BeforeAction, EventDelivery, HealthReport, HealthStatus, HookRequest,
+    HookResponse,
+};
+use plugvisor_proto::{PluginError, Value};
+use serde::Serialize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Replicas of one plugin behind one call surface (cheap to clone: handles to the same pool).
+#[derive(Debug, Clone)]
+pub struct Pool {
+    replicas: Arc<[Supervisor]>,
+    next: Arc<AtomicUsize>,
+}
+
+/// What status pages show of one replica.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReplicaInfo {
+    /// Its place in the pool, from 0.
+    pub index: usize,
+    /// Its worker's process id, when one runs.
+    pub pid: Option<u32>,
+    /// Its supervisor's state (`ready`, `backoff`, …).
+    pub state: WorkerState,
+    /// Calls and streams running on it now.
+    pub in_flight: u64,
+    /// Its restarts since the pool started.
+    pub restarts: u64,
+}
+
+impl Pool {
+    /// A pool of `replicas` (at least one).
+    ///
+    /// # Panics
+    /// When `replicas` is empty: a pool always has a replica to send a call to.
+    pub fn new(replicas: Vec<Supervisor>) -> Self {
+        assert!(!replicas.is_empty(), "a pool needs at least one replica");
+        Self {
+            replicas: replicas.into(),
+            next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Its replicas, in order.
+    pub fn replicas(&self) -> &[Supervisor] {
+        &self.replicas
+    }
+
+    /// The replica the next call goes to: the least-loaded one that serves (ready or
+    /// unhealthy), ties round-robin; while none serves, the first that will (starting,
+    /// backing off), else the first (whose call then fails fast as it is failed or stopped).
+    pub fn pick(&self) -> &Supervisor {
+        let n = self.replicas.len();
+        if n == 1 {
+            return &self.replicas[0];
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let order = (0..n).map(|i| &self.replicas[(start + i) % n]);
+        let serving = order
+            .clone()
+            .filter(|s| serves(s.state()))
+            .min_by_key(|s| s.load());
+        serving
+            .or_else(|| order.clone().find(|s| will_serve(s.state())))
+            .unwrap_or(&self.replicas[0])
+    }
+
+    /// The pool's state: the best of its replicas' (a pool with one ready replica is ready).
+    pub fn state(&self) -> WorkerState {
+        self.replicas
+            .iter()
+            .map(Supervisor::state)
+            .min_by_key(|s| rank(*s))
+            .unwrap_or(WorkerState::Stopped)
+    }
+
+    /// Each replica as status pages show it.
+    pub fn infos(&self) -> Vec<ReplicaInfo> {
+        self.replicas
+            .iter()
+            .enumerate()
+            .map(|(index, s)| ReplicaInfo {
+                index,
+                pid: s.pid(),
+                state: s.state(),
+                in_flight: s.in_flight(),
+                restarts: s.restarts(),
+            })
+            .collect()
+    }
+
+    /// The first replica's worker's process id (of a ready one when there is one).
+    pub fn pid(&self) -> Option<u32> {
+        let ready = self.replicas.iter().find(|s| serves(s.state()));
+        ready.unwrap_or(&self.replicas[0]).pid()
+    }
+
+    /// Calls running on all replicas.
+    pub fn in_flight(&self) -> u64 {
+        self.replicas.iter().map(Supervisor::in_flight).sum()
+    }
+
+    /// Restarts of all replicas.
+    pub fn restarts(&self) -> u64 {
+        self.replicas.iter().map(Supervisor::restarts).sum()
+    }
+
+    /// What the workers said about themselves (the first replica that knows).
+    pub fn identity(&self) -> Option<&PluginIdentity> {
+        self.replicas.iter().find_map(Supervisor::identity)
+    }
+
+    /// The sandbox the first replica's worker runs in.
+    pub fn sandbox(&self) -> Option<crate::Enforced> {
+        self.replicas[0].sandbox()
+    }
+
+    /// Why a replica is not serving (the first one's reason).
+    pub fn reason(&self) -> Option<String> {
+        self.replicas.iter().find_map(Supervisor::reason)
+    }
+
+    /// Why a replica's last worker failed (the first one that did).
+    pub fn last_failure(&self) -> Option<String> {
+        self.replicas.iter().find_map(Supervisor::last_failure)
+    }
+
+    /// Waits up to `timeout` for every replica to be ready; returns the worst state seen.
+    pub async fn wait_ready(&self, timeout: Duration) -> WorkerState {
+        let states = join_all(self.replicas.iter().map(|s| s.wait_ready(timeout))).await;
+        states
+            .into_iter()
+            .max_by_key(|s| rank(*s))
+            .unwrap_or(WorkerState::Stopped)
+    }
+
+    /// Applies `config` to every replica (and to each one's later workers).
+    ///
+    /// # Errors
+    /// The first replica's refusal; replicas that accepted keep the new configuration (the
+    /// host validates a configuration against the schema before it gets here).
+    pub async fn initialize(&self, config: Option<Value>) -> Result<(), PluginError> {
+        let applied = join_all(
+            self.replicas
+                .iter()
+                .map(|s| crate::Plugin::initialize(s, config.clone())),
+        )
+        .await;
+        applied.into_iter().collect()
+    }
+
+    /// Replaces every replica's worker with a fresh one, between calls.
+    pub fn recycle(&self) {
+        self.replicas.iter().for_each(Supervisor::recycle);
+    }
+
+    /// Leaves `Failed` on every replica that is in it.
+    pub fn reset(&self) {
+        self.replicas.iter().for_each(Supervisor::reset);
+    }
+
+    /// Waits until no call runs on any replica.
+    pub async fn drained(&self) {
+        join_all(self.replicas.iter().map(Supervisor::drained)).await;
+    }
+
+    /// Stops every replica.
+    pub async fn shutdown(&self) {
+        join_all(self.replicas.iter().map(Supervisor::shutdown)).await;
+    }
+
+    /// One call on the least-loaded replica.
+    ///
+    /// # Errors
+    /// As [`Supervisor::call_ref`].
+    pub async fn call_ref(
+        &self,
+        input: &Value,
+        options: CallOptions,
+    ) -> Result<CallOutput, PluginError> {
+        self.pick().call_ref(input, options).await
+    }
+
+    /// One named-method call on the least-loaded replica.
+    ///
+    /// # Errors
+    /// As [`Supervisor::call_method_ref`].
+    pub async fn call_method_ref(
+        &self,
+        method: &str,
+        input: &Value,
+        options: CallOptions,
+    ) -> Result<CallOutput, PluginError> {
+        self.pick().call_method_ref(method, input, options).await
+    }
+
+    /// One stream on the least-loaded replica (it counts as load there until it ends).
+    ///
+    /// # Errors
+    /// As [`Supervisor::stream_outputs_ref`].
+    pub async fn stream_outputs_ref(&self, input: &Value) -> Result<OutputStream, PluginError> {
+        self.pick().stream_outputs_ref(input).await
+    }
+
+    /// One plugin-route request on the least-loaded replica.
+    ///
+    /// # Errors
+    /// As [`Supervisor::route`].
+    pub async fn route(
+        &self,
+        request: http::Request<impl RouteRequestBody>,
+    ) -> Result<http::Response<RouteBody>, PluginError> {
+        self.pick().route(request).await
+    }
+
+    /// One middleware `before_request` on the least-loaded replica.
+    ///
+    /// # Errors
+    /// As [`Supervisor::before_request`].
+    pub async fn before_request(&self, request: &HookRequest) -> Result<BeforeAction, PluginError> {
+        self.pick().before_request(request).await
+    }
+
+    /// One middleware `after_response` on the least-loaded replica.
+    ///
+    /// # Errors
+    /// As [`Supervisor::after_response`].
+    pub async fn after_response(
+        &self,
+        exchange: &AfterResponse,
+    ) -> Result<HookResponse, PluginError> {
+        self.pick().after_response(exchange).await
+    }
+
+    /// A host event, delivered once: to the least-loaded replica (the plugin is one plugin,
+    /// however many processes serve it).
+    ///
+    /// # Errors
+    /// As [`Supervisor::deliver_event`].
+    pub async fn deliver_event(
+        &self,
+        event: &EventDelivery,
+        timeout: Duration,
+    ) -> Result<(), PluginError> {
+        self.pick().deliver_event(event, timeout).await
+    }
+
+    /// The plugin's own health, asked of every serving replica: the worst report wins (a
+    /// replica that fails makes the plugin fail), its output naming the replica.
+    pub async fn check_health(&self, timeout: Duration) -> HealthReport {
+        if self.replicas.len() == 1 {
+            return self.replicas[0].check_health(timeout).await;
+        }
+        let serving: Vec<(usize, &Supervisor)> = self
+            .replicas
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| serves(s.state()))
+            .collect();
+        let reports = join_all(serving.iter().map(|(_, s)| s.check_health(timeout))).await;
+        let worst = serving
+            .iter()
+            .map(|(i, _)| *i)
+            .zip(reports)
+            .max_by_key(|(_, r)| severity(r.status));
+        match worst {
+            Some((index, mut report)) => {
+                let output = report.output.take().unwrap_or_default();
+                report.output = Some(format!("replica {index}: {output}").trim_end().to_owned());
+                report
+            }
+            None => self.replicas[0].check_health(timeout).await,
+        }
+    }
+}
+
+fn serves(state: WorkerState) -> bool {
+    matches!(state, WorkerState::Ready | WorkerState::Unhealthy)
+}
+
+fn will_serve(state: WorkerState) -> bool {
+    matches!(
+        state,
+        WorkerState::Starting | WorkerState::Exited | WorkerState::Backoff
+    )
+}
+
+/// How well a state serves: lower is better.
+fn rank(state: WorkerState) -> u8 {
+    match state {
+        WorkerState::Ready => 0,
+        WorkerState::Unhealthy => 1,
+        WorkerState::Starting => 2,
+        WorkerState::Exited => 3,
+        WorkerState::Backoff => 4,
+        WorkerState::Stopping => 5,
+        WorkerState::Failed => 6,
+        WorkerState::Stopped => 7,
+    }
+}
+
+fn severity(status: HealthStatus) -> u8 {
+    match status {
+        HealthStatus::Pass => 0,
+        HealthStatus::Warn => 1,
+        HealthStatus::Fail => 2,
+    }
+}
