@@ -90,6 +90,7 @@ pub use error::{chain as error_chain, HostError};
 pub use events::{EventBus, EventKind, HookHandle, LifecycleEvent};
 pub use host::{Host, HostConfig};
 pub use identity::PluginIdentity;
+pub use launch::build_command as worker_command;
 pub use plugvisor_proto::{self as proto, DynPlugin, FileRef, Plugin, PluginError};
 pub use remote::RemotePlugin;
 pub use route::{RouteBody, RouteRequestBody};
