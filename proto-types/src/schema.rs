@@ -5,10 +5,10 @@
 use crate::error::WireError;
 use crate::file_ref::FileRef;
 use crate::wire::{
-    AfterResponse, BeforeAction, CleanupResponse, ConfigResponse, ConfigSchemaResponse,
-    ErrorBody, EventDelivery, ExecuteRequest, ExecuteResponse, HealthReport, HealthResponse,
-    HookRequest, HookResponse, InfoResponse, InitializeRequest, ServiceCall, ServiceInfo,
-    ShutdownResponse, StreamFrame,
+    AfterResponse, BeforeAction, CleanupResponse, ConfigResponse, ConfigSchemaResponse, ErrorBody,
+    EventDelivery, ExecuteRequest, ExecuteResponse, HealthReport, HealthResponse, HookRequest,
+    HookResponse, InfoResponse, InitializeRequest, ServiceCall, ServiceInfo, ShutdownResponse,
+    StreamFrame,
 };
 use schemars::JsonSchema;
 use serde_json::Value;
@@ -45,7 +45,9 @@ fn body<T: JsonSchema>(name: &'static str, section: &'static str) -> BodySchema 
         map.insert("title".to_owned(), Value::String(name.to_owned()));
         map.insert(
             "$id".to_owned(),
-            Value::String(format!("https://plugvisor.invalid/schemas/{name}.schema.json")),
+            Value::String(format!(
+                "https://plugvisor.invalid/schemas/{name}.schema.json"
+            )),
         );
     }
     BodySchema {

@@ -16,6 +16,11 @@ import json, os, socketserver, sys, threading
 from http.server import BaseHTTPRequestHandler
 
 flaw = sys.argv[1]
+if "--socket" not in sys.argv:
+    if flaw == "usage-waits":
+        sys.stdin.read()
+    print("usage: worker.py FLAW --socket PATH", file=sys.stderr)
+    sys.exit(2)
 sock = sys.argv[sys.argv.index("--socket") + 1]
 token = os.environ.pop("PLUGVISOR_TOKEN")
 
@@ -63,6 +68,8 @@ if flaw == "stdout":
     print("a line on stdout after the handshake", flush=True)
 threading.Thread(target=server.serve_forever, daemon=True).start()
 sys.stdin.read()
+if flaw == "ignores-eof":
+    threading.Event().wait()
 os.unlink(sock)
 "#;
 
@@ -159,7 +166,14 @@ fn cancellation_is_checked_on_a_slow_stream() {
         let base = tempfile::tempdir().unwrap();
         let ticker = bin("ticker-worker");
         let slow = r#"{"n": 100, "interval_ms": 50}"#;
-        let args = ["--slow-input", slow, "--input", r#"{"n": 2}"#, "--", ticker.to_str().unwrap()];
+        let args = [
+            "--slow-input",
+            slow,
+            "--input",
+            r#"{"n": 2}"#,
+            "--",
+            ticker.to_str().unwrap(),
+        ];
         let (out, report) = conformance(&args, base.path());
         assert!(out.status.success(), "{report:#}");
         assert_eq!(results(&report, "closing the connection")[0].0, "pass");
@@ -179,16 +193,23 @@ fn broken_workers_fail_the_check_named_after_their_flaw() {
             ("wrong-status", "GET on an unknown path is 404"),
             ("bad-shape", "GET /v1/health (HealthResponse"),
             ("stdout", "nothing else on stdout after the handshake"),
+            ("ignores-eof", "end of stdin: exit 0"),
+            ("usage-waits", "no listen address: a usage line on stderr, exit 2"),
         ];
         for (flaw, check) in cases {
-            let (out, report) =
-                conformance(&["--timeout", "2", "--", "python3", &worker, flaw], base.path());
+            let (out, report) = conformance(
+                &["--timeout", "2", "--", "python3", &worker, flaw],
+                base.path(),
+            );
             assert!(!out.status.success(), "{flaw}: the kit passed it");
             let got = results(&report, check);
             assert_eq!(got.len(), 1, "{flaw}: {check}: {got:?}");
             assert_eq!(got[0].0, "fail", "{flaw}: {check}: {report:#}");
             audit(&report, base.path());
-            let (_, control) = conformance(&["--timeout", "2", "--", "python3", &worker, "none"], base.path());
+            let (_, control) = conformance(
+                &["--timeout", "2", "--", "python3", &worker, "none"],
+                base.path(),
+            );
             assert_eq!(results(&control, check)[0].0, "pass", "{flaw}: {control:#}");
             audit(&control, base.path());
         }
@@ -206,9 +227,19 @@ fn bad_commands_are_named() {
             .unwrap();
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("/no/such/worker") && err.contains("does not exist"), "{err}");
+        assert!(
+            err.contains("/no/such/worker") && err.contains("does not exist"),
+            "{err}"
+        );
         // A worker that never handshakes: the handshake check fails with its stderr tail.
-        let args = ["--start-timeout", "1", "--", "sh", "-c", "echo stuck >&2; sleep 30"];
+        let args = [
+            "--start-timeout",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            "echo stuck >&2; sleep 30",
+        ];
         let (out, report) = conformance(&args, base.path());
         assert!(!out.status.success());
         let handshake = results(&report, "plugvisor 1 unix");

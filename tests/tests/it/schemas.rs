@@ -53,11 +53,15 @@ fn published_schemas_match_the_types() {
 
 #[test]
 fn every_schema_is_referenced_from_the_protocol() {
-    let protocol =
-        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/PROTOCOL.md"))
-            .unwrap();
+    let protocol = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/PROTOCOL.md"),
+    )
+    .unwrap();
     for s in schema::all() {
         let link = format!("schemas/{}", s.file_name());
-        assert!(protocol.contains(&link), "docs/PROTOCOL.md does not link {link}");
+        assert!(
+            protocol.contains(&link),
+            "docs/PROTOCOL.md does not link {link}"
+        );
     }
 }

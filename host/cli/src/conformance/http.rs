@@ -123,7 +123,10 @@ impl Wire {
     pub(crate) async fn raw(&self, first: Vec<u8>, rest: Vec<u8>) -> anyhow::Result<Answer> {
         let stream = self.connect().await?;
         let (mut read, mut write) = stream.into_split();
-        write.write_all(&first).await.context("writing the request")?;
+        write
+            .write_all(&first)
+            .await
+            .context("writing the request")?;
         let writer = tokio::spawn(async move {
             let _ = write.write_all(&rest).await;
             // Keep the write side open (no half-close, docs/PROTOCOL.md §1) until the answer
@@ -184,7 +187,9 @@ fn parse(buf: &[u8], eof: bool) -> anyhow::Result<Option<Answer>> {
             String::from_utf8_lossy(&buf[..buf.len().min(200)])
         ),
     };
-    let status = response.code.ok_or_else(|| anyhow!("answer without a status"))?;
+    let status = response
+        .code
+        .ok_or_else(|| anyhow!("answer without a status"))?;
     let headers: Vec<(String, String)> = response
         .headers
         .iter()
@@ -216,8 +221,7 @@ fn parse(buf: &[u8], eof: bool) -> anyhow::Result<Option<Answer>> {
     } else {
         return Ok(None);
     };
-    let closed = eof
-        || find("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    let closed = eof || find("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
     Ok(Some(Answer {
         status,
         headers,
@@ -258,8 +262,11 @@ mod tests {
         assert!(parse(&sized[..sized.len() - 1], false).unwrap().is_none());
         let a = parse(sized, false).unwrap().unwrap();
         assert_eq!((a.status, a.body.as_slice()), (200, &b"{}"[..]));
-        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nab\n\r\n0\r\n\r\n";
-        assert!(parse(&chunked[..chunked.len() - 5], false).unwrap().is_none());
+        let chunked =
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nab\n\r\n0\r\n\r\n";
+        assert!(parse(&chunked[..chunked.len() - 5], false)
+            .unwrap()
+            .is_none());
         assert_eq!(parse(chunked, false).unwrap().unwrap().body, b"ab\n");
         assert!(parse(b"garbage\r\n\r\n", false).is_err());
     }

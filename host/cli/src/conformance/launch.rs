@@ -90,7 +90,9 @@ impl Worker {
         let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {program:?}"))?;
-        let pid = child.id().ok_or_else(|| anyhow!("{program} exited at once"))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| anyhow!("{program} exited at once"))?;
         let stderr = tail_stderr(child.stderr.take());
         let stdout = child.stdout.take().context("stdout was not piped")?;
         let stdin = child.stdin.take();
@@ -236,7 +238,10 @@ fn tail_text(tail: &Mutex<VecDeque<String>>) -> String {
     if lines.is_empty() {
         "; its stderr was empty".to_owned()
     } else {
-        format!("; the last lines of its stderr:\n    {}", lines.join("\n    "))
+        format!(
+            "; the last lines of its stderr:\n    {}",
+            lines.join("\n    ")
+        )
     }
 }
 
@@ -268,11 +273,8 @@ pub(crate) async fn run_bare(
     let _ = child.wait().await;
     let mut text = String::new();
     if let Some(err) = stderr.as_mut() {
-        let _ = tokio::time::timeout(
-            Duration::from_millis(200),
-            err.read_to_string(&mut text),
-        )
-        .await;
+        let _ =
+            tokio::time::timeout(Duration::from_millis(200), err.read_to_string(&mut text)).await;
     }
     Ok((status.and_then(Result::ok), text))
 }

@@ -131,7 +131,10 @@ mod tests {
         r.skip("§9 cancellation", "drop a stream", "no slow input");
         assert_eq!(r.failed(), 1);
         let table = r.table();
-        assert!(table.contains("FAIL  §4 authentication: wrong token"), "{table}");
+        assert!(
+            table.contains("FAIL  §4 authentication: wrong token"),
+            "{table}"
+        );
         assert!(table.contains("1 passed, 1 failed, 1 skipped"), "{table}");
         assert_eq!(r.to_json()["checks"][2]["result"], "skip");
     }

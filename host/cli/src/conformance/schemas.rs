@@ -38,7 +38,11 @@ impl Schemas {
             .take(3)
             .map(|e| {
                 let at = e.instance_path().to_string();
-                let at = if at.is_empty() { "(root)".to_owned() } else { at };
+                let at = if at.is_empty() {
+                    "(root)".to_owned()
+                } else {
+                    at
+                };
                 format!("{at}: {e}")
             })
             .collect();
@@ -74,8 +78,15 @@ mod tests {
     #[test]
     fn a_wrong_shape_is_named_with_its_place() {
         let s = Schemas::new().unwrap();
-        assert!(s.check("HealthResponse", &json!({"status": "ok", "in_flight": 0, "calls_total": 0, "pid": 1})).is_ok());
-        let err = s.check("HealthResponse", &json!({"status": "ok"})).unwrap_err();
+        assert!(s
+            .check(
+                "HealthResponse",
+                &json!({"status": "ok", "in_flight": 0, "calls_total": 0, "pid": 1})
+            )
+            .is_ok());
+        let err = s
+            .check("HealthResponse", &json!({"status": "ok"}))
+            .unwrap_err();
         assert!(err.contains("HealthResponse"), "{err}");
     }
 }

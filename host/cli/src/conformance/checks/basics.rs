@@ -25,7 +25,10 @@ pub(crate) fn handshake(ctx: &mut Ctx<'_>) -> bool {
         .map_err(|e| e.to_string())
         .and_then(|h| {
             if h.protocol != PROTOCOL_VERSION {
-                return Err(format!("protocol {} announced, the kit speaks 1", h.protocol));
+                return Err(format!(
+                    "protocol {} announced, the kit speaks 1",
+                    h.protocol
+                ));
             }
             if h.transport != Transport::Unix(ctx.worker.socket.clone()) {
                 return Err(format!(
@@ -36,7 +39,8 @@ pub(crate) fn handshake(ctx: &mut Ctx<'_>) -> bool {
             Ok(())
         });
     let ok = result.is_ok();
-    ctx.report.record(S3, "one line `plugvisor 1 unix <socket>`", result);
+    ctx.report
+        .record(S3, "one line `plugvisor 1 unix <socket>`", result);
     ok
 }
 
@@ -66,25 +70,62 @@ pub(crate) async fn authentication(ctx: &mut Ctx<'_>) {
     let bare = token.clone();
     let lower = format!("bearer {token}");
     let cases: [(&str, &str, &str, Auth<'_>); 8] = [
-        ("no Authorization on GET /v1/health", "GET", routes::HEALTH, Auth::Missing),
-        ("no Authorization on POST /v1/execute", "POST", routes::EXECUTE, Auth::Missing),
+        (
+            "no Authorization on GET /v1/health",
+            "GET",
+            routes::HEALTH,
+            Auth::Missing,
+        ),
+        (
+            "no Authorization on POST /v1/execute",
+            "POST",
+            routes::EXECUTE,
+            Auth::Missing,
+        ),
         ("a wrong token", "GET", routes::INFO, Auth::Value(&wrong)),
-        ("the token with a byte more", "GET", routes::HEALTH, Auth::Value(&longer)),
-        ("the token with a byte less", "GET", routes::HEALTH, Auth::Value(&shorter)),
-        ("the token without `Bearer `", "GET", routes::HEALTH, Auth::Value(&bare)),
-        ("`bearer` in lower case", "GET", routes::HEALTH, Auth::Value(&lower)),
-        ("before routing (unknown path)", "GET", "/v1/no-such-route", Auth::Missing),
+        (
+            "the token with a byte more",
+            "GET",
+            routes::HEALTH,
+            Auth::Value(&longer),
+        ),
+        (
+            "the token with a byte less",
+            "GET",
+            routes::HEALTH,
+            Auth::Value(&shorter),
+        ),
+        (
+            "the token without `Bearer `",
+            "GET",
+            routes::HEALTH,
+            Auth::Value(&bare),
+        ),
+        (
+            "`bearer` in lower case",
+            "GET",
+            routes::HEALTH,
+            Auth::Value(&lower),
+        ),
+        (
+            "before routing (unknown path)",
+            "GET",
+            "/v1/no-such-route",
+            Auth::Missing,
+        ),
     ];
     for (name, method, path, auth) in cases {
         let body = (method == "POST").then_some(&b"{\"input\": null}"[..]);
         let result = match ctx.send(method, path, auth, body).await {
             Err(e) => Err(e),
-            Ok(answer) => ctx.expect_error(&answer, ErrorKind::Unauthorized).and_then(|_| {
-                match answer.header("www-authenticate") {
+            Ok(answer) => ctx
+                .expect_error(&answer, ErrorKind::Unauthorized)
+                .and_then(|_| match answer.header("www-authenticate") {
                     Some(v) if v.trim().starts_with("Bearer") => Ok(()),
-                    other => Err(format!("401 without `WWW-Authenticate: Bearer` (got {other:?})")),
-                }
-            }),
+                    other => Err(format!(
+                        "401 without `WWW-Authenticate: Bearer` (got {other:?})"
+                    )),
+                }),
         };
         ctx.report.record(S4, &format!("401 for {name}"), result);
     }
@@ -94,7 +135,11 @@ pub(crate) async fn authentication(ctx: &mut Ctx<'_>) {
 /// empty body reads as `{}`.
 pub(crate) async fn bodies(ctx: &mut Ctx<'_>) {
     let unknown = ctx
-        .call("POST", routes::EXECUTE, Some(br#"{"input": 1, "inptu": 2}"#))
+        .call(
+            "POST",
+            routes::EXECUTE,
+            Some(br#"{"input": 1, "inptu": 2}"#),
+        )
         .await
         .and_then(|a| ctx.expect_error(&a, ErrorKind::BadRequest))
         .and_then(|body| {
@@ -102,10 +147,13 @@ pub(crate) async fn bodies(ctx: &mut Ctx<'_>) {
             if message.contains("inptu") {
                 Ok(())
             } else {
-                Err(format!("the message does not name the field `inptu`: {message:?}"))
+                Err(format!(
+                    "the message does not name the field `inptu`: {message:?}"
+                ))
             }
         });
-    ctx.report.record(S5, "unknown field is 400 bad_request naming it", unknown);
+    ctx.report
+        .record(S5, "unknown field is 400 bad_request naming it", unknown);
     let cases: [(&str, &[u8]); 5] = [
         ("an array", b"[1]"),
         ("null", b"null"),
@@ -118,8 +166,11 @@ pub(crate) async fn bodies(ctx: &mut Ctx<'_>) {
             .call("POST", routes::EXECUTE, Some(body))
             .await
             .and_then(|a| ctx.expect_error(&a, ErrorKind::BadRequest).map(drop));
-        ctx.report
-            .record(S5, &format!("execute body that is {what} is 400 bad_request"), result);
+        ctx.report.record(
+            S5,
+            &format!("execute body that is {what} is 400 bad_request"),
+            result,
+        );
     }
     let empty = ctx
         .call("POST", routes::INITIALIZE, Some(b""))
@@ -131,8 +182,11 @@ pub(crate) async fn bodies(ctx: &mut Ctx<'_>) {
         .post(routes::INITIALIZE, &json!({"config": {}, "extra": 1}))
         .await
         .and_then(|a| ctx.expect_error(&a, ErrorKind::BadRequest).map(drop));
-    ctx.report
-        .record(S5, "unknown field in initialize is 400 bad_request", wrong_shape);
+    ctx.report.record(
+        S5,
+        "unknown field in initialize is 400 bad_request",
+        wrong_shape,
+    );
 }
 
 /// §5 and §12: a body over the limit is `413 payload_too_large` with `Connection: close`,

@@ -18,10 +18,18 @@ const S10: &str = "§10 file references";
 /// exactly one terminal frame whose count is the number of items.
 pub(crate) async fn stream(ctx: &mut Ctx<'_>) {
     if !ctx.has("stream") {
-        ctx.report.skip(S8, "NDJSON frames and one terminal frame", "/v1/info does not declare the `stream` capability");
+        ctx.report.skip(
+            S8,
+            "NDJSON frames and one terminal frame",
+            "/v1/info does not declare the `stream` capability",
+        );
         return;
     }
-    let input = ctx.inputs.stream_input.clone().unwrap_or_else(|| ctx.inputs.input.clone());
+    let input = ctx
+        .inputs
+        .stream_input
+        .clone()
+        .unwrap_or_else(|| ctx.inputs.input.clone());
     let result = ctx
         .post(routes::EXECUTE_STREAM, &json!({"input": input}))
         .await
@@ -29,7 +37,8 @@ pub(crate) async fn stream(ctx: &mut Ctx<'_>) {
             if a.status == 200 {
                 frames(ctx, &a)
             } else {
-                ctx.expect_answer(&a, "ErrorBody").map(|()| "a typed error before the stream".to_owned())
+                ctx.expect_answer(&a, "ErrorBody")
+                    .map(|()| "a typed error before the stream".to_owned())
             }
         });
     let name = "NDJSON frames and one terminal frame";
@@ -38,10 +47,15 @@ pub(crate) async fn stream(ctx: &mut Ctx<'_>) {
         Err(e) => ctx.report.record(S8, name, Err(e)),
     }
     let bad = ctx
-        .call("POST", routes::EXECUTE_STREAM, Some(br#"{"input": 1, "inptu": 2}"#))
+        .call(
+            "POST",
+            routes::EXECUTE_STREAM,
+            Some(br#"{"input": 1, "inptu": 2}"#),
+        )
         .await
         .and_then(|a| ctx.expect_error(&a, ErrorKind::BadRequest).map(drop));
-    ctx.report.record(S8, "a bad body is a 400 error answer, not a stream", bad);
+    ctx.report
+        .record(S8, "a bad body is a 400 error answer, not a stream", bad);
 }
 
 /// Checks a 200 stream answer; says how many items it had.
@@ -57,16 +71,25 @@ fn frames(ctx: &Ctx<'_>, answer: &Answer) -> Result<String, String> {
     let lines: Vec<&str> = text.trim_end_matches('\n').split('\n').collect();
     let mut items = 0u64;
     for (i, line) in lines.iter().enumerate() {
-        let frame: Value = serde_json::from_str(line).map_err(|e| format!("line {}: not JSON ({e}): {line:?}", i + 1))?;
-        ctx.schemas.check("StreamFrame", &frame).map_err(|e| format!("line {}: {e}", i + 1))?;
+        let frame: Value = serde_json::from_str(line)
+            .map_err(|e| format!("line {}: not JSON ({e}): {line:?}", i + 1))?;
+        ctx.schemas
+            .check("StreamFrame", &frame)
+            .map_err(|e| format!("line {}: {e}", i + 1))?;
         let last = i + 1 == lines.len();
         if frame.get("item").is_some() {
             if last {
-                return Err(format!("no terminal frame: the stream ended after {} items", items + 1));
+                return Err(format!(
+                    "no terminal frame: the stream ended after {} items",
+                    items + 1
+                ));
             }
             items += 1;
         } else if !last {
-            return Err(format!("a terminal frame on line {} is followed by more", i + 1));
+            return Err(format!(
+                "a terminal frame on line {} is followed by more",
+                i + 1
+            ));
         } else if let Some(end) = frame.get("end") {
             if end["count"] != items {
                 return Err(format!("end count {} after {items} items", end["count"]));
@@ -85,11 +108,19 @@ fn frames(ctx: &Ctx<'_>, answer: &Answer) -> Result<String, String> {
 pub(crate) async fn cancellation(ctx: &mut Ctx<'_>) {
     let name = "closing the connection drops the call (in_flight back to 0)";
     let Some(input) = ctx.inputs.slow_input.clone() else {
-        ctx.report.skip(S9, name, "needs an input whose stream lasts a while: give --slow-input JSON");
+        ctx.report.skip(
+            S9,
+            name,
+            "needs an input whose stream lasts a while: give --slow-input JSON",
+        );
         return;
     };
     if !ctx.has("stream") {
-        ctx.report.skip(S9, name, "/v1/info does not declare the `stream` capability");
+        ctx.report.skip(
+            S9,
+            name,
+            "/v1/info does not declare the `stream` capability",
+        );
         return;
     }
     let result = cancel_stream(ctx, &input).await;
@@ -102,7 +133,10 @@ async fn cancel_stream(ctx: &mut Ctx<'_>, input: &Value) -> Result<(), String> {
     let mut head = wire.head("POST", routes::EXECUTE_STREAM, Auth::Token);
     head.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
     let mut stream = wire.connect().await.map_err(|e| format!("{e:#}"))?;
-    stream.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut first = vec![0u8; 4096];
     let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut first))
         .await
@@ -110,7 +144,10 @@ async fn cancel_stream(ctx: &mut Ctx<'_>, input: &Value) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let head = String::from_utf8_lossy(&first[..n]).into_owned();
     if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("the slow input did not start a stream: {}", head.lines().next().unwrap_or_default()));
+        return Err(format!(
+            "the slow input did not start a stream: {}",
+            head.lines().next().unwrap_or_default()
+        ));
     }
     let busy = in_flight(ctx).await?;
     if busy < 1 {
@@ -124,7 +161,9 @@ async fn cancel_stream(ctx: &mut Ctx<'_>, input: &Value) -> Result<(), String> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!("in_flight still {now} 2 s after the connection closed"));
+            return Err(format!(
+                "in_flight still {now} 2 s after the connection closed"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -133,7 +172,9 @@ async fn cancel_stream(ctx: &mut Ctx<'_>, input: &Value) -> Result<(), String> {
 async fn in_flight(ctx: &mut Ctx<'_>) -> Result<u64, String> {
     let a = ctx.call("GET", routes::HEALTH, None).await?;
     let v = ctx.expect_json(&a, 200, "HealthResponse")?;
-    v["in_flight"].as_u64().ok_or_else(|| "no in_flight".to_owned())
+    v["in_flight"]
+        .as_u64()
+        .ok_or_else(|| "no in_flight".to_owned())
 }
 
 /// §10: references outside the transfer directory, through a symbolic link, to a
@@ -142,12 +183,19 @@ async fn in_flight(ctx: &mut Ctx<'_>) -> Result<u64, String> {
 pub(crate) async fn file_references(ctx: &mut Ctx<'_>) {
     let dir = ctx.worker.transfer_dir.clone();
     let Ok(places) = Places::make(&dir) else {
-        ctx.report.skip(S10, "refused references", "could not prepare files in the transfer directory");
+        ctx.report.skip(
+            S10,
+            "refused references",
+            "could not prepare files in the transfer directory",
+        );
         return;
     };
     let refused: [(&str, String); 7] = [
         ("outside the transfer directory", places.outside.clone()),
-        ("with a `..` component", format!("{}/../transfer/{}", dir.display(), places.good_name)),
+        (
+            "with a `..` component",
+            format!("{}/../transfer/{}", dir.display(), places.good_name),
+        ),
         ("a symbolic link", places.link.clone()),
         ("a directory", places.subdir.clone()),
         ("a FIFO", places.fifo.clone()),
@@ -161,19 +209,33 @@ pub(crate) async fn file_references(ctx: &mut Ctx<'_>) {
             .await
             .and_then(|a| ctx.expect_error(&a, ErrorKind::FileAccessDenied))
             .and_then(|body| names_path(&body, &path));
-        ctx.report.record(S10, &format!("{what} is 403 file_access_denied"), result);
+        ctx.report
+            .record(S10, &format!("{what} is 403 file_access_denied"), result);
     }
     let malformed = [
-        ("with another key beside `$file`", json!({"$file": {"path": places.good, "size": 3}, "x": 1})),
-        ("whose body lacks `size`", json!({"$file": {"path": places.good}})),
-        ("whose body has an unknown key", json!({"$file": {"path": places.good, "size": 3, "mode": 1}})),
+        (
+            "with another key beside `$file`",
+            json!({"$file": {"path": places.good, "size": 3}, "x": 1}),
+        ),
+        (
+            "whose body lacks `size`",
+            json!({"$file": {"path": places.good}}),
+        ),
+        (
+            "whose body has an unknown key",
+            json!({"$file": {"path": places.good, "size": 3, "mode": 1}}),
+        ),
     ];
     for (what, file) in malformed {
         let result = ctx
             .post(routes::EXECUTE, &json!({"input": {"file": file}}))
             .await
             .and_then(|a| ctx.expect_error(&a, ErrorKind::BadRequest).map(drop));
-        ctx.report.record(S10, &format!("a reference {what} is 400 bad_request"), result);
+        ctx.report.record(
+            S10,
+            &format!("a reference {what} is 400 bad_request"),
+            result,
+        );
     }
     let input = json!({"file": {"$file": {"path": places.good, "size": 3}}});
     let result = ctx
@@ -182,7 +244,10 @@ pub(crate) async fn file_references(ctx: &mut Ctx<'_>) {
         .and_then(|a| {
             if let Some(kind) = a.json().ok().as_ref().and_then(super::kind_of) {
                 if matches!(kind, ErrorKind::FileAccessDenied | ErrorKind::BadRequest) {
-                    return Err(format!("a reference inside the transfer directory was refused: {}", a.brief()));
+                    return Err(format!(
+                        "a reference inside the transfer directory was refused: {}",
+                        a.brief()
+                    ));
                 }
             }
             ctx.expect_answer(&a, "ExecuteResponse")
@@ -190,9 +255,15 @@ pub(crate) async fn file_references(ctx: &mut Ctx<'_>) {
         .and_then(|()| match std::fs::read(&places.good) {
             Ok(data) if data == b"abc" => Ok(()),
             Ok(_) => Err("the worker modified its input file".to_owned()),
-            Err(e) => Err(format!("the input file is gone ({e}): a worker MUST NOT delete inputs")),
+            Err(e) => Err(format!(
+                "the input file is gone ({e}): a worker MUST NOT delete inputs"
+            )),
         });
-    ctx.report.record(S10, "a reference inside the transfer directory is accepted and left intact", result);
+    ctx.report.record(
+        S10,
+        "a reference inside the transfer directory is accepted and left intact",
+        result,
+    );
 }
 
 fn names_path(body: &Value, path: &str) -> Result<(), String> {
@@ -200,7 +271,9 @@ fn names_path(body: &Value, path: &str) -> Result<(), String> {
     if message.contains(path) || message.contains(path.trim_end_matches('/')) {
         Ok(())
     } else {
-        Err(format!("the message does not name the path {path:?}: {message:?}"))
+        Err(format!(
+            "the message does not name the path {path:?}: {message:?}"
+        ))
     }
 }
 

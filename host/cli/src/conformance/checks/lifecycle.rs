@@ -21,14 +21,23 @@ const EXIT_WITHIN: Duration = Duration::from_millis(3500);
 pub(crate) async fn usage(target: &Target, report: &mut Report) {
     let result = match run_bare(&target.spec, Duration::from_secs(5)).await {
         Err(e) => Err(format!("{e:#}")),
-        Ok((None, _)) => Err("still running 5 s after starting without a listen address".to_owned()),
+        Ok((None, _)) => {
+            Err("still running 5 s after starting without a listen address".to_owned())
+        }
         Ok((Some(status), stderr)) => match status.code() {
             Some(2) if !stderr.trim().is_empty() => Ok(()),
             Some(2) => Err("exit status 2 but nothing on stderr".to_owned()),
-            _ => Err(format!("{status} (expected exit status 2); stderr: {}", stderr.trim())),
+            _ => Err(format!(
+                "{status} (expected exit status 2); stderr: {}",
+                stderr.trim()
+            )),
         },
     };
-    report.record(S2, "no listen address: a usage line on stderr, exit 2", result);
+    report.record(
+        S2,
+        "no listen address: a usage line on stderr, exit 2",
+        result,
+    );
 }
 
 /// §6: every error answer of the session had an `ErrorBody` and the status of its kind.
@@ -47,9 +56,16 @@ pub(crate) fn error_audit(ctx: &mut Ctx<'_>) {
     let result = match problems.first() {
         None if n == 0 => Err("the session produced no error answer to audit".to_owned()),
         None => Ok(()),
-        Some(first) => Err(format!("{} of {n} error answers are wrong; first: {first}", problems.len())),
+        Some(first) => Err(format!(
+            "{} of {n} error answers are wrong; first: {first}",
+            problems.len()
+        )),
     };
-    ctx.report.record(S6, &format!("every error answer ({n}) is an ErrorBody with its kind's status"), result);
+    ctx.report.record(
+        S6,
+        &format!("every error answer ({n}) is an ErrorBody with its kind's status"),
+        result,
+    );
 }
 
 /// §11 by request: `202 {"status": "stopping"}`, then exit status 0 with the socket removed;
@@ -59,9 +75,14 @@ pub(crate) async fn shutdown_request(ctx: &mut Ctx<'_>) {
         .call("POST", routes::SHUTDOWN, Some(b""))
         .await
         .and_then(|a| ctx.expect_json(&a, 202, "ShutdownResponse").map(drop));
-    ctx.report.record(S11, "POST /v1/shutdown (202 ShutdownResponse)", result);
+    ctx.report
+        .record(S11, "POST /v1/shutdown (202 ShutdownResponse)", result);
     let exited = exits_cleanly(ctx.worker).await;
-    ctx.report.record(S11, "after POST /v1/shutdown: exit 0, socket removed", exited);
+    ctx.report.record(
+        S11,
+        "after POST /v1/shutdown: exit 0, socket removed",
+        exited,
+    );
     stdout_silence(ctx.worker, ctx.report).await;
 }
 
@@ -72,20 +93,36 @@ pub(crate) async fn stdout_silence(worker: &mut Worker, report: &mut Report) {
         Ok(())
     } else {
         let text = String::from_utf8_lossy(&after[..after.len().min(200)]).into_owned();
-        Err(format!("{} bytes on stdout after the handshake: {text:?}", after.len()))
+        Err(format!(
+            "{} bytes on stdout after the handshake: {text:?}",
+            after.len()
+        ))
     };
-    report.record(S3, "nothing else on stdout after the handshake line", result);
+    report.record(
+        S3,
+        "nothing else on stdout after the handshake line",
+        result,
+    );
 }
 
 async fn exits_cleanly(worker: &mut Worker) -> Result<(), String> {
     let status = worker.wait_exit(EXIT_WITHIN).await.ok_or_else(|| {
-        format!("still running {EXIT_WITHIN:?} after the trigger{}", worker.stderr_tail())
+        format!(
+            "still running {EXIT_WITHIN:?} after the trigger{}",
+            worker.stderr_tail()
+        )
     })?;
     if status.code() != Some(0) {
-        return Err(format!("{status}, not exit status 0{}", worker.stderr_tail()));
+        return Err(format!(
+            "{status}, not exit status 0{}",
+            worker.stderr_tail()
+        ));
     }
     if worker.socket.exists() {
-        return Err(format!("the socket {} was left behind", worker.socket.display()));
+        return Err(format!(
+            "the socket {} was left behind",
+            worker.socket.display()
+        ));
     }
     Ok(())
 }
@@ -98,7 +135,11 @@ pub(crate) async fn other_triggers(target: &Target, report: &mut Report) {
         let mut worker = match Worker::start(target).await {
             Ok(w) => w,
             Err(e) => {
-                report.record(S11, &name, Err(format!("could not start a fresh worker: {e:#}")));
+                report.record(
+                    S11,
+                    &name,
+                    Err(format!("could not start a fresh worker: {e:#}")),
+                );
                 continue;
             }
         };

@@ -136,7 +136,10 @@ impl Ctx<'_> {
         self.schemas.check("ErrorBody", &body)?;
         let kind = kind_of(&body);
         if matches!(kind, Some(ErrorKind::BadRequest)) {
-            return Err(format!("a well-formed request was refused: {}", answer.brief()));
+            return Err(format!(
+                "a well-formed request was refused: {}",
+                answer.brief()
+            ));
         }
         status_matches_kind(answer.status, &body)
     }

@@ -20,8 +20,11 @@ pub(crate) async fn info(ctx: &mut Ctx<'_>) {
             ctx.info = Some(info);
             Ok(())
         });
-    ctx.report
-        .record(S7, "GET /v1/info (InfoResponse, capabilities match the lists)", result);
+    ctx.report.record(
+        S7,
+        "GET /v1/info (InfoResponse, capabilities match the lists)",
+        result,
+    );
 }
 
 fn info_agrees(info: &InfoResponse) -> Result<(), String> {
@@ -39,12 +42,20 @@ fn info_agrees(info: &InfoResponse) -> Result<(), String> {
         if has(capability) != listed {
             return Err(format!(
                 "capability {capability:?} {} but its list is {}",
-                if has(capability) { "declared" } else { "missing" },
+                if has(capability) {
+                    "declared"
+                } else {
+                    "missing"
+                },
                 if listed { "not empty" } else { "empty" }
             ));
         }
     }
-    if let Some(m) = info.methods.iter().find(|m| !valid_method_name(&m.name) || m.name == "execute") {
+    if let Some(m) = info
+        .methods
+        .iter()
+        .find(|m| !valid_method_name(&m.name) || m.name == "execute")
+    {
         return Err(format!("method name {:?} is not allowed", m.name));
     }
     if let Some(e) = info.events.iter().find(|e| !valid_event_name(e)) {
@@ -66,8 +77,11 @@ pub(crate) async fn health(ctx: &mut Ctx<'_>) -> Option<Value> {
             _ => Ok(v),
         });
     let value = result.as_ref().ok().cloned();
-    ctx.report
-        .record(S7, "GET /v1/health (HealthResponse, ok, idle)", result.map(drop));
+    ctx.report.record(
+        S7,
+        "GET /v1/health (HealthResponse, ok, idle)",
+        result.map(drop),
+    );
     value
 }
 
@@ -112,14 +126,21 @@ pub(crate) async fn config(ctx: &mut Ctx<'_>) {
             )),
             _ => Ok(()),
         });
-    ctx.report
-        .record(S7, "GET /v1/config (the configuration initialize answered)", current);
+    ctx.report.record(
+        S7,
+        "GET /v1/config (the configuration initialize answered)",
+        current,
+    );
 }
 
 fn in_schema(schema: Option<&Value>, config: &Value) -> Result<(), String> {
     match schema {
-        Some(schema) => plugvisor_manager::config::validate(schema, config)
-            .map_err(|p| format!("the configuration in force breaks the config schema: {}", p.join("; "))),
+        Some(schema) => plugvisor_manager::config::validate(schema, config).map_err(|p| {
+            format!(
+                "the configuration in force breaks the config schema: {}",
+                p.join("; ")
+            )
+        }),
         None => Ok(()),
     }
 }
@@ -137,7 +158,9 @@ pub(crate) async fn execute(ctx: &mut Ctx<'_>) {
     let counted = match (result, before, after) {
         (Err(e), _, _) => Err(e),
         (Ok(()), Some(b), Some(a)) if a == b + 1 => Ok(()),
-        (Ok(()), b, a) => Err(format!("calls_total went from {b:?} to {a:?}, not up by one")),
+        (Ok(()), b, a) => Err(format!(
+            "calls_total went from {b:?} to {a:?}, not up by one"
+        )),
     };
     ctx.report.record(
         S7,
@@ -159,7 +182,11 @@ pub(crate) async fn methods(ctx: &mut Ctx<'_>) {
         .map(|i| i.methods.iter().map(|m| m.name.clone()).collect())
         .unwrap_or_default();
     if names.is_empty() {
-        ctx.report.skip(S7, "POST /v1/methods/<name>", "/v1/info declares no methods");
+        ctx.report.skip(
+            S7,
+            "POST /v1/methods/<name>",
+            "/v1/info declares no methods",
+        );
     }
     for name in names {
         let body = json!({"input": ctx.inputs.input});
@@ -167,8 +194,11 @@ pub(crate) async fn methods(ctx: &mut Ctx<'_>) {
             .post(&format!("{}{name}", routes::METHOD_PREFIX), &body)
             .await
             .and_then(|a| ctx.expect_answer(&a, "ExecuteResponse"));
-        ctx.report
-            .record(S7, &format!("POST /v1/methods/{name} (ExecuteResponse or typed error)"), result);
+        ctx.report.record(
+            S7,
+            &format!("POST /v1/methods/{name} (ExecuteResponse or typed error)"),
+            result,
+        );
     }
     let result = ctx
         .post("/v1/methods/no-such-method", &json!({"input": null}))
@@ -200,35 +230,61 @@ pub(crate) async fn plugin_health(ctx: &mut Ctx<'_>) {
 /// `POST /v1/events`: `404` for an event not declared (or without `events`), `400` for a
 /// malformed delivery, `2xx` or a typed error for a declared one.
 pub(crate) async fn events(ctx: &mut Ctx<'_>) {
-    let declared: Vec<String> = ctx.info.as_ref().map(|i| i.events.clone()).unwrap_or_default();
-    let delivery = |event: &str| json!({"event": event, "plugin": "conformance", "at_ms": 1, "details": {}});
+    let declared: Vec<String> = ctx
+        .info
+        .as_ref()
+        .map(|i| i.events.clone())
+        .unwrap_or_default();
+    let delivery =
+        |event: &str| json!({"event": event, "plugin": "conformance", "at_ms": 1, "details": {}});
     if declared.iter().any(|e| e == "*") {
-        ctx.report.skip(S7, "POST /v1/events for an undeclared event is 404", "the worker handles every event (\"*\")");
+        ctx.report.skip(
+            S7,
+            "POST /v1/events for an undeclared event is 404",
+            "the worker handles every event (\"*\")",
+        );
     } else {
         let result = ctx
             .post(routes::EVENTS, &delivery("conformance_never_sent"))
             .await
             .and_then(|a| ctx.expect_error(&a, ErrorKind::NotFound).map(drop));
-        ctx.report.record(S7, "POST /v1/events for an undeclared event is 404", result);
+        ctx.report
+            .record(S7, "POST /v1/events for an undeclared event is 404", result);
     }
     let Some(event) = declared.first().cloned() else {
-        ctx.report.skip(S7, "POST /v1/events (204)", "/v1/info declares no events");
+        ctx.report
+            .skip(S7, "POST /v1/events (204)", "/v1/info declares no events");
         return;
     };
-    let event = if event == "*" { "loaded".to_owned() } else { event };
-    let result = ctx.post(routes::EVENTS, &delivery(&event)).await.and_then(|a| {
-        if a.status == 204 || (200..300).contains(&a.status) {
-            Ok(())
-        } else {
-            ctx.expect_answer(&a, "ErrorBody")
-        }
-    });
-    ctx.report.record(S7, &format!("POST /v1/events {event:?} (2xx or typed error)"), result);
+    let event = if event == "*" {
+        "loaded".to_owned()
+    } else {
+        event
+    };
+    let result = ctx
+        .post(routes::EVENTS, &delivery(&event))
+        .await
+        .and_then(|a| {
+            if a.status == 204 || (200..300).contains(&a.status) {
+                Ok(())
+            } else {
+                ctx.expect_answer(&a, "ErrorBody")
+            }
+        });
+    ctx.report.record(
+        S7,
+        &format!("POST /v1/events {event:?} (2xx or typed error)"),
+        result,
+    );
     let malformed = ctx
         .post(routes::EVENTS, &json!({"event": event}))
         .await
         .and_then(|a| ctx.expect_error(&a, ErrorKind::BadRequest).map(drop));
-    ctx.report.record(S7, "POST /v1/events with a malformed delivery is 400", malformed);
+    ctx.report.record(
+        S7,
+        "POST /v1/events with a malformed delivery is 400",
+        malformed,
+    );
 }
 
 /// The middleware hooks: each declared one answers its schema, an undeclared one is `404`.
@@ -264,13 +320,25 @@ pub(crate) async fn plugin_routes(ctx: &mut Ctx<'_>) {
         .call("GET", "/v1/route/conformance-no-such-route", None)
         .await
         .and_then(|a| ctx.expect_error(&a, ErrorKind::NotFound).map(drop));
-    ctx.report.record(S7, "GET /v1/route/<undeclared> is 404 not_found", result);
-    let declared = ctx.info.as_ref().map(|i| i.routes.clone()).unwrap_or_default();
+    ctx.report
+        .record(S7, "GET /v1/route/<undeclared> is 404 not_found", result);
+    let declared = ctx
+        .info
+        .as_ref()
+        .map(|i| i.routes.clone())
+        .unwrap_or_default();
     let literal = declared.iter().find(|r| {
-        !r.path.contains('{') && !declared.iter().any(|o| o.path == r.path && o.method == "DELETE")
+        !r.path.contains('{')
+            && !declared
+                .iter()
+                .any(|o| o.path == r.path && o.method == "DELETE")
     });
     let Some(route) = literal else {
-        ctx.report.skip(S7, "a declared route with another method is 405", "/v1/info declares no route with a literal path");
+        ctx.report.skip(
+            S7,
+            "a declared route with another method is 405",
+            "/v1/info declares no route with a literal path",
+        );
         return;
     };
     let path = format!("{}{}", routes::ROUTE_PREFIX, route.path);
@@ -278,8 +346,11 @@ pub(crate) async fn plugin_routes(ctx: &mut Ctx<'_>) {
         .call("DELETE", &path, None)
         .await
         .and_then(|a| ctx.expect_error(&a, ErrorKind::MethodNotAllowed).map(drop));
-    ctx.report
-        .record(S7, &format!("DELETE {path} (declared {} only) is 405", route.method), result);
+    ctx.report.record(
+        S7,
+        &format!("DELETE {path} (declared {} only) is 405", route.method),
+        result,
+    );
 }
 
 /// Unknown paths are `404`; known paths with the wrong method are `405` naming the method in
@@ -291,8 +362,11 @@ pub(crate) async fn unknown_and_wrong_method(ctx: &mut Ctx<'_>) {
             .call(method, "/v1/conformance-no-such-path", body)
             .await
             .and_then(|a| ctx.expect_error(&a, ErrorKind::NotFound).map(drop));
-        ctx.report
-            .record(S7, &format!("{method} on an unknown path is 404 not_found"), result);
+        ctx.report.record(
+            S7,
+            &format!("{method} on an unknown path is 404 not_found"),
+            result,
+        );
     }
     for (method, path, allow) in [
         ("POST", routes::HEALTH, "GET"),
@@ -308,8 +382,11 @@ pub(crate) async fn unknown_and_wrong_method(ctx: &mut Ctx<'_>) {
                 other => Err(format!("405 without `Allow: {allow}` (got {other:?})")),
             }
         });
-        ctx.report
-            .record(S7, &format!("{method} {path} is 405 with Allow: {allow}"), result);
+        ctx.report.record(
+            S7,
+            &format!("{method} {path} is 405 with Allow: {allow}"),
+            result,
+        );
     }
 }
 
@@ -319,5 +396,6 @@ pub(crate) async fn cleanup(ctx: &mut Ctx<'_>) {
         .call("POST", routes::CLEANUP, Some(b""))
         .await
         .and_then(|a| ctx.expect_json(&a, 200, "CleanupResponse").map(drop));
-    ctx.report.record(S7, "POST /v1/cleanup (CleanupResponse)", result);
+    ctx.report
+        .record(S7, "POST /v1/cleanup (CleanupResponse)", result);
 }
