@@ -136,6 +136,7 @@ async fn live_checks(ctx: &mut Ctx<'_>) {
     routes::health(ctx).await;
     routes::config(ctx).await;
     basics::bodies(ctx).await;
+    basics::not_http(ctx).await;
     basics::body_limit(ctx).await;
     routes::execute(ctx).await;
     routes::methods(ctx).await;

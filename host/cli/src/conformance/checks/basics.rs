@@ -189,6 +189,26 @@ pub(crate) async fn bodies(ctx: &mut Ctx<'_>) {
     );
 }
 
+/// §5: bytes that are not HTTP/1.1 get a bare `400` from the HTTP layer (never a 5xx), and
+/// the connection is closed.
+pub(crate) async fn not_http(ctx: &mut Ctx<'_>) {
+    let wire = ctx.worker.wire.clone();
+    let result = wire
+        .raw(b"this is not HTTP\r\n\r\n".to_vec(), Vec::new())
+        .await
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|a| match (a.status, a.closed) {
+            (400, true) => Ok(()),
+            (400, false) => Err("400 without closing the connection".to_owned()),
+            _ => Err(format!("expected a bare 400, got {}", a.brief())),
+        });
+    ctx.report.record(
+        S5,
+        "bytes that are not HTTP/1.1 are 400, then close",
+        result,
+    );
+}
+
 /// §5 and §12: a body over the limit is `413 payload_too_large` with `Connection: close`,
 /// from `Content-Length` before reading, and while reading a chunked body.
 pub(crate) async fn body_limit(ctx: &mut Ctx<'_>) {

@@ -64,6 +64,10 @@ fn frames(ctx: &Ctx<'_>, answer: &Answer) -> Result<String, String> {
     if !media.starts_with(NDJSON) {
         return Err(format!("content-type {media:?}, not {NDJSON}"));
     }
+    let framing = answer.header("transfer-encoding").unwrap_or_default();
+    if !framing.contains("chunked") {
+        return Err(format!("transfer-encoding {framing:?}, not chunked"));
+    }
     if !answer.body.ends_with(b"\n") {
         return Err("the body does not end with a newline (a cut frame)".to_owned());
     }
