@@ -39,10 +39,22 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
     def error(self, status, kind, headers=()):
         self.answer(status, {"error": {"kind": kind, "message": self.path}}, headers)
+    def stream(self, body):
+        try:
+            request = json.loads(body or b"{}")
+        except ValueError:
+            request = None
+        if not isinstance(request, dict) or set(request) != {"input"}:
+            return self.error(400, "bad_request")
+        frames = b'{"item": 1}\n' + (b"" if flaw == "no-terminal" else b'{"end": {"count": 1}}\n')
+        self.send_response(200)
+        self.send_header("content-type", "application/x-ndjson")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(frames), frames))
     def handle_any(self, method):
         length = int(self.headers.get("content-length") or 0)
-        if length:
-            self.rfile.read(length)
+        body = self.rfile.read(length) if length else b""
         if flaw != "any-token" and self.headers.get("authorization") != "Bearer " + token:
             return self.error(401, "unauthorized", [("WWW-Authenticate", "Bearer")])
         if self.path == "/v1/health" and method == "GET":
@@ -50,6 +62,12 @@ class Handler(BaseHTTPRequestHandler):
             if flaw == "bad-shape":
                 del health["calls_total"]
             return self.answer(200, health)
+        if self.path == "/v1/info" and method == "GET":
+            return self.answer(200, {"name": "script", "version": "0.1.0", "protocol": 1,
+                "config_schema": {"type": "object"}, "capabilities": ["execute", "stream"],
+                "pid": os.getpid()})
+        if self.path == "/v1/execute_stream" and method == "POST":
+            return self.stream(body)
         if self.path == "/v1/shutdown" and method == "POST":
             self.answer(202, {"status": "stopping"})
             os.unlink(sock)
@@ -203,6 +221,7 @@ fn broken_workers_fail_the_check_named_after_their_flaw() {
                 "usage-waits",
                 "no listen address: a usage line on stderr, exit 2",
             ),
+            ("no-terminal", "NDJSON frames and one terminal frame"),
         ];
         let run = |flaw: &str| {
             conformance(

@@ -1,13 +1,13 @@
 //! Starting the worker under test exactly as the host does (the engine's
 //! [`plugvisor_host::worker_command`]: `--socket`, the token, transfer directory, body limit
 //! and `PLUGVISOR_WATCH_STDIN=1` in the environment, pipes on stdin, stdout and stderr, a
-//! process group of its own), reading its handshake, watching its stdout afterwards, and
+//! process group of its own; and `PLUGVISOR_OUTPUT_DIR`, as for a sandboxed worker), reading its handshake, watching its stdout afterwards, and
 //! stopping it: every worker is killed with its group and reaped, its directory removed.
 
 use super::http::Wire;
 use anyhow::{anyhow, Context};
 use plugvisor_host::WorkerSpec;
-use plugvisor_proto::wire::TOKEN_ENV;
+use plugvisor_proto::wire::{OUTPUT_DIR_ENV, OUTPUT_SUBDIR, TOKEN_ENV};
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -82,8 +82,12 @@ impl Worker {
         let transfer_dir = dir.path().join("transfer");
         std::fs::create_dir(&transfer_dir).context("creating the transfer directory")?;
         let token = new_token();
-        let std_command =
+        let out_dir = transfer_dir.join(OUTPUT_SUBDIR);
+        std::fs::create_dir(&out_dir).context("creating the output directory")?;
+        let mut std_command =
             plugvisor_host::worker_command(&target.spec, &socket, &transfer_dir, &token);
+        // As the host does for a sandboxed worker: outputs go to `out/` (docs/PROTOCOL.md §10).
+        std_command.env(OUTPUT_DIR_ENV, &out_dir);
         let mut command = tokio::process::Command::from(std_command);
         command.process_group(0).kill_on_drop(true);
         let program = target.spec.program.display().to_string();

@@ -3,6 +3,7 @@
 
 use super::Ctx;
 use crate::conformance::http::{Answer, Auth};
+use crate::conformance::schemas::Schemas;
 use plugvisor_proto::wire::{routes, NDJSON};
 use plugvisor_proto::ErrorKind;
 use serde_json::{json, Value};
@@ -35,7 +36,7 @@ pub(crate) async fn stream(ctx: &mut Ctx<'_>) {
         .await
         .and_then(|a| {
             if a.status == 200 {
-                frames(ctx, &a)
+                frames(ctx.schemas, &a)
             } else {
                 ctx.expect_answer(&a, "ErrorBody")
                     .map(|()| "a typed error before the stream".to_owned())
@@ -59,7 +60,7 @@ pub(crate) async fn stream(ctx: &mut Ctx<'_>) {
 }
 
 /// Checks a 200 stream answer; says how many items it had.
-fn frames(ctx: &Ctx<'_>, answer: &Answer) -> Result<String, String> {
+fn frames(schemas: &Schemas, answer: &Answer) -> Result<String, String> {
     let media = answer.header("content-type").unwrap_or_default();
     if !media.starts_with(NDJSON) {
         return Err(format!("content-type {media:?}, not {NDJSON}"));
@@ -77,7 +78,7 @@ fn frames(ctx: &Ctx<'_>, answer: &Answer) -> Result<String, String> {
     for (i, line) in lines.iter().enumerate() {
         let frame: Value = serde_json::from_str(line)
             .map_err(|e| format!("line {}: not JSON ({e}): {line:?}", i + 1))?;
-        ctx.schemas
+        schemas
             .check("StreamFrame", &frame)
             .map_err(|e| format!("line {}: {e}", i + 1))?;
         let last = i + 1 == lines.len();
@@ -99,7 +100,7 @@ fn frames(ctx: &Ctx<'_>, answer: &Answer) -> Result<String, String> {
                 return Err(format!("end count {} after {items} items", end["count"]));
             }
         } else {
-            ctx.schemas.check("ErrorBody", &frame)?;
+            schemas.check("ErrorBody", &frame)?;
             if super::kind_of(&frame).is_none() {
                 return Err(format!("error frame with a kind not in section 6: {line}"));
             }
@@ -241,33 +242,92 @@ pub(crate) async fn file_references(ctx: &mut Ctx<'_>) {
             result,
         );
     }
-    let input = json!({"file": {"$file": {"path": places.good, "size": 3}}});
-    let result = ctx
-        .post(routes::EXECUTE, &json!({"input": input}))
-        .await
-        .and_then(|a| {
-            if let Some(kind) = a.json().ok().as_ref().and_then(super::kind_of) {
-                if matches!(kind, ErrorKind::FileAccessDenied | ErrorKind::BadRequest) {
-                    return Err(format!(
-                        "a reference inside the transfer directory was refused: {}",
-                        a.brief()
-                    ));
-                }
+    let reference = json!({"$file": {"path": places.good, "size": 3}});
+    let input = match &ctx.inputs.input {
+        Value::Object(map) => {
+            let mut map = map.clone();
+            map.insert("file".to_owned(), reference);
+            Value::Object(map)
+        }
+        _ => json!({"file": reference}),
+    };
+    let answer = ctx.post(routes::EXECUTE, &json!({"input": input})).await;
+    let result = answer.as_ref().map_err(Clone::clone).and_then(|a| {
+        if let Some(kind) = a.json().ok().as_ref().and_then(super::kind_of) {
+            if matches!(kind, ErrorKind::FileAccessDenied | ErrorKind::BadRequest) {
+                return Err(format!(
+                    "a reference inside the transfer directory was refused: {}",
+                    a.brief()
+                ));
             }
-            ctx.expect_answer(&a, "ExecuteResponse")
-        })
-        .and_then(|()| match std::fs::read(&places.good) {
+        }
+        ctx.expect_answer(a, "ExecuteResponse")?;
+        match std::fs::read(&places.good) {
             Ok(data) if data == b"abc" => Ok(()),
             Ok(_) => Err("the worker modified its input file".to_owned()),
             Err(e) => Err(format!(
                 "the input file is gone ({e}): a worker MUST NOT delete inputs"
             )),
-        });
+        }
+    });
     ctx.report.record(
         S10,
         "a reference inside the transfer directory is accepted and left intact",
         result,
     );
+    let output = answer
+        .ok()
+        .filter(|a| a.status == 200)
+        .and_then(|a| a.json().ok());
+    output_files(ctx, output.as_ref(), &places.good);
+}
+
+/// §10: file references the worker made for an output lie in `PLUGVISOR_OUTPUT_DIR` and are
+/// regular files.
+///
+/// A reference to the call's own input (`input`) may come back as is, as the host allows.
+fn output_files(ctx: &mut Ctx<'_>, output: Option<&Value>, input: &str) {
+    let name = "output references are regular files in PLUGVISOR_OUTPUT_DIR";
+    let mut paths = Vec::new();
+    if let Some(output) = output {
+        collect_refs(&output["output"], &mut paths);
+    }
+    paths.retain(|p| p != input);
+    if paths.is_empty() {
+        ctx.report.skip(S10, name, "no output carried a file reference of its own (an --input object that makes one gets the kit's file as `file`)");
+        return;
+    }
+    let out_dir = ctx
+        .worker
+        .transfer_dir
+        .join(plugvisor_proto::wire::OUTPUT_SUBDIR);
+    let result = paths.iter().try_for_each(|path| {
+        let p = Path::new(path);
+        if !p.starts_with(&out_dir)
+            || p.components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(format!("{path} is not in {}", out_dir.display()));
+        }
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.file_type().is_file() => Ok(()),
+            Ok(_) => Err(format!("{path} is not a regular file")),
+            Err(e) => Err(format!("{path}: {e}")),
+        }
+    });
+    ctx.report.record(S10, name, result);
+}
+
+/// Every `$file` path in `value`, at any depth.
+fn collect_refs(value: &Value, into: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => match map.get("$file") {
+            Some(body) => into.push(body["path"].as_str().unwrap_or_default().to_owned()),
+            None => map.values().for_each(|v| collect_refs(v, into)),
+        },
+        Value::Array(items) => items.iter().for_each(|v| collect_refs(v, into)),
+        _ => {}
+    }
 }
 
 fn names_path(body: &Value, path: &str) -> Result<(), String> {
@@ -315,5 +375,54 @@ impl Places {
             subdir: s(&subdir),
             fifo: s(&fifo),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(body: &str) -> Answer {
+        Answer {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), NDJSON.into()),
+                ("transfer-encoding".into(), "chunked".into()),
+            ],
+            body: body.as_bytes().to_vec(),
+            closed: false,
+        }
+    }
+
+    #[test]
+    fn streams_without_one_last_terminal_frame_fail() {
+        let s = Schemas::new().unwrap();
+        let good = "{\"item\":1}\n{\"item\":2}\n{\"end\":{\"count\":2}}\n";
+        assert_eq!(frames(&s, &stream(good)).unwrap(), "2 items");
+        let failed = "{\"item\":1}\n{\"error\":{\"kind\":\"plugin_failed\",\"message\":\"m\"}}\n";
+        assert!(frames(&s, &stream(failed)).is_ok());
+        for (bad, why) in [
+            ("{\"item\":1}\n", "no terminal frame"),
+            ("{\"item\":1}\n{\"end\":{\"count\":2}}\n", "end count"),
+            (
+                "{\"end\":{\"count\":0}}\n{\"item\":1}\n",
+                "followed by more",
+            ),
+            ("{\"item\":1}\n{\"end\":{\"count\":1}}", "newline"),
+            (
+                "{\"item\":1,\"x\":2}\n{\"end\":{\"count\":1}}\n",
+                "StreamFrame",
+            ),
+            (
+                "{\"error\":{\"kind\":\"oops\",\"message\":\"m\"}}\n",
+                "StreamFrame",
+            ),
+        ] {
+            let err = frames(&s, &stream(bad)).unwrap_err();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+        let mut unframed = stream(good);
+        unframed.headers.pop();
+        assert!(frames(&s, &unframed).unwrap_err().contains("chunked"));
     }
 }

@@ -169,3 +169,17 @@ pub(crate) fn status_matches_kind(status: u16, body: &Value) -> Result<(), Strin
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_error_status_must_be_its_kinds() {
+        let body = |kind: &str| json!({"error": {"kind": kind, "message": "m"}});
+        assert!(status_matches_kind(404, &body("not_found")).is_ok());
+        assert!(status_matches_kind(500, &body("not_found")).is_err());
+        assert!(status_matches_kind(500, &body("quota_exceeded")).is_err());
+    }
+}

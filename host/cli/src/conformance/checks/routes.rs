@@ -261,19 +261,19 @@ pub(crate) async fn events(ctx: &mut Ctx<'_>) {
     } else {
         event
     };
-    let result = ctx
-        .post(routes::EVENTS, &delivery(&event))
-        .await
-        .and_then(|a| {
-            if a.status == 204 || (200..300).contains(&a.status) {
-                Ok(())
-            } else {
-                ctx.expect_answer(&a, "ErrorBody")
-            }
-        });
+    let mut body = delivery(&event);
+    body["conformance_unknown"] = json!(1);
+    body["details"]["conformance_unknown"] = json!(1);
+    let result = ctx.post(routes::EVENTS, &body).await.and_then(|a| {
+        if a.status == 204 || (200..300).contains(&a.status) {
+            Ok(())
+        } else {
+            ctx.expect_answer(&a, "ErrorBody")
+        }
+    });
     ctx.report.record(
         S7,
-        &format!("POST /v1/events {event:?} (2xx or typed error)"),
+        &format!("POST /v1/events {event:?} with unknown fields (2xx or typed error, not 400)"),
         result,
     );
     let malformed = ctx
@@ -398,4 +398,32 @@ pub(crate) async fn cleanup(ctx: &mut Ctx<'_>) {
         .and_then(|a| ctx.expect_json(&a, 200, "CleanupResponse").map(drop));
     ctx.report
         .record(S7, "POST /v1/cleanup (CleanupResponse)", result);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugvisor_proto::wire::MethodSpec;
+
+    fn info() -> InfoResponse {
+        serde_json::from_value(json!({"name": "x", "version": "1", "protocol": 1,
+            "config_schema": {"type": "object"}, "capabilities": ["execute"], "pid": 1}))
+        .unwrap()
+    }
+
+    #[test]
+    fn capabilities_must_agree_with_the_lists() {
+        assert!(info_agrees(&info()).is_ok());
+        let mut i = info();
+        i.capabilities.push("methods".into());
+        assert!(info_agrees(&i).unwrap_err().contains("methods"));
+        i.methods.push(MethodSpec::new("Shout"));
+        assert!(info_agrees(&i).unwrap_err().contains("Shout"));
+        let mut i = info();
+        i.protocol = 2;
+        assert!(info_agrees(&i).is_err());
+        let mut i = info();
+        i.config_schema = json!({"type": 5});
+        assert!(info_agrees(&i).unwrap_err().contains("config_schema"));
+    }
 }
