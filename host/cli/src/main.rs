@@ -44,8 +44,8 @@ enum Command {
     Validate(manage::ValidateArgs),
     /// Start the bundled plugins, call, stream, hash a file, crash one, and report.
     Demo(demo::DemoArgs),
-    /// Check a worker (any language) against every rule of docs/PROTOCOL.md; non-zero exit
-    /// if one fails.
+    /// Check a worker (any language) against docs/PROTOCOL.md, rule by rule; non-zero exit if
+    /// a check fails.
     Conformance(conformance::ConformanceArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {

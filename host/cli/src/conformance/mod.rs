@@ -36,7 +36,8 @@ pub(crate) struct ConformanceArgs {
     /// The configuration to initialize with (JSON; default: the manifest's, else defaults).
     #[arg(long, value_name = "JSON")]
     config: Option<String>,
-    /// The input for `execute` and named methods (JSON, default `null`).
+    /// The input for `execute` and named methods (JSON, default `null`); when it is an object,
+    /// the file-reference check sends it with a reference to a kit file as `file`.
     #[arg(long, value_name = "JSON")]
     input: Option<String>,
     /// The input for `execute_stream` (JSON, default: `--input`).
