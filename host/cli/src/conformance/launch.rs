@@ -128,6 +128,11 @@ impl Worker {
         })
     }
 
+    /// Its exit status, if it has exited (for messages: a check that cannot connect says so).
+    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Closes its stdin (the host's end of the watch pipe).
     pub(crate) fn close_stdin(&mut self) {
         self.stdin = None;

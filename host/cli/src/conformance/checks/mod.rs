@@ -70,7 +70,16 @@ impl Ctx<'_> {
             .wire
             .send(method, path, auth, &[], body)
             .await
-            .map_err(|e| format!("{method} {path}: {e:#}"))?;
+            .map_err(|e| {
+                let why = format!("{method} {path}: {e:#}");
+                match self.worker.exited() {
+                    Some(status) => format!(
+                        "{why} (the worker has exited: {status}{})",
+                        self.worker.stderr_tail()
+                    ),
+                    None => why,
+                }
+            })?;
         self.remember(&format!("{method} {path}"), &answer);
         Ok(answer)
     }

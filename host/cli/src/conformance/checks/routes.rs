@@ -176,20 +176,26 @@ async fn calls_total(ctx: &mut Ctx<'_>) -> Option<u64> {
 
 /// `POST /v1/methods/<name>` for each declared method, and `404` for one it lacks.
 pub(crate) async fn methods(ctx: &mut Ctx<'_>) {
-    let names: Vec<String> = ctx
+    let methods = ctx
         .info
         .as_ref()
-        .map(|i| i.methods.iter().map(|m| m.name.clone()).collect())
+        .map(|i| i.methods.clone())
         .unwrap_or_default();
-    if names.is_empty() {
+    if methods.is_empty() {
         ctx.report.skip(
             S7,
             "POST /v1/methods/<name>",
             "/v1/info declares no methods",
         );
     }
-    for name in names {
-        let body = json!({"input": ctx.inputs.input});
+    for method in methods {
+        let name = method.name;
+        let input = method
+            .input_schema
+            .as_ref()
+            .and_then(example_of)
+            .unwrap_or_else(|| ctx.inputs.input.clone());
+        let body = json!({ "input": input });
         let result = ctx
             .post(&format!("{}{name}", routes::METHOD_PREFIX), &body)
             .await
@@ -206,6 +212,14 @@ pub(crate) async fn methods(ctx: &mut Ctx<'_>) {
         .and_then(|a| ctx.expect_error(&a, ErrorKind::NotFound).map(drop));
     ctx.report
         .record(S7, "POST /v1/methods/<undeclared> is 404 not_found", result);
+}
+
+/// An input a method's schema offers: its first `examples` entry, else its `default`.
+fn example_of(schema: &Value) -> Option<Value> {
+    schema["examples"]
+        .get(0)
+        .or_else(|| schema.get("default"))
+        .cloned()
 }
 
 /// `POST /v1/plugin_health`: a `HealthReport` with `health_check`, else `404`.
