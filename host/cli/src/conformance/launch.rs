@@ -32,6 +32,18 @@ pub(crate) struct Target {
     pub(crate) timeout: Duration,
 }
 
+/// Why a worker did not get as far as a handshake line.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    /// The kit could not run it at all (its directories, or the program itself): bad input.
+    #[error(transparent)]
+    Setup(#[from] anyhow::Error),
+    /// It ran but printed no handshake line: exited, closed stdout, or too slow (with its
+    /// stderr tail). A failed check, not bad input.
+    #[error("{0}")]
+    NoHandshake(String),
+}
+
 /// A worker the kit started and has read the handshake line of.
 pub(crate) struct Worker {
     /// A client for its socket.
@@ -74,9 +86,10 @@ impl Worker {
     /// Starts the target and reads its first stdout line, within the spec's start timeout.
     ///
     /// # Errors
-    /// The program cannot be run (naming it), it exits or closes stdout first, or it prints no
-    /// line in time; each with the last lines of its stderr. The process is gone by then.
-    pub(crate) async fn start(target: &Target) -> anyhow::Result<Self> {
+    /// [`StartError::Setup`]: the program cannot be run (naming it).
+    /// [`StartError::NoHandshake`]: it exits or closes stdout first, or prints no line in
+    /// time; with the last lines of its stderr. The process is gone by then.
+    pub(crate) async fn start(target: &Target) -> Result<Self, StartError> {
         let dir = private_dir(&target.base)?;
         let socket = dir.path().join("w.sock");
         let transfer_dir = dir.path().join("transfer");
@@ -108,7 +121,10 @@ impl Worker {
                 kill_group(pid);
                 let _ = child.wait().await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                return Err(anyhow!("{program}: {why}{}", tail_text(&stderr)));
+                return Err(StartError::NoHandshake(format!(
+                    "{program}: {why}{}",
+                    tail_text(&stderr)
+                )));
             }
         };
         let stdout_after = Arc::new(Mutex::new(Vec::new()));

@@ -17,7 +17,7 @@ mod schemas;
 
 use anyhow::{bail, Context};
 use checks::{basics, calls, lifecycle, routes, Ctx, Inputs};
-use launch::{Target, Worker};
+use launch::{StartError, Target, Worker};
 use plugvisor_manager::manifest::{Discovered, Manifest};
 use report::Report;
 use schemas::Schemas;
@@ -104,8 +104,8 @@ async fn main_session(
 ) -> anyhow::Result<()> {
     let mut worker = match Worker::start(target).await {
         Ok(worker) => worker,
-        Err(e) if is_spawn_error(&e) => return Err(e),
-        Err(e) => {
+        Err(StartError::Setup(e)) => return Err(e),
+        Err(e @ StartError::NoHandshake(_)) => {
             report.record(
                 "§3 handshake",
                 "one line `plugvisor 1 unix <socket>`",
@@ -166,12 +166,6 @@ fn not_checked(report: &mut Report) {
         "x-plugvisor-call sent back on service calls",
         "needs a host's service endpoint; run the worker under `plugvisor serve`",
     );
-}
-
-fn is_spawn_error(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|c| c.downcast_ref::<std::io::Error>().is_some())
-        && format!("{e}").starts_with("cannot start")
 }
 
 /// The worker to start and the inputs a manifest gives.
