@@ -40,7 +40,8 @@
 //! - `worker`: `WorkerCore`, one live worker and every operation on it; crash attribution (a
 //!   failed connection is a crash if the process exited).
 //! - `registry`: the host's live workers, directory and event bus, shared with supervisors.
-//! - `launch`: spawn → handshake (with timeout, racing the exit) → `/v1/info`.
+//! - `launch`: spawn → handshake (with timeout, racing the exit) → `/v1/info`; the command it
+//!   runs is public as [`worker_command`], which the conformance kit starts workers with.
 //! - `spawner`: the long-lived spawner thread (process group, parent-death signal, rlimits)
 //!   and the per-worker waiter thread that reaps exactly its child.
 //! - `process`: `WorkerProcess`: signals to the group, stop escalation, crash reports.

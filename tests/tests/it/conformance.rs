@@ -23,6 +23,19 @@ if "--socket" not in sys.argv:
     sys.exit(2)
 sock = sys.argv[sys.argv.index("--socket") + 1]
 token = os.environ.pop("PLUGVISOR_TOKEN")
+transfer = os.environ["PLUGVISOR_TRANSFER_DIR"]
+max_body = int(os.environ["PLUGVISOR_MAX_BODY"])
+
+def refs(value):
+    if isinstance(value, dict):
+        if "$file" in value:
+            yield value["$file"].get("path", "")
+        else:
+            for v in value.values():
+                yield from refs(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from refs(v)
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -52,8 +65,18 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
         self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(frames), frames))
+    def execute(self, body):
+        request = json.loads(body)
+        for path in refs(request):
+            if flaw != "no-confinement" and not path.startswith(transfer + "/"):
+                return self.answer(403, {"error": {"kind": "file_access_denied",
+                                                   "message": path + ": outside"}})
+        self.answer(200, {"output": request.get("input")})
     def handle_any(self, method):
         length = int(self.headers.get("content-length") or 0)
+        if length > max_body and flaw != "no-limit":
+            self.close_connection = True
+            return self.error(413, "payload_too_large", [("Connection", "close")])
         body = self.rfile.read(length) if length else b""
         if flaw != "any-token" and self.headers.get("authorization") != "Bearer " + token:
             return self.error(401, "unauthorized", [("WWW-Authenticate", "Bearer")])
@@ -66,6 +89,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.answer(200, {"name": "script", "version": "0.1.0", "protocol": 1,
                 "config_schema": {"type": "object"}, "capabilities": ["execute", "stream"],
                 "pid": os.getpid()})
+        if self.path == "/v1/execute" and method == "POST":
+            return self.execute(body)
         if self.path == "/v1/execute_stream" and method == "POST":
             return self.stream(body)
         if self.path == "/v1/shutdown" and method == "POST":
@@ -222,6 +247,8 @@ fn broken_workers_fail_the_check_named_after_their_flaw() {
                 "no listen address: a usage line on stderr, exit 2",
             ),
             ("no-terminal", "NDJSON frames and one terminal frame"),
+            ("no-confinement", "outside the transfer directory is 403"),
+            ("no-limit", "Content-Length over the limit is 413"),
         ];
         let run = |flaw: &str| {
             conformance(
