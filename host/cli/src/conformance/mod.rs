@@ -7,7 +7,8 @@
 //! - `http`: the raw HTTP/1.1 client.
 //! - `schemas`: the compiled JSON Schemas.
 //! - `report`: verdicts and their output.
-//! - `checks/`: the rules, by section.
+//! - `checks/`: the rules, by section (`basics`: §1 §3 §4 §5 §12; `routes` and `extensions`: §7;
+//!   `calls`: §8 §9; `files`: §10; `lifecycle`: §2 §6 §11).
 
 mod checks;
 mod http;
@@ -16,7 +17,7 @@ mod report;
 mod schemas;
 
 use anyhow::{bail, Context};
-use checks::{basics, calls, lifecycle, routes, Ctx, Inputs};
+use checks::{basics, calls, extensions, files, lifecycle, routes, Ctx, Inputs};
 use launch::{StartError, Target, Worker};
 use plugvisor_manager::manifest::{Discovered, Manifest};
 use report::Report;
@@ -140,15 +141,15 @@ async fn live_checks(ctx: &mut Ctx<'_>) {
     basics::not_http(ctx).await;
     basics::body_limit(ctx).await;
     routes::execute(ctx).await;
-    routes::methods(ctx).await;
-    routes::plugin_health(ctx).await;
-    routes::events(ctx).await;
-    routes::hooks(ctx).await;
-    routes::plugin_routes(ctx).await;
+    extensions::methods(ctx).await;
+    extensions::plugin_health(ctx).await;
+    extensions::events(ctx).await;
+    extensions::hooks(ctx).await;
+    extensions::plugin_routes(ctx).await;
     routes::unknown_and_wrong_method(ctx).await;
     calls::stream(ctx).await;
     calls::cancellation(ctx).await;
-    calls::file_references(ctx).await;
+    files::file_references(ctx).await;
     routes::cleanup(ctx).await;
     lifecycle::shutdown_request(ctx).await;
     lifecycle::error_audit(ctx);

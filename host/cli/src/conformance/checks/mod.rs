@@ -4,6 +4,8 @@
 
 pub(crate) mod basics;
 pub(crate) mod calls;
+pub(crate) mod extensions;
+pub(crate) mod files;
 pub(crate) mod lifecycle;
 pub(crate) mod routes;
 
