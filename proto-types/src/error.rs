@@ -111,6 +111,7 @@ impl PluginError {
 ///
 /// Each kind has exactly one HTTP status ([`ErrorKind::http_status`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -223,6 +224,7 @@ impl ErrorKind {
 
 /// An error as it travels in a JSON body: `{"kind": "...", "message": "..."}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct WireError {
     /// What went wrong, machine-readable.
     pub kind: ErrorKind,
@@ -308,6 +310,7 @@ impl From<WireError> for PluginError {
 
 /// How a worker process ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ExitReason {
     /// It exited with this status code (a Rust panic in `main` exits with 101).
@@ -347,6 +350,7 @@ impl fmt::Display for ExitReason {
 
 /// Why a worker died, as far as the operating system tells causes apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum CrashCause {
@@ -395,6 +399,7 @@ impl CrashCause {
 
 /// What the host knows about a worker that died: how it ended and what it said last.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CrashReport {
     /// The plugin (worker) name.
     pub plugin: String,

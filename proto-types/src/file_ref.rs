@@ -38,6 +38,8 @@ pub struct FileRef {
 
 /// The body inside the tag.
 #[derive(Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "FileRefBody"))]
 #[serde(deny_unknown_fields)]
 struct Body {
     path: PathBuf,
@@ -48,10 +50,23 @@ struct Body {
 
 /// The wire form: `{"$file": Body}`.
 #[derive(Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct Tagged {
     #[serde(rename = "$file")]
     file: Body,
+}
+
+/// The schema of the wire form, `{"$file": {"path", "size", "media_type"?}}`.
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for FileRef {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "FileRef".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        Tagged::json_schema(generator)
+    }
 }
 
 impl From<FileRef> for Tagged {

@@ -10,10 +10,14 @@
 //!   and [`FileBacked`], for values that can write themselves to such a file.
 //! - [`wire`]: request, response, stream-frame and handshake types of the worker protocol
 //!   (`docs/PROTOCOL.md` is the normative description).
+//! - [`schema`] (feature `schema`): the JSON Schema of every body, as published in
+//!   `docs/schemas/`.
 
 pub mod error;
 pub mod file_ref;
 pub mod plugin;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod wire;
 
 pub use error::{

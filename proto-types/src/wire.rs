@@ -205,6 +205,7 @@ impl fmt::Display for Handshake {
 
 /// Body of `POST /v1/initialize`. A missing or `null` config means "defaults".
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct InitializeRequest {
     /// The configuration; keys left out take their defaults.
@@ -216,6 +217,7 @@ pub struct InitializeRequest {
 ///
 /// Generic so the host can serialize a borrowed input without cloning it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExecuteRequest<T = Value> {
     /// The plugin's input.
@@ -224,6 +226,7 @@ pub struct ExecuteRequest<T = Value> {
 
 /// Answer of `POST /v1/execute`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ExecuteResponse {
     /// The plugin's output.
     pub output: Value,
@@ -231,6 +234,7 @@ pub struct ExecuteResponse {
 
 /// Answer of `GET /v1/config` and `POST /v1/initialize`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ConfigResponse {
     /// The configuration in force.
     pub config: Value,
@@ -238,13 +242,49 @@ pub struct ConfigResponse {
 
 /// Answer of `GET /v1/config_schema`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ConfigSchemaResponse {
     /// JSON Schema of the configuration.
     pub schema: Value,
 }
 
+/// Answer of `POST /v1/cleanup`: `{"status": "cleaned"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct CleanupResponse {
+    /// Always [`Cleaned::Cleaned`].
+    pub status: Cleaned,
+}
+
+/// The one status of a [`CleanupResponse`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Cleaned {
+    /// `"cleaned"`: the plugin's cleanup ran.
+    Cleaned,
+}
+
+/// Answer of `POST /v1/shutdown` (status 202): `{"status": "stopping"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ShutdownResponse {
+    /// Always [`Stopping::Stopping`].
+    pub status: Stopping,
+}
+
+/// The one status of a [`ShutdownResponse`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Stopping {
+    /// `"stopping"`: shutdown has begun (docs/PROTOCOL.md, section 11).
+    Stopping,
+}
+
 /// Answer of `GET /v1/health`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HealthResponse {
     /// `"ok"`, or `"stopping"` once shutdown has begun.
     pub status: String,
@@ -258,6 +298,7 @@ pub struct HealthResponse {
 
 /// Answer of `GET /v1/info`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct InfoResponse {
     /// [`crate::Plugin::name`].
     pub name: String,
@@ -295,6 +336,7 @@ pub const DEFAULT_METHOD: &str = "execute";
 /// One named method of a plugin, as `/v1/info` reports it: called with
 /// `POST /v1/methods/<name>` and `{"input": …}`, answered like `execute`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MethodSpec {
     /// The name: 1–64 of `a-z`, `0-9`, `_`, `-`, starting with a letter (see
     /// [`valid_method_name`]).
@@ -349,6 +391,7 @@ pub fn valid_method_name(name: &str) -> bool {
 /// plugin's prefix (`/plugins/<plugin>` by default) and forwards matching requests to
 /// [`routes::ROUTE_PREFIX`] + `path`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RouteSpec {
     /// `GET`, `POST`, …
     pub method: String,
@@ -433,6 +476,7 @@ impl RouteSpec {
 
 /// The body of every error answer: `{"error": {"kind": ..., "message": ...}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ErrorBody {
     /// What went wrong.
     pub error: WireError,
@@ -441,6 +485,7 @@ pub struct ErrorBody {
 /// One line of an `execute_stream` answer. The last line is always `end` or `error`; a stream
 /// that stops without one was cut short.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StreamFrame {
     /// `{"item": <value>}`: one result.

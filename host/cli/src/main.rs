@@ -4,6 +4,7 @@
 mod call;
 mod checks;
 mod client;
+mod conformance;
 mod demo;
 mod demo_api;
 mod demo_python;
@@ -43,6 +44,9 @@ enum Command {
     Validate(manage::ValidateArgs),
     /// Start the bundled plugins, call, stream, hash a file, crash one, and report.
     Demo(demo::DemoArgs),
+    /// Check a worker (any language) against docs/PROTOCOL.md, rule by rule; non-zero exit if
+    /// a check fails.
+    Conformance(conformance::ConformanceArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -86,6 +90,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Routes(args) => routes::routes(args).await.map(|()| ExitCode::SUCCESS),
         Command::Validate(args) => manage::validate(args),
         Command::Demo(args) => demo::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Conformance(args) => conformance::run(args).await,
         Command::Completions { .. } => Ok(ExitCode::SUCCESS),
     }
 }

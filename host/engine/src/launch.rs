@@ -224,7 +224,11 @@ fn give_to(
     Ok(())
 }
 
-fn build_command(
+/// The command the host runs for `spec`: its program and arguments, `--socket SOCKET`, the
+/// token, transfer directory, body limit and `PLUGVISOR_WATCH_STDIN=1` in the environment,
+/// and stdin, stdout and stderr piped (docs/PROTOCOL.md, section 2). The conformance kit
+/// starts workers with it too, so it checks a worker started exactly as the host starts it.
+pub fn build_command(
     spec: &WorkerSpec,
     socket: &std::path::Path,
     transfer_dir: &std::path::Path,

@@ -42,7 +42,8 @@
 //! - `worker`: `WorkerCore`, one live worker and every operation on it; crash attribution (a
 //!   failed connection is a crash if the process exited).
 //! - `registry`: the host's live workers, directory and event bus, shared with supervisors.
-//! - `launch`: spawn → handshake (with timeout, racing the exit) → `/v1/info`.
+//! - `launch`: spawn → handshake (with timeout, racing the exit) → `/v1/info`; the command it
+//!   runs is public as [`worker_command`], which the conformance kit starts workers with.
 //! - `spawner`: the long-lived spawner thread (process group, parent-death signal, rlimits)
 //!   and the per-worker waiter thread that reaps exactly its child.
 //! - `process`: `WorkerProcess`: signals to the group, stop escalation, crash reports.
@@ -95,6 +96,7 @@ pub use error::{chain as error_chain, HostError};
 pub use events::{EventBus, EventKind, HookHandle, LifecycleEvent};
 pub use host::{Host, HostConfig};
 pub use identity::PluginIdentity;
+pub use launch::build_command as worker_command;
 pub use plugvisor_proto::{self as proto, DynPlugin, FileRef, Plugin, PluginError};
 pub use pool::{Pool, ReplicaInfo};
 pub use remote::RemotePlugin;

@@ -28,6 +28,7 @@ pub const ANY_EVENT: &str = "*";
 /// assert_eq!(event.details["version"], "0.1.0");
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EventDelivery {
     /// The event's name without the `plugin_` prefix: `loaded`, `unloaded`, `task_failed`, …
     pub event: String,

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 /// A plugin's own verdict on itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum HealthStatus {
     /// Healthy.
@@ -38,6 +39,7 @@ impl HealthStatus {
 /// assert_eq!(json, serde_json::json!({"status": "fail", "output": "scratch space is full"}));
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HealthReport {
     /// The verdict.
     pub status: HealthStatus,

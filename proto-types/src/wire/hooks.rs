@@ -16,6 +16,7 @@ pub type Headers = BTreeMap<String, String>;
 
 /// A hook a middleware serves; `/v1/info` lists them in `hooks`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Hook {
     /// Runs before the request reaches its route; may change it or answer it.
@@ -46,6 +47,7 @@ impl Hook {
 /// `after_response`, there without its body). The host's own `Authorization` header is never
 /// shown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HookRequest {
     /// `GET`, `POST`, …
     pub method: String,
@@ -71,6 +73,7 @@ impl HookRequest {
 
 /// An answer as a middleware sees it, or gives it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HookResponse {
     /// The HTTP status.
     pub status: u16,
@@ -112,6 +115,7 @@ impl HookResponse {
 
 /// The answer of `before_request`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum BeforeAction {
     /// Go on down the chain; `headers` (when given) replace the request's headers, `body`
@@ -154,6 +158,7 @@ impl BeforeAction {
 
 /// The body of `after_response`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AfterResponse {
     /// The request as it reached the route (after every `before_request`), without its body.
     pub request: HookRequest,

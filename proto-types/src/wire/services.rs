@@ -23,6 +23,7 @@ pub const STREAM_SUFFIX: &str = "/stream";
 
 /// Body of `POST /v1/services/<service>` and `…/stream`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ServiceCall {
     /// The input, as for `execute`.
@@ -50,6 +51,7 @@ impl ServiceCall {
 
 /// Answer of `GET /v1/services/<service>`: the service may be called and is there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ServiceInfo {
     /// The service.
     pub service: String,
