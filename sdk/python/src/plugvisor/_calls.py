@@ -215,6 +215,8 @@ class Runner:
 
     def __init__(self, server_loop: asyncio.AbstractEventLoop, threads: int) -> None:
         self.server_loop = server_loop
+        #: Threads for plain plugin code (the pool's limit, and the call lane's).
+        self.threads = threads
         self.pool = _Pool(threads)
         self.plugin_loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -293,6 +295,12 @@ class Runner:
             # Runs after `start` (the plugin loop keeps their order): the task exists.
             plugin_loop.call_soon_threadsafe(lambda: [t.cancel() for t in started])
             raise
+
+    def wait_coroutine(self, coro: Any, call: Call) -> Any:
+        """Runs `coro` on the plugin loop for `call` and waits for it here (a thread that is not
+        the server loop's: the call lane's, when a plain method returned an awaitable)."""
+        future = asyncio.run_coroutine_threadsafe(_awaited_in_call(call, coro), self.plugin_loop)
+        return future.result()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Starts plain ``fn(*args)`` on the pool without waiting (no call context)."""

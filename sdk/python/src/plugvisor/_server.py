@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import stat
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple
 
@@ -35,6 +36,7 @@ from ._ext import (
 )
 from ._files import MalformedFileRef, TransferDir, check_and_convert_input
 from ._http import MAX_HEAD, ChunkedDecoder, HttpError, RequestHead, answer_head, bare_answer, find_head_end, parse_head
+from ._lane import CallLane
 from ._plugin import Plugin, RouteSpec, declared_methods, declared_routes, overrides
 from ._stream import Pump
 
@@ -109,23 +111,26 @@ def _error(kind: str, message: str, headers: Optional[List[Tuple[str, str]]] = N
 
 
 class Counters:
-    """Calls running now and calls started so far (touched on the server loop only)."""
+    """Calls running now and calls started so far (the server loop's and the call lane's)."""
 
     def __init__(self) -> None:
         self.in_flight = 0
         self.calls_total = 0
+        self._lock = threading.Lock()
 
     def start(self) -> Callable[[], None]:
         """Counts a call as started and running; the returned function ends it (once)."""
-        self.calls_total += 1
-        self.in_flight += 1
+        with self._lock:
+            self.calls_total += 1
+            self.in_flight += 1
         ended = False
 
         def end() -> None:
             nonlocal ended
             if not ended:
                 ended = True
-                self.in_flight -= 1
+                with self._lock:
+                    self.in_flight -= 1
 
         return end
 
@@ -174,6 +179,8 @@ class Server:
         self._stopped: Optional[asyncio.Event] = None
         self._listener: Optional[asyncio.AbstractServer] = None
         self.socket_path: Optional[str] = None
+        #: Call connections served on threads of their own (`_lane.py`).
+        self.lane = CallLane(self, runner.threads)
         self._declare()
 
     # ------------------------------------------------------------------ declarations
@@ -284,6 +291,7 @@ class Server:
         self.remove_socket_file()
         for conn in list(self.connections):
             conn.stop_if_idle()
+        self.lane.stop_idle()
         await self._drain()
         await self._cleanup()
         _log.info("stopped")
@@ -300,16 +308,31 @@ class Server:
             _log.warning("cannot remove the socket file %s: %s", self.socket_path, e)
 
     async def _drain(self) -> None:
+        deadline = self.loop.time() + self.options.grace
         tasks = [c.task for c in self.connections if c.task is not None]
+        pending: Set[Any] = set()
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self.options.grace)
+        while self.lane.busy() and self.loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if pending or self.lane.busy():
+            _log.warning(
+                "grace period over; dropping the calls still running remaining=%d",
+                len(pending) + self.lane.busy(),
+            )
+            for conn in list(self.connections):
+                conn.abort()
+            self.lane.abort()
             if pending:
-                _log.warning(
-                    "grace period over; dropping the calls still running remaining=%d", len(pending)
-                )
-                for conn in list(self.connections):
-                    conn.abort()
                 await asyncio.wait(pending, timeout=0.5)
+
+    def adopt(self, sock: socket.socket, data: bytes) -> None:
+        """Serves on the event loop a connection the call lane hands back, `data` the bytes it
+        had read and not answered."""
+        sock.setblocking(False)
+        factory = lambda: Connection(self, data)  # noqa: E731
+        task = self.loop.create_task(self.loop.connect_accepted_socket(factory, sock))
+        task.add_done_callback(_quiet)
 
     async def _cleanup(self) -> None:
         if self.cleaned:
@@ -708,6 +731,12 @@ class Server:
         raise _error("not_found", f"no route {path}")
 
 
+def _quiet(task: "asyncio.Task[Any]") -> None:
+    """Consumes the result of a task nobody awaits (a failed adoption closes the socket)."""
+    if not task.cancelled() and task.exception() is not None:
+        _log.debug("adopting a call connection failed: %s", task.exception())
+
+
 def _call_for(head: RequestHead) -> Call:
     """The `Call` a request starts, carrying the host's call-context header."""
     return Call(head.header(CALL_CONTEXT_HEADER))
@@ -798,11 +827,14 @@ class Connection(asyncio.Protocol):
     lost connection on a busy connection, `docs/PROTOCOL.md` §9).
     """
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, data: bytes = b"") -> None:
         self.server = server
         self.transport: Optional[asyncio.Transport] = None
         self.task: Optional[asyncio.Task[None]] = None
-        self.buf = bytearray()
+        self.buf = bytearray(data)
+        #: The connection moved to the call lane (the transport let go of a copy of its socket).
+        self.handed_off = False
+        self._raw_head = b""
         self.eof = False
         self.lost = False
         self.busy = False
@@ -915,7 +947,9 @@ class Connection(asyncio.Protocol):
 
     async def _serve(self) -> None:
         try:
-            while not self.server.stopping:
+            # A connection's first request is read even once stopping began (one the call lane
+            # hands back was already read there); `_handle` refuses it and ends the connection.
+            while True:
                 try:
                     head = await self._read_head()
                 except HttpError as e:
@@ -923,6 +957,8 @@ class Connection(asyncio.Protocol):
                     break
                 if head is None:
                     break
+                if self._hand_off(head):
+                    return
                 if not await self._handle(head):
                     break
         except asyncio.CancelledError:
@@ -933,9 +969,30 @@ class Connection(asyncio.Protocol):
             _log.exception("connection failed")
         finally:
             self.busy = False
-            if self.transport is not None:
+            if self.transport is not None and not self.handed_off:
                 self.transport.close()
             self.server.connections.discard(self)
+
+    def _hand_off(self, head: RequestHead) -> bool:
+        """Moves the connection to the call lane when its request is a plain call the lane
+        serves (and nothing is left to write here); True when it did."""
+        lane = self.server.lane
+        transport = self.transport
+        if transport is None or self.eof or not lane.has_room() or transport.get_write_buffer_size():
+            return False
+        if lane.plain_call(head) is None:
+            return False
+        try:
+            fd = os.dup(transport.get_extra_info("socket").fileno())
+        except (OSError, AttributeError):
+            return False
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(True)
+        self.handed_off = True
+        self.busy = False
+        transport.abort()  # closes the loop's descriptor only: the copy keeps the connection
+        lane.take(sock, head, self._raw_head, bytes(self.buf))
+        return True
 
     async def _read_head(self) -> Optional[RequestHead]:
         while True:
@@ -943,6 +1000,7 @@ class Connection(asyncio.Protocol):
             if end >= 0:
                 data = bytes(self.buf[:end])
                 del self.buf[:end]
+                self._raw_head = data
                 return parse_head(data)
             if len(self.buf) > MAX_HEAD:
                 raise HttpError(431, "the request head is too large")
