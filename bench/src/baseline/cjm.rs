@@ -129,6 +129,17 @@ fn run(program: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// `PYTHONPYCACHEPREFIX` for both sides' workers: compiled bytecode kept under
+/// `target/bench/pycache` and reused from one spawn to the next, as an installed package's
+/// is (`PYTHONDONTWRITEBYTECODE`, set on some machines, would make every spawn compile the
+/// SDK's and the bench's sources again).
+pub fn bytecode_cache() -> (&'static str, PathBuf) {
+    let dir = crate::procs::bin_dir()
+        .map(|b| b.parent().unwrap_or(&b).join("bench/pycache"))
+        .unwrap_or_else(|_| std::env::temp_dir().join("plugvisor-bench-pycache"));
+    ("PYTHONPYCACHEPREFIX", dir)
+}
+
 /// The running harness: one command line in, one answer line out.
 pub struct Harness {
     child: Child,
@@ -145,7 +156,8 @@ impl Harness {
         let mut child = Command::new(python)
             .arg(scripts().join("cjm_harness.py"))
             .env("CJM_DATA_DIR", data_dir)
-            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("PYTHONDONTWRITEBYTECODE", "")
+            .env(bytecode_cache().0, bytecode_cache().1)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

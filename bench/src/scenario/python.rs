@@ -9,7 +9,7 @@ use crate::scenario::{rate, Ctx};
 use crate::stats::{median, millis, quantile, Latency};
 use anyhow::{bail, Context as _, Result};
 use futures_util::StreamExt;
-use plugvisor_host::{RemotePlugin, WorkerSpec};
+use plugvisor_host::{Plugin, RemotePlugin, WorkerSpec};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -119,16 +119,21 @@ fn interpreter(ctx: &Ctx) -> (PathBuf, Result<PathBuf, String>) {
     }
 }
 
-/// The SDK worker: `bench/python/sdk_bench.py` with the tree's SDK on `PYTHONPATH`.
+/// The SDK worker: `bench/python/sdk_bench.py` with the tree's SDK on `PYTHONPATH`
+/// (`PLUGVISOR_BENCH_PY_SDK` names another copy's `src`, to measure an older SDK).
 fn sdk_spec(python: &Path) -> Result<WorkerSpec> {
     let script = cjm::scripts().join("sdk_bench.py");
     if !script.is_file() {
         bail!("{} is missing", script.display());
     }
-    let sdk = cjm::repo().join("sdk/python/src");
+    let sdk = std::env::var_os("PLUGVISOR_BENCH_PY_SDK")
+        .map_or_else(|| cjm::repo().join("sdk/python/src"), PathBuf::from);
+    let (key, value) = cjm::bytecode_cache();
     Ok(WorkerSpec::new(python)
         .arg(script)
         .env("PYTHONPATH", sdk)
+        .env("PYTHONDONTWRITEBYTECODE", "")
+        .env(key, value)
         .env("PLUGVISOR_LOG", "warn")
         .start_timeout(Duration::from_secs(30))
         .stop_grace(Duration::from_secs(2)))

@@ -10,13 +10,11 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from typing import List, NoReturn, Optional, Sequence, Tuple
 
 from . import _wire as wire
 from ._calls import Runner, default_threads
 from ._files import install_transfer_dir
-from ._host import take_env as take_host_env
 from ._plugin import Plugin
 from ._server import ServeOptions, Server, StartError
 
@@ -34,16 +32,24 @@ class UsageError(Exception):
     """A bad argument, a missing listen address or token: exit status 2."""
 
 
-@dataclass
 class WorkerConfig:
     """Everything `run` needs, resolved from arguments and environment."""
 
-    listen: Tuple[str, str]
-    token: str
-    transfer_dir: Optional[str]
-    max_body: int
-    watch_stdin: bool
-    threads: int
+    def __init__(
+        self,
+        listen: Tuple[str, str],
+        token: str,
+        transfer_dir: Optional[str],
+        max_body: int,
+        watch_stdin: bool,
+        threads: int,
+    ) -> None:
+        self.listen = listen
+        self.token = token
+        self.transfer_dir = transfer_dir
+        self.max_body = max_body
+        self.watch_stdin = watch_stdin
+        self.threads = threads
 
 
 def run(plugin: Plugin, argv: Optional[Sequence[str]] = None) -> NoReturn:
@@ -146,7 +152,10 @@ def _resolve(ns: argparse.Namespace) -> Optional[WorkerConfig]:
             raise UsageError(f"invalid value {ns.max_body!r} for --max-body: not a byte count")
         max_body = int(text)
     token = _read_token(ns.token_file)
-    take_host_env()
+    if any(name.startswith("PLUGVISOR_HOST_") for name in os.environ):
+        from ._host import take_env  # only when the host gave an endpoint (start-up time)
+
+        take_env()
     return WorkerConfig(
         listen=listen,
         token=token,

@@ -9,36 +9,28 @@ plugin cannot stall ``GET /v1/health``. A call is cancelled when its connection 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import inspect
 import logging
 import os
 import socket
 import stat
 import threading
-from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple
 
 from . import _wire as wire
 from ._calls import Call, Runner, is_async_callable
 from ._errors import FileAccessDenied, PluginError, error_from_exception, own, status_of
-from ._events import Event, check_event_names, handles_event
-from ._ext import (
-    HookRequest,
-    HookResponse,
-    RouteBody,
-    RouteRequest,
-    RouteResponse,
-    after_response_to_wire,
-    before_action_to_wire,
-    health_to_wire,
-    route_answer,
-)
 from ._files import MalformedFileRef, TransferDir, check_and_convert_input
 from ._http import MAX_HEAD, ChunkedDecoder, HttpError, RequestHead, answer_head, bare_answer, find_head_end, parse_head
 from ._lane import CallLane
 from ._plugin import Plugin, RouteSpec, declared_methods, declared_routes, overrides
-from ._stream import Pump
+
+if TYPE_CHECKING:
+    from ._ext import RouteResponse
+    from ._stream import Pump
+
+# Imported when first needed (start-up time): `_ext` (routes, hooks, health reports), `_events`
+# (host events), `_stream` (NDJSON streams).
 
 __all__ = ["Server", "ServeOptions", "StartError", "route_params"]
 
@@ -59,25 +51,41 @@ class StartError(Exception):
     """The worker cannot start (bind failed, bad declarations): exit status 1."""
 
 
-@dataclass
 class ServeOptions:
-    """How a server behaves (`docs/PROTOCOL.md` §2, §11, §12)."""
+    """How a server behaves (`docs/PROTOCOL.md` §2, §11, §12). (Plain classes here and in
+    `_http`/`_run`, not dataclasses: making a dataclass compiles code, which start-up pays.)"""
 
-    token: str
-    transfer_dir: Optional[TransferDir] = None
-    max_body: int = wire.DEFAULT_MAX_BODY
-    grace: float = 2.0
-    cleanup_timeout: float = 0.5
+    def __init__(
+        self,
+        token: str,
+        transfer_dir: Optional[TransferDir] = None,
+        max_body: int = wire.DEFAULT_MAX_BODY,
+        grace: float = 2.0,
+        cleanup_timeout: float = 0.5,
+    ) -> None:
+        self.token = token
+        self.transfer_dir = transfer_dir
+        self.max_body = max_body
+        self.grace = grace
+        self.cleanup_timeout = cleanup_timeout
 
 
-@dataclass
 class Reply:
     """A complete answer."""
 
-    status: int
-    body: bytes
-    headers: List[Tuple[str, str]] = field(default_factory=lambda: list(_JSON))
-    close: bool = False
+    __slots__ = ("status", "body", "headers", "close")
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        headers: Optional[List[Tuple[str, str]]] = None,
+        close: bool = False,
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.headers = list(_JSON) if headers is None else headers
+        self.close = close
 
 
 def json_reply(status: int, value: Any) -> Reply:
@@ -208,6 +216,8 @@ class Server:
             if isinstance(declared, (list, tuple)) and declared and all(isinstance(n, str) for n in declared):
                 _log.warning("the plugin declares events but has no on_event: it hears none")
             return []
+        from ._events import check_event_names
+
         try:
             declared = getattr(plugin, "events", ())
             if callable(declared):
@@ -356,7 +366,7 @@ class Server:
         got = head.header("authorization")
         if got is None:
             return False
-        return hmac.compare_digest(got.encode("latin-1"), self.expected_auth)
+        return _compare_digest(got.encode("latin-1"), self.expected_auth)
 
     def find(self, head: RequestHead) -> Callable[["Connection", RequestHead], Awaitable[Optional[Reply]]]:
         """The handler for the request, or a `PluginError` (404 / 405) raised."""
@@ -547,6 +557,8 @@ class Server:
         value = self._input(body, request["input"])
         end = self.counters.start()
         call = _call_for(head)
+        from ._stream import Pump
+
         pump: Optional[Pump] = None
         finished = False
         try:
@@ -601,6 +613,8 @@ class Server:
             raise _error("not_found", "this plugin has no health check")
         await conn.discard_body(self.options.max_body)
         report = await self._call(self.plugin.health_check)
+        from ._ext import health_to_wire
+
         try:
             return json_reply(200, health_to_wire(report))
         except PluginError as e:
@@ -613,6 +627,8 @@ class Server:
         self.refuse_when_stopping()
         if not self.event_names:
             raise _error("not_found", "this plugin hears no events")
+        from ._events import Event, handles_event
+
         body = await conn.read_body(self.options.max_body)
         stripped = body.strip()
         try:
@@ -654,6 +670,8 @@ class Server:
     async def h_before_request(self, conn: "Connection", head: RequestHead) -> Reply:
         """``POST /v1/hooks/before_request``: the middleware sees a host request."""
         self._hook("before_request")
+        from ._ext import HookRequest, before_action_to_wire
+
         try:
             request = HookRequest.from_wire(await self._json_body(conn))
         except ValueError as e:
@@ -668,6 +686,8 @@ class Server:
     async def h_after_response(self, conn: "Connection", head: RequestHead) -> Reply:
         """``POST /v1/hooks/after_response``: the middleware sees (and may change) an answer."""
         self._hook("after_response")
+        from ._ext import HookRequest, HookResponse, after_response_to_wire
+
         exchange = await self._json_body(conn)
         try:  # unknown fields are ignored, as the Rust runtime does
             request = HookRequest.from_wire(exchange.get("request"))
@@ -686,6 +706,8 @@ class Server:
         self.refuse_when_stopping()
         if not self.routes:
             raise _error("not_found", "this plugin has no routes")
+        from ._ext import RouteBody, RouteRequest, route_answer
+
         path = head.path[len(wire.ROUTE_PREFIX) :]
         if not path.startswith("/"):
             path = "/"
@@ -729,6 +751,12 @@ class Server:
                 [("allow", ", ".join(allowed))],
             )
         raise _error("not_found", f"no route {path}")
+
+
+try:  # hmac's constant-time compare, without importing hmac (and OpenSSL) at start-up
+    from _operator import _compare_digest
+except ImportError:  # not CPython
+    from hmac import compare_digest as _compare_digest
 
 
 def _quiet(task: "asyncio.Task[Any]") -> None:
