@@ -70,7 +70,10 @@ fn which(name: &str) -> Option<PathBuf> {
 
 fn at_least_312(python: &Path) -> bool {
     std::process::Command::new(python)
-        .args(["-c", "import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)"])
+        .args([
+            "-c",
+            "import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -93,7 +96,13 @@ pub fn venv(venv: &Path) -> Result<PathBuf> {
     eprint!("(making {} from {}) ", venv.display(), base.display());
     run(&base, &["-m", "venv", "--clear", &venv.to_string_lossy()])?;
     let spec = format!("cjm-plugin-system=={CJM_VERSION}");
-    let pip = ["-m", "pip", "install", "--quiet", "--disable-pip-version-check"];
+    let pip = [
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ];
     run(&python, &[&pip[..], &[spec.as_str()]].concat())?;
     match installed(&python) {
         Some(v) if v == CJM_VERSION => Ok(python),

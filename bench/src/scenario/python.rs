@@ -95,7 +95,10 @@ pub async fn python(ctx: &Ctx) -> Result<Outcome> {
         Err(e) => Err(e.clone()),
     };
     let (mut sdk, mut base, mut extra) = (Side::default(), Side::default(), CjmExtra::default());
-    let result = measure(ctx, &sizes, &spec, &mut cjm, &mut sdk, &mut base, &mut extra).await;
+    let result = measure(
+        ctx, &sizes, &spec, &mut cjm, &mut sdk, &mut base, &mut extra,
+    )
+    .await;
     let cjm_error = match cjm {
         Ok(h) => {
             h.quit().await;
@@ -164,7 +167,10 @@ async fn measure(
         sdk.pss = pss_bytes(worker.pid()).unwrap_or(0) as f64;
         if let Ok(h) = cjm.as_mut() {
             let memory = cjm_memory(h).await;
-            note_cjm(cjm, memory.map(|(rss, pss)| (base.rss, base.pss) = (rss, pss)));
+            note_cjm(
+                cjm,
+                memory.map(|(rss, pss)| (base.rss, base.pss) = (rss, pss)),
+            );
         }
         let guardian = children(worker.pid()).first().copied();
         sdk.guardian_rss = guardian.and_then(rss_bytes).unwrap_or(0) as f64;
@@ -232,7 +238,8 @@ async fn calls_and_streams(
         note_cjm(cjm, step);
     }
     for _ in 0..sizes.call_trials {
-        sdk.calls.push(Latency::of_us(&sdk_calls(worker, sizes.sdk_calls).await?));
+        sdk.calls
+            .push(Latency::of_us(&sdk_calls(worker, sizes.sdk_calls).await?));
         if let Ok(h) = cjm.as_mut() {
             let step = cjm_calls(h, sizes, base, extra).await;
             note_cjm(cjm, step);
@@ -287,7 +294,8 @@ async fn cjm_warmup(h: &mut Harness, extra: &mut CjmExtra) -> Result<()> {
         .await?;
     h.ask(json!({"op": "best", "n": 5, "text": TEXT, "via": "proxy"}))
         .await?;
-    h.ask(json!({"op": "shipped", "n": 5, "text": TEXT})).await?;
+    h.ask(json!({"op": "shipped", "n": 5, "text": TEXT}))
+        .await?;
     Ok(())
 }
 
@@ -303,7 +311,9 @@ async fn cjm_calls(
     base.calls.push(Latency::of_us(&samples_us(&best)));
     let stalled = h.ask(ask(sizes.cjm_stalled_calls, "best", "proxy")).await?;
     extra.stalled.push(Latency::of_us(&samples_us(&stalled)));
-    let shipped = h.ask(ask(sizes.cjm_shipped_calls, "shipped", "proxy")).await?;
+    let shipped = h
+        .ask(ask(sizes.cjm_shipped_calls, "shipped", "proxy"))
+        .await?;
     extra.shipped.push(Latency::of_us(&samples_us(&shipped)));
     Ok(())
 }
@@ -374,8 +384,14 @@ fn outcome(
         ("spawns", sizes.spawns as u64),
         ("sdk_calls_per_trial", sizes.sdk_calls as u64),
         ("cjm_best_calls_per_trial", sizes.cjm_best_calls as u64),
-        ("cjm_fd_worker_calls_per_trial", sizes.cjm_stalled_calls as u64),
-        ("cjm_shipped_calls_per_trial", sizes.cjm_shipped_calls as u64),
+        (
+            "cjm_fd_worker_calls_per_trial",
+            sizes.cjm_stalled_calls as u64,
+        ),
+        (
+            "cjm_shipped_calls_per_trial",
+            sizes.cjm_shipped_calls as u64,
+        ),
         ("sdk_stream_items", sizes.sdk_stream),
         ("cjm_stream_items", sizes.cjm_stream),
         ("stream_trials", sizes.stream_trials as u64),

@@ -21,7 +21,8 @@ Map of the package:
 - `_plugin.py`: `Plugin` (with the optional `events` / `on_event`), and the `route` /
   `method` decorators.
 - `_run.py`: `run` (arguments, logging, handshake, signals, stdin watch, watchdog, guardian).
-- `_server.py`: the `/v1` routes over `_http.py` (a strict HTTP/1.1 parser); `_stream.py`: the
+- `_server.py`: the `/v1` routes over `_http.py` (a strict HTTP/1.1 parser); `_lane.py`: plain
+  calls served on a thread per call connection; `_stream.py`: the
   NDJSON stream pump; `_calls.py`: where plugin code runs, and `Call` (cancellation).
 - `_files.py`: `FileRef`, output files, and confinement to the transfer directory.
 - `_host.py`: `host()`, the client of the host's service endpoint (services of other plugins).

@@ -2,7 +2,8 @@
 
 Everything here runs on one event loop (the *server loop*, the main thread): HTTP parsing,
 health and info answers, stream framing. Plugin code never runs here; it runs on the `Runner`
-(a thread pool for plain code, an event loop thread for async code), so a busy or blocked
+(a thread pool for plain code, an event loop thread for async code), or, for a plain call, on
+the call lane (`_lane.py`: the connection moves to a thread of its own), so a busy or blocked
 plugin cannot stall ``GET /v1/health``. A call is cancelled when its connection closes.
 """
 
