@@ -81,6 +81,7 @@ struct CjmExtra {
 /// measured instead.
 pub async fn python(ctx: &Ctx) -> Result<Outcome> {
     let sizes = Sizes::new(ctx);
+    let load = load_average();
     let python = interpreter(ctx);
     let spec = sdk_spec(&python.0)?;
     let mut cjm = match &python.1 {
@@ -107,7 +108,19 @@ pub async fn python(ctx: &Ctx) -> Result<Outcome> {
         Err(e) => Some(e),
     };
     result?;
-    Ok(outcome(&sizes, &python.0, &sdk, &base, &extra, cjm_error))
+    let mut o = outcome(&sizes, &python.0, &sdk, &base, &extra, cjm_error);
+    o.measure("load_average_1m_before", load);
+    o.measure("load_average_1m_after", load_average());
+    Ok(o)
+}
+
+/// The 1-minute load average (`/proc/loadavg`): other work on the machine slows both sides,
+/// and cjm's many-module start and SQLite journal more than the SDK's; NaN when unreadable.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 /// The interpreter both sides run (the venv's, so they compare like with like; `python3`

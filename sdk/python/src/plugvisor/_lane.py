@@ -129,9 +129,13 @@ class CallLane:
                     conn.cancel()
 
     def forget(self, conn: "LaneConnection") -> None:
-        """`conn` leaves the lane (closed, or handed back to the event loop)."""
+        """`conn` leaves the lane (closed, or handed back to the event loop); once only, as its
+        descriptor may be another connection's by the time it is asked again."""
         fd = conn.fd
         with self._lock:
+            if conn.forgotten:
+                return
+            conn.forgotten = True
             if self._conns.get(fd) is conn:
                 del self._conns[fd]
         if self._epoll is not None:
@@ -155,6 +159,8 @@ class LaneConnection:
         #: A request is being served (from its head to its answer).
         self.busy = False
         self.gone = False
+        #: It left the lane (`CallLane.forget`).
+        self.forgotten = False
 
     def cancel(self) -> None:
         """The host hung up (or the grace period is over): the running call is cancelled on
