@@ -20,7 +20,8 @@ const TEXT: &str = "hello, plugvisor bench";
 const WARMUP: usize = 300;
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// How much P20 measures (its cjm side is slow: a call as shipped takes about 20 ms).
+/// How much P20 measures (its cjm side is slow: a call as shipped takes 20 ms and more, so its
+/// counts stay small, and the full run adds well under two minutes).
 struct Sizes {
     spawns: usize,
     sdk_calls: usize,
@@ -37,13 +38,13 @@ impl Sizes {
     fn new(ctx: &Ctx) -> Self {
         let quick = ctx.plan.quick;
         Self {
-            spawns: if quick { 5 } else { 10 },
+            spawns: if quick { 5 } else { 8 },
             sdk_calls: ctx.plan.calls,
-            cjm_best_calls: if quick { 1_000 } else { 2_000 },
-            cjm_stalled_calls: if quick { 20 } else { 50 },
-            cjm_shipped_calls: if quick { 50 } else { 100 },
+            cjm_best_calls: 1_000,
+            cjm_stalled_calls: 20,
+            cjm_shipped_calls: 50,
             sdk_stream: ctx.plan.small_chunks,
-            cjm_stream: if quick { 3_000 } else { 10_000 },
+            cjm_stream: if quick { 3_000 } else { 5_000 },
             stream_trials: ctx.plan.trials.min(3),
             call_trials: ctx.plan.trials,
         }
