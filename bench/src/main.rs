@@ -151,6 +151,11 @@ async fn run(cli: &Cli) -> Result<Report> {
         let one = step("P19", scenario::services::call(&ctx)).await;
         outcomes.push(one_or_error(one, "P19"));
     }
+    // P20 spawns Python workers (the SDK's, cjm's); like P7 it runs before P5's big files.
+    if wants(&["P20"]) {
+        let one = step("P20", scenario::python::python(&ctx)).await;
+        outcomes.push(one_or_error(one, "P20"));
+    }
     if wants(&["P16"]) {
         let one = step("P16", scenario::routes::streaming(&ctx)).await;
         outcomes.push(one_or_error(one, "P16"));

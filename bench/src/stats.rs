@@ -47,6 +47,14 @@ impl Latency {
         }
     }
 
+    /// The p50 and p99 of samples already in microseconds.
+    pub fn of_us(us: &[f64]) -> Self {
+        Self {
+            p50: quantile(us, 0.5),
+            p99: quantile(us, 0.99),
+        }
+    }
+
     /// The median over trials of each figure.
     pub fn median_of(trials: &[Latency]) -> Self {
         let p50: Vec<f64> = trials.iter().map(|t| t.p50).collect();

@@ -9,6 +9,7 @@
 //! - `routes`: P15 (a plugin route vs execute through the API), P16 (a streamed route).
 //! - `middleware`: P17 (what one middleware adds to a request, vs one plugin call).
 //! - `tasks`: P18 (how late scheduled task runs start, idle and under call load).
+//! - `python`: P20 (the Python SDK's worker vs cjm-plugin-system's proxy and worker).
 //! - `escape`: P14, the escape table (hostile attempts, unsandboxed vs sandboxed).
 
 pub mod calls;
@@ -16,6 +17,7 @@ pub mod escape;
 pub mod files;
 pub mod lifecycle;
 pub mod middleware;
+pub mod python;
 pub mod routes;
 pub mod sandbox;
 pub mod scale;

@@ -142,3 +142,42 @@ def test_answer_heads():
     chunked = answer_head(200, [], chunked=True).decode()
     assert chunked.startswith("HTTP/1.1 200 OK\r\n") and "transfer-encoding: chunked" in chunked
     assert "content-length" not in chunked
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"POST /v1/execute HTTP/1.1\r\ncontent-type: application/json\r\nauthorization: Bearer x\r\ncontent-length: 42\r\n\r\n",
+        b"\r\n\nGET /v1/health HTTP/1.1\nauthorization: Bearer t\n\n",
+        b"GET http://w/v1/health?x=1#f HTTP/1.0\r\nConnection: keep-alive\r\nX-A:  b \t\r\n\r\n",
+        b"GET / HTTP/1.1\r\nx-a: \tv\tw\t\r\nempty:\r\nh:a:b\r\n\r\n",
+        b"POST /a HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nexpect: 100-Continue\r\nconnection: Close, x\r\nh: \xe9\r\n\r\n",
+    ],
+)
+def test_the_one_pass_parser_reads_what_the_strict_one_reads(data):
+    from plugvisor import _http
+
+    assert _http._WELL_FORMED.match(data), "a usual head takes the one-pass parser"
+    assert _http._parse_checked(data) == _http._parse_strict(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET /a b HTTP/1.1\r\n\r\n",
+        b"GET /\x01 HTTP/1.1\r\n\r\n",
+        b"GET /\xe9 HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/2.0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nx : y\r\n\r\n",
+        b"GET / HTTP/1.1\r\n folded\r\n\r\n",
+        b"GET / HTTP/1.1\r\nx: a\x7fb\r\n\r\n",
+        b"GET / HTTP/1.1\r\nx: a\rb\r\n\r\n",
+    ],
+)
+def test_heads_the_one_pass_parser_refuses_go_to_the_strict_one(data):
+    from plugvisor import _http
+
+    assert not _http._WELL_FORMED.match(data)
+    with pytest.raises(HttpError):
+        parse_head(data)

@@ -215,16 +215,33 @@ class Runner:
 
     def __init__(self, server_loop: asyncio.AbstractEventLoop, threads: int) -> None:
         self.server_loop = server_loop
+        #: Threads for plain plugin code (the pool's limit, and the call lane's).
+        self.threads = threads
         self.pool = _Pool(threads)
-        self.plugin_loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop_main, name="plugvisor-async", daemon=True
-        )
-        self._thread.start()
+        self._plugin_loop: Optional[asyncio.AbstractEventLoop] = None
+        self._loop_lock = threading.Lock()
 
-    def _loop_main(self) -> None:
-        asyncio.set_event_loop(self.plugin_loop)
-        self.plugin_loop.run_forever()
+    @property
+    def plugin_loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop async plugin code runs on, in a thread of its own (started on first
+        use: a plugin without async code never needs it)."""
+        loop = self._plugin_loop
+        if loop is None:
+            with self._loop_lock:
+                loop = self._plugin_loop
+                if loop is None:
+                    loop = asyncio.new_event_loop()
+                    thread = threading.Thread(
+                        target=self._loop_main, args=(loop,), name="plugvisor-async", daemon=True
+                    )
+                    thread.start()
+                    self._plugin_loop = loop
+        return loop
+
+    @staticmethod
+    def _loop_main(loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_forever()
 
     async def run(self, fn: Callable[..., Any], *args: Any, call: Optional[Call] = None) -> Any:
         """Runs ``fn(*args)`` where plugin code runs and returns its result (awaited if it is
@@ -294,6 +311,12 @@ class Runner:
             plugin_loop.call_soon_threadsafe(lambda: [t.cancel() for t in started])
             raise
 
+    def wait_coroutine(self, coro: Any, call: Call) -> Any:
+        """Runs `coro` on the plugin loop for `call` and waits for it here (a thread that is not
+        the server loop's: the call lane's, when a plain method returned an awaitable)."""
+        future = asyncio.run_coroutine_threadsafe(_awaited_in_call(call, coro), self.plugin_loop)
+        return future.result()
+
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Starts plain ``fn(*args)`` on the pool without waiting (no call context)."""
         self.pool.submit(lambda: fn(*args))
@@ -301,7 +324,9 @@ class Runner:
     def close(self) -> None:
         """Stops the plugin loop; threads still busy in plugin code are left (they are
         daemons, and the worker exits with ``os._exit``)."""
-        self.plugin_loop.call_soon_threadsafe(self.plugin_loop.stop)
+        loop = self._plugin_loop
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
 
 
 def _settle(future: "asyncio.Future[Any]", value: Any, error: Optional[BaseException]) -> None:

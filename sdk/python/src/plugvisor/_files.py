@@ -6,12 +6,10 @@ import errno
 import inspect
 import io
 import os
-import shutil
 import stat
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple, Union, cast
 
 from ._errors import FileAccessDenied, PluginFailed
@@ -193,6 +191,8 @@ def _relative_inside(directory: str, path: str) -> str:
     if any(part in (".", "..") for part in path.split("/")):
         raise _denied(path, "the path contains a '.' or '..' component")
     try:
+        from pathlib import PurePosixPath
+
         rel = PurePosixPath(path).relative_to(PurePosixPath(directory))
     except ValueError:
         raise _denied(path, f"the path is outside the transfer directory {directory}") from None
@@ -486,6 +486,8 @@ def _adopt(src: str) -> str:
             os.rename(src, out.path)
         except OSError:
             with open(src, "rb") as f:
+                import shutil
+
                 shutil.copyfileobj(f, out)
             os.unlink(src)
     finally:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import List, Optional, Tuple, Union
 
 __all__ = [
@@ -44,29 +42,60 @@ class HttpError(Exception):
         self.message = message
 
 
-@dataclass
 class RequestHead:
-    """A parsed request line and header section."""
+    """A parsed request line and header section. (A plain class, not a dataclass: making a
+    dataclass compiles code at import, which start-up pays.)"""
 
-    method: str
-    #: The request target as sent (origin form, or absolute form).
-    target: str
-    #: The path, not percent-decoded, without query or fragment.
-    path: str
-    #: The query without ``?``, when there is one.
-    query: Optional[str]
-    #: ``HTTP/1.1`` or ``HTTP/1.0``.
-    version: str
-    #: Header fields in order, names lower-case, values without surrounding whitespace.
-    headers: List[Tuple[str, str]] = field(default_factory=list)
-    #: The declared body length (`None`: chunked or no body).
-    content_length: Optional[int] = None
-    #: The body is chunked.
-    chunked: bool = False
-    #: The client wants the connection kept open after the answer.
-    keep_alive: bool = True
-    #: The client sent ``Expect: 100-continue``.
-    expect_continue: bool = False
+    __slots__ = (
+        "method",
+        "target",
+        "path",
+        "query",
+        "version",
+        "headers",
+        "content_length",
+        "chunked",
+        "keep_alive",
+        "expect_continue",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        path: str,
+        query: Optional[str],
+        version: str,
+        headers: Optional[List[Tuple[str, str]]] = None,
+    ) -> None:
+        self.method = method
+        #: The request target as sent (origin form, or absolute form).
+        self.target = target
+        #: The path, not percent-decoded, without query or fragment.
+        self.path = path
+        #: The query without ``?``, when there is one.
+        self.query = query
+        #: ``HTTP/1.1`` or ``HTTP/1.0``.
+        self.version = version
+        #: Header fields in order, names lower-case, values without surrounding whitespace.
+        self.headers: List[Tuple[str, str]] = [] if headers is None else headers
+        #: The declared body length (`None`: chunked or no body).
+        self.content_length: Optional[int] = None
+        #: The body is chunked.
+        self.chunked = False
+        #: The client wants the connection kept open after the answer.
+        self.keep_alive = True
+        #: The client sent ``Expect: 100-continue``.
+        self.expect_continue = False
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RequestHead):
+            return NotImplemented
+        return all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"RequestHead({fields})"
 
     def header(self, name: str) -> Optional[str]:
         """The first value of header `name` (lower-case), or `None`."""
@@ -101,6 +130,18 @@ def find_head_end(buf: Union[bytes, bytearray], start: int = 0) -> int:
         pos = nl + 1
 
 
+#: A well-formed head of a usual size, checked in one pass: a token method, an ASCII target,
+#: HTTP/1.0 or 1.1, token header names and values without control characters (what the
+#: line-by-line checks of `_parse_strict` accept). Anything else takes the strict parser,
+#: which says what is wrong.
+_WELL_FORMED = re.compile(
+    rb"(?:\r?\n)*[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/1\.[01]\r?\n"
+    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r?\n)*\r?\n\Z"
+)
+#: Heads up to this size may take the one-pass parser (their target cannot be too long).
+_FAST_HEAD = 16384
+
+
 def parse_head(data: bytes) -> RequestHead:
     """Parses a complete head (`find_head_end`'s bytes).
 
@@ -108,6 +149,32 @@ def parse_head(data: bytes) -> RequestHead:
         HttpError: 400 for anything malformed (bad request line, version, header syntax,
             conflicting or invalid framing), 431 for more than `MAX_HEADERS` fields.
     """
+    if len(data) <= _FAST_HEAD and data.count(b"\n") <= MAX_HEADERS + 2 and _WELL_FORMED.match(data):
+        return _parse_checked(data)
+    return _parse_strict(data)
+
+
+def _parse_checked(data: bytes) -> RequestHead:
+    """Parses a head `_WELL_FORMED` matched: no syntax left to check, only framing."""
+    lines = data.decode("latin-1").split("\n")
+    at = 0
+    while lines[at] in ("", "\r"):
+        at += 1
+    method, target, version = lines[at].rstrip("\r").split(" ")
+    headers: List[Tuple[str, str]] = []
+    for line in lines[at + 1 :]:
+        name, colon, value = line.partition(":")
+        if not colon:
+            break  # the blank line
+        headers.append((name.lower(), value.strip(" \t\r")))
+    path, query = _split_target(target)
+    head = RequestHead(method, target, path, query, version, headers)
+    _framing(head)
+    return head
+
+
+def _parse_strict(data: bytes) -> RequestHead:
+    """Parses a head line by line, raising `HttpError` at the first thing wrong."""
     lines = data.split(b"\n")
     lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
     while lines and not lines[0]:
@@ -274,12 +341,44 @@ class ChunkedDecoder:
                 raise HttpError(400, "trailer field too long")
 
 
+#: Reason phrases of the statuses a worker answers with (others come from `http.HTTPStatus`,
+#: imported when first needed: it is slow to import, and start-up time counts).
+_REASONS = {
+    100: "Continue",
+    200: "OK",
+    202: "Accepted",
+    204: "No Content",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    499: "",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
 def reason(status: int) -> str:
     """The reason phrase of `status` (empty for a status without one, like 499)."""
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
+    phrase = _REASONS.get(status)
+    if phrase is None:
+        from http import HTTPStatus
+
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ""
+        _REASONS[status] = phrase
+    return phrase
 
 
 _date_cache: Tuple[int, str] = (0, "")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -10,15 +9,17 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
-from typing import List, NoReturn, Optional, Sequence, Tuple
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from . import _wire as wire
 from ._calls import Runner, default_threads
 from ._files import install_transfer_dir
-from ._host import take_env as take_host_env
 from ._plugin import Plugin
 from ._server import ServeOptions, Server, StartError
+
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = ["run", "parse_listen"]
 
@@ -34,16 +35,24 @@ class UsageError(Exception):
     """A bad argument, a missing listen address or token: exit status 2."""
 
 
-@dataclass
 class WorkerConfig:
     """Everything `run` needs, resolved from arguments and environment."""
 
-    listen: Tuple[str, str]
-    token: str
-    transfer_dir: Optional[str]
-    max_body: int
-    watch_stdin: bool
-    threads: int
+    def __init__(
+        self,
+        listen: Tuple[str, str],
+        token: str,
+        transfer_dir: Optional[str],
+        max_body: int,
+        watch_stdin: bool,
+        threads: int,
+    ) -> None:
+        self.listen = listen
+        self.token = token
+        self.transfer_dir = transfer_dir
+        self.max_body = max_body
+        self.watch_stdin = watch_stdin
+        self.threads = threads
 
 
 def run(plugin: Plugin, argv: Optional[Sequence[str]] = None) -> NoReturn:
@@ -61,7 +70,7 @@ def run(plugin: Plugin, argv: Optional[Sequence[str]] = None) -> NoReturn:
     program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "worker"
     _init_logging()
     try:
-        config = _resolve(_parser(program).parse_args(args))
+        config = _resolve(_quick_args(args) or _parser(program).parse_args(args))
     except UsageError as e:
         _exit_with(program, str(e), 2)
     if config is None:
@@ -84,6 +93,14 @@ def run(plugin: Plugin, argv: Optional[Sequence[str]] = None) -> NoReturn:
 
 
 def _parser(program: str) -> argparse.ArgumentParser:
+    import argparse  # only when `_quick_args` cannot read the arguments
+
+    class _Parser(argparse.ArgumentParser):
+        """argparse that raises `UsageError` instead of exiting by itself."""
+
+        def error(self, message: str) -> NoReturn:
+            raise UsageError(message)
+
     parser = _Parser(
         prog=program,
         description="A plugvisor worker: serves one plugin over the plugvisor worker protocol.",
@@ -109,11 +126,31 @@ def _parser(program: str) -> argparse.ArgumentParser:
     return parser
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises `UsageError` instead of exiting by itself."""
+#: The options `_quick_args` reads (each takes one value).
+_OPTIONS = ("--socket", "--listen", "--token-file", "--transfer-dir", "--max-body")
 
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
+
+def _quick_args(args: List[str]) -> Optional[SimpleNamespace]:
+    """The arguments as `_parser` would read them, when they are only ``--option VALUE`` pairs
+    of known options, each at most once, not both ``--socket`` and ``--listen``, no value
+    starting with ``-`` (what the host passes); else `None`, and argparse reads them (and
+    says what is wrong). Importing and building argparse is a few ms of every start."""
+    if len(args) % 2:
+        return None
+    given: Dict[str, str] = {}
+    for name, value in zip(args[::2], args[1::2]):
+        if name not in _OPTIONS or name in given or value.startswith("-"):
+            return None
+        given[name] = value
+    if "--socket" in given and "--listen" in given:
+        return None
+    return SimpleNamespace(
+        socket=given.get("--socket"),
+        listen=given.get("--listen"),
+        token_file=given.get("--token-file"),
+        transfer_dir=given.get("--transfer-dir", os.environ.get(wire.TRANSFER_DIR_ENV)),
+        max_body=given.get("--max-body", os.environ.get(wire.MAX_BODY_ENV)),
+    )
 
 
 def parse_listen(address: str) -> Tuple[str, str]:
@@ -132,7 +169,7 @@ def parse_listen(address: str) -> Tuple[str, str]:
     raise UsageError(f"bad listen address {address!r}: expected unix:PATH or tcp://HOST:PORT")
 
 
-def _resolve(ns: argparse.Namespace) -> Optional[WorkerConfig]:
+def _resolve(ns: Any) -> Optional[WorkerConfig]:
     if ns.socket:
         listen = ("unix", ns.socket)
     elif ns.listen:
@@ -146,7 +183,10 @@ def _resolve(ns: argparse.Namespace) -> Optional[WorkerConfig]:
             raise UsageError(f"invalid value {ns.max_body!r} for --max-body: not a byte count")
         max_body = int(text)
     token = _read_token(ns.token_file)
-    take_host_env()
+    if any(name.startswith("PLUGVISOR_HOST_") for name in os.environ):
+        from ._host import take_env  # only when the host gave an endpoint (start-up time)
+
+        take_env()
     return WorkerConfig(
         listen=listen,
         token=token,

@@ -2,41 +2,36 @@
 
 Everything here runs on one event loop (the *server loop*, the main thread): HTTP parsing,
 health and info answers, stream framing. Plugin code never runs here; it runs on the `Runner`
-(a thread pool for plain code, an event loop thread for async code), so a busy or blocked
+(a thread pool for plain code, an event loop thread for async code), or, for a plain call, on
+the call lane (`_lane.py`: the connection moves to a thread of its own), so a busy or blocked
 plugin cannot stall ``GET /v1/health``. A call is cancelled when its connection closes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import inspect
 import logging
 import os
 import socket
 import stat
-from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple
+import threading
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple
 
 from . import _wire as wire
 from ._calls import Call, Runner, is_async_callable
 from ._errors import FileAccessDenied, PluginError, error_from_exception, own, status_of
-from ._events import Event, check_event_names, handles_event
-from ._ext import (
-    HookRequest,
-    HookResponse,
-    RouteBody,
-    RouteRequest,
-    RouteResponse,
-    after_response_to_wire,
-    before_action_to_wire,
-    health_to_wire,
-    route_answer,
-)
 from ._files import MalformedFileRef, TransferDir, check_and_convert_input
 from ._http import MAX_HEAD, ChunkedDecoder, HttpError, RequestHead, answer_head, bare_answer, find_head_end, parse_head
+from ._lane import CallLane
 from ._plugin import Plugin, RouteSpec, declared_methods, declared_routes, overrides
-from ._stream import Pump
+
+if TYPE_CHECKING:
+    from ._ext import RouteResponse
+    from ._stream import Pump
+
+# Imported when first needed (start-up time): `_ext` (routes, hooks, health reports), `_events`
+# (host events), `_stream` (NDJSON streams).
 
 __all__ = ["Server", "ServeOptions", "StartError", "route_params"]
 
@@ -57,25 +52,41 @@ class StartError(Exception):
     """The worker cannot start (bind failed, bad declarations): exit status 1."""
 
 
-@dataclass
 class ServeOptions:
-    """How a server behaves (`docs/PROTOCOL.md` §2, §11, §12)."""
+    """How a server behaves (`docs/PROTOCOL.md` §2, §11, §12). (Plain classes here and in
+    `_http`/`_run`, not dataclasses: making a dataclass compiles code, which start-up pays.)"""
 
-    token: str
-    transfer_dir: Optional[TransferDir] = None
-    max_body: int = wire.DEFAULT_MAX_BODY
-    grace: float = 2.0
-    cleanup_timeout: float = 0.5
+    def __init__(
+        self,
+        token: str,
+        transfer_dir: Optional[TransferDir] = None,
+        max_body: int = wire.DEFAULT_MAX_BODY,
+        grace: float = 2.0,
+        cleanup_timeout: float = 0.5,
+    ) -> None:
+        self.token = token
+        self.transfer_dir = transfer_dir
+        self.max_body = max_body
+        self.grace = grace
+        self.cleanup_timeout = cleanup_timeout
 
 
-@dataclass
 class Reply:
     """A complete answer."""
 
-    status: int
-    body: bytes
-    headers: List[Tuple[str, str]] = field(default_factory=lambda: list(_JSON))
-    close: bool = False
+    __slots__ = ("status", "body", "headers", "close")
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        headers: Optional[List[Tuple[str, str]]] = None,
+        close: bool = False,
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.headers = list(_JSON) if headers is None else headers
+        self.close = close
 
 
 def json_reply(status: int, value: Any) -> Reply:
@@ -109,23 +120,26 @@ def _error(kind: str, message: str, headers: Optional[List[Tuple[str, str]]] = N
 
 
 class Counters:
-    """Calls running now and calls started so far (touched on the server loop only)."""
+    """Calls running now and calls started so far (the server loop's and the call lane's)."""
 
     def __init__(self) -> None:
         self.in_flight = 0
         self.calls_total = 0
+        self._lock = threading.Lock()
 
     def start(self) -> Callable[[], None]:
         """Counts a call as started and running; the returned function ends it (once)."""
-        self.calls_total += 1
-        self.in_flight += 1
+        with self._lock:
+            self.calls_total += 1
+            self.in_flight += 1
         ended = False
 
         def end() -> None:
             nonlocal ended
             if not ended:
                 ended = True
-                self.in_flight -= 1
+                with self._lock:
+                    self.in_flight -= 1
 
         return end
 
@@ -174,6 +188,8 @@ class Server:
         self._stopped: Optional[asyncio.Event] = None
         self._listener: Optional[asyncio.AbstractServer] = None
         self.socket_path: Optional[str] = None
+        #: Call connections served on threads of their own (`_lane.py`).
+        self.lane = CallLane(self, runner.threads)
         self._declare()
 
     # ------------------------------------------------------------------ declarations
@@ -201,6 +217,8 @@ class Server:
             if isinstance(declared, (list, tuple)) and declared and all(isinstance(n, str) for n in declared):
                 _log.warning("the plugin declares events but has no on_event: it hears none")
             return []
+        from ._events import check_event_names
+
         try:
             declared = getattr(plugin, "events", ())
             if callable(declared):
@@ -284,6 +302,7 @@ class Server:
         self.remove_socket_file()
         for conn in list(self.connections):
             conn.stop_if_idle()
+        self.lane.stop_idle()
         await self._drain()
         await self._cleanup()
         _log.info("stopped")
@@ -300,16 +319,31 @@ class Server:
             _log.warning("cannot remove the socket file %s: %s", self.socket_path, e)
 
     async def _drain(self) -> None:
+        deadline = self.loop.time() + self.options.grace
         tasks = [c.task for c in self.connections if c.task is not None]
+        pending: Set[Any] = set()
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self.options.grace)
+        while self.lane.busy() and self.loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if pending or self.lane.busy():
+            _log.warning(
+                "grace period over; dropping the calls still running remaining=%d",
+                len(pending) + self.lane.busy(),
+            )
+            for conn in list(self.connections):
+                conn.abort()
+            self.lane.abort()
             if pending:
-                _log.warning(
-                    "grace period over; dropping the calls still running remaining=%d", len(pending)
-                )
-                for conn in list(self.connections):
-                    conn.abort()
                 await asyncio.wait(pending, timeout=0.5)
+
+    def adopt(self, sock: socket.socket, data: bytes) -> None:
+        """Serves on the event loop a connection the call lane hands back, `data` the bytes it
+        had read and not answered."""
+        sock.setblocking(False)
+        factory = lambda: Connection(self, data)  # noqa: E731
+        task = self.loop.create_task(self.loop.connect_accepted_socket(factory, sock))
+        task.add_done_callback(_quiet)
 
     async def _cleanup(self) -> None:
         if self.cleaned:
@@ -333,7 +367,7 @@ class Server:
         got = head.header("authorization")
         if got is None:
             return False
-        return hmac.compare_digest(got.encode("latin-1"), self.expected_auth)
+        return _compare_digest(got.encode("latin-1"), self.expected_auth)
 
     def find(self, head: RequestHead) -> Callable[["Connection", RequestHead], Awaitable[Optional[Reply]]]:
         """The handler for the request, or a `PluginError` (404 / 405) raised."""
@@ -524,6 +558,8 @@ class Server:
         value = self._input(body, request["input"])
         end = self.counters.start()
         call = _call_for(head)
+        from ._stream import Pump
+
         pump: Optional[Pump] = None
         finished = False
         try:
@@ -578,6 +614,8 @@ class Server:
             raise _error("not_found", "this plugin has no health check")
         await conn.discard_body(self.options.max_body)
         report = await self._call(self.plugin.health_check)
+        from ._ext import health_to_wire
+
         try:
             return json_reply(200, health_to_wire(report))
         except PluginError as e:
@@ -590,6 +628,8 @@ class Server:
         self.refuse_when_stopping()
         if not self.event_names:
             raise _error("not_found", "this plugin hears no events")
+        from ._events import Event, handles_event
+
         body = await conn.read_body(self.options.max_body)
         stripped = body.strip()
         try:
@@ -631,6 +671,8 @@ class Server:
     async def h_before_request(self, conn: "Connection", head: RequestHead) -> Reply:
         """``POST /v1/hooks/before_request``: the middleware sees a host request."""
         self._hook("before_request")
+        from ._ext import HookRequest, before_action_to_wire
+
         try:
             request = HookRequest.from_wire(await self._json_body(conn))
         except ValueError as e:
@@ -645,6 +687,8 @@ class Server:
     async def h_after_response(self, conn: "Connection", head: RequestHead) -> Reply:
         """``POST /v1/hooks/after_response``: the middleware sees (and may change) an answer."""
         self._hook("after_response")
+        from ._ext import HookRequest, HookResponse, after_response_to_wire
+
         exchange = await self._json_body(conn)
         try:  # unknown fields are ignored, as the Rust runtime does
             request = HookRequest.from_wire(exchange.get("request"))
@@ -663,6 +707,8 @@ class Server:
         self.refuse_when_stopping()
         if not self.routes:
             raise _error("not_found", "this plugin has no routes")
+        from ._ext import RouteBody, RouteRequest, route_answer
+
         path = head.path[len(wire.ROUTE_PREFIX) :]
         if not path.startswith("/"):
             path = "/"
@@ -706,6 +752,18 @@ class Server:
                 [("allow", ", ".join(allowed))],
             )
         raise _error("not_found", f"no route {path}")
+
+
+try:  # hmac's constant-time compare, without importing hmac (and OpenSSL) at start-up
+    from _operator import _compare_digest
+except ImportError:  # not CPython
+    from hmac import compare_digest as _compare_digest
+
+
+def _quiet(task: "asyncio.Task[Any]") -> None:
+    """Consumes the result of a task nobody awaits (a failed adoption closes the socket)."""
+    if not task.cancelled() and task.exception() is not None:
+        _log.debug("adopting a call connection failed: %s", task.exception())
 
 
 def _call_for(head: RequestHead) -> Call:
@@ -798,11 +856,14 @@ class Connection(asyncio.Protocol):
     lost connection on a busy connection, `docs/PROTOCOL.md` §9).
     """
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, data: bytes = b"") -> None:
         self.server = server
         self.transport: Optional[asyncio.Transport] = None
         self.task: Optional[asyncio.Task[None]] = None
-        self.buf = bytearray()
+        self.buf = bytearray(data)
+        #: The connection moved to the call lane (the transport let go of a copy of its socket).
+        self.handed_off = False
+        self._raw_head = b""
         self.eof = False
         self.lost = False
         self.busy = False
@@ -915,7 +976,9 @@ class Connection(asyncio.Protocol):
 
     async def _serve(self) -> None:
         try:
-            while not self.server.stopping:
+            # A connection's first request is read even once stopping began (one the call lane
+            # hands back was already read there); `_handle` refuses it and ends the connection.
+            while True:
                 try:
                     head = await self._read_head()
                 except HttpError as e:
@@ -923,6 +986,8 @@ class Connection(asyncio.Protocol):
                     break
                 if head is None:
                     break
+                if self._hand_off(head):
+                    return
                 if not await self._handle(head):
                     break
         except asyncio.CancelledError:
@@ -933,9 +998,30 @@ class Connection(asyncio.Protocol):
             _log.exception("connection failed")
         finally:
             self.busy = False
-            if self.transport is not None:
+            if self.transport is not None and not self.handed_off:
                 self.transport.close()
             self.server.connections.discard(self)
+
+    def _hand_off(self, head: RequestHead) -> bool:
+        """Moves the connection to the call lane when its request is a plain call the lane
+        serves (and nothing is left to write here); True when it did."""
+        lane = self.server.lane
+        transport = self.transport
+        if transport is None or self.eof or not lane.has_room() or transport.get_write_buffer_size():
+            return False
+        if lane.plain_call(head) is None:
+            return False
+        try:
+            fd = os.dup(transport.get_extra_info("socket").fileno())
+        except (OSError, AttributeError):
+            return False
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(True)
+        self.handed_off = True
+        self.busy = False
+        transport.abort()  # closes the loop's descriptor only: the copy keeps the connection
+        lane.take(sock, head, self._raw_head, bytes(self.buf))
+        return True
 
     async def _read_head(self) -> Optional[RequestHead]:
         while True:
@@ -943,6 +1029,7 @@ class Connection(asyncio.Protocol):
             if end >= 0:
                 data = bytes(self.buf[:end])
                 del self.buf[:end]
+                self._raw_head = data
                 return parse_head(data)
             if len(self.buf) > MAX_HEAD:
                 raise HttpError(431, "the request head is too large")
