@@ -36,9 +36,9 @@ class Call:
                 work(step)
     """
 
-    __slots__ = ("_cancelled", "_event", "_callbacks", "_lock", "context")
+    __slots__ = ("_cancelled", "_event", "_callbacks", "_lock", "context", "trace")
 
-    def __init__(self, context: Optional[str] = None) -> None:
+    def __init__(self, context: Optional[str] = None, trace: Optional[str] = None) -> None:
         self._cancelled = False
         self._event: Optional[threading.Event] = None  # made by the first `wait`
         self._callbacks: List[Callable[[], Any]] = []
@@ -47,6 +47,15 @@ class Call:
         #: serves, when it had one: the seam for host service calls, which pass it back so the
         #: host can follow (and bound) a chain of nested calls.
         self.context = context
+        #: The W3C ``traceparent`` the host sent with this call (valid, else None): the SDK puts
+        #: its trace id on the log lines plugin code writes and passes a child of it on host
+        #: service calls, so one request can be followed across processes.
+        self.trace = traceparent(trace)
+
+    @property
+    def trace_id(self) -> Optional[str]:
+        """The 32-hex-digit trace id of this call's trace, when the host sent one."""
+        return self.trace[3:35] if self.trace else None
 
     @property
     def cancelled(self) -> bool:
@@ -98,6 +107,37 @@ class Call:
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
             _safely(callback)
+
+
+def traceparent(value: Optional[str]) -> Optional[str]:
+    """`value` when it is a ``traceparent`` by the W3C rules (lowercase hex, version ``00``
+    exactly 55 characters, a later one longer with ``-`` after the flags, never ``ff``, no
+    all-zero id), normalised to version ``00``; else None: an invalid one is ignored."""
+    if not value or len(value) < 55 or not value.isascii():
+        return None
+    parts = value[:55].split("-")
+    if len(parts) != 4 or [len(p) for p in parts] != [2, 32, 16, 2]:
+        return None
+    version, trace_id, parent_id, flags = parts
+    if not all(_HEX.issuperset(p) for p in parts) or version == "ff":
+        return None
+    if (version == "00" and len(value) != 55) or (len(value) > 55 and value[55] != "-"):
+        return None
+    if trace_id == "0" * 32 or parent_id == "0" * 16:
+        return None
+    return f"00-{trace_id}-{parent_id}-{flags}"
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def child_traceparent(trace: str) -> str:
+    """The ``traceparent`` of a request this call makes: the same trace and flags, a new
+    random parent id."""
+    span = os.urandom(8).hex()
+    if span == "0" * 16:
+        span = "0" * 15 + "1"
+    return f"{trace[:35]}-{span}-{trace[53:55]}"
 
 
 def _safely(callback: Callable[[], Any]) -> None:

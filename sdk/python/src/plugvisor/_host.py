@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Generator, List, Optional, Tuple
 
 from . import _wire as wire
-from ._calls import Call, current_call
+from ._calls import Call, child_traceparent, current_call
 from ._errors import (
     Cancelled,
     InvalidInput,
@@ -553,6 +553,8 @@ class HostClient:
         context = call.context
         if context is not None:
             lines.append(f"{CALL_CONTEXT_HEADER}: {context}")
+        if call.trace is not None:
+            lines.append(f"traceparent: {child_traceparent(call.trace)}")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         return head + (body or b"")
 

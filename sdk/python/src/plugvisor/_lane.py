@@ -254,7 +254,7 @@ class LaneConnection:
         """Answers one call; True to keep the connection."""
         server = self.server
         body = self._read_body(head.content_length or 0)
-        call = Call(head.header("x-plugvisor-call"))
+        call = Call(head.header("x-plugvisor-call"), head.header("traceparent"))
         try:
             request = wire.read_object(body, {"input": True})
             value = server._input(body, request["input"])

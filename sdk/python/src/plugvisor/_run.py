@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from . import _wire as wire
-from ._calls import Runner, default_threads
+from ._calls import Runner, current_call, default_threads
 from ._files import install_transfer_dir
 from ._plugin import Plugin
 from ._server import ServeOptions, Server, StartError
@@ -231,6 +231,8 @@ class _Formatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         record.level = self._NAMES.get(record.levelname, record.levelname)
+        trace_id = getattr(record, "trace_id", None)
+        record.span = f"call{{trace_id={trace_id}}}: " if trace_id else ""
         return super().format(record)
 
 
@@ -259,13 +261,28 @@ def _init_logging() -> None:
         elif target.strip() in ("plugvisor", "plugvisor_worker"):
             sdk_level = value
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter("%(asctime)s %(level)5s %(name)s: %(message)s"))
+    handler.setFormatter(_Formatter("%(asctime)s %(level)5s %(span)s%(name)s: %(message)s"))
+    _tag_records_with_the_trace()
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(handler)
         root.setLevel(root_level)
     logging.getLogger("plugvisor").setLevel(sdk_level if sdk_level is not None else root_level)
     logging.getLogger("asyncio").setLevel(max(root_level, logging.WARNING))
+
+
+def _tag_records_with_the_trace() -> None:
+    """Every log record gets ``trace_id``: the trace of the call the logging code serves (None
+    outside a call or without one), so the SDK's format shows ``call{trace_id=…}`` as the Rust
+    runtime does, and a plugin's own format can use ``%(trace_id)s``."""
+    make = logging.getLogRecordFactory()
+
+    def tagged(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        record.trace_id = current_call().trace_id
+        return record
+
+    logging.setLogRecordFactory(tagged)
 
 
 # ----------------------------------------------------------------------------- process

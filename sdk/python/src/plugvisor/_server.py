@@ -46,6 +46,7 @@ _FRAMING = {"content-length", "transfer-encoding", "connection", "keep-alive", "
 _JSON = [("content-type", "application/json")]
 #: The header the host sets on a call made on behalf of another plugin (host service calls).
 CALL_CONTEXT_HEADER = "x-plugvisor-call"
+TRACEPARENT_HEADER = "traceparent"
 
 
 class StartError(Exception):
@@ -768,7 +769,7 @@ def _quiet(task: "asyncio.Task[Any]") -> None:
 
 def _call_for(head: RequestHead) -> Call:
     """The `Call` a request starts, carrying the host's call-context header."""
-    return Call(head.header(CALL_CONTEXT_HEADER))
+    return Call(head.header(CALL_CONTEXT_HEADER), head.header(TRACEPARENT_HEADER))
 
 
 def _wrong_method(path: str, allowed: str, method: str) -> PluginError:

@@ -4,8 +4,8 @@ Several manifests run it; its name is $SVC_NAME. `execute` takes {"op": ...}:
 
 | op | what it does |
 |---|---|
-| `echo` | answers {"served_by", "value", "pid", "context"} |
-| `call` | `host().call(service, input, method=, timeout_ms=)` → {"output"} or {"inner_error"} |
+| `echo` | answers {"served_by", "value", "pid", "context", "trace_id"} |
+| `call` | `host().call(service, input, method=, timeout_ms=)` → {"output"} or {"inner_error"}; logs `svc calls <service>` at info level first |
 | `raise_call` | the same, but an error escapes (the worker answers it) |
 | `thread_call` | `call` from a thread started with `contextvars.copy_context()` |
 | `stream` | collects `host().stream(service, input)` → {"items"} (+ "inner_error") |
@@ -26,6 +26,7 @@ service's stream. Events: $SVC_EVENTS (comma-separated names) declares them; $SV
 
 import asyncio
 import contextvars
+import logging
 import os
 import subprocess
 import sys
@@ -61,6 +62,7 @@ class Svc(plugvisor.Plugin):
                 "value": input.get("value"),
                 "pid": os.getpid(),
                 "context": plugvisor.current_call().context,
+                "trace_id": plugvisor.current_call().trace_id,
             }
         if op == "call":
             try:
@@ -127,6 +129,7 @@ class Svc(plugvisor.Plugin):
         return {"served_by": NAME, "input": input}
 
     def _call(self, input):
+        logging.getLogger("svc").info("svc calls %s", input["service"])
         return plugvisor.host().call(
             input["service"],
             input.get("input"),
