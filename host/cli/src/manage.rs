@@ -5,8 +5,8 @@ use crate::resolve::{manifest_dirs, pythons};
 use anyhow::Context;
 use clap::Args;
 use http::Method;
-use plugvisor_manager::manifest::PluginKind;
 use plugvisor_manager::entry_points;
+use plugvisor_manager::manifest::PluginKind;
 use plugvisor_manager::manifest::{self, Discovered, ManifestError};
 use plugvisor_manager::{ManagerConfig, PluginManager};
 use serde_json::{json, Value};
@@ -87,7 +87,11 @@ pub(crate) async fn list(args: ListArgs) -> anyhow::Result<()> {
 fn available_row(d: &Discovered) -> Value {
     let m = &d.manifest;
     let broken = d.entry_point.as_ref().and_then(|ep| ep.error.as_ref());
-    let state = if broken.is_some() { "failed" } else { "available" };
+    let state = if broken.is_some() {
+        "failed"
+    } else {
+        "available"
+    };
     json!({"name": m.name, "version": m.version, "kind": m.kind, "state": state,
            "description": m.description, "sandbox": m.sandbox, "source": d.source(),
            "entry_point": d.entry_point, "last_error": broken})
@@ -277,10 +281,7 @@ fn read_manifests(path: &Path) -> anyhow::Result<(Vec<Discovered>, Vec<ManifestE
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(match manifest::Manifest::parse_file(&text, path) {
-        Ok(m) => (
-            vec![Discovered::from_file(m, path.to_path_buf())],
-            vec![],
-        ),
+        Ok(m) => (vec![Discovered::from_file(m, path.to_path_buf())], vec![]),
         Err(e) => (vec![], vec![e]),
     })
 }
@@ -300,7 +301,10 @@ fn with_entry_points(
         .map(|d| (d.manifest.name.clone(), d))
         .collect();
     let notes = entry_points::merge(&mut by_name, &eps);
-    (by_name.into_values().collect(), notes.into_values().collect())
+    (
+        by_name.into_values().collect(),
+        notes.into_values().collect(),
+    )
 }
 
 /// Why an entry point's plugin cannot run, naming it; `None` for a runnable one or a manifest.

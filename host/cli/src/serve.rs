@@ -110,16 +110,21 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Bound before any worker starts: a port in use fails at once, with nothing to stop.
     let listener = listen(args.listen).await?;
     let dirs = existing_manifest_dirs(&args.plugins)?;
+    let python = pythons(&args.python);
     let manager = PluginManager::new(ManagerConfig {
         manifest_dirs: dirs.clone(),
         worker_dir: args.worker_dir,
         host_config_file: args.config,
-        python: pythons(&args.python),
+        python: python.clone(),
         ..ManagerConfig::default()
     })?;
     for problem in manager.manifest_errors() {
         let manifest = problem.file.extension().is_some_and(|x| x == "toml");
-        let what = if manifest { "manifest" } else { "plugin source" };
+        let what = if manifest {
+            "manifest"
+        } else {
+            "plugin source"
+        };
         eprintln!("plugvisor: skipped {what}: {problem}");
     }
     for note in manager.overridden_entry_points() {
@@ -128,9 +133,10 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let started = manager.start_all().await;
     let addr = listener.local_addr()?;
     eprintln!(
-        "plugvisor: serving {} plugins from {} on http://{addr} (order: {}){}",
+        "plugvisor: serving {} plugins from {}{} on http://{addr} (order: {}){}",
         started.loaded.len(),
         show_dirs(&dirs),
+        entry_points_of(&python),
         started.loaded.join(", "),
         not_started(&started.failed)
     );
@@ -151,6 +157,14 @@ async fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
         ),
         Err(e) => Err(e).with_context(|| format!("cannot listen on {addr}")),
     }
+}
+
+/// ` and the entry points of PYTHON, …` for the start-up line (empty without `--python`).
+fn entry_points_of(python: &[PathBuf]) -> String {
+    if python.is_empty() {
+        return String::new();
+    }
+    format!(" and the entry points of {}", show_dirs(python))
 }
 
 /// The plugins that did not start, for the start-up line (each was logged with its reason).

@@ -302,8 +302,18 @@ fn manifest_of(
         .unwrap_or_else(|| entry.dist_version.clone());
     fields.entry("version").or_insert(version.into());
     fields.insert("name".into(), entry.name.clone().into());
-    fields.insert("command".into(), python.to_string_lossy().into_owned().into());
-    let args = ["-m", "plugvisor.entry", "run", &entry.name, "--from", &entry.dist];
+    fields.insert(
+        "command".into(),
+        python.to_string_lossy().into_owned().into(),
+    );
+    let args = [
+        "-m",
+        "plugvisor.entry",
+        "run",
+        &entry.name,
+        "--from",
+        &entry.dist,
+    ];
     fields.insert("args".into(), args.to_vec().into());
     let manifest: Manifest =
         serde_json::from_value(serde_json::Value::Object(fields)).map_err(|e| e.to_string())?;
@@ -330,7 +340,11 @@ mod tests {
     #[test]
     fn an_entry_point_becomes_a_manifest_run_by_its_interpreter() {
         let py = Path::new("/venv/bin/python");
-        let entry = listed("tiny", "tiny-plugin", serde_json::json!({"provides": ["x"]}));
+        let entry = listed(
+            "tiny",
+            "tiny-plugin",
+            serde_json::json!({"provides": ["x"]}),
+        );
         let found = plugin_of(entry, py).unwrap();
         let m = &found.manifest;
         assert_eq!(
@@ -341,7 +355,14 @@ mod tests {
         assert_eq!(m.command, "/venv/bin/python");
         assert_eq!(
             m.args,
-            ["-m", "plugvisor.entry", "run", "tiny", "--from", "tiny-plugin"]
+            [
+                "-m",
+                "plugvisor.entry",
+                "run",
+                "tiny",
+                "--from",
+                "tiny-plugin"
+            ]
         );
         assert_eq!(m.provides, ["x"]);
         assert_eq!(found.entry_point.as_ref().unwrap().error, None);
@@ -361,7 +382,9 @@ mod tests {
         let err = plugin_of(command, py).unwrap().entry_point.unwrap().error;
         assert!(err.unwrap().contains("\"command\" cannot be declared"));
         let bad = plugin_of(listed("my.plugin", "d", serde_json::json!({})), py).unwrap_err();
-        assert!(bad.reason.contains("entry point my.plugin (d==1.2.3 in /p)"));
+        assert!(bad
+            .reason
+            .contains("entry point my.plugin (d==1.2.3 in /p)"));
         assert!(bad.reason.contains("letters, digits"), "{bad}");
     }
 
@@ -375,7 +398,10 @@ mod tests {
         }
         assert_eq!(all.len(), 1);
         let err = all[0].entry_point.as_ref().unwrap().error.clone().unwrap();
-        assert!(err.contains("a==1.2.3") && err.contains("b==1.2.3"), "{err}");
+        assert!(
+            err.contains("a==1.2.3") && err.contains("b==1.2.3"),
+            "{err}"
+        );
         let eps = EntryPoints {
             found: all,
             problems: vec![],
@@ -384,17 +410,30 @@ mod tests {
         assert!(merge(&mut available, &eps).is_empty());
         assert!(available["twice"].entry_point.is_some());
         let file = PathBuf::from("/m/twice.toml");
-        let manifest = Manifest::parse("name = \"twice\"\nversion = \"1.0.0\"\ncommand = \"x\"", &file);
-        available.insert("twice".into(), Discovered::from_file(manifest.unwrap(), file));
+        let manifest = Manifest::parse(
+            "name = \"twice\"\nversion = \"1.0.0\"\ncommand = \"x\"",
+            &file,
+        );
+        available.insert(
+            "twice".into(),
+            Discovered::from_file(manifest.unwrap(), file),
+        );
         let notes = merge(&mut available, &eps);
-        assert!(available["twice"].entry_point.is_none(), "the manifest is kept");
-        assert!(notes["twice"].starts_with("the manifest /m/twice.toml overrides the entry point twice"));
+        assert!(
+            available["twice"].entry_point.is_none(),
+            "the manifest is kept"
+        );
+        assert!(notes["twice"]
+            .starts_with("the manifest /m/twice.toml overrides the entry point twice"));
     }
 
     #[test]
     fn a_missing_interpreter_is_named() {
         let err = interpreter(Path::new("/no/such/venv/bin/python")).unwrap_err();
-        assert!(err.contains("/no/such/venv/bin/python: no such file"), "{err}");
+        assert!(
+            err.contains("/no/such/venv/bin/python: no such file"),
+            "{err}"
+        );
         let err = interpreter(Path::new("no-such-python-here")).unwrap_err();
         assert!(err.contains("not found on PATH"), "{err}");
     }

@@ -113,7 +113,11 @@ mod tests {
         let text = "[discovery]\npython = [\"venv/bin/python\", \"/opt/py\", \"python3\"]\n";
         std::fs::write(&path, text).unwrap();
         let python = read(&path).unwrap().python;
-        let expected = [dir.path().join("venv/bin/python"), "/opt/py".into(), "python3".into()];
+        let expected = [
+            dir.path().join("venv/bin/python"),
+            "/opt/py".into(),
+            "python3".into(),
+        ];
         assert_eq!(python, expected);
         std::fs::write(&path, "[discovery]\npyhton = []\n").unwrap();
         let err = read(&path).unwrap_err().to_string();

@@ -469,7 +469,10 @@ impl PluginManager {
         let name = found.manifest.name.clone();
         if let Some(reason) = entry_point_error(&found) {
             write(&self.inner.load_failures).insert(name.clone(), reason.clone());
-            return Err(ManagerError::Start { plugin: name, reason });
+            return Err(ManagerError::Start {
+                plugin: name,
+                reason,
+            });
         }
         self.check_prefix(&found)?;
         let plan = Plan {

@@ -19,6 +19,7 @@ mod calls;
 mod cli;
 mod cli_manage;
 mod cli_serve;
+mod entry_points;
 mod faults;
 mod hooks;
 mod manager;

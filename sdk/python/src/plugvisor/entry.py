@@ -226,7 +226,9 @@ def _run(args: List[str]) -> NoReturn:
         dist, rest = rest[1], rest[2:]
     label = f"entry point {name}"
     try:
-        plugin = make_plugin(load(name, dist), label)
+        # Whatever the plugin's module prints while imported must not precede the handshake.
+        with _stdout_to_stderr():
+            plugin = make_plugin(load(name, dist), label)
     except EntryError as e:
         print(f"plugvisor.entry: error: {e}", file=sys.stderr)
         sys.exit(1)
