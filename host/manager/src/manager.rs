@@ -279,6 +279,19 @@ impl PluginManager {
         self.rediscover();
     }
 
+    /// [`PluginManager::relist`] from async code: on a multi-threaded runtime the other tasks
+    /// move to other threads while the interpreters run.
+    fn relist_in_task(&self) {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let multi =
+            Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+        if multi {
+            tokio::task::block_in_place(|| self.relist());
+        } else {
+            self.relist();
+        }
+    }
+
     /// Manifests (and entry points, and interpreters) that could not be used, with file, line
     /// and reason.
     pub fn manifest_errors(&self) -> Vec<ManifestError> {
@@ -705,7 +718,7 @@ impl PluginManager {
         let old = self.loaded_or_err(name)?;
         if old.found.entry_point.is_some() {
             // The package may have been upgraded: ask its interpreter again.
-            self.relist();
+            self.relist_in_task();
         } else {
             self.rediscover();
         }

@@ -337,6 +337,11 @@ fn an_installed_package_is_served_and_a_manifest_of_its_name_wins() {
             .collect();
         assert_eq!(workers.len(), 2, "tiny's and made's workers: {processes:?}");
 
+        // A reload asks the interpreter again and swaps in a new worker.
+        let reloaded = c.post("/api/plugins/tiny/reload", &json!({})).await;
+        assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+        assert_eq!(execute(&c, "tiny").await, json!({"tiny": "hi"}));
+
         let log = served.stop().await;
         assert!(
             log.contains("plugvisor: note: the manifest")
