@@ -88,6 +88,17 @@ impl Served {
     }
 }
 
+/// A test that fails before [`Served::stop`] must not leave its server (and so its workers,
+/// which die with their host) running: it is SIGKILLed, by its handle, and reaped.
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.server.try_wait() {
+            let _ = self.server.kill();
+            let _ = self.server.wait();
+        }
+    }
+}
+
 fn children_of(pid: u32) -> Vec<u32> {
     proc_entries()
         .into_iter()
