@@ -21,7 +21,7 @@ pub(crate) const RESERVED_NAMES: [&str; 7] = [
 pub(crate) fn problems(found: &[Discovered]) -> Vec<String> {
     let mut out = Vec::new();
     for d in found {
-        let (file, m) = (d.file.display(), &d.manifest);
+        let (file, m) = (d.source(), &d.manifest);
         if let Err(e) = semver::Version::parse(&m.version) {
             out.push(format!(
                 "{file}: version {:?} is not a semantic version (MAJOR.MINOR.PATCH): {e}",
@@ -40,7 +40,7 @@ pub(crate) fn problems(found: &[Discovered]) -> Vec<String> {
     let nodes: Vec<Node<'_>> = found.iter().map(|d| node(d)).collect();
     let files: BTreeMap<&str, String> = found
         .iter()
-        .map(|d| (d.manifest.name.as_str(), d.file.display().to_string()))
+        .map(|d| (d.manifest.name.as_str(), d.source()))
         .collect();
     for problem in deps::plan(&nodes).problems {
         let file = match &problem {
@@ -68,11 +68,11 @@ fn shared_services(found: &[Discovered]) -> Vec<String> {
         .map(|(service, by)| {
             let names: Vec<String> = by
                 .iter()
-                .map(|d| format!("{} ({})", d.manifest.name, d.file.display()))
+                .map(|d| format!("{} ({})", d.manifest.name, d.source()))
                 .collect();
             format!(
                 "{}: service {service:?} is provided by {} plugins: {}",
-                by[0].file.display(),
+                by[0].source(),
                 by.len(),
                 names.join(", ")
             )

@@ -1,10 +1,11 @@
 //! `plugvisor list`, `inspect` and `validate`.
 
 use crate::client::ApiClient;
-use crate::resolve::manifest_dirs;
+use crate::resolve::{manifest_dirs, pythons};
 use anyhow::Context;
 use clap::Args;
 use http::Method;
+use plugvisor_manager::entry_points;
 use plugvisor_manager::manifest::PluginKind;
 use plugvisor_manager::manifest::{self, Discovered, ManifestError};
 use plugvisor_manager::{ManagerConfig, PluginManager};
@@ -24,6 +25,10 @@ pub(crate) struct ListArgs {
     /// Manifest directory, repeatable (when not asking a server; default as for `serve`).
     #[arg(long, value_name = "DIR")]
     plugins: Vec<PathBuf>,
+    /// A Python interpreter whose packages' `plugvisor.plugins` entry points are plugins,
+    /// repeatable (when not asking a server; default as for `serve`: $PLUGVISOR_PYTHON).
+    #[arg(long, value_name = "PATH")]
+    python: Vec<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -57,6 +62,13 @@ pub(crate) async fn list(args: ListArgs) -> anyhow::Result<()> {
                 }
                 found.extend(in_dir.into_iter().map(|d| (d.manifest.name.clone(), d)));
             }
+            let eps = entry_points::discover(&pythons(&args.python));
+            for e in &eps.problems {
+                eprintln!("plugvisor: skipped: {e}");
+            }
+            for note in entry_points::merge(&mut found, &eps).values() {
+                eprintln!("plugvisor: note: {note}");
+            }
             let rows = found
                 .values()
                 .filter(|d| kind.is_none_or(|k| d.manifest.kind == k))
@@ -74,13 +86,21 @@ pub(crate) async fn list(args: ListArgs) -> anyhow::Result<()> {
 
 fn available_row(d: &Discovered) -> Value {
     let m = &d.manifest;
-    json!({"name": m.name, "version": m.version, "kind": m.kind, "state": "available",
-           "description": m.description, "sandbox": m.sandbox, "replicas": m.replicas})
+    let broken = d.entry_point.as_ref().and_then(|ep| ep.error.as_ref());
+    let state = if broken.is_some() {
+        "failed"
+    } else {
+        "available"
+    };
+    json!({"name": m.name, "version": m.version, "kind": m.kind, "state": state,
+           "description": m.description, "sandbox": m.sandbox, "source": d.source(),
+           "entry_point": d.entry_point, "last_error": broken,
+           "replicas": m.replicas})
 }
 
-/// A plain-text table of name, version, kind, state, workers and sandbox.
+/// A plain-text table of name, version, kind, state, workers, source and sandbox.
 fn table(plugins: &Value) -> String {
-    let rows: Vec<[String; 6]> = plugins
+    let rows: Vec<[String; 7]> = plugins
         .as_array()
         .into_iter()
         .flatten()
@@ -92,14 +112,15 @@ fn table(plugins: &Value) -> String {
                 s("kind"),
                 s("state"),
                 workers_cell(p),
+                s("source"),
                 sandbox_cell(p),
             ]
         })
         .collect();
-    text_table(
-        &["NAME", "VERSION", "KIND", "STATE", "WORKERS", "SANDBOX"],
-        &rows,
-    )
+    let header = [
+        "NAME", "VERSION", "KIND", "STATE", "WORKERS", "SOURCE", "SANDBOX",
+    ];
+    text_table(&header, &rows)
 }
 
 /// `ready/replicas` while workers run (`2/3`: one replica is restarting), else `replicas`.
@@ -225,6 +246,10 @@ pub(crate) struct ValidateArgs {
     /// Where bare worker names resolve (default: beside plugvisor).
     #[arg(long, value_name = "DIR")]
     worker_dir: Option<PathBuf>,
+    /// A Python interpreter whose packages' `plugvisor.plugins` entry points are checked with
+    /// the manifests, repeatable (default: $PLUGVISOR_PYTHON).
+    #[arg(long, value_name = "PATH")]
+    python: Vec<PathBuf>,
 }
 
 /// `plugvisor validate`: every problem printed; non-zero exit if there is any.
@@ -243,13 +268,22 @@ pub(crate) fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         .worker_dir
         .unwrap_or_else(plugvisor_manager::default_worker_dir);
     problems.extend(found.iter().filter_map(|d| missing_binary(d, &worker_dir)));
+    let manifests = found.len();
+    let (found, notes) = with_entry_points(found, &args.python, &mut problems);
     let mut messages: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    messages.extend(found.iter().filter_map(broken_entry_point));
     messages.extend(crate::checks::problems(&found));
+    for note in &notes {
+        println!("note: {note}");
+    }
     for m in &messages {
         println!("{m}");
     }
     if messages.is_empty() {
-        println!("{} manifest(s) OK", found.len());
+        match found.len() - manifests {
+            0 => println!("{manifests} manifest(s) OK"),
+            eps => println!("{manifests} manifest(s) and {eps} entry point(s) OK"),
+        }
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!("plugvisor: {} problem(s)", messages.len());
@@ -263,15 +297,36 @@ fn read_manifests(path: &Path) -> anyhow::Result<(Vec<Discovered>, Vec<ManifestE
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(match manifest::Manifest::parse_file(&text, path) {
-        Ok(m) => (
-            vec![Discovered {
-                manifest: m,
-                file: path.to_path_buf(),
-            }],
-            vec![],
-        ),
+        Ok(m) => (vec![Discovered::from_file(m, path.to_path_buf())], vec![]),
         Err(e) => (vec![], vec![e]),
     })
+}
+
+/// `found` (manifests) with the entry points of the interpreters `python` names (default:
+/// `$PLUGVISOR_PYTHON`) that no manifest overrides; their problems go to `problems`; the notes
+/// say which entry points manifests override.
+fn with_entry_points(
+    found: Vec<Discovered>,
+    python: &[PathBuf],
+    problems: &mut Vec<ManifestError>,
+) -> (Vec<Discovered>, Vec<String>) {
+    let eps = entry_points::discover(&pythons(python));
+    problems.extend(eps.problems.iter().cloned());
+    let mut by_name: std::collections::BTreeMap<String, Discovered> = found
+        .into_iter()
+        .map(|d| (d.manifest.name.clone(), d))
+        .collect();
+    let notes = entry_points::merge(&mut by_name, &eps);
+    (
+        by_name.into_values().collect(),
+        notes.into_values().collect(),
+    )
+}
+
+/// Why an entry point's plugin cannot run, naming it; `None` for a runnable one or a manifest.
+fn broken_entry_point(d: &Discovered) -> Option<String> {
+    let ep = d.entry_point.as_ref()?;
+    Some(format!("{}: {}", ep.describe(), ep.error.as_ref()?))
 }
 
 fn missing_binary(d: &Discovered, worker_dir: &Path) -> Option<ManifestError> {

@@ -74,6 +74,22 @@ pub(crate) fn manifest_dirs(explicit: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>
     Ok(vec![found])
 }
 
+/// The Python interpreters whose entry points (group `plugvisor.plugins`) are plugins:
+/// `explicit` (each `--python PATH`), else the colon-separated paths of `$PLUGVISOR_PYTHON`,
+/// else none. (A host configuration file's `[discovery] python` adds to these.)
+pub(crate) fn pythons(explicit: &[PathBuf]) -> Vec<PathBuf> {
+    if !explicit.is_empty() {
+        return explicit.to_vec();
+    }
+    std::env::var_os("PLUGVISOR_PYTHON")
+        .map(|value| {
+            std::env::split_paths(&value)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// [`manifest_dirs`], each checked to be a readable directory.
 pub(crate) fn existing_manifest_dirs(explicit: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let dirs = manifest_dirs(explicit)?;

@@ -1,6 +1,6 @@
 //! `plugvisor serve`: load a manifest directory and serve the management REST API.
 
-use crate::resolve::{existing_manifest_dirs, show_dirs};
+use crate::resolve::{existing_manifest_dirs, pythons, show_dirs};
 use anyhow::{bail, Context};
 use clap::Args;
 use plugvisor_manager::api::{
@@ -21,6 +21,12 @@ pub(crate) struct ServeArgs {
     /// ./plugins/manifests, else the bundled manifests of this build).
     #[arg(long, value_name = "DIR")]
     plugins: Vec<PathBuf>,
+    /// A Python interpreter (e.g. a virtual environment's bin/python), repeatable: the entry
+    /// points of the group `plugvisor.plugins` its installed packages declare are plugins too
+    /// (it needs the plugvisor SDK); a manifest of the same name wins (default:
+    /// $PLUGVISOR_PYTHON, colon-separated; the --config file's [discovery] python adds more).
+    #[arg(long, value_name = "PATH")]
+    python: Vec<PathBuf>,
     /// Address to listen on. Anything but loopback needs an API token.
     #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))]
     listen: SocketAddr,
@@ -104,21 +110,33 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Bound before any worker starts: a port in use fails at once, with nothing to stop.
     let listener = listen(args.listen).await?;
     let dirs = existing_manifest_dirs(&args.plugins)?;
+    let python = pythons(&args.python);
     let manager = PluginManager::new(ManagerConfig {
         manifest_dirs: dirs.clone(),
         worker_dir: args.worker_dir,
         host_config_file: args.config,
+        python: python.clone(),
         ..ManagerConfig::default()
     })?;
     for problem in manager.manifest_errors() {
-        eprintln!("plugvisor: skipped manifest: {problem}");
+        let manifest = problem.file.extension().is_some_and(|x| x == "toml");
+        let what = if manifest {
+            "manifest"
+        } else {
+            "plugin source"
+        };
+        eprintln!("plugvisor: skipped {what}: {problem}");
+    }
+    for note in manager.overridden_entry_points() {
+        eprintln!("plugvisor: note: {note}");
     }
     let started = manager.start_all().await;
     let addr = listener.local_addr()?;
     eprintln!(
-        "plugvisor: serving {} plugins from {} on http://{addr} (order: {}){}",
+        "plugvisor: serving {} plugins from {}{} on http://{addr} (order: {}){}",
         started.loaded.len(),
         show_dirs(&dirs),
+        entry_points_of(&python),
         started.loaded.join(", "),
         not_started(&started.failed)
     );
@@ -139,6 +157,14 @@ async fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
         ),
         Err(e) => Err(e).with_context(|| format!("cannot listen on {addr}")),
     }
+}
+
+/// ` and the entry points of PYTHON, …` for the start-up line (empty without `--python`).
+fn entry_points_of(python: &[PathBuf]) -> String {
+    if python.is_empty() {
+        return String::new();
+    }
+    format!(" and the entry points of {}", show_dirs(python))
 }
 
 /// The plugins that did not start, for the start-up line (each was logged with its reason).

@@ -60,7 +60,7 @@ fn manifest_dir(found: &Discovered) -> &Path {
 }
 
 /// The first executable file `name` in the directories of `path` (a `PATH` value).
-fn on_path(name: &str, path: Option<OsString>) -> Option<PathBuf> {
+pub(crate) fn on_path(name: &str, path: Option<OsString>) -> Option<PathBuf> {
     let path = path?;
     std::env::split_paths(&path)
         .filter(|dir| dir.is_absolute())
@@ -91,10 +91,10 @@ mod tests {
         let text = "name = \"t\"\nversion = \"1.0.0\"\ncommand = \"sh\"\n\
                     args = [\"./run.sh\", \"../up\", \"-c\", \"x/y\"]\n";
         let file = dir.path().join("m").join("t.toml");
-        let found = Discovered {
-            manifest: crate::manifest::Manifest::parse_file(text, &file).unwrap(),
-            file: file.clone(),
-        };
+        let found = Discovered::from_file(
+            crate::manifest::Manifest::parse_file(text, &file).unwrap(),
+            file.clone(),
+        );
         let m = dir.path().join("m");
         let expected: Vec<OsString> = vec![
             m.join("./run.sh").into(),

@@ -7,6 +7,9 @@
 //!   configuration changes, calls and streams, status.
 //! - `managed`: one loaded plugin: lazy start, idle stop, hot swap.
 //! - [`manifest`]: the manifest format, line-numbered errors, discovery.
+//! - [`entry_points`]: plugins installed as Python packages (entry points of the group
+//!   `plugvisor.plugins`, listed by `python -m plugvisor.entry list`); a manifest of the same
+//!   name wins. [`source`]: where a plugin was described ([`source::EntryPoint`]).
 //! - [`command`]: where a manifest's `command` and `args` point (manifest dir, beside
 //!   `plugvisor`, `PATH`).
 //! - [`config`]: configuration layers, JSON Schema validation, secret masking.
@@ -32,6 +35,7 @@ pub mod api;
 pub mod command;
 pub mod config;
 pub mod deps;
+pub mod entry_points;
 mod error;
 pub mod hook_delivery;
 mod host_config;
@@ -44,6 +48,7 @@ pub mod middleware;
 pub mod plugin_health;
 mod scheduler;
 mod services;
+pub mod source;
 mod status;
 pub mod tasks;
 pub mod ui;

@@ -2,6 +2,7 @@
 //! validated layered configuration, reloads them without failing a call, and reports status.
 
 use crate::deps::{self, Node};
+use crate::entry_points::{self, EntryPoints};
 use crate::error::ManagerError;
 use crate::host_config::{self, default_worker_dir};
 use crate::managed::{Managed, MethodCall, Plan};
@@ -34,8 +35,13 @@ pub struct ManagerConfig {
     pub manifest_dirs: Vec<PathBuf>,
     /// Where bare `command` names resolve (default: beside the running executable).
     pub worker_dir: Option<PathBuf>,
-    /// Host configuration file (`plugvisor.toml`) with `[plugins.<name>.config]` tables.
+    /// Host configuration file (`plugvisor.toml`) with `[plugins.<name>.config]` tables (and
+    /// `[discovery] python`, added to `python`).
     pub host_config_file: Option<PathBuf>,
+    /// Python interpreters (a virtual environment's `bin/python`) whose installed packages'
+    /// entry points of the group `plugvisor.plugins` are plugins too
+    /// ([`crate::entry_points`]); a manifest of the same name wins.
+    pub python: Vec<PathBuf>,
     /// Settings of the underlying [`Host`].
     pub host: HostConfig,
 }
@@ -47,6 +53,12 @@ struct Inner {
     file_layers: BTreeMap<String, Value>,
     available: RwLock<BTreeMap<String, Discovered>>,
     problems: RwLock<Vec<ManifestError>>,
+    /// The interpreters whose entry points are plugins (the config's and the host file's).
+    pythons: Vec<PathBuf>,
+    /// What their entry points described when last listed.
+    entry_points: RwLock<EntryPoints>,
+    /// Entry points a manifest overrides: the note, by plugin name.
+    overridden: RwLock<BTreeMap<String, String>>,
     loaded: RwLock<BTreeMap<String, Arc<Managed>>>,
     /// Why the last load of a plugin could not start its worker, until one succeeds.
     load_failures: RwLock<BTreeMap<String, String>>,
@@ -187,10 +199,13 @@ impl PluginManager {
             Some(dir) => dir.clone(),
             None => default_worker_dir(),
         };
-        let file_layers = match &config.host_config_file {
+        let host_file = match &config.host_config_file {
             Some(path) => host_config::read(path)?,
-            None => BTreeMap::new(),
+            None => host_config::HostFile::default(),
         };
+        let mut pythons = config.python.clone();
+        pythons.extend(host_file.python);
+        let entry_points = entry_points::discover(&pythons);
         let services = crate::services::Services::new(host.dir());
         let manager = Self {
             inner: Arc::new(Inner {
@@ -198,9 +213,12 @@ impl PluginManager {
                 host,
                 config,
                 worker_dir,
-                file_layers,
+                file_layers: host_file.layers,
                 available: RwLock::new(BTreeMap::new()),
                 problems: RwLock::new(Vec::new()),
+                pythons,
+                entry_points: RwLock::new(entry_points),
+                overridden: RwLock::new(BTreeMap::new()),
                 loaded: RwLock::new(BTreeMap::new()),
                 load_failures: RwLock::new(BTreeMap::new()),
                 ops: tokio::sync::Mutex::new(()),
@@ -226,7 +244,8 @@ impl PluginManager {
         self.inner.host.register_hook(name, hook)
     }
 
-    /// Re-reads every manifest directory.
+    /// Re-reads every manifest directory, and adds the entry points last listed (those no
+    /// manifest overrides).
     pub fn rediscover(&self) {
         let mut available = BTreeMap::new();
         let mut problems = Vec::new();
@@ -237,16 +256,51 @@ impl PluginManager {
             }
             problems.extend(errors);
         }
+        let eps = read(&self.inner.entry_points);
+        let overridden = entry_points::merge(&mut available, &eps);
+        problems.extend(eps.problems.iter().cloned());
+        drop(eps);
         for p in &problems {
             tracing::warn!(problem = %p, "manifest skipped");
         }
+        for note in overridden.values() {
+            tracing::info!(note = %note, "entry point overridden");
+        }
         *write(&self.inner.available) = available;
         *write(&self.inner.problems) = problems;
+        *write(&self.inner.overridden) = overridden;
     }
 
-    /// Manifests that could not be used, with file, line and reason.
+    /// Lists the interpreters' entry points again (it runs each interpreter, blocking up to
+    /// [`entry_points::LIST_TIMEOUT`]), then [`PluginManager::rediscover`]s.
+    pub fn relist(&self) {
+        let eps = entry_points::discover(&self.inner.pythons);
+        *write(&self.inner.entry_points) = eps;
+        self.rediscover();
+    }
+
+    /// [`PluginManager::relist`] from async code: on a multi-threaded runtime the other tasks
+    /// move to other threads while the interpreters run.
+    fn relist_in_task(&self) {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let multi =
+            Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+        if multi {
+            tokio::task::block_in_place(|| self.relist());
+        } else {
+            self.relist();
+        }
+    }
+
+    /// Manifests (and entry points, and interpreters) that could not be used, with file, line
+    /// and reason.
     pub fn manifest_errors(&self) -> Vec<ManifestError> {
         read(&self.inner.problems).clone()
+    }
+
+    /// One line per entry point a manifest of the same name overrides (the manifest wins).
+    pub fn overridden_entry_points(&self) -> Vec<String> {
+        read(&self.inner.overridden).values().cloned().collect()
     }
 
     /// Every discovered plugin, loaded or not.
@@ -259,8 +313,17 @@ impl PluginManager {
     pub fn loaded(&self) -> Vec<PluginInfo> {
         self.all_loaded()
             .iter()
-            .map(|m| info_of(&m.found, Some(m), &self.inner.metrics))
+            .map(|m| self.noted(info_of(&m.found, Some(m), &self.inner.metrics)))
             .collect()
+    }
+
+    /// `info` with the entry point its manifest overrides, if any, among its warnings.
+    fn noted(&self, mut info: PluginInfo) -> PluginInfo {
+        if info.entry_point.is_none() {
+            let overridden = read(&self.inner.overridden);
+            info.warnings.extend(overridden.get(&info.name).cloned());
+        }
+        info
     }
 
     /// One plugin (loaded or available).
@@ -269,7 +332,7 @@ impl PluginManager {
     /// [`ManagerError::Unknown`].
     pub fn info(&self, name: &str) -> Result<PluginInfo, ManagerError> {
         if let Some(m) = self.managed(name) {
-            return Ok(info_of(&m.found, Some(&m), &self.inner.metrics));
+            return Ok(self.noted(info_of(&m.found, Some(&m), &self.inner.metrics)));
         }
         let found = read(&self.inner.available).get(name).cloned();
         found
@@ -280,7 +343,7 @@ impl PluginManager {
     fn info_of(&self, found: &Discovered) -> PluginInfo {
         let name = &found.manifest.name;
         let managed = self.managed(name);
-        let mut info = info_of(found, managed.as_ref(), &self.inner.metrics);
+        let mut info = self.noted(info_of(found, managed.as_ref(), &self.inner.metrics));
         if managed.is_none() {
             info.last_error = read(&self.inner.load_failures).get(name).cloned();
             if info.last_error.is_some() {
@@ -387,7 +450,10 @@ impl PluginManager {
         }
         let broken = read(&self.inner.problems)
             .iter()
-            .find(|p| p.file.file_stem().is_some_and(|stem| stem == name))
+            .find(|p| {
+                let toml = p.file.extension().is_some_and(|x| x == "toml");
+                toml && p.file.file_stem().is_some_and(|stem| stem == name)
+            })
             .cloned();
         Err(broken.map_or_else(|| ManagerError::Unknown(name.to_owned()), Into::into))
     }
@@ -414,6 +480,13 @@ impl PluginManager {
         api: Option<Value>,
     ) -> Result<PluginInfo, ManagerError> {
         let name = found.manifest.name.clone();
+        if let Some(reason) = entry_point_error(&found) {
+            write(&self.inner.load_failures).insert(name.clone(), reason.clone());
+            return Err(ManagerError::Start {
+                plugin: name,
+                reason,
+            });
+        }
         self.check_prefix(&found)?;
         let plan = Plan {
             file_layer: self.file_layer(&name),
@@ -643,8 +716,19 @@ impl PluginManager {
     async fn swap(&self, name: &str) -> Result<(Arc<Managed>, String), ManagerError> {
         let _op = self.inner.ops.lock().await;
         let old = self.loaded_or_err(name)?;
-        self.rediscover();
+        if old.found.entry_point.is_some() {
+            // The package may have been upgraded: ask its interpreter again.
+            self.relist_in_task();
+        } else {
+            self.rediscover();
+        }
         let found = self.rediscovered(name, &old.found.file)?;
+        if let Some(reason) = entry_point_error(&found) {
+            return Err(ManagerError::Start {
+                plugin: name.to_owned(),
+                reason,
+            });
+        }
         let plan = Plan {
             file_layer: self.file_layer(name),
             worker_dir: self.inner.worker_dir.clone(),
@@ -907,6 +991,13 @@ fn node(m: &Manifest) -> Node<'_> {
     m.node()
 }
 
+/// Why the entry point describing `found` cannot run, naming it; `None` for a manifest.
+fn entry_point_error(found: &Discovered) -> Option<String> {
+    let ep = found.entry_point.as_ref()?;
+    let error = ep.error.as_ref()?;
+    Some(format!("{}: {error}", ep.describe()))
+}
+
 /// What the API shows of `found`, loaded as `managed` or not loaded, with its call counts.
 fn info_of(found: &Discovered, managed: Option<&Arc<Managed>>, metrics: &Metrics) -> PluginInfo {
     let m = &found.manifest;
@@ -934,6 +1025,8 @@ fn info_of(found: &Discovered, managed: Option<&Arc<Managed>>, metrics: &Metrics
         requires: m.requires.clone(),
         optional_requires: m.optional_requires.clone(),
         manifest: found.file.clone(),
+        source: found.source(),
+        entry_point: found.entry_point.clone(),
         sandbox: m.sandbox.clone(),
         enforced: sup.as_ref().and_then(|s| s.sandbox()),
         calls_total,

@@ -1,6 +1,7 @@
 //! Plugin manifests (`plugins/manifests/*.toml`): their format, parsing with line numbers,
 //! and discovery of a directory.
 
+use crate::source::EntryPoint;
 use plugvisor_host::{
     EventKind, FsPolicy, HealthConfig, NetPolicy, RestartPolicy, Sandbox, SupervisorConfig,
     SyscallPolicy,
@@ -568,8 +569,32 @@ pub struct ManifestError {
 pub struct Discovered {
     /// The manifest.
     pub manifest: Manifest,
-    /// Its file.
+    /// Its file; for an entry point, its distribution's metadata directory (or the
+    /// interpreter, when the distribution has none on disk).
     pub file: PathBuf,
+    /// The installed Python package's entry point that describes the plugin, when no manifest
+    /// file does (`serve --python`, [`crate::entry_points`]).
+    pub entry_point: Option<EntryPoint>,
+}
+
+impl Discovered {
+    /// A plugin described by manifest `file`.
+    pub fn from_file(manifest: Manifest, file: PathBuf) -> Self {
+        Self {
+            manifest,
+            file,
+            entry_point: None,
+        }
+    }
+
+    /// Where it was described, for people: the manifest file, or
+    /// `entry point NAME (DIST==VERSION in PYTHON)`.
+    pub fn source(&self) -> String {
+        match &self.entry_point {
+            Some(ep) => ep.describe(),
+            None => self.file.display().to_string(),
+        }
+    }
 }
 
 impl Manifest {
@@ -607,6 +632,15 @@ impl Manifest {
             })?;
         }
         Ok(manifest)
+    }
+
+    /// `self` if it keeps the rules serde cannot express, else why not (for manifests that
+    /// come from elsewhere than a file: [`crate::entry_points`]).
+    pub(crate) fn checked(self) -> Result<Self, String> {
+        match self.check() {
+            Ok(()) => Ok(self),
+            Err((_, reason)) => Err(reason),
+        }
     }
 
     /// Rules serde cannot express; an error names the key it is about, when there is one.
@@ -833,7 +867,7 @@ pub fn discover(dir: &Path) -> (Vec<Discovered>, Vec<ManifestError>) {
                     Some(first) => {
                         errors.push(duplicate(&manifest.name, &first.file, file, name_line))
                     }
-                    None => found.push(Discovered { manifest, file }),
+                    None => found.push(Discovered::from_file(manifest, file)),
                 }
             }
             Err(e) => errors.push(e),

@@ -46,8 +46,15 @@ pub struct PluginInfo {
     /// Services it may use when present.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub optional_requires: Vec<String>,
-    /// The manifest file.
+    /// The manifest file; for a plugin an entry point describes, its distribution's metadata
+    /// directory (`…/site-packages/tiny_plugin-1.2.3.dist-info`).
     pub manifest: PathBuf,
+    /// Where the plugin was described, for people: the manifest file, or
+    /// `entry point NAME (DIST==VERSION in PYTHON)`.
+    pub source: String,
+    /// The installed Python package's entry point that describes it (`serve --python`):
+    /// `{name, value, dist, dist_version, python, error?}`; `null` for a manifest's plugin.
+    pub entry_point: Option<crate::source::EntryPoint>,
     /// The manifest's `[sandbox]`, when it has one: `{filesystem, network, syscalls, read,
     /// write, memory_mib, pids, user, cpu_seconds, allow_degraded}`. A worker that cannot get
     /// it does not start (unless `allow_degraded`).
@@ -81,7 +88,8 @@ pub struct PluginInfo {
     /// load could not start the worker. `null` otherwise.
     pub last_error: Option<String>,
     /// Things worth knowing that do not stop it, e.g. a worker reporting another version than
-    /// its manifest declares. Empty when none.
+    /// its manifest declares, or an entry point of the same name its manifest overrides.
+    /// Empty when none.
     pub warnings: Vec<String>,
 }
 

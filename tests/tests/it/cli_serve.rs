@@ -11,12 +11,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// A running `plugvisor serve`, its address and the rest of its stderr.
-struct Served {
+/// A running `plugvisor serve`, its address and the rest of its stderr (also used by
+/// `entry_points`).
+pub(crate) struct Served {
     server: Child,
     addr: std::net::SocketAddr,
     /// The start-up line (the one naming the URL).
-    banner: String,
+    pub(crate) banner: String,
     stderr: Arc<Mutex<String>>,
     workers: Vec<u32>,
 }
@@ -24,7 +25,7 @@ struct Served {
 impl Served {
     /// Starts `plugvisor serve` with `args` (listening on a free loopback port) and waits for
     /// its start-up line; everything it printed before that line is kept in `stderr` too.
-    fn start(args: &[&str], env: &[(&str, &str)], run: &Path) -> Self {
+    pub(crate) fn start(args: &[&str], env: &[(&str, &str)], run: &Path) -> Self {
         let mut server = Command::new(bin("plugvisor"))
             .arg("serve")
             .args(args)
@@ -66,12 +67,12 @@ impl Served {
         }
     }
 
-    fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         Client::new(self.addr)
     }
 
     /// SIGTERM, a clean exit, and no worker left.
-    async fn stop(mut self) -> String {
+    pub(crate) async fn stop(mut self) -> String {
         let pid = nix::unistd::Pid::from_raw(self.server.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         let status = self.server.wait().unwrap();
@@ -84,6 +85,17 @@ impl Served {
         assert!(gone, "workers outlived the server: {workers:?}");
         let log = self.stderr.lock().unwrap().clone();
         log
+    }
+}
+
+/// A test that fails before [`Served::stop`] must not leave its server (and so its workers,
+/// which die with their host) running: it is SIGKILLed, by its handle, and reaped.
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.server.try_wait() {
+            let _ = self.server.kill();
+            let _ = self.server.wait();
+        }
     }
 }
 

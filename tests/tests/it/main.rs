@@ -20,6 +20,7 @@ mod cli;
 mod cli_manage;
 mod cli_serve;
 mod conformance;
+mod entry_points;
 mod faults;
 mod hooks;
 mod manager;

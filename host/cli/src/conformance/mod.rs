@@ -222,6 +222,7 @@ fn read_manifest(file: &Path) -> anyhow::Result<Discovered> {
     Ok(Discovered {
         manifest,
         file: file.to_path_buf(),
+        entry_point: None,
     })
 }
 

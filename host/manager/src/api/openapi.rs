@@ -419,6 +419,20 @@ fn hook_info_schema() -> Value {
     })
 }
 
+/// `PluginInfo.source` and `PluginInfo.entry_point` (apart: one `json!` of all of
+/// `PluginInfo` would pass the macro's recursion limit).
+fn source_schemas() -> [(&'static str, Value); 2] {
+    let source = json!({"type": "string", "description": "Where it was described, for people: the manifest file, or `entry point NAME (DIST==VERSION in PYTHON)`"});
+    [("source", source), ("entry_point", entry_point_schema())]
+}
+
+/// `PluginInfo.entry_point`.
+fn entry_point_schema() -> Value {
+    json!({"description": "The installed Python package's entry point (group plugvisor.plugins) that describes it (serve --python); null for a manifest's plugin", "oneOf": [{"type": "null"}, {
+        "type": "object", "required": ["name", "value", "dist", "dist_version", "python"],
+        "properties": {"name": {"type": "string"}, "value": {"type": "string"}, "dist": {"type": "string"}, "dist_version": {"type": "string"}, "python": {"type": "string"}, "error": {"type": "string", "description": "Why it cannot run (absent when it can)"}}}]})
+}
+
 /// `PluginInfo.workers` (apart, for the same reason as [`hook_info_schema`]).
 fn workers_schema() -> Value {
     json!({
@@ -454,7 +468,7 @@ fn info_schemas() -> Value {
                 "provides": {"type": "array", "items": {"type": "string"}},
                 "requires": {"type": "array", "items": {"type": "string"}},
                 "optional_requires": {"type": "array", "items": {"type": "string"}, "description": "Services it calls when present (absent when empty)"},
-                "manifest": {"type": "string"},
+                "manifest": {"type": "string", "description": "The manifest file; for a plugin an entry point describes, its distribution's metadata directory"},
                 "sandbox": {"type": ["object", "null"], "description": "The manifest's [sandbox] table (filesystem, network, syscalls, read, write, memory_mib, pids, user, cpu_seconds, allow_degraded), or null when the plugin runs unsandboxed"},
                 "enforced": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/Enforced"}], "description": "What the running worker's sandbox really enforces; null when no sandboxed worker is up"},
                 "calls_total": {"type": "integer", "description": "Calls (execute, streams, route requests) since the server started"},
@@ -474,7 +488,7 @@ fn info_schemas() -> Value {
                     "properties": {"mount_point": {"enum": ["sidebar", "toolbar", "main"]}, "url": {"type": "string"}}}]},
                 "tasks": {"type": "array", "description": "Its scheduled tasks and their last runs", "items": {"$ref": "#/components/schemas/TaskInfo"}},
                 "hooks": hook_info_schema(),
-                "warnings": {"type": "array", "description": "Things worth knowing that do not stop it, e.g. a worker reporting another version than its manifest declares", "items": {"type": "string"}}
+                "warnings": {"type": "array", "description": "Things worth knowing that do not stop it, e.g. a worker reporting another version than its manifest declares, or an entry point of the same name its manifest overrides", "items": {"type": "string"}}
             }
         },
         "TaskInfo": {
@@ -539,6 +553,9 @@ fn info_schemas() -> Value {
     properties["replicas"] =
         json!({"type": "integer", "description": "Workers the manifest asks for (`replicas`)"});
     properties["workers"] = workers_schema();
+    for (key, schema) in source_schemas() {
+        properties[key] = schema;
+    }
     schemas
 }
 
