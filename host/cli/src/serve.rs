@@ -194,6 +194,7 @@ fn api_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {
+    use std::io::Write;
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut term) = signal(SignalKind::terminate()) else {
         return;
@@ -202,6 +203,8 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    eprintln!("plugvisor: stopping");
+    // Cancel first, and never panic on a closed stderr (eprintln! would, and the server would
+    // then never stop): a supervisor that closed our stderr still gets a clean stop.
     shutdown.cancel();
+    let _ = writeln!(std::io::stderr(), "plugvisor: stopping");
 }

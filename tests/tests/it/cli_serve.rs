@@ -643,3 +643,47 @@ fn one_order_is_followed_across_processes_by_its_trace_id() {
         );
     })
 }
+
+/// A server whose stderr reader went away (the process that started it exited) still stops on
+/// SIGTERM: the signal task wrote "stopping" with `eprintln!`, which panics on a closed pipe,
+/// so the server ran on until SIGKILL.
+#[test]
+fn serve_stops_on_sigterm_after_its_stderr_is_closed() {
+    serially(async {
+        let (run, dir) = (tempdir(), tempdir());
+        write(dir.path(), "echo", &manifest("echo", "echo", ""));
+        let mut server = Command::new(bin("plugvisor"))
+            .args(["serve", "--plugins", dir.path().to_str().unwrap()])
+            .args(["--listen", "127.0.0.1:0"])
+            .env("PLUGVISOR_RUNTIME_DIR", run.path())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut reader = BufReader::new(server.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("http://") {
+            line.clear();
+            assert_ne!(reader.read_line(&mut line).unwrap(), 0, "serve ended early");
+        }
+        let workers = children_of(server.id());
+        assert!(!workers.is_empty(), "echo's worker runs");
+        drop(reader);
+        let pid = nix::unistd::Pid::from_raw(server.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let stopped = eventually(Duration::from_secs(10), || {
+            server.try_wait().ok().flatten().is_some()
+        })
+        .await;
+        if !stopped {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        assert!(stopped, "serve ignored SIGTERM once its stderr was closed");
+        let gone = eventually(Duration::from_secs(3), || {
+            workers.iter().all(|p| process_state(*p).is_none())
+        })
+        .await;
+        assert!(gone, "workers outlived the server: {workers:?}");
+    })
+}
