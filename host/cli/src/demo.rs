@@ -75,9 +75,40 @@ async fn tour(
     sandboxed_intruder(host, dir).await?;
     confined_intruder(host, dir, scratch).await?;
     crate::demo_python::hello(scratch, say).await?;
+    conformance(dir, scratch).await?;
     let files_worker = worker_binary("files", dir)?;
     let worker_dir = files_worker.parent().unwrap_or(Path::new("."));
     crate::demo_api::rest_files(scratch, worker_dir, say).await
+}
+
+/// The conformance kit on the echo worker: every rule of docs/PROTOCOL.md it can check.
+async fn conformance(dir: Option<&Path>, scratch: &Path) -> anyhow::Result<()> {
+    let program = worker_binary("echo", dir)?;
+    let base = scratch.join("conformance");
+    std::fs::create_dir_all(&base)?;
+    let started = std::time::Instant::now();
+    let report = crate::conformance::verify_command(&[program.into_os_string()], &base).await?;
+    let took = started.elapsed().as_secs_f64() * 1e3;
+    let count = |key: &str| report[key].as_u64().unwrap_or_default();
+    anyhow::ensure!(
+        count("failed") == 0,
+        "echo failed the conformance kit: {report}"
+    );
+    let alive: Vec<u64> = report["pids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_u64)
+        .filter(|p| is_alive(*p as u32))
+        .collect();
+    anyhow::ensure!(alive.is_empty(), "conformance workers {alive:?} still run");
+    say(&format!(
+        "conformance: echo-worker passed {} checks of docs/PROTOCOL.md ({} skipped, each with \
+         its reason; 0 failed) in {took:.0} ms: plugvisor conformance -- <any worker>",
+        count("passed"),
+        count("skipped")
+    ));
+    Ok(())
 }
 
 /// The same hostile attempts, from an unsandboxed and a sandboxed intruder.

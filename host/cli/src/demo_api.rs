@@ -1,8 +1,9 @@
 //! The demo's REST step: `plugvisor serve`'s API in-process, a file uploaded, gzipped by a
 //! plugin and downloaded, the requests the API refuses (a host path, a foreign web page),
 //! plugin routes, a middleware (guard) in front of one, the status page with the bundled
-//! UI plugin's panel, a scheduled task, the host events echo subscribed to (hooks), and a
-//! service call between plugins (checkout → pricing).
+//! UI plugin's panel, a scheduled task, the host events echo subscribed to (hooks), a
+//! service call between plugins (checkout → pricing) followed by its W3C trace, and a pool of
+//! three replicas.
 
 use crate::client::ApiClient;
 use anyhow::{ensure, Context};
@@ -23,12 +24,14 @@ pub(crate) async fn rest_files(
 ) -> anyhow::Result<()> {
     let manifests = scratch.join("manifests");
     std::fs::create_dir_all(&manifests)?;
-    for name in ["files", "echo", "ticker", "pricing", "checkout"] {
-        let command = worker_dir.join(format!("{name}-worker"));
+    for name in ["files", "echo", "ticker", "pricing", "checkout", "pool"] {
+        let worker = if name == "pool" { "chaos" } else { name };
+        let command = worker_dir.join(format!("{worker}-worker"));
         let hooks = match name {
             "echo" => ECHO_HOOKS,
             "pricing" => "provides = [\"pricing\"]\n",
             "checkout" => "requires = [\"pricing\"]\n",
+            "pool" => "replicas = 3\n",
             _ => "",
         };
         let manifest = format!(
@@ -99,6 +102,8 @@ async fn serve_and_use(
     let routed = plugin_routes(&client, &say).await;
     let methods = named_methods(&client, &say).await;
     let served = services(&client, &say).await;
+    let traced = traced(&client, &say).await;
+    let pooled = pool(&client, &say).await;
     let guarded = middleware(&client, &say).await;
     let page = status_page(&client, panel, &say).await;
     let ticked = scheduled(manager, &say).await;
@@ -109,6 +114,8 @@ async fn serve_and_use(
         .and(routed)
         .and(methods)
         .and(served)
+        .and(traced)
+        .and(pooled)
         .and(guarded)
         .and(page)
         .and(ticked)
@@ -225,6 +232,83 @@ async fn services(client: &ApiClient, say: &impl Fn(&str)) -> anyhow::Result<()>
         "services: checkout called the pricing service through the host for each of \
          {lines} lines → {} cents in {took:.1} ms",
         priced["output"]["total_cents"]
+    ));
+    Ok(())
+}
+
+/// The W3C trace an API request runs in: the client's `traceparent` is continued (the answer
+/// names it in `traceresponse`) down to checkout and the pricing service it calls.
+async fn traced(client: &ApiClient, say: &impl Fn(&str)) -> anyhow::Result<()> {
+    const THEIRS: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let order = json!({"plugin_id": "checkout", "input": {"items": [{"sku": "tea"}]}});
+    let body = Bytes::from(serde_json::to_vec(&order)?);
+    let headers = [
+        ("content-type", "application/json"),
+        ("traceparent", THEIRS),
+    ];
+    let answer = client
+        .send_raw(Method::POST, "/api/plugins/execute", body, &headers)
+        .await?;
+    let status = answer.status();
+    let back = answer
+        .headers()
+        .get("traceresponse")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(status.is_success(), "the traced order answered {status}");
+    ensure!(
+        back.starts_with(&THEIRS[..36]) && back != THEIRS,
+        "traceresponse {back:?}"
+    );
+    say(&format!(
+        "trace: an order sent with traceparent {}… ran in that trace, in a span of the \
+         host's (traceresponse {back}); checkout's and pricing's log lines carry \
+         trace_id=4bf92f35… (PLUGVISOR_LOG=info)",
+        &THEIRS[..20]
+    ));
+    Ok(())
+}
+
+/// A pool of three chaos workers: three calls at once land on three processes, and a crash
+/// on one replica fails only the call on it.
+async fn pool(client: &ApiClient, say: &impl Fn(&str)) -> anyhow::Result<()> {
+    let call = |input: Value| async move {
+        let body = json!({"plugin_id": "pool", "input": input});
+        client
+            .json(Method::POST, "/api/plugins/execute", Some(&body))
+            .await
+    };
+    let sleep = || call(json!({"fault": "sleep", "ms": 300}));
+    let started = Instant::now();
+    let answers = futures_util::future::join_all([sleep(), sleep(), sleep()]).await;
+    let took = started.elapsed().as_secs_f64() * 1e3;
+    let mut pids = Vec::new();
+    for answer in answers {
+        pids.push(answer?["output"]["pid"].as_u64().unwrap_or_default());
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    ensure!(pids.len() == 3, "the pool's calls ran on {pids:?}");
+    let crash = async {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        call(json!({"fault": "abort"})).await
+    };
+    let (beside, crashed) = tokio::join!(futures_util::future::join_all([sleep(), sleep()]), crash);
+    let crashed = crashed.err().map(|e| e.to_string()).unwrap_or_default();
+    ensure!(
+        crashed.contains("worker_crashed") || crashed.contains("crashed"),
+        "{crashed}"
+    );
+    let survived = beside.into_iter().filter(Result::is_ok).count();
+    ensure!(
+        survived == 2,
+        "{survived} of the 2 calls beside the crash were answered"
+    );
+    say(&format!(
+        "pool: chaos with replicas = 3 took 3 calls of 300 ms at once on 3 processes \
+         ({pids:?}) in {took:.0} ms; an abort on one replica failed only its own call, \
+         the 2 calls beside it were answered"
     ));
     Ok(())
 }

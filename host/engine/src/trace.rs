@@ -21,6 +21,12 @@ fn random_span() -> u64 {
     uuid::Uuid::new_v4().as_u64_pair().1.max(1)
 }
 
+/// The span this process opens in `parent`'s trace: the same trace and flags, a new random
+/// parent id (what a server answers in `traceresponse` and makes its requests under).
+pub fn child_span(parent: TraceParent) -> TraceParent {
+    parent.child(random_span())
+}
+
 /// Runs `future` inside `trace`: every worker request it makes carries a child of it.
 pub async fn with_trace<F: Future>(trace: TraceParent, future: F) -> F::Output {
     TRACE.scope(trace, future).await

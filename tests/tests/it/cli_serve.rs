@@ -612,6 +612,8 @@ fn one_order_is_followed_across_processes_by_its_trace_id() {
             .to_owned();
         assert!(answered.starts_with(&format!("00-{theirs}-")), "{answered}");
         assert!(answered.ends_with("-01"), "{answered}");
+        // In a span of the server's own, not the client's.
+        assert!(!answered.contains("-00f067aa0ba902b7-"), "{answered}");
         // Without a traceparent the request runs in a trace of its own, named in the answer.
         let fresh = served.client().post("/api/plugins/execute", &order).await;
         assert_eq!(fresh.status, 200, "{}", fresh.text());

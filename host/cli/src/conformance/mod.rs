@@ -78,12 +78,7 @@ pub(crate) async fn run(args: ConformanceArgs) -> anyhow::Result<ExitCode> {
     if let Some(config) = json_arg("--config", args.config.as_deref())? {
         inputs.config = Some(config);
     }
-    let schemas = Schemas::new()?;
-    let mut report = Report::default();
-    main_session(&target, &schemas, &inputs, &mut report).await?;
-    lifecycle::other_triggers(&target, &mut report).await;
-    lifecycle::usage(&target, &mut report).await;
-    not_checked(&mut report);
+    let report = verify(&target, &inputs).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);
     } else {
@@ -94,6 +89,34 @@ pub(crate) async fn run(args: ConformanceArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Every check, on the workers `target` starts.
+///
+/// # Errors
+/// The kit itself cannot run (its schemas, a worker that cannot be set up).
+async fn verify(target: &Target, inputs: &Inputs) -> anyhow::Result<Report> {
+    let schemas = Schemas::new()?;
+    let mut report = Report::default();
+    main_session(target, &schemas, inputs, &mut report).await?;
+    lifecycle::other_triggers(target, &mut report).await;
+    lifecycle::usage(target, &mut report).await;
+    not_checked(&mut report);
+    Ok(report)
+}
+
+/// The kit on the worker `command` starts, with default inputs and private directories
+/// under `base` (for the demo): the report as `--json` prints it.
+///
+/// # Errors
+/// As [`verify`].
+pub(crate) async fn verify_command(command: &[OsString], base: &Path) -> anyhow::Result<Value> {
+    let target = Target {
+        spec: launch::spec_of(command, Duration::from_secs(10), basics::KIT_MAX_BODY),
+        base: base.to_path_buf(),
+        timeout: Duration::from_secs(5),
+    };
+    Ok(verify(&target, &Inputs::default()).await?.to_json())
 }
 
 /// One worker through every check that needs a live one, ending with `POST /v1/shutdown`.

@@ -95,15 +95,15 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, peer: SocketAd
     reply
 }
 
-/// The trace a request runs in: the client's `traceparent` when it sent a valid one, else a
-/// new trace.
+/// The span a request runs in: a child of the client's `traceparent` when it sent a valid
+/// one, else a new trace.
 fn trace_of(parts: &Parts) -> TraceParent {
     parts
         .headers
         .get(TRACEPARENT_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(TraceParent::parse)
-        .unwrap_or_else(plugvisor_host::new_trace)
+        .map_or_else(plugvisor_host::new_trace, plugvisor_host::child_span)
 }
 
 async fn route(
