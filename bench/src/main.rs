@@ -156,6 +156,10 @@ async fn run(cli: &Cli) -> Result<Report> {
         let one = step("P20", scenario::python::python(&ctx)).await;
         outcomes.push(one_or_error(one, "P20"));
     }
+    if wants(&["P21"]) {
+        let one = step("P21", scenario::pools::cpu(&ctx)).await;
+        outcomes.push(one_or_error(one, "P21"));
+    }
     if wants(&["P16"]) {
         let one = step("P16", scenario::routes::streaming(&ctx)).await;
         outcomes.push(one_or_error(one, "P16"));

@@ -10,6 +10,7 @@
 //! - `middleware`: P17 (what one middleware adds to a request, vs one plugin call).
 //! - `tasks`: P18 (how late scheduled task runs start, idle and under call load).
 //! - `python`: P20 (the Python SDK's worker vs cjm-plugin-system's proxy and worker).
+//! - `pools`: P21 (a CPU-bound Python plugin with two replicas vs one worker).
 //! - `escape`: P14, the escape table (hostile attempts, unsandboxed vs sandboxed).
 
 pub mod calls;
@@ -17,6 +18,7 @@ pub mod escape;
 pub mod files;
 pub mod lifecycle;
 pub mod middleware;
+pub mod pools;
 pub mod python;
 pub mod routes;
 pub mod sandbox;
