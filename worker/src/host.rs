@@ -40,7 +40,7 @@ tokio::task_local! {
 
 /// The call context and trace of one call from the host, passed on to the service calls its
 /// plugin code makes.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Scope {
     call: Option<HeaderValue>,
     trace: Option<TraceParent>,

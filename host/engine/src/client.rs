@@ -166,7 +166,7 @@ impl WorkerClient {
             Some(context) => headers.insert(CALL_CONTEXT_HEADER, context.to_header()),
             None => headers.remove(CALL_CONTEXT_HEADER),
         };
-        match crate::trace::outgoing(headers.get(TRACEPARENT_HEADER)) {
+        match crate::trace::outgoing(headers) {
             Some(trace) => headers.insert(TRACEPARENT_HEADER, trace),
             None => headers.remove(TRACEPARENT_HEADER),
         };

@@ -107,6 +107,6 @@ pub use supervisor::{
     BackoffConfig, CallOptions, HealthConfig, RestartPolicy, Supervisor, SupervisorConfig,
     WorkerState,
 };
-pub use trace::{child_span, current_trace, new_trace, with_trace};
+pub use trace::{child_span, current_trace, new_trace, traceparent_of, with_trace};
 pub use transfer::{OutputFile, StagedFile};
 pub use worker::{CallOutput, OutputStream};

@@ -3,6 +3,7 @@
 //! header that is a child of that trace (`docs/PROTOCOL.md`, "Trace context").
 
 use http::HeaderValue;
+use plugvisor_proto::wire::trace::TRACEPARENT_HEADER;
 use plugvisor_proto::wire::TraceParent;
 use std::future::Future;
 
@@ -37,14 +38,20 @@ pub fn current_trace() -> Option<TraceParent> {
     TRACE.try_with(|t| *t).ok()
 }
 
-/// The `traceparent` a worker request carries: a child of the running task's trace, else a
-/// child of the valid one the request already has (a forwarded request), else none.
-pub(crate) fn outgoing(existing: Option<&HeaderValue>) -> Option<HeaderValue> {
-    let parent = current_trace().or_else(|| {
-        existing
-            .and_then(|v| v.to_str().ok())
-            .and_then(TraceParent::parse)
-    })?;
+/// The valid W3C `traceparent` among `headers`, if there is one (an invalid one counts as
+/// none, as the W3C rules say).
+pub fn traceparent_of(headers: &http::HeaderMap) -> Option<TraceParent> {
+    headers
+        .get(TRACEPARENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
+}
+
+/// The `traceparent` a worker request with `headers` carries: a child of the running task's
+/// trace, else a child of the valid one the request already has (a forwarded request), else
+/// none.
+pub(crate) fn outgoing(headers: &http::HeaderMap) -> Option<HeaderValue> {
+    let parent = current_trace().or_else(|| traceparent_of(headers))?;
     HeaderValue::try_from(parent.child(random_span()).to_string()).ok()
 }
 
@@ -54,9 +61,10 @@ mod tests {
 
     #[tokio::test]
     async fn requests_inside_a_trace_carry_a_child_of_it() {
-        assert_eq!(outgoing(None), None);
+        let none = http::HeaderMap::new();
+        assert_eq!(outgoing(&none), None);
         let trace = new_trace();
-        let sent = with_trace(trace, async { outgoing(None) }).await.unwrap();
+        let sent = with_trace(trace, async { outgoing(&none) }).await.unwrap();
         let sent = TraceParent::parse(sent.to_str().unwrap()).unwrap();
         assert_eq!(sent.trace_id, trace.trace_id);
         assert_ne!(sent.parent_id, trace.parent_id);
@@ -66,11 +74,16 @@ mod tests {
     #[test]
     fn a_forwarded_valid_header_is_continued_and_garbage_is_dropped() {
         let theirs = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let sent = outgoing(Some(&HeaderValue::from_static(theirs))).unwrap();
+        let with = |value: &'static str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(TRACEPARENT_HEADER, HeaderValue::from_static(value));
+            headers
+        };
+        let sent = outgoing(&with(theirs)).unwrap();
         let sent = TraceParent::parse(sent.to_str().unwrap()).unwrap();
         assert_eq!(sent.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(sent.flags, 1);
-        assert_eq!(outgoing(Some(&HeaderValue::from_static("nope"))), None);
+        assert_eq!(outgoing(&with("nope")), None);
     }
 
     #[test]

@@ -185,10 +185,7 @@ impl Supervisor {
         let inner = Arc::new(Inner {
             label: spec.label(),
             identity: OnceLock::new(),
-            // tokio panics above MAX_PERMITS; no real limit comes near it.
-            permits: Arc::new(Semaphore::new(
-                config.max_concurrent.clamp(1, Semaphore::MAX_PERMITS),
-            )),
+            permits: Arc::new(Semaphore::new(call_slots(&config))),
             spec,
             config,
             host,
@@ -267,11 +264,7 @@ impl Supervisor {
     /// How busy it is, for a [`crate::Pool`] choosing a replica: call slots taken (calls,
     /// streams and route requests in flight) plus calls queued for one.
     pub fn load(&self) -> usize {
-        let slots = self
-            .inner
-            .config
-            .max_concurrent
-            .clamp(1, Semaphore::MAX_PERMITS);
+        let slots = call_slots(&self.inner.config);
         let taken = slots.saturating_sub(self.inner.permits.available_permits());
         taken + self.inner.queued.load(std::sync::atomic::Ordering::Acquire)
     }
@@ -340,6 +333,12 @@ impl Supervisor {
         let mut rx = self.inner.done.subscribe();
         let _ = rx.wait_for(|done| *done).await;
     }
+}
+
+/// The call slots a supervisor has: `max_concurrent`, at least one, and at most what tokio's
+/// semaphore holds (it panics above `MAX_PERMITS`; no real limit comes near it).
+fn call_slots(config: &SupervisorConfig) -> usize {
+    config.max_concurrent.clamp(1, Semaphore::MAX_PERMITS)
 }
 
 #[cfg(test)]

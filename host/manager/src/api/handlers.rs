@@ -17,7 +17,7 @@ use http::{Request, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use plugvisor_host::CallOptions;
-use plugvisor_proto::wire::trace::{TRACEPARENT_HEADER, TRACERESPONSE_HEADER};
+use plugvisor_proto::wire::trace::TRACERESPONSE_HEADER;
 use plugvisor_proto::wire::{TraceParent, DEFAULT_METHOD};
 use plugvisor_proto::Value;
 use serde::Deserialize;
@@ -98,11 +98,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, peer: SocketAd
 /// The span a request runs in: a child of the client's `traceparent` when it sent a valid
 /// one, else a new trace.
 fn trace_of(parts: &Parts) -> TraceParent {
-    parts
-        .headers
-        .get(TRACEPARENT_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse)
+    plugvisor_host::traceparent_of(&parts.headers)
         .map_or_else(plugvisor_host::new_trace, plugvisor_host::child_span)
 }
 

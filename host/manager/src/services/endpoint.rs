@@ -19,9 +19,8 @@ use hyper_util::rt::TokioIo;
 use plugvisor_host::{with_call_context, with_trace, CallContext, PluginError};
 use plugvisor_proto::file_ref::contains_file_refs;
 use plugvisor_proto::wire::services::{CALL_CONTEXT_HEADER, SERVICES_PREFIX, STREAM_SUFFIX};
-use plugvisor_proto::wire::trace::TRACEPARENT_HEADER;
 use plugvisor_proto::wire::{
-    ErrorBody, ExecuteResponse, ServiceCall, StreamFrame, TraceParent, DEFAULT_MAX_BODY, NDJSON,
+    ErrorBody, ExecuteResponse, ServiceCall, StreamFrame, DEFAULT_MAX_BODY, NDJSON,
 };
 use plugvisor_proto::{ErrorKind, Value, WireError};
 use serde::Serialize;
@@ -107,12 +106,8 @@ async fn serve_connection(stream: tokio::net::UnixStream, shared: Arc<Shared>) {
 /// One request inside its trace (the caller's `traceparent`, else a new trace), so the
 /// provider's call continues it.
 async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
-    let trace = req
-        .headers()
-        .get(TRACEPARENT_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse)
-        .unwrap_or_else(plugvisor_host::new_trace);
+    let trace =
+        plugvisor_host::traceparent_of(req.headers()).unwrap_or_else(plugvisor_host::new_trace);
     let span = tracing::info_span!("service", trace_id = %trace.trace_id_hex());
     let answer = with_trace(trace, answer(shared, req));
     tracing::Instrument::instrument(answer, span).await

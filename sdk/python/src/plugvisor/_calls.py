@@ -109,6 +109,17 @@ class Call:
             _safely(callback)
 
 
+#: The header the host sets on a call made on behalf of another plugin (host service calls).
+CALL_CONTEXT_HEADER = "x-plugvisor-call"
+#: The W3C trace context header.
+TRACEPARENT_HEADER = "traceparent"
+
+
+def call_for(head: Any) -> Call:
+    """The `Call` a request head starts: the host's call context and trace it carries."""
+    return Call(head.header(CALL_CONTEXT_HEADER), head.header(TRACEPARENT_HEADER))
+
+
 def traceparent(value: Optional[str]) -> Optional[str]:
     """`value` when it is a ``traceparent`` by the W3C rules (lowercase hex, version ``00``
     exactly 55 characters, a later one longer with ``-`` after the flags, never ``ff``, no

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Generator, List, Optional, Tuple
 
 from . import _wire as wire
-from ._calls import Call, child_traceparent, current_call
+from ._calls import CALL_CONTEXT_HEADER, TRACEPARENT_HEADER, Call, child_traceparent, current_call
 from ._errors import (
     Cancelled,
     InvalidInput,
@@ -51,8 +51,6 @@ __all__ = [
 HOST_ADDR_ENV = "PLUGVISOR_HOST_ADDR"
 #: The bearer token naming this plugin to the host (removed from the environment once read).
 HOST_TOKEN_ENV = "PLUGVISOR_HOST_TOKEN"
-#: The header carrying the context of the call a service call is made from.
-CALL_CONTEXT_HEADER = "x-plugvisor-call"
 #: ``GET``/``POST <prefix><service>``, ``POST <prefix><service>/stream``.
 SERVICES_PREFIX = "/v1/services/"
 STREAM_SUFFIX = "/stream"
@@ -554,7 +552,7 @@ class HostClient:
         if context is not None:
             lines.append(f"{CALL_CONTEXT_HEADER}: {context}")
         if call.trace is not None:
-            lines.append(f"traceparent: {child_traceparent(call.trace)}")
+            lines.append(f"{TRACEPARENT_HEADER}: {child_traceparent(call.trace)}")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         return head + (body or b"")
 

@@ -28,7 +28,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 from . import _wire as wire
-from ._calls import Call, exit_for, is_async_callable, reset_current, set_current
+from ._calls import Call, call_for, exit_for, is_async_callable, reset_current, set_current
 from ._errors import PluginError, error_from_exception
 from ._http import MAX_HEAD, HttpError, RequestHead, answer_head, find_head_end, parse_head
 
@@ -254,7 +254,7 @@ class LaneConnection:
         """Answers one call; True to keep the connection."""
         server = self.server
         body = self._read_body(head.content_length or 0)
-        call = Call(head.header("x-plugvisor-call"), head.header("traceparent"))
+        call = call_for(head)
         try:
             request = wire.read_object(body, {"input": True})
             value = server._input(body, request["input"])

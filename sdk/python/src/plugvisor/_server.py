@@ -19,7 +19,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple
 
 from . import _wire as wire
-from ._calls import Call, Runner, is_async_callable
+from ._calls import Call, Runner, call_for, is_async_callable
 from ._errors import FileAccessDenied, PluginError, error_from_exception, own, status_of
 from ._files import MalformedFileRef, TransferDir, check_and_convert_input
 from ._http import MAX_HEAD, ChunkedDecoder, HttpError, RequestHead, answer_head, bare_answer, find_head_end, parse_head
@@ -44,9 +44,6 @@ _READ_HIGH_WATER = 1 << 20
 #: Headers a route answer may not set: the worker frames the answer itself.
 _FRAMING = {"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer"}
 _JSON = [("content-type", "application/json")]
-#: The header the host sets on a call made on behalf of another plugin (host service calls).
-CALL_CONTEXT_HEADER = "x-plugvisor-call"
-TRACEPARENT_HEADER = "traceparent"
 
 
 class StartError(Exception):
@@ -530,7 +527,7 @@ class Server:
         value = self._input(body, request["input"])
         end = self.counters.start()
         try:
-            output = await self._call(self.plugin.execute, value, call=_call_for(head))
+            output = await self._call(self.plugin.execute, value, call=call_for(head))
         finally:
             end()
         return json_reply(200, {"output": output})
@@ -547,7 +544,7 @@ class Server:
         value = self._input(body, request["input"])
         end = self.counters.start()
         try:
-            output = await self._call(fn, value, call=_call_for(head))
+            output = await self._call(fn, value, call=call_for(head))
         finally:
             end()
         return json_reply(200, {"output": output})
@@ -558,7 +555,7 @@ class Server:
         body, request = await self._request(conn, {"input": True})
         value = self._input(body, request["input"])
         end = self.counters.start()
-        call = _call_for(head)
+        call = call_for(head)
         from ._stream import Pump
 
         pump: Optional[Pump] = None
@@ -723,7 +720,7 @@ class Server:
             RouteBody(self.loop, conn.body_chunk),
         )
         end = self.counters.start()
-        call = _call_for(head)
+        call = call_for(head)
         try:
             answer = route_answer(await self._call(handler, request, call=call))
             await conn.send_route_answer(answer, call, head.method == "HEAD")
@@ -765,11 +762,6 @@ def _quiet(task: "asyncio.Task[Any]") -> None:
     """Consumes the result of a task nobody awaits (a failed adoption closes the socket)."""
     if not task.cancelled() and task.exception() is not None:
         _log.debug("adopting a call connection failed: %s", task.exception())
-
-
-def _call_for(head: RequestHead) -> Call:
-    """The `Call` a request starts, carrying the host's call-context header."""
-    return Call(head.header(CALL_CONTEXT_HEADER), head.header(TRACEPARENT_HEADER))
 
 
 def _wrong_method(path: str, allowed: str, method: str) -> PluginError:
