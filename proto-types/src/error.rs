@@ -326,6 +326,10 @@ pub enum ExitReason {
     },
     /// The exit could not be observed (it was reaped elsewhere or is still pending).
     Unknown,
+    /// A remote worker: the host lost its connection and cannot see how (or whether) it
+    /// ended; what it can know instead (the address, the connection error, when the worker
+    /// last answered).
+    Disconnected(String),
 }
 
 impl fmt::Display for ExitReason {
@@ -344,6 +348,7 @@ impl fmt::Display for ExitReason {
                 Ok(())
             }
             Self::Unknown => write!(f, "exit status unknown"),
+            Self::Disconnected(what) => write!(f, "connection lost ({what})"),
         }
     }
 }
@@ -372,6 +377,9 @@ pub enum CrashCause {
     Signal,
     /// It exited on its own with a status code.
     Exit,
+    /// A remote worker's connection was lost or it stopped answering: how it ended (if it
+    /// did) is not known to the host; [`ExitReason::Disconnected`] says what is.
+    ConnectionLost,
     /// Not known.
     #[default]
     Unknown,
@@ -393,6 +401,7 @@ impl CrashCause {
                 _ => Self::Signal,
             },
             ExitReason::Unknown => Self::Unknown,
+            ExitReason::Disconnected(_) => Self::ConnectionLost,
         }
     }
 }
@@ -410,7 +419,7 @@ pub struct CrashReport {
     /// Why, as far as it can be told.
     #[serde(default)]
     pub cause: CrashCause,
-    /// The last lines the worker wrote to stderr, oldest first.
+    /// The last lines the worker wrote to stderr, oldest first (none for a remote worker).
     pub stderr_tail: Vec<String>,
 }
 

@@ -45,6 +45,10 @@ pub const NDJSON: &str = "application/x-ndjson";
 pub mod routes {
     /// `GET`: liveness and load, answered even while plugin code is busy.
     pub const HEALTH: &str = "/v1/health";
+    /// `GET`, **without a token**: 200 `{"status":"pass"}` while the worker serves, 503
+    /// `{"status":"fail"}` once its shutdown began. For orchestrators' readiness and liveness
+    /// probes (Kubernetes), which cannot hold the token; it says nothing else.
+    pub const PROBE: &str = "/v1/probe";
     /// `GET`: name, version, protocol, schema, capabilities.
     pub const INFO: &str = "/v1/info";
     /// `POST`: initialize or re-configure.

@@ -322,4 +322,5 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
     check()
 }
 pub mod http;
+pub mod remote;
 pub mod webdriver;

@@ -37,6 +37,15 @@ pub(crate) struct Args {
     /// The only directory file references may point into.
     #[arg(long, value_name = "DIR", env = TRANSFER_DIR_ENV)]
     transfer_dir: Option<PathBuf>,
+    /// Serve TLS with this PEM certificate chain (needs --listen tcp://… and --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by the CA in this PEM file (mutual TLS).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// Largest request body in bytes.
     #[arg(long, value_name = "BYTES", env = MAX_BODY_ENV, default_value_t = DEFAULT_MAX_BODY)]
     max_body: u64,
@@ -65,6 +74,15 @@ impl Args {
         let mut options = ServeOptions::new(read_token(self.token_file)?);
         options.transfer_dir = self.transfer_dir;
         options.max_body = self.max_body;
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            if !matches!(listen, ListenAddr::Tcp(_)) {
+                return Err(WorkerError::Tls(
+                    "--tls-cert needs --listen tcp://HOST:PORT".into(),
+                ));
+            }
+            let client_ca = self.tls_client_ca.as_deref();
+            options.tls = Some(crate::TlsServer::from_pem_files(cert, key, client_ca)?);
+        }
         Ok(Some(WorkerConfig {
             listen,
             options,

@@ -22,6 +22,9 @@ pub enum WorkerError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The TLS certificate, key or client CA could not be loaded or do not fit together.
+    #[error("TLS setup: {0}")]
+    Tls(String),
     /// No token was given, or the token is empty.
     #[error("no token: {0}")]
     MissingToken(String),

@@ -48,6 +48,15 @@ pub(crate) fn health<P>(shared: &Shared<P>) -> Handled {
     ))
 }
 
+/// `GET /v1/probe` (no token): pass while serving, fail (503) once shutdown began.
+pub(crate) fn probe(stopping: bool) -> Reply {
+    let (status, word) = match stopping {
+        false => (StatusCode::OK, "pass"),
+        true => (StatusCode::SERVICE_UNAVAILABLE, "fail"),
+    };
+    reply::json(status, &json!({ "status": word }))
+}
+
 /// `GET /v1/info`: identity, protocol, schema, capabilities.
 pub(crate) fn info<P: Plugin>(shared: &Shared<P>) -> Handled {
     let plugin = &*shared.plugin;
@@ -450,6 +459,7 @@ mod tests {
             counters: Arc::new(Counters::default()),
             cleaned: AtomicBool::new(false),
             exec: None,
+            tls: None,
             routes: None,
             route_specs: Vec::new(),
             middleware: None,

@@ -69,6 +69,7 @@ mod routes;
 mod run;
 mod server;
 mod state;
+mod tls;
 mod transfer;
 mod unwind;
 mod watch;
@@ -87,6 +88,7 @@ pub use options::{ServeOptions, DEFAULT_CLEANUP_TIMEOUT, DEFAULT_GRACE};
 pub use routes::{RouteBody, RouteRequest, RouteResponse, Routes};
 pub use run::{run, run_routed};
 pub use server::{serve, serve_routed};
+pub use tls::TlsServer;
 pub use tokio_util::sync::CancellationToken;
 
 /// The schemars crate [`Settings`] uses, for `#[derive(JsonSchema)]` without a dependency of

@@ -33,6 +33,9 @@ pub struct ServeOptions {
     /// the serving runtime; [`crate::run`] gives it a runtime of its own so that a plugin that
     /// blocks its threads cannot stall `/v1/health`.
     pub plugin_runtime: Option<tokio::runtime::Handle>,
+    /// Serve TLS on a TCP listener (remote workers); `None` serves plain HTTP. A Unix
+    /// listener with TLS is refused.
+    pub tls: Option<crate::TlsServer>,
 }
 
 impl ServeOptions {
@@ -45,12 +48,19 @@ impl ServeOptions {
             grace: DEFAULT_GRACE,
             cleanup_timeout: DEFAULT_CLEANUP_TIMEOUT,
             plugin_runtime: None,
+            tls: None,
         }
     }
 
     /// The same options with plugin code running on `runtime`.
     pub fn with_plugin_runtime(mut self, runtime: tokio::runtime::Handle) -> Self {
         self.plugin_runtime = Some(runtime);
+        self
+    }
+
+    /// The same options serving TLS (see [`crate::TlsServer`]).
+    pub fn with_tls(mut self, tls: crate::TlsServer) -> Self {
+        self.tls = Some(tls);
         self
     }
 

@@ -63,6 +63,9 @@ pub(crate) async fn handle<P: Plugin>(
     shared: Arc<Shared<P>>,
     req: Request<Incoming>,
 ) -> Result<Reply, Infallible> {
+    if req.uri().path() == routes::PROBE && req.method() == Method::GET {
+        return Ok(early(handlers::probe(shared.shutdown.is_cancelled()), &req));
+    }
     if !authorized(&shared.expected_auth, req.headers()) {
         tracing::debug!(path = req.uri().path(), "unauthorized request");
         let err = WireError::new(ErrorKind::Unauthorized, "missing or wrong bearer token");

@@ -134,6 +134,9 @@ pub(crate) async fn serve_with<P: Plugin>(
         shared.events = Some(events);
     }
     let shared = Arc::new(shared);
+    if options.tls.is_some() && !matches!(listener, Listener::Tcp(_)) {
+        return Err(WorkerError::Tls("TLS needs a tcp:// listener".into()));
+    }
     let socket_path = listener.socket_path();
     tracing::info!(plugin = shared.plugin.name(), "serving");
     let mut connections = JoinSet::new();
@@ -177,6 +180,7 @@ fn shared_state<P: Plugin>(
         counters: Arc::new(Counters::default()),
         cleaned: AtomicBool::new(false),
         exec: options.plugin_runtime.clone(),
+        tls: options.tls.clone(),
         routes: None,
         route_specs: Vec::new(),
         middleware: None,
@@ -228,7 +232,10 @@ async fn accept<P: Plugin>(
             let (stream, peer) = listener.accept().await?;
             stream.set_nodelay(true)?;
             tracing::debug!(%peer, "tcp connection");
-            spawn_connection(stream, shared, connections);
+            match &shared.tls {
+                Some(tls) => spawn_tls(stream, tls.clone(), shared, connections),
+                None => spawn_connection(stream, shared, connections),
+            }
         }
     }
     Ok(())
@@ -246,6 +253,29 @@ where
         Some(exec) => connections.spawn(routed(stream, shared, exec)),
         None => connections.spawn(connection(stream, shared)),
     };
+}
+
+/// Spawns the task of one TLS connection: the handshake, then HTTP on the server thread
+/// (plugin work is offloaded to the plugin runtime, as on a control connection).
+fn spawn_tls<P: Plugin>(
+    stream: tokio::net::TcpStream,
+    tls: crate::TlsServer,
+    shared: &Arc<Shared<P>>,
+    connections: &mut JoinSet<()>,
+) {
+    let shared = Arc::clone(shared);
+    connections.spawn(async move {
+        let peer = stream.peer_addr().ok();
+        let handshake = tokio::select! {
+            biased;
+            () = shared.shutdown.cancelled() => return,
+            handshake = tls.accept(stream) => handshake,
+        };
+        match handshake {
+            Ok(stream) => connection(stream, shared).await,
+            Err(e) => tracing::info!(?peer, error = %e, "TLS handshake failed"),
+        }
+    });
 }
 
 /// Serves a call connection on the plugin runtime `exec` (plugin code inline, no hand-off

@@ -27,6 +27,8 @@ pub(crate) struct Shared<P> {
     pub counters: Arc<Counters>,
     /// True once `cleanup` ran and no `initialize` followed.
     pub cleaned: AtomicBool,
+    /// TLS on a TCP listener; `None`: plain HTTP.
+    pub tls: Option<crate::TlsServer>,
     /// Where plugin code runs; `None`: inline on the serving runtime.
     pub exec: Option<tokio::runtime::Handle>,
     /// The plugin's routes, when it serves any (`run_routed`).

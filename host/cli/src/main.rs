@@ -2,12 +2,14 @@
 //! a server), list, inspect and validate them, and run the demo.
 
 mod call;
+mod certs;
 mod checks;
 mod client;
 mod conformance;
 mod demo;
 mod demo_api;
 mod demo_python;
+mod demo_remote;
 mod embedded;
 mod manage;
 mod resolve;
@@ -47,6 +49,9 @@ enum Command {
     /// Check a worker (any language) against docs/PROTOCOL.md, rule by rule; non-zero exit if
     /// a check fails.
     Conformance(conformance::ConformanceArgs),
+    /// Write a private CA, a worker certificate, a client certificate and a token (PEM) for
+    /// remote workers over TLS.
+    TlsCerts(certs::CertsArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -91,6 +96,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => manage::validate(args),
         Command::Demo(args) => demo::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Conformance(args) => conformance::run(args).await,
+        Command::TlsCerts(args) => certs::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Completions { .. } => Ok(ExitCode::SUCCESS),
     }
 }

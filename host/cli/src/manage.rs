@@ -330,6 +330,9 @@ fn broken_entry_point(d: &Discovered) -> Option<String> {
 }
 
 fn missing_binary(d: &Discovered, worker_dir: &Path) -> Option<ManifestError> {
+    if d.manifest.command.trim().is_empty() {
+        return None; // It only attaches to remote workers.
+    }
     let problem = plugvisor_manager::command::resolve_command(d, worker_dir).err()?;
     Some(ManifestError {
         file: d.file.clone(),

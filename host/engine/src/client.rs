@@ -39,6 +39,9 @@ pub(crate) enum ClientError {
     /// The worker's address could not be reached.
     #[error("cannot connect to the worker")]
     Connect(#[source] std::io::Error),
+    /// The TLS handshake with a remote worker failed (its certificate, or ours).
+    #[error("TLS handshake with the worker failed")]
+    Tls(#[source] std::io::Error),
     /// The connection failed mid-request (typically: the worker died).
     #[error("connection to the worker failed")]
     Http(#[from] hyper::Error),
@@ -95,6 +98,8 @@ struct Conn {
 /// Pools of connections to one worker, with its bearer token.
 pub(crate) struct WorkerClient {
     transport: Transport,
+    /// TLS over the TCP transport (remote workers).
+    tls: Option<crate::tls::TlsClient>,
     auth: HeaderValue,
     idle: [Mutex<Vec<Conn>>; 2],
 }
@@ -123,9 +128,16 @@ impl WorkerClient {
         auth.set_sensitive(true);
         Ok(Self {
             transport,
+            tls: None,
             auth,
             idle: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
         })
+    }
+
+    /// The same client, speaking TLS over its TCP transport when `tls` is given.
+    pub(crate) fn with_tls(mut self, tls: Option<crate::tls::TlsClient>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Sends one request and returns the response head plus the lease on its connection.
@@ -223,7 +235,12 @@ impl WorkerClient {
                     .await
                     .map_err(ClientError::Connect)?;
                 stream.set_nodelay(true).map_err(ClientError::Connect)?;
-                handshake(stream).await
+                match &self.tls {
+                    Some(tls) => {
+                        handshake(tls.connect(stream).await.map_err(ClientError::Tls)?).await
+                    }
+                    None => handshake(stream).await,
+                }
             }
         }
     }

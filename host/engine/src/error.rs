@@ -101,3 +101,20 @@ fn last_line(tail: &[String]) -> String {
 pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     plugvisor_proto::ErrorChain(err).to_string()
 }
+
+/// Why an [`crate::Attach`] or a [`crate::TlsClient`] could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttachError {
+    /// The address is not `https://HOST:PORT` or `tcp://HOST:PORT`.
+    #[error("bad worker address {url:?}: {reason}")]
+    BadUrl {
+        /// The address as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A CA, certificate or key file cannot be read or used.
+    #[error("TLS: {0}")]
+    Tls(String),
+}

@@ -59,6 +59,7 @@
 //! - `stream`: the NDJSON frame decoder behind every result stream.
 //! - `side_thread`: async work for synchronous trait methods (`current_config`).
 
+mod attach;
 mod call_context;
 mod cgroup;
 mod client;
@@ -86,12 +87,15 @@ mod spec;
 mod stderr;
 mod stream;
 mod supervisor;
+mod tls;
 mod trace;
 mod transfer;
 mod worker;
 
+pub use attach::Attach;
 pub use call_context::{with_call_context, CallContext};
 pub use dirs::RUNTIME_DIR_ENV;
+pub use error::AttachError;
 pub use error::{chain as error_chain, HostError};
 pub use events::{EventBus, EventKind, HookHandle, LifecycleEvent};
 pub use host::{Host, HostConfig};
@@ -107,6 +111,7 @@ pub use supervisor::{
     BackoffConfig, CallOptions, HealthConfig, RestartPolicy, Supervisor, SupervisorConfig,
     WorkerState,
 };
+pub use tls::TlsClient;
 pub use trace::{child_span, current_trace, new_trace, traceparent_of, with_trace};
 pub use transfer::{OutputFile, StagedFile};
 pub use worker::{CallOutput, OutputStream};

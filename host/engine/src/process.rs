@@ -1,4 +1,5 @@
-//! `WorkerProcess`: one running worker, its pipes, its exit, and how it is stopped.
+//! `WorkerProcess`: one running worker, its pipes, its exit, and how it is stopped; or, for a
+//! remote worker, the link to it (no process of ours: "exit" means the link was lost).
 //!
 //! Stopping escalates: `POST /v1/shutdown` (and stdin EOF), then SIGTERM to the process group,
 //! then SIGKILL, each step after the grace period. The waiter thread (see `spawner`) reaps the
@@ -37,6 +38,17 @@ pub(crate) struct WorkerProcess {
     killed_unresponsive: AtomicBool,
     // Keeps the host directory (and so the socket and transfer dir) alive as long as we are.
     pub(crate) host_dir: Arc<HostDir>,
+    /// Set for a worker started elsewhere: no signals, no stdin, no shutdown request.
+    remote: Option<RemoteLink>,
+}
+
+/// What the host knows of a remote worker's link: where it is, why it was lost, and when it
+/// last answered a health probe.
+#[derive(Debug)]
+struct RemoteLink {
+    address: String,
+    lost: Mutex<Option<String>>,
+    last_answer: Mutex<std::time::Instant>,
 }
 
 /// What a [`WorkerProcess`] is made of.
@@ -66,7 +78,62 @@ impl WorkerProcess {
             stopping: AtomicBool::new(false),
             killed_unresponsive: AtomicBool::new(false),
             host_dir: p.host_dir,
+            remote: None,
         }
+    }
+
+    /// A remote worker at `address` (its `pid` as it reported it), with a host-side
+    /// `transfer_dir` for the files its calls exchange.
+    pub(crate) fn remote(p: ProcessParts, address: String) -> Self {
+        let mut process = Self::new(p);
+        process.remote = Some(RemoteLink {
+            address,
+            lost: Mutex::new(None),
+            last_answer: Mutex::new(std::time::Instant::now()),
+        });
+        process
+    }
+
+    /// True for a worker started elsewhere.
+    pub(crate) fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// A remote worker's link is lost (`why`): it counts as its exit from now on. Nothing for
+    /// a local worker, whose exit is its own.
+    pub(crate) fn lose(&self, why: &str) {
+        let Some(link) = &self.remote else {
+            return;
+        };
+        if let Ok(mut lost) = link.lost.lock() {
+            lost.get_or_insert_with(|| why.to_owned());
+        }
+        self.exit.lose();
+    }
+
+    /// A remote worker answered (a health probe): remembered for its crash report.
+    pub(crate) fn answered(&self) {
+        if let Some(link) = &self.remote {
+            if let Ok(mut at) = link.last_answer.lock() {
+                *at = std::time::Instant::now();
+            }
+        }
+    }
+
+    /// What a remote worker's crash report says instead of an exit status.
+    fn remote_detail(&self) -> Option<String> {
+        let link = self.remote.as_ref()?;
+        let why = link.lost.lock().ok().and_then(|l| l.clone());
+        let ago = link.last_answer.lock().ok().map(|at| at.elapsed());
+        let mut detail = format!("remote worker at {}", link.address);
+        match why {
+            Some(why) => detail.push_str(&format!(": {why}")),
+            None => detail.push_str(": connection lost"),
+        }
+        if let Some(ago) = ago {
+            detail.push_str(&format!("; it last answered {} ms before", ago.as_millis()));
+        }
+        Some(detail)
     }
 
     /// True once a stop was asked for (an exit after that is not a crash).
@@ -76,7 +143,8 @@ impl WorkerProcess {
 
     /// Sends `signal` to the worker's process group, unless the worker was already reaped.
     pub(crate) fn signal_group(&self, signal: Signal) {
-        if self.exit.get().is_some() {
+        // A remote worker's pid is in another machine's (or namespace's) numbering.
+        if self.exit.get().is_some() || self.remote.is_some() {
             return;
         }
         let pgid = Pid::from_raw(self.pid as i32);
@@ -94,14 +162,19 @@ impl WorkerProcess {
 
     /// Builds the crash report, waiting briefly for the exit and the last stderr lines.
     pub(crate) async fn crash_report(&self) -> CrashReport {
-        let exit = self
-            .exit
-            .wait_timeout(Duration::from_secs(1))
-            .await
-            .unwrap_or(ExitReason::Unknown);
+        let exit = match self.remote_detail() {
+            Some(detail) => ExitReason::Disconnected(detail),
+            None => self
+                .exit
+                .wait_timeout(Duration::from_secs(1))
+                .await
+                .unwrap_or(ExitReason::Unknown),
+        };
         self.stderr.wait_closed(STDERR_DRAIN).await;
         let stderr_tail = self.stderr.lines();
-        let cause = if self.killed_unresponsive.load(Ordering::Acquire) {
+        let cause = if self.remote.is_some() {
+            CrashCause::classify(&exit, &stderr_tail)
+        } else if self.killed_unresponsive.load(Ordering::Acquire) {
             CrashCause::Unresponsive
         } else if self.exit.hit_memory_limit()
             && matches!(exit, ExitReason::Signal { number: 9, .. })
@@ -128,6 +201,11 @@ impl WorkerProcess {
     /// Escalates SIGTERM, then SIGKILL, waiting `grace` for the exit before each.
     pub(crate) async fn terminate(&self) -> ExitReason {
         self.begin_stop();
+        if self.remote.is_some() {
+            // Detaching: the worker is not ours to stop (other hosts may use it).
+            self.exit.lose();
+            return ExitReason::Unknown;
+        }
         if let Some(exit) = self.exit.wait_timeout(self.grace).await {
             return exit;
         }
@@ -147,12 +225,16 @@ impl WorkerProcess {
     /// SIGKILLs a worker that stopped answering health probes; its crash report says so.
     pub(crate) fn kill_unresponsive(&self) {
         self.killed_unresponsive.store(true, Ordering::Release);
+        self.lose("it stopped answering health probes");
         self.signal_group(Signal::SIGKILL);
     }
 
     /// SIGKILLs the group at once and waits for the exit (a start that went wrong).
     pub(crate) async fn kill(&self) {
         self.begin_stop();
+        if self.remote.is_some() {
+            self.exit.lose();
+        }
         self.signal_group(Signal::SIGKILL);
         self.exit.wait_timeout(KILL_WAIT).await;
     }
@@ -181,7 +263,7 @@ impl Drop for WorkerProcess {
     /// let a short-lived thread SIGKILL it after the grace period. Works without a runtime.
     fn drop(&mut self) {
         self.begin_stop();
-        if self.exit.get().is_some() {
+        if self.exit.get().is_some() || self.remote.is_some() {
             self.remove_files();
             return;
         }

@@ -59,7 +59,10 @@ impl Registry {
             return Err(HostError::ShuttingDown);
         }
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let launched = launch::launch(spec, n, &self.dir, &self.events).await?;
+        let launched = match &spec.remote {
+            Some(remote) => crate::attach::attach(spec, remote, n, &self.dir).await?,
+            None => launch::launch(spec, n, &self.dir, &self.events).await?,
+        };
         let core = Arc::new(WorkerCore::new(launched));
         if let Ok(mut workers) = self.workers.lock() {
             workers.retain(|w| w.strong_count() > 0);

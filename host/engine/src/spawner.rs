@@ -140,6 +140,24 @@ impl ExitWatch {
         Ok(cell)
     }
 
+    /// A watch no thread fills: a remote worker's, set by [`ExitWatch::lose`].
+    pub(crate) fn detached() -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(None),
+            changed: Condvar::new(),
+            tx: watch::channel(None).0,
+            memory_limit: AtomicBool::new(false),
+        })
+    }
+
+    /// Records that a remote worker is gone (its connection was lost, or the host detached);
+    /// only the first call counts.
+    pub(crate) fn lose(&self) {
+        if self.get().is_none() {
+            self.record(ExitReason::Unknown);
+        }
+    }
+
     fn record(&self, reason: ExitReason) {
         if let Ok(mut state) = self.state.lock() {
             *state = Some(reason.clone());

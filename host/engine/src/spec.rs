@@ -52,6 +52,9 @@ pub struct WorkerSpec {
     /// Confinement of the worker (filesystem, network, syscalls, environment). Default none:
     /// the worker runs with the host's rights and environment.
     pub sandbox: Option<Sandbox>,
+    /// Attach to this worker started elsewhere instead of starting `program` (see
+    /// [`WorkerSpec::attach`]). Default none.
+    pub remote: Option<crate::Attach>,
 }
 
 impl WorkerSpec {
@@ -67,7 +70,25 @@ impl WorkerSpec {
             limits: ResourceLimits::default(),
             name: None,
             sandbox: None,
+            remote: None,
         }
+    }
+
+    /// A spec that attaches to the worker `attach` describes instead of starting one; its
+    /// `program` is the worker's address (for logs and errors). A supervisor "restarts" it by
+    /// reconnecting, and never stops it: other hosts may be using it.
+    ///
+    /// ```
+    /// use plugvisor_host::{Attach, WorkerSpec};
+    /// let attach = Attach::parse("tcp://127.0.0.1:7000", "s3cret").unwrap();
+    /// let spec = WorkerSpec::attach(attach).name("echo");
+    /// assert!(spec.remote.is_some());
+    /// ```
+    pub fn attach(attach: crate::Attach) -> Self {
+        let mut spec = Self::new(attach.url());
+        spec.start_timeout = Duration::from_secs(5);
+        spec.remote = Some(attach);
+        spec
     }
 
     /// Runs the worker in `sandbox`.

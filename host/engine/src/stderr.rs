@@ -23,6 +23,15 @@ pub(crate) struct StderrTail {
 }
 
 impl StderrTail {
+    /// A tail that stays empty (a remote worker's stderr is not the host's to read).
+    pub(crate) fn none() -> Arc<Self> {
+        let (closed, _) = watch::channel(true);
+        Arc::new(Self {
+            lines: Mutex::new(VecDeque::new()),
+            closed,
+        })
+    }
+
     /// Starts forwarding `stderr` of plugin `label` (pid `pid`) into `tracing`.
     pub(crate) fn start(
         stderr: ChildStderr,

@@ -130,7 +130,8 @@ impl WorkerCore {
     async fn stop_once(&self) {
         let already_stopping = self.process.is_stopping();
         self.process.begin_stop();
-        if !already_stopping && self.process.exit.get().is_none() {
+        let remote = self.process.is_remote();
+        if !already_stopping && !remote && self.process.exit.get().is_none() {
             let ask = self
                 .client
                 .send(Method::POST, routes::SHUTDOWN, Bytes::new());
@@ -154,6 +155,9 @@ impl WorkerCore {
         if self.process.is_stopping() {
             return PluginError::Unavailable(format!("worker {} was stopped", self.identity.name));
         }
+        // A remote worker's link is lost with the connection: what happened to the worker
+        // is not known here, and the supervisor reconnects.
+        self.process.lose(&message);
         if self.process.exit.wait_timeout(CRASH_WAIT).await.is_some() {
             return PluginError::WorkerCrashed(self.process.crash_report().await);
         }
@@ -285,6 +289,13 @@ impl WorkerCore {
             let body = to_body(&ExecuteRequest { input })?;
             return Ok((body, StagedInputs::default()));
         }
+        if self.process.is_remote() {
+            return Err(PluginError::FileAccess(format!(
+                "{} is a remote worker: it shares no filesystem with the host, so a file \
+                 reference cannot be passed to it (send the content in the input instead)",
+                self.identity.name
+            )));
+        }
         let dir = self.process.transfer_dir.clone();
         let other_user = self.sandbox.as_ref().is_some_and(|s| s.uid.is_some());
         let mut owned = input.clone();
@@ -341,7 +352,11 @@ impl WorkerCore {
 
     /// `GET /v1/health`.
     pub(crate) async fn health(&self) -> Result<wire::HealthResponse, PluginError> {
-        self.json(Method::GET, routes::HEALTH, Bytes::new()).await
+        let answer = self.json(Method::GET, routes::HEALTH, Bytes::new()).await;
+        if answer.is_ok() {
+            self.process.answered();
+        }
+        answer
     }
 
     /// `GET /v1/config`.

@@ -56,7 +56,7 @@ pub fn resolve_args(found: &Discovered) -> Vec<OsString> {
 }
 
 fn manifest_dir(found: &Discovered) -> &Path {
-    found.file.parent().unwrap_or(Path::new("."))
+    found.dir()
 }
 
 /// The first executable file `name` in the directories of `path` (a `PATH` value).

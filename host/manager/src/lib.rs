@@ -32,6 +32,7 @@
 //! - [`api`]: the management REST API over a [`PluginManager`] (`docs/API.md`).
 
 pub mod api;
+pub mod attach;
 pub mod command;
 pub mod config;
 pub mod deps;

@@ -25,7 +25,8 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub(crate) struct Managed {
     pub(crate) found: Discovered,
-    spec: WorkerSpec,
+    /// The local workers' spec; `None` when the plugin only attaches to remote workers.
+    spec: Option<WorkerSpec>,
     supervision: SupervisorConfig,
     /// What the worker said about itself when the plugin was loaded.
     pub(crate) identity: PluginIdentity,
@@ -82,13 +83,16 @@ impl Managed {
     /// applies it. Nothing is left running on error.
     pub(crate) async fn load(host: Arc<Host>, plan: Plan) -> Result<Arc<Self>, ManagerError> {
         let manifest = &plan.found.manifest;
-        let mut spec = worker_spec(&plan.found, &plan.worker_dir)?;
-        if let Some(grant) = &plan.grant {
+        let mut spec = match manifest.command.trim().is_empty() {
+            true => None,
+            false => Some(worker_spec(&plan.found, &plan.worker_dir)?),
+        };
+        if let (Some(grant), Some(spec)) = (&plan.grant, spec.as_mut()) {
             spec.env
                 .extend(grant.env().map(|(k, v)| (k.into(), v.into())));
         }
         let supervision = manifest.supervision.to_config();
-        let first = supervise(&host, &spec, &supervision, manifest).await?;
+        let first = supervise(&host, &plan.found, spec.as_ref(), &supervision).await?;
         let identity = match first.identity() {
             Some(identity) => identity.clone(),
             None => {
@@ -371,9 +375,9 @@ impl Managed {
         }
         let sup = supervise(
             &self.host,
-            &self.spec,
+            &self.found,
+            self.spec.as_ref(),
             &self.supervision,
-            &self.found.manifest,
         )
         .await
         .map_err(|e| PluginError::Unavailable(plugvisor_host::error_chain(&e)))?;
@@ -574,17 +578,44 @@ impl IdleStop for Managed {
     }
 }
 
-/// Starts the manifest's replicas of `spec` and waits until every one is ready.
+/// Starts the manifest's local replicas of `spec` and attaches its remote ones, and waits
+/// until every one is ready; a remote replica that is not reachable yet does not hold up a
+/// pool in which another replica serves (it joins when it is reached).
 async fn supervise(
     host: &Host,
-    spec: &WorkerSpec,
+    found: &Discovered,
+    spec: Option<&WorkerSpec>,
     config: &SupervisorConfig,
-    manifest: &crate::manifest::Manifest,
 ) -> Result<Pool, ManagerError> {
-    let pool = host.pool(spec.clone(), config.clone(), manifest.replicas);
-    let wait = spec.start_timeout + Duration::from_secs(1);
+    let manifest = &found.manifest;
+    let start_error = |reason| ManagerError::Start {
+        plugin: manifest.name.clone(),
+        reason,
+    };
+    let remote = crate::attach::remote_specs(found)
+        .await
+        .map_err(start_error)?;
+    let local = spec.map_or(0, |_| manifest.replicas);
+    let mut replicas: Vec<_> = (0..local)
+        .filter_map(|_| spec.map(|s| host.supervise(s.clone(), config.clone())))
+        .collect();
+    let remote_config = crate::attach::remote_config(config);
+    let wait = spec
+        .into_iter()
+        .chain(&remote)
+        .map(|s| s.start_timeout)
+        .max()
+        .unwrap_or_default()
+        + Duration::from_secs(1);
+    replicas.extend(
+        remote
+            .into_iter()
+            .map(|s| host.supervise(s, remote_config.clone())),
+    );
+    let pool = Pool::new(replicas);
     match pool.wait_ready(wait).await {
         WorkerState::Ready => Ok(pool),
+        _ if serving_without_remote_stragglers(&pool, local) => Ok(pool),
         state => {
             let reason = start_failure(&pool, state, wait);
             pool.shutdown().await;
@@ -594,6 +625,13 @@ async fn supervise(
             })
         }
     }
+}
+
+/// True when every local replica (the first `local`) is ready and so is at least one replica.
+fn serving_without_remote_stragglers(pool: &Pool, local: usize) -> bool {
+    let ready = |s: &plugvisor_host::Supervisor| s.state() == WorkerState::Ready;
+    let replicas = pool.replicas();
+    replicas[..local].iter().all(ready) && replicas.iter().any(ready)
 }
 
 /// Why `sup` did not become ready within `waited`: the real cause (its last start error or

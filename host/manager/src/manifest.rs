@@ -128,7 +128,9 @@ pub struct Manifest {
     #[serde(default)]
     pub tags: Vec<String>,
     /// The worker binary: a path (relative to the manifest's directory) or a bare name
-    /// resolved in the worker directory (beside `plugvisor`).
+    /// resolved in the worker directory (beside `plugvisor`). May be left out when `attach`
+    /// names remote workers.
+    #[serde(default)]
     pub command: String,
     /// Extra arguments for the worker.
     #[serde(default)]
@@ -158,9 +160,35 @@ pub struct Manifest {
     #[serde(default)]
     pub idle_stop_secs: Option<u64>,
     /// Workers serving the plugin (1 to [`MAX_REPLICAS`]), each supervised on its own; calls
-    /// go to the least-loaded ready one.
+    /// go to the least-loaded ready one. With `attach` and no `command`, only the remote ones.
     #[serde(default = "one")]
     pub replicas: usize,
+    /// Remote workers to attach to (`https://HOST:PORT`, or `tcp://` on loopback): one URL or
+    /// a list; each address a URL's host resolves to is one more replica of the pool.
+    #[serde(default)]
+    pub attach: Option<AttachList>,
+    /// A file holding the remote workers' token (relative to the manifest's directory).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// An environment variable of the host holding the remote workers' token.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// The CA certificate (PEM) remote workers' certificates must chain to.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) presented to remote workers (mutual TLS), with `tls_key`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// The name checked in remote workers' certificates. Default: each URL's host.
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+    /// Allow plain `tcp://` attach to addresses other than loopback (calls and the token then
+    /// cross the network unencrypted). Default false.
+    #[serde(default)]
+    pub insecure: bool,
     /// Host events delivered to the plugin (`POST /v1/events`): lifecycle and task event
     /// names (`loaded`, `unloaded`, `crashed`, `task_failed`, …; a `plugin_` prefix is
     /// optional). Its worker must handle each (`plugvisor_worker::Events`).
@@ -189,6 +217,80 @@ pub struct Manifest {
     /// kind `ui` (see [`crate::ui::UiManifest`]).
     #[serde(default)]
     pub ui: Option<crate::ui::UiManifest>,
+}
+
+/// `attach` as written: one URL or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AttachList {
+    /// `attach = "https://host:port"`.
+    One(String),
+    /// `attach = ["https://a:7443", "https://b:7443"]`.
+    Many(Vec<String>),
+}
+
+impl AttachList {
+    /// The URLs, in order.
+    pub fn urls(&self) -> &[String] {
+        match self {
+            Self::One(url) => std::slice::from_ref(url),
+            Self::Many(urls) => urls,
+        }
+    }
+}
+
+/// The rules of the remote-worker keys: a token, TLS for `https://`, plain `tcp://` only for
+/// loopback unless `insecure = true`; the error names its key.
+fn check_attach(m: &Manifest) -> Result<(), (Option<&'static str>, String)> {
+    let Some(list) = &m.attach else {
+        return no_stray_attach_keys(m);
+    };
+    if list.urls().is_empty() {
+        return Err((Some("attach"), "attach: the list is empty".to_owned()));
+    }
+    for url in list.urls() {
+        let attach =
+            plugvisor_host::Attach::parse(url, "-").map_err(|e| (Some("attach"), e.to_string()))?;
+        if attach.is_tls() && m.tls_ca.is_none() {
+            let why = format!("attach: {url} is https, so tls_ca (the CA file that signed the worker's certificate) is required");
+            return Err((Some("tls_ca"), why));
+        }
+        if !attach.is_tls() && !attach.is_loopback() && !m.insecure {
+            let why = format!("attach: {url} is plain TCP to another machine: use https:// (with tls_ca), or set insecure = true to send calls and the token unencrypted");
+            return Err((Some("attach"), why));
+        }
+    }
+    match (&m.token_file, &m.token_env) {
+        (None, None) => Err((
+            Some("attach"),
+            "attach needs the worker's token: token_file = \"…\" or token_env = \"NAME\"".into(),
+        )),
+        (Some(_), Some(_)) => Err((
+            Some("token_env"),
+            "give token_file or token_env, not both".into(),
+        )),
+        _ if m.tls_cert.is_some() != m.tls_key.is_some() => Err((
+            Some("tls_cert"),
+            "tls_cert and tls_key (the client certificate for mutual TLS) go together".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Without `attach`, the keys that only mean something with it are mistakes.
+fn no_stray_attach_keys(m: &Manifest) -> Result<(), (Option<&'static str>, String)> {
+    let stray = [
+        ("token_file", m.token_file.is_some()),
+        ("token_env", m.token_env.is_some()),
+        ("tls_ca", m.tls_ca.is_some()),
+        ("tls_cert", m.tls_cert.is_some()),
+        ("tls_key", m.tls_key.is_some()),
+        ("tls_server_name", m.tls_server_name.is_some()),
+    ];
+    match stray.iter().find(|(_, set)| *set) {
+        Some((key, _)) => Err((Some(key), format!("{key} is only used with attach"))),
+        None => Ok(()),
+    }
 }
 
 /// The `[http]` table: where and how the plugin's routes are mounted.
@@ -587,6 +689,11 @@ impl Discovered {
         }
     }
 
+    /// The manifest's directory: what relative paths in it are relative to.
+    pub fn dir(&self) -> &Path {
+        self.file.parent().unwrap_or(Path::new("."))
+    }
+
     /// Where it was described, for people: the manifest file, or
     /// `entry point NAME (DIST==VERSION in PYTHON)`.
     pub fn source(&self) -> String {
@@ -658,6 +765,7 @@ impl Manifest {
         crate::tasks::check_all(&self.tasks)?;
         self.check_hooks()?;
         self.check_replicas()?;
+        check_attach(self)?;
         self.supervision.check()
     }
 
@@ -738,8 +846,8 @@ impl Manifest {
                 self.name
             ));
         }
-        if self.command.trim().is_empty() {
-            return Err("command must not be empty".to_owned());
+        if self.command.trim().is_empty() && self.attach.is_none() {
+            return Err("command must not be empty (or attach to remote workers)".to_owned());
         }
         if self.requires.iter().any(|r| self.provides.contains(r)) {
             return Err(format!(

@@ -29,6 +29,7 @@ mod middleware;
 mod plugin_health;
 mod pools;
 mod protocol;
+mod remote;
 mod sandbox;
 mod schemas;
 mod services;

@@ -297,6 +297,9 @@ impl Life {
 
     fn over_memory(&self, core: &WorkerCore) -> Option<String> {
         let limit = self.inner.config.rss_limit?;
+        if core.process.is_remote() {
+            return None; // Its pid is not a process of this machine.
+        }
         let rss = crate::rss::rss_bytes(core.process.pid)?;
         (rss > limit).then(|| format!("resident memory {rss} bytes above the limit of {limit}"))
     }

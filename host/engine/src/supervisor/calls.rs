@@ -55,11 +55,12 @@ impl Inner {
         ))
     }
 
-    /// Waits for a ready worker other than `not` (a worker a retry must avoid).
+    /// Waits for a ready worker other than `not` (the address of the worker a retry must
+    /// avoid: a remote worker reattached after a lost connection keeps its pid).
     async fn ready_worker(
         &self,
         deadline: Instant,
-        not: Option<u32>,
+        not: Option<usize>,
     ) -> Result<Arc<WorkerCore>, PluginError> {
         let mut rx = self.slot.subscribe();
         loop {
@@ -70,6 +71,13 @@ impl Inner {
                         if let Some(w) = slot.worker.as_ref().filter(|w| usable(w, not)) {
                             return Ok(Arc::clone(w));
                         }
+                    }
+                    WorkerState::Backoff | WorkerState::Exited if !self.config.wait_while_down => {
+                        let why = slot.reason.as_deref().unwrap_or("its worker is down");
+                        return Err(PluginError::Unavailable(format!(
+                            "{} is unreachable ({}): {why}",
+                            self.label, slot.state
+                        )));
                     }
                     WorkerState::Failed | WorkerState::Stopped => {
                         let why = slot.reason.as_deref().unwrap_or_default();
@@ -106,13 +114,13 @@ impl Inner {
         loop {
             let worker = self.ready_worker(queue_deadline, avoid).await?;
             self.count_call(&worker);
-            let pid = worker.process.pid;
+            let (pid, this) = (worker.process.pid, Arc::as_ptr(&worker) as usize);
             let result = with_deadline(timeout, op(worker)).await;
             match result {
                 Err(PluginError::WorkerCrashed(_)) if self.may_retry(retries) => {
                     tracing::info!(plugin = %self.label, pid, "retrying an idempotent call after a crash");
                     retries += 1;
-                    avoid = Some(pid);
+                    avoid = Some(this);
                 }
                 other => return other,
             }
@@ -148,8 +156,9 @@ impl Inner {
     }
 }
 
-fn usable(worker: &WorkerCore, not: Option<u32>) -> bool {
-    worker.process.exit.get().is_none() && !worker.is_retiring() && Some(worker.process.pid) != not
+fn usable(worker: &Arc<WorkerCore>, not: Option<usize>) -> bool {
+    let this = Arc::as_ptr(worker) as usize;
+    worker.process.exit.get().is_none() && !worker.is_retiring() && Some(this) != not
 }
 
 async fn with_deadline<T>(
@@ -394,8 +403,17 @@ impl Plugin for Supervisor {
         let applied = self
             .inner
             .control(|w| async move { w.initialize(config_ref.clone()).await })
-            .await?;
-        drop(applied);
+            .await;
+        match applied {
+            Ok(_) => {}
+            // An unreachable remote worker gets it when it is reached again.
+            Err(PluginError::Unavailable(why))
+                if !self.inner.config.wait_while_down && self.is_down() =>
+            {
+                tracing::info!(plugin = %self.inner.label, %why, "configuration kept for a worker that is down");
+            }
+            Err(e) => return Err(e),
+        }
         if let Ok(mut kept) = self.inner.plugin_config.lock() {
             *kept = config;
         }

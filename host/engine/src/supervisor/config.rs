@@ -85,6 +85,10 @@ pub struct SupervisorConfig {
     pub max_queue: usize,
     /// How long a call may wait in the queue. Default 30 s.
     pub queue_timeout: Duration,
+    /// Calls wait (up to `queue_timeout`) while the worker restarts. Default true; false
+    /// fails them at once with `Unavailable` while it backs off: what a pool of remote
+    /// workers wants, so that an unreachable replica costs its callers nothing.
+    pub wait_while_down: bool,
     /// The plugin is idempotent: a call that hit a crash is retried on the restarted worker
     /// (at most `max_retries` times). Default false: at-most-once.
     pub idempotent: bool,
@@ -111,6 +115,7 @@ impl Default for SupervisorConfig {
             max_concurrent: 64,
             max_queue: 1024,
             queue_timeout: Duration::from_secs(30),
+            wait_while_down: true,
             idempotent: false,
             max_retries: 1,
             recycle_after_calls: None,

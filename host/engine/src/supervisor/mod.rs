@@ -209,6 +209,14 @@ impl Supervisor {
         self.inner.slot.borrow().state
     }
 
+    /// True while its worker is gone and being started again (or reconnected).
+    pub(crate) fn is_down(&self) -> bool {
+        matches!(
+            self.state(),
+            WorkerState::Backoff | WorkerState::Exited | WorkerState::Starting
+        )
+    }
+
     /// Why the worker is not serving, when it is `Failed` or `Stopped`.
     pub fn reason(&self) -> Option<String> {
         self.inner.slot.borrow().reason.clone()

@@ -41,6 +41,7 @@ DEFAULT_MAX_BODY = 64 * 1024 * 1024
 #: Media type of ``execute_stream`` answers.
 NDJSON = "application/x-ndjson"
 
+PROBE = "/v1/probe"  # the one route answered without the token (orchestrators' probes)
 HEALTH = "/v1/health"
 INFO = "/v1/info"
 CONFIG = "/v1/config"

@@ -129,6 +129,22 @@ pub(crate) async fn authentication(ctx: &mut Ctx<'_>) {
         };
         ctx.report.record(S4, &format!("401 for {name}"), result);
     }
+    probe(ctx).await;
+}
+
+/// §4, §7: `GET /v1/probe` is the one route answered without the token, and says only
+/// `{"status": "pass"}` while the worker serves.
+async fn probe(ctx: &mut Ctx<'_>) {
+    let result = match ctx.send("GET", routes::PROBE, Auth::Missing, None).await {
+        Err(e) => Err(e),
+        Ok(answer) if answer.status != 200 => Err(format!("got {}", answer.brief())),
+        Ok(answer) => answer.json().and_then(|body| match body {
+            v if v == json!({"status": "pass"}) => Ok(()),
+            other => Err(format!("body {other}, not {{\"status\":\"pass\"}}")),
+        }),
+    };
+    let name = "GET /v1/probe without a token: 200 {\"status\":\"pass\"}";
+    ctx.report.record(S4, name, result);
 }
 
 /// §5: bodies that are not the expected JSON object are `400 bad_request`, never 5xx; an

@@ -1,0 +1,121 @@
+//! Remote workers for tests: a private CA and certificates made by `plugvisor tls-certs`, and
+//! standalone workers started the way Kubernetes or systemd would start them (`--listen
+//! tcp://…` with TLS, no host pipe), owned and killed by the test.
+
+use crate::bin;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The files `plugvisor tls-certs` writes.
+#[derive(Debug, Clone)]
+pub struct Certs {
+    /// The directory holding them.
+    pub dir: PathBuf,
+}
+
+impl Certs {
+    /// Makes a fresh CA, worker certificate (localhost, 127.0.0.1 and `names`), client
+    /// certificate and token in `dir`.
+    pub fn make(dir: &Path, names: &[&str]) -> Self {
+        let mut cmd = Command::new(bin("plugvisor"));
+        cmd.arg("tls-certs").arg("--out").arg(dir);
+        for name in ["localhost", "127.0.0.1"].iter().chain(names) {
+            cmd.args(["--name", name]);
+        }
+        let out = cmd.output().expect("run plugvisor tls-certs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The path of file `name` (`ca.crt`, `tls.crt`, `tls.key`, `client.crt`, `client.key`,
+    /// `token`).
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The token.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.file("token"))
+            .expect("token")
+            .trim()
+            .to_owned()
+    }
+}
+
+/// A worker started by the test, listening on TCP with TLS; killed when dropped.
+#[derive(Debug)]
+pub struct RemoteWorker {
+    child: Child,
+    /// Its pid.
+    pub pid: u32,
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+}
+
+impl RemoteWorker {
+    /// Starts the bundled `<worker>-worker` on `addr` (`127.0.0.1:0` picks a port) serving
+    /// TLS with `certs`, plus `extra` arguments; waits for its handshake line.
+    pub fn start(worker: &str, certs: &Certs, addr: &str, extra: &[&str]) -> Self {
+        let mut cmd = Command::new(bin(&format!("{worker}-worker")));
+        cmd.arg("--listen")
+            .arg(format!("tcp://{addr}"))
+            .arg("--tls-cert")
+            .arg(certs.file("tls.crt"))
+            .arg("--tls-key")
+            .arg(certs.file("tls.key"))
+            .arg("--token-file")
+            .arg(certs.file("token"))
+            .args(extra)
+            .env_remove("PLUGVISOR_WATCH_STDIN")
+            .env("PLUGVISOR_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("start a remote worker");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("handshake line");
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in handshake {line:?}"));
+        Self {
+            pid: child.id(),
+            child,
+            port,
+        }
+    }
+
+    /// `https://localhost:<port>`.
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}", self.port)
+    }
+
+    /// SIGKILLs it and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// True while the process runs (not reaped, not a zombie).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for RemoteWorker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,223 @@
+//! Remote workers (issue 13): workers started elsewhere (`--listen tcp://…` with TLS, no host
+//! pipe) that the host attaches to. A call goes over TLS with the token; a lost worker fails
+//! its call as `worker_crashed` with what the host can know (no local exit status), later calls
+//! fail fast while it is away, and it is re-admitted when it is back; the host never stops a
+//! worker it did not start. TLS refuses a worker signed by another CA and, under mutual TLS, a
+//! host without a client certificate (each with the positive control beside it).
+
+use crate::api::{info_until, load_plugins, manifest, Api};
+use plugvisor_host::{
+    Attach, BackoffConfig, HealthConfig, Plugin, PluginError, SupervisorConfig, TlsClient,
+    WorkerSpec, WorkerState,
+};
+use plugvisor_manager::api::ApiOptions;
+use plugvisor_proto::{CrashCause, ExitReason};
+use plugvisor_tests::remote::{Certs, RemoteWorker};
+use plugvisor_tests::{serially, World};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// How the manager supervises a remote replica, with shorter waits for the test.
+fn remote_config() -> SupervisorConfig {
+    SupervisorConfig {
+        backoff: BackoffConfig {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(200),
+            ..BackoffConfig::default()
+        },
+        max_restarts: u32::MAX,
+        health: Some(HealthConfig {
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_millis(500),
+            failures: 2,
+        }),
+        wait_while_down: false,
+        ..SupervisorConfig::default()
+    }
+}
+
+fn attach(worker: &RemoteWorker, certs: &Certs, client: bool) -> WorkerSpec {
+    let pair = (certs.file("client.crt"), certs.file("client.key"));
+    let client = client.then_some((pair.0.as_path(), pair.1.as_path()));
+    let tls = TlsClient::from_pem_files(&certs.file("ca.crt"), client, "localhost").unwrap();
+    let attach = Attach::parse(&worker.url(), certs.token())
+        .unwrap()
+        .with_tls(tls);
+    WorkerSpec::attach(attach).name("remote-chaos")
+}
+
+fn sleep(ms: u64) -> Value {
+    json!({"fault": "sleep", "ms": ms})
+}
+
+#[test]
+fn a_lost_remote_worker_fails_fast_and_is_readmitted_and_never_stopped_by_the_host() {
+    serially(async {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = Certs::make(dir.path(), &[]);
+        let mut worker = RemoteWorker::start("chaos", &certs, "127.0.0.1:0", &[]);
+        let mut world = World::new().await;
+        let sup = world
+            .supervise_spec(attach(&worker, &certs, false), remote_config())
+            .await;
+        assert_eq!(sup.state(), WorkerState::Ready);
+        let answer = sup.execute(sleep(1)).await.unwrap();
+        assert_eq!(
+            answer["pid"], worker.pid,
+            "the call ran in the remote worker"
+        );
+
+        // A file reference cannot reach a worker that shares no filesystem: a clear refusal.
+        let file = dir.path().join("token");
+        let size = std::fs::metadata(&file).unwrap().len();
+        let f = json!({"$file": {"path": file, "size": size}});
+        let with_file = json!({"fault": "sleep", "ms": 1, "f": f});
+        let refused = sup.execute(with_file).await;
+        let Err(PluginError::FileAccess(why)) = &refused else {
+            panic!("expected file_access_denied, got {refused:?}");
+        };
+        assert!(why.contains("remote worker"), "{why}");
+
+        // Lost mid-call: the call fails as a crash whose report says what the host knows.
+        let call = sup.execute(sleep(2_000));
+        let kill = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            worker.kill();
+        };
+        let (failed, ()) = tokio::join!(call, kill);
+        let Err(PluginError::WorkerCrashed(report)) = failed else {
+            panic!("expected a crash, got {failed:?}");
+        };
+        assert_eq!(report.cause, CrashCause::ConnectionLost, "{report}");
+        let ExitReason::Disconnected(what) = &report.exit else {
+            panic!("no local exit status for a remote worker: {report}");
+        };
+        assert!(what.contains("remote worker at https://"), "{what}");
+        assert!(report.stderr_tail.is_empty(), "{report:?}");
+
+        // While it is away, calls fail at once (they do not wait out the 30 s queue timeout).
+        let away = tokio::time::timeout(Duration::from_secs(5), sup.execute(sleep(1)))
+            .await
+            .expect("no waiting while the worker is away");
+        assert!(matches!(away, Err(PluginError::Unavailable(_))), "{away:?}");
+
+        // Back on the same port: re-admitted, and calls reach the new process.
+        let port = worker.port;
+        let mut back = RemoteWorker::start("chaos", &certs, &format!("127.0.0.1:{port}"), &[]);
+        assert!(sup.wait_ready(Duration::from_secs(10)).await == WorkerState::Ready);
+        let answer = sup.execute(sleep(1)).await.unwrap();
+        assert_eq!(answer["pid"], back.pid, "{answer}");
+
+        // The host shuts down; the worker it did not start keeps running.
+        world.host.stop_all().await;
+        assert!(back.is_running(), "the host must not stop a remote worker");
+        back.kill();
+        drop(sup);
+        world.finish().await;
+    });
+}
+
+#[test]
+fn tls_refuses_another_ca_and_mutual_tls_refuses_a_host_without_a_certificate() {
+    serially(async {
+        let (one, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let certs = Certs::make(one.path(), &[]);
+        let stranger = Certs::make(other.path(), &[]);
+        let client_ca = certs.file("ca.crt");
+        let ca_arg = client_ca.to_str().unwrap();
+        let worker =
+            RemoteWorker::start("chaos", &certs, "127.0.0.1:0", &["--tls-client-ca", ca_arg]);
+        let world = World::new().await;
+
+        // The positive control: the right CA and a client certificate: served.
+        let good = world.host.spawn(attach(&worker, &certs, true)).await;
+        let good = good.expect("attach with the right CA and a client certificate");
+        assert_eq!(good.execute(sleep(1)).await.unwrap()["pid"], worker.pid);
+
+        // No client certificate: the worker refuses the handshake.
+        let anonymous = world.host.spawn(attach(&worker, &certs, false)).await;
+        let err = anonymous.expect_err("mutual TLS needs a client certificate");
+        let chain = plugvisor_host::error_chain(&err).to_lowercase();
+        assert!(chain.contains("certificate"), "{chain}");
+
+        // A CA that did not sign the worker's certificate: the host refuses the worker.
+        let tls = TlsClient::from_pem_files(
+            &stranger.file("ca.crt"),
+            Some((&certs.file("client.crt"), &certs.file("client.key"))),
+            "localhost",
+        )
+        .unwrap();
+        let spec = WorkerSpec::attach(
+            Attach::parse(&worker.url(), certs.token())
+                .unwrap()
+                .with_tls(tls),
+        );
+        let err = world.host.spawn(spec).await.expect_err("another CA");
+        let chain = plugvisor_host::error_chain(&err);
+        assert!(chain.contains("certificate"), "{chain}");
+
+        // The right TLS but a wrong token: 401, so no attach.
+        let tls = TlsClient::from_pem_files(
+            &certs.file("ca.crt"),
+            Some((&certs.file("client.crt"), &certs.file("client.key"))),
+            "localhost",
+        )
+        .unwrap();
+        let wrong = Attach::parse(&worker.url(), "not-the-token")
+            .unwrap()
+            .with_tls(tls);
+        let err = world
+            .host
+            .spawn(WorkerSpec::attach(wrong))
+            .await
+            .expect_err("a wrong token");
+        assert!(
+            plugvisor_host::error_chain(&err).contains("unauthorized"),
+            "{err:?}"
+        );
+
+        drop(good);
+        world.finish().await;
+    });
+}
+
+/// The pids the replicas of `info` run, when all are ready.
+fn ready_pids(info: &Value) -> Option<BTreeSet<u64>> {
+    let workers = info["workers"].as_array()?;
+    let ready = workers.iter().all(|w| w["state"] == "ready");
+    ready.then(|| workers.iter().filter_map(|w| w["pid"].as_u64()).collect())
+}
+
+#[test]
+fn a_pool_mixes_a_local_replica_and_a_remote_one_from_a_manifest() {
+    serially(async {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = Certs::make(dir.path(), &[]);
+        let worker = RemoteWorker::start("chaos", &certs, "127.0.0.1:0", &[]);
+        let extra = format!(
+            "attach = \"{}\"\ntoken_file = \"{}\"\ntls_ca = \"{}\"\n",
+            worker.url(),
+            certs.file("token").display(),
+            certs.file("ca.crt").display()
+        );
+        let api = Api::start(&[manifest("mixed", "chaos", &extra)], ApiOptions::default()).await;
+        let c = &api.client;
+        load_plugins(c, &["mixed"]).await;
+        let info = info_until(c, "mixed", |i| ready_pids(i).is_some_and(|p| p.len() == 2)).await;
+        let pids = ready_pids(&info).unwrap();
+        assert!(pids.contains(&u64::from(worker.pid)), "{info}");
+
+        // Two calls at once take one replica each: the local one and the remote one.
+        let body = json!({"plugin_id": "mixed", "input": sleep(300)});
+        let calls = (0..2).map(|_| c.post("/api/plugins/execute", &body));
+        let answers = futures_util::future::join_all(calls).await;
+        let served: BTreeSet<u64> = answers
+            .iter()
+            .map(|a| a.json()["output"]["pid"].as_u64().expect("a pid"))
+            .collect();
+        assert_eq!(served, pids, "{answers:?}");
+        api.finish().await;
+        drop(worker);
+    });
+}
