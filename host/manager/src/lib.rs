@@ -47,6 +47,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod middleware;
 pub mod plugin_health;
+mod resolver;
 mod scheduler;
 mod services;
 pub mod source;

@@ -302,6 +302,34 @@ impl Managed {
         );
     }
 
+    /// Starts re-resolving the names it attaches to, when it attaches by name.
+    pub(crate) fn start_resolver(self: &Arc<Self>) {
+        if let Some(every) = self.found.manifest.resolve_interval() {
+            crate::resolver::spawn(Arc::downgrade(self), every, self.tasks_end.clone());
+        }
+    }
+
+    /// The host its workers run on.
+    pub(crate) fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// How its replicas are supervised.
+    pub(crate) fn supervision(&self) -> &SupervisorConfig {
+        &self.supervision
+    }
+
+    /// The configuration in force.
+    pub(crate) fn config(&self) -> Value {
+        self.lock().config.clone()
+    }
+
+    /// Serves from `pool` from now on (the old pool's replicas that it keeps go on as they
+    /// are; the caller stops the ones it dropped).
+    pub(crate) fn replace_pool(&self, pool: Pool) {
+        self.lock().current = Some(pool);
+    }
+
     /// Starts asking the worker for its own health, when it has a health check.
     pub(crate) fn start_health_checks(self: &Arc<Self>) {
         if !self.identity.health_check {

@@ -512,6 +512,7 @@ impl PluginManager {
         self.emit(&name, EventKind::Loaded { version });
         managed.start_tasks(&self.task_sink());
         managed.start_health_checks();
+        managed.start_resolver();
         self.info(&name)
     }
 
@@ -743,6 +744,7 @@ impl PluginManager {
         new.start_hooks(&self.hook_sink());
         new.start_tasks(&self.task_sink());
         new.start_health_checks();
+        new.start_resolver();
         Ok((old, version))
     }
 

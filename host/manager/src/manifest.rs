@@ -185,6 +185,10 @@ pub struct Manifest {
     /// The name checked in remote workers' certificates. Default: each URL's host.
     #[serde(default)]
     pub tls_server_name: Option<String>,
+    /// How often the names `attach` uses are resolved again (a headless Service's pods come
+    /// and go), e.g. `"10s"`; default 10 s; `"0s"` resolves only when the pool starts.
+    #[serde(default)]
+    pub resolve_every: Option<String>,
     /// Allow plain `tcp://` attach to addresses other than loopback (calls and the token then
     /// cross the network unencrypted). Default false.
     #[serde(default)]
@@ -239,6 +243,22 @@ impl AttachList {
     }
 }
 
+impl Manifest {
+    /// How often to re-resolve the names of `attach` (`None`: no name to resolve, or
+    /// `resolve_every = "0s"`).
+    pub fn resolve_interval(&self) -> Option<Duration> {
+        let by_name = self.attach.as_ref()?.urls().iter().any(|url| {
+            plugvisor_host::Attach::parse(url, "-")
+                .is_ok_and(|a| a.host().parse::<std::net::IpAddr>().is_err())
+        });
+        let every = match &self.resolve_every {
+            Some(text) => humantime::parse_duration(text).ok()?,
+            None => Duration::from_secs(10),
+        };
+        (by_name && !every.is_zero()).then_some(every)
+    }
+}
+
 /// The rules of the remote-worker keys: a token, TLS for `https://`, plain `tcp://` only for
 /// loopback unless `insecure = true`; the error names its key.
 fn check_attach(m: &Manifest) -> Result<(), (Option<&'static str>, String)> {
@@ -247,6 +267,14 @@ fn check_attach(m: &Manifest) -> Result<(), (Option<&'static str>, String)> {
     };
     if list.urls().is_empty() {
         return Err((Some("attach"), "attach: the list is empty".to_owned()));
+    }
+    if let Some(every) = &m.resolve_every {
+        humantime::parse_duration(every).map_err(|e| {
+            (
+                Some("resolve_every"),
+                format!("resolve_every: {every:?}: {e}"),
+            )
+        })?;
     }
     for url in list.urls() {
         let attach =
@@ -286,6 +314,7 @@ fn no_stray_attach_keys(m: &Manifest) -> Result<(), (Option<&'static str>, Strin
         ("tls_cert", m.tls_cert.is_some()),
         ("tls_key", m.tls_key.is_some()),
         ("tls_server_name", m.tls_server_name.is_some()),
+        ("resolve_every", m.resolve_every.is_some()),
     ];
     match stray.iter().find(|(_, set)| *set) {
         Some((key, _)) => Err((Some(key), format!("{key} is only used with attach"))),
