@@ -109,7 +109,9 @@ impl Pool {
 
     /// Whether replica `index` is held out of dispatch by a rolling change now.
     pub fn is_held(&self, index: usize) -> bool {
-        self.held.get(index).is_some_and(|h| h.load(Ordering::Acquire))
+        self.held
+            .get(index)
+            .is_some_and(|h| h.load(Ordering::Acquire))
     }
 
     /// The pool's state: the best of its replicas' (a pool with one ready replica is ready).

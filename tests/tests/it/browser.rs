@@ -318,10 +318,8 @@ async fn each_replica_has_a_row(session: &Session, server: &Server) {
         (&shown == expected).then_some(())
     })
     .await;
-    let pids: std::collections::BTreeSet<&str> = expected
-        .iter()
-        .filter_map(|r| r["pid"].as_str())
-        .collect();
+    let pids: std::collections::BTreeSet<&str> =
+        expected.iter().filter_map(|r| r["pid"].as_str()).collect();
     assert_eq!(pids.len(), 2, "two workers, two pids: {expected:?}");
     assert!(
         replica_rows(session, "echo").await.is_empty(),

@@ -113,7 +113,12 @@ fn replicas_out_of_range_are_refused_naming_the_key() {
 
 /// `callers` loops of short calls on `plugin` until `stop` is set: the answers that were not
 /// 200 (with their text) and how many were.
-async fn load_until(c: &Client, plugin: &str, callers: usize, stop: &AtomicBool) -> (usize, Vec<String>) {
+async fn load_until(
+    c: &Client,
+    plugin: &str,
+    callers: usize,
+    stop: &AtomicBool,
+) -> (usize, Vec<String>) {
     let loops = (0..callers).map(|_| async {
         let (mut ok, mut failed) = (0, Vec::new());
         while !stop.load(Ordering::Acquire) {
@@ -126,10 +131,11 @@ async fn load_until(c: &Client, plugin: &str, callers: usize, stop: &AtomicBool)
         (ok, failed)
     });
     let all = futures_util::future::join_all(loops).await;
-    all.into_iter().fold((0, Vec::new()), |(ok, mut failed), (o, f)| {
-        failed.extend(f);
-        (ok + o, failed)
-    })
+    all.into_iter()
+        .fold((0, Vec::new()), |(ok, mut failed), (o, f)| {
+            failed.extend(f);
+            (ok + o, failed)
+        })
 }
 
 /// The configuration each replica of `plugin` holds, by pid (asked until `replicas` pids
@@ -174,6 +180,7 @@ fn a_config_change_and_a_reload_roll_under_load_with_no_failed_call() {
             let took = began.elapsed();
             assert_eq!(set.status, 200, "{}", set.text());
             assert!(took >= Duration::from_millis(450), "not rolled: {took:?}");
+            eprintln!("rolling configuration change over 3 replicas took {took:?}");
             tokio::time::sleep(Duration::from_millis(200)).await;
             let reloaded = c.send("POST", "/api/plugins/pool/reload", None).await;
             assert_eq!(reloaded.status, 200, "{}", reloaded.text());
@@ -181,8 +188,13 @@ fn a_config_change_and_a_reload_roll_under_load_with_no_failed_call() {
             stop.store(true, Ordering::Release);
         };
         let ((ok, failed), ()) = tokio::join!(load_until(c, "pool", 4, &stop), changes);
-        assert!(failed.is_empty(), "{} calls failed: {failed:?}", failed.len());
+        assert!(
+            failed.is_empty(),
+            "{} calls failed: {failed:?}",
+            failed.len()
+        );
         assert!(ok > 20, "only {ok} calls ran");
+        eprintln!("{ok} calls from 4 callers during the change and the reload, none failed");
 
         // Every replica is new (the reload) and holds the new configuration.
         let after = ready_pids(&info_until(c, "pool", three).await).unwrap_or_default();
@@ -190,7 +202,10 @@ fn a_config_change_and_a_reload_roll_under_load_with_no_failed_call() {
         let configs = configs_by_pid(c, "pool", 3).await;
         assert_eq!(configs.keys().copied().collect::<BTreeSet<_>>(), after);
         for (pid, config) in &configs {
-            assert_eq!(config["initialize_delay_ms"], 150, "replica {pid}: {config}");
+            assert_eq!(
+                config["initialize_delay_ms"], 150,
+                "replica {pid}: {config}"
+            );
         }
         api.finish().await;
     })
@@ -228,17 +243,27 @@ fn a_refused_config_is_rolled_back_while_the_pool_serves() {
         assert!(message.contains("replica 1 of 3"), "{message}");
         assert!(message.contains("put back"), "{message}");
         assert!(marker.exists(), "no replica took the configuration first");
-        assert!(failed.is_empty(), "{} calls failed: {failed:?}", failed.len());
+        assert!(
+            failed.is_empty(),
+            "{} calls failed: {failed:?}",
+            failed.len()
+        );
         assert!(ok > 10, "only {ok} calls ran");
 
         // The same workers, every one back on the previous configuration.
         let config = c.get("/api/plugins/pool/config").await.json();
         assert!(config["config"].is_object(), "{config}");
-        assert!(config["config"].get("accept_once_file").is_none(), "{config}");
+        assert!(
+            config["config"].get("accept_once_file").is_none(),
+            "{config}"
+        );
         let configs = configs_by_pid(c, "pool", 3).await;
         assert_eq!(configs.keys().copied().collect::<BTreeSet<_>>(), before);
         for (pid, config) in &configs {
-            assert!(config.get("accept_once_file").is_none(), "replica {pid}: {config}");
+            assert!(
+                config.get("accept_once_file").is_none(),
+                "replica {pid}: {config}"
+            );
         }
         api.finish().await;
     })
