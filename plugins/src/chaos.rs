@@ -41,7 +41,8 @@
 //! Start-up faults come from the environment (see [`startup_fault`]) or the config
 //! (`{"crash_on_initialize": true}` aborts in `initialize`, so a supervisor that re-applies the
 //! config after each restart sees a crash loop; `{"initialize_delay_ms": N}` makes every
-//! `initialize` take N ms, so a test can act while one runs).
+//! `initialize` take N ms, so a test can act while one runs; `{"accept_once_file": path}` is
+//! taken by the first worker only, which creates `path`, and refused by every later one).
 
 use futures_util::StreamExt;
 use plugvisor_proto::wire::{
@@ -109,6 +110,19 @@ impl Plugin for Chaos {
         if let Some(ms) = config.get("initialize_delay_ms").and_then(Value::as_u64) {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
+        if let Some(marker) = config.get("accept_once_file").and_then(Value::as_str) {
+            // The first worker to see this configuration takes it and leaves the file; every
+            // later one refuses it (so a pool's rolling change is refused by its 2nd replica).
+            let created = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(marker);
+            if created.is_err() {
+                return Err(PluginError::invalid_config(format!(
+                    "accept_once_file: {marker} exists; another worker took this configuration"
+                )));
+            }
+        }
         if let Ok(mut kept) = self.config.lock() {
             *kept = config;
         }
@@ -118,7 +132,8 @@ impl Plugin for Chaos {
     async fn execute(&self, input: Value) -> Result<Value, PluginError> {
         let fault = input.get("fault").and_then(Value::as_str).unwrap_or("none");
         if fault == "config" {
-            return Ok(json!({ "config": self.current_config() }));
+            let pid = std::process::id();
+            return Ok(json!({ "config": self.current_config(), "pid": pid }));
         }
         run_fault(fault, &input).await
     }
@@ -154,6 +169,11 @@ impl Plugin for Chaos {
                     "type": "integer",
                     "minimum": 0,
                     "description": "Every initialize waits this long first (for tests)."
+                },
+                "accept_once_file": {
+                    "type": "string",
+                    "description": "Only the first worker to get this configuration takes it \
+                        (creating this file); later ones refuse it (for tests)."
                 },
                 "api_key": {
                     "type": "string",

@@ -5,6 +5,10 @@
 //! plus calls queued for one. Ties go round-robin, so an idle pool spreads sequential calls
 //! too. A replica that is starting, backing off or failed is skipped while another is ready;
 //! a crash fails only the calls in flight on that replica.
+//!
+//! A configuration change rolls ([`Pool::reconfigure`]): one replica at a time is held out of
+//! dispatch, drained, given the new configuration and put back; a refusal stops the roll and
+//! puts the replicas that already changed back on the previous configuration.
 
 use crate::identity::PluginIdentity;
 use crate::supervisor::{CallOptions, Supervisor, WorkerState};
@@ -17,7 +21,7 @@ use plugvisor_proto::wire::{
 };
 use plugvisor_proto::{PluginError, Value};
 use serde::Serialize;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +29,16 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Pool {
     replicas: Arc<[Supervisor]>,
+    /// Per replica: held out of dispatch while a rolling change works on it.
+    held: Arc<[AtomicBool]>,
     next: Arc<AtomicUsize>,
+    /// One rolling change at a time.
+    rolling: Arc<tokio::sync::Mutex<()>>,
 }
+
+/// The longest a rolling change waits for a held replica's calls to finish before it applies
+/// the change anyway (applying a configuration does not fail the calls still running).
+const ROLL_DRAIN_MAX: Duration = Duration::from_secs(30);
 
 /// What status pages show of one replica.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -50,9 +62,12 @@ impl Pool {
     /// When `replicas` is empty: a pool always has a replica to send a call to.
     pub fn new(replicas: Vec<Supervisor>) -> Self {
         assert!(!replicas.is_empty(), "a pool needs at least one replica");
+        let held = replicas.iter().map(|_| AtomicBool::new(false)).collect();
         Self {
             replicas: replicas.into(),
+            held,
             next: Arc::new(AtomicUsize::new(0)),
+            rolling: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -62,22 +77,41 @@ impl Pool {
     }
 
     /// The replica the next call goes to: the least-loaded one that serves (ready or
-    /// unhealthy), ties round-robin; while none serves, the first that will (starting,
-    /// backing off), else the first (whose call then fails fast as it is failed or stopped).
+    /// unhealthy) and is not held out by a rolling change, ties round-robin; else the
+    /// least-loaded one that serves though held; while none serves, the first that will
+    /// (starting, backing off), else the first (whose call then fails fast as it is failed or
+    /// stopped).
     pub fn pick(&self) -> &Supervisor {
         let n = self.replicas.len();
         if n == 1 {
             return &self.replicas[0];
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let order = (0..n).map(|i| &self.replicas[(start + i) % n]);
-        let serving = order
-            .clone()
-            .filter(|s| serves(s.state()))
-            .min_by_key(|s| s.load());
-        serving
-            .or_else(|| order.clone().find(|s| will_serve(s.state())))
+        let order = (0..n).map(|i| (start + i) % n);
+        let least = |held_too: bool| {
+            order
+                .clone()
+                .filter(|&i| held_too || !self.held[i].load(Ordering::Acquire))
+                .map(|i| &self.replicas[i])
+                .filter(|s| serves(s.state()))
+                .min_by_key(|s| s.load())
+        };
+        least(false)
+            .or_else(|| least(true))
+            .or_else(|| {
+                order
+                    .clone()
+                    .map(|i| &self.replicas[i])
+                    .find(|s| will_serve(s.state()))
+            })
             .unwrap_or(&self.replicas[0])
+    }
+
+    /// Whether replica `index` is held out of dispatch by a rolling change now.
+    pub fn is_held(&self, index: usize) -> bool {
+        self.held
+            .get(index)
+            .is_some_and(|h| h.load(Ordering::Acquire))
     }
 
     /// The pool's state: the best of its replicas' (a pool with one ready replica is ready).
@@ -162,6 +196,57 @@ impl Pool {
         )
         .await;
         applied.into_iter().collect()
+    }
+
+    /// Applies `config` to a serving pool one replica at a time, with no failed call: each
+    /// replica in turn is held out of dispatch (the others take new calls), waits for its
+    /// running calls to finish (up to 30 s), takes the configuration and is put back. A pool
+    /// of one applies it at once, as [`Pool::initialize`] (its calls keep running meanwhile).
+    ///
+    /// # Errors
+    /// When a replica refuses `config`, the roll stops there: the replicas that already took
+    /// it are given `previous` again (one that refuses that too is logged and restarted, so
+    /// it comes back on the configuration its supervisor keeps, `previous`), and the error
+    /// says which replica refused and why, in the refusal's own kind. The pool serves on the
+    /// previous configuration throughout.
+    pub async fn reconfigure(
+        &self,
+        config: Option<Value>,
+        previous: Option<Value>,
+    ) -> Result<(), PluginError> {
+        let n = self.replicas.len();
+        if n == 1 {
+            return crate::Plugin::initialize(&self.replicas[0], config).await;
+        }
+        let _one_at_a_time = self.rolling.lock().await;
+        for index in 0..n {
+            let outcome = self.roll_one(index, config.clone()).await;
+            let Err(refused) = outcome else { continue };
+            for back in 0..index {
+                let undone = self.roll_one(back, previous.clone()).await;
+                if let Err(e) = undone {
+                    tracing::warn!(replica = back, error = %e, "rollback refused; restarting the replica");
+                    self.replicas[back].recycle();
+                }
+            }
+            tracing::warn!(replica = index, replicas = n, error = %refused, rolled_back = index, "configuration refused; rolled back");
+            let why = format!(
+                "replica {index} of {n} refused the configuration ({index} replica(s) that had \
+                 taken it were put back on the previous one, which the plugin serves on)"
+            );
+            return Err(with_context(refused, &why));
+        }
+        Ok(())
+    }
+
+    /// Holds replica `index` out of dispatch, lets its calls finish, applies `config` to it,
+    /// and puts it back (also when the configuration is refused).
+    async fn roll_one(&self, index: usize, config: Option<Value>) -> Result<(), PluginError> {
+        let replica = &self.replicas[index];
+        self.held[index].store(true, Ordering::Release);
+        let _back = Unhold(&self.held[index]);
+        let _ = tokio::time::timeout(ROLL_DRAIN_MAX, replica.drained()).await;
+        crate::Plugin::initialize(replica, config).await
     }
 
     /// Replaces every replica's worker with a fresh one, between calls.
@@ -286,6 +371,30 @@ impl Pool {
             }
             None => self.replicas[0].check_health(timeout).await,
         }
+    }
+}
+
+/// `e` of the same kind, its message led by `why`.
+fn with_context(e: PluginError, why: &str) -> PluginError {
+    match e {
+        PluginError::InvalidInput(m) => PluginError::InvalidInput(format!("{why}: {m}")),
+        PluginError::InvalidConfig(m) => PluginError::InvalidConfig(format!("{why}: {m}")),
+        PluginError::NotInitialized(m) => PluginError::NotInitialized(format!("{why}: {m}")),
+        PluginError::Failed(m) => PluginError::Failed(format!("{why}: {m}")),
+        PluginError::TimedOut(m) => PluginError::TimedOut(format!("{why}: {m}")),
+        PluginError::Unavailable(m) => PluginError::Unavailable(format!("{why}: {m}")),
+        PluginError::Protocol(m) => PluginError::Protocol(format!("{why}: {m}")),
+        // A crash report keeps its own shape; the log line names the replica.
+        other => other,
+    }
+}
+
+/// Puts a held replica back in dispatch when dropped.
+struct Unhold<'a>(&'a AtomicBool);
+
+impl Drop for Unhold<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 

@@ -236,7 +236,9 @@ impl Managed {
         // or finds the started worker installed and is applied to it.
         let _starting = self.starting.lock().await;
         if let Some(sup) = self.current() {
-            sup.initialize(Some(config.clone()))
+            // A pool rolls it one replica at a time and puts it back on this one if refused.
+            let previous = self.lock().config.clone();
+            sup.reconfigure(Some(config.clone()), Some(previous))
                 .await
                 .map_err(|e| self.plugin_error(e))?;
         }

@@ -1,7 +1,8 @@
 //! The status page in a real browser: `plugvisor serve` on the bundled plugins, headless
 //! Chromium driven over W3C WebDriver (chromedriver). The page lists every plugin, follows a
-//! crash live, shows the UI plugin's panel (sandboxed, talking only through the bridge), and
-//! leaves a screenshot at `target/status-page.png`.
+//! crash live, shows the UI plugin's panel (sandboxed, talking only through the bridge), shows
+//! each replica of a pooled plugin in a row of its own, and leaves a screenshot at
+//! `target/status-page.png`.
 //!
 //! Without `/usr/bin/chromium` and `/usr/bin/chromedriver` the test says so loudly and passes,
 //! unless `PLUGVISOR_BROWSER_TEST=require` (as `.ci/run` sets): then it fails.
@@ -42,6 +43,7 @@ fn the_status_page_shows_plugins_live_and_hosts_the_ui_panel() {
         save_screenshot(&session).await;
         let mut guarded = Server::start(&echo_only(&driver), Some(TOKEN));
         the_token_is_asked_for_and_used(&session, &guarded).await;
+        each_replica_has_a_row(&session, &guarded).await;
         guarded.track();
         driver.track();
         session.quit().await;
@@ -271,16 +273,73 @@ async fn a_button_reloads_a_plugin(session: &Session, server: &Server) {
 /// The API token of the second server.
 const TOKEN: &str = "browser-test-token";
 
-/// A manifest directory with only `echo` (for the server with a token).
+/// A manifest directory with `echo` and `echo-pool` (echo with `replicas = 2`), for the server
+/// with a token.
 fn echo_only(driver: &Driver) -> PathBuf {
     let dir = driver.dir().join("manifests");
     std::fs::create_dir_all(&dir).unwrap();
+    let command = bin("echo-worker");
     let text = format!(
         "name = \"echo\"\nversion = \"0.1.0\"\ncommand = \"{}\"\n",
-        bin("echo-worker").display()
+        command.display()
     );
     std::fs::write(dir.join("echo.toml"), text).unwrap();
+    let pool = format!(
+        "name = \"echo-pool\"\nversion = \"0.1.0\"\ncommand = \"{}\"\n\
+         start = \"eager\"\nreplicas = 2\n",
+        command.display()
+    );
+    std::fs::write(dir.join("echo-pool.toml"), pool).unwrap();
     dir
+}
+
+/// A pooled plugin's row is followed by one row per replica, each with the index, state, pid,
+/// restarts and calls in flight the API reports for it (and no such rows for a single worker).
+async fn each_replica_has_a_row(session: &Session, server: &Server) {
+    let info = server.client.get("/api/plugins/echo-pool").await.json();
+    let workers = info["workers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(workers.len(), 2, "{info}");
+    let expected: Vec<Value> = workers
+        .iter()
+        .map(|w| {
+            json!({
+                "index": w["index"].to_string(),
+                "state": w["state"],
+                "pid": w["pid"].to_string(),
+                "restarts": w["restarts"].to_string(),
+                "in_flight": format!("{} in flight", w["in_flight"]),
+            })
+        })
+        .collect();
+    assert!(workers.iter().all(|w| w["state"] == "ready"), "{info}");
+    let expected = &expected;
+    until("a row for each replica of echo-pool", || async move {
+        let shown = replica_rows(session, "echo-pool").await;
+        (&shown == expected).then_some(())
+    })
+    .await;
+    let pids: std::collections::BTreeSet<&str> =
+        expected.iter().filter_map(|r| r["pid"].as_str()).collect();
+    assert_eq!(pids.len(), 2, "two workers, two pids: {expected:?}");
+    assert!(
+        replica_rows(session, "echo").await.is_empty(),
+        "a single worker has no replica rows"
+    );
+}
+
+/// The replica rows under `plugin`'s row, as shown.
+async fn replica_rows(session: &Session, plugin: &str) -> Vec<Value> {
+    let rows = session
+        .script(
+            "const q = (r, f) => r.querySelector(`[data-field=${f}]`).textContent; \
+             return Array.from(document.querySelectorAll( \
+               `#plugins tbody tr.replica[data-replica-of='${arguments[0]}']`)).map(r => ({ \
+               index: r.dataset.replica, state: r.dataset.state, pid: q(r, 'pid'), \
+               restarts: q(r, 'restarts'), in_flight: q(r, 'in_flight') }));",
+            json!([plugin]),
+        )
+        .await;
+    rows.as_array().cloned().unwrap_or_default()
 }
 
 /// Against a server with a token the page asks for it, says when it is refused, and then
@@ -389,7 +448,7 @@ where
 async fn page_rows(session: &Session) -> serde_json::Map<String, Value> {
     let rows = session
         .script(
-            "return Array.from(document.querySelectorAll('#plugins tbody tr')).map(r => ({ \
+            "return Array.from(document.querySelectorAll('#plugins tbody tr[data-plugin]')).map(r => ({ \
                name: r.dataset.plugin, state: r.dataset.state, \
                restarts: r.querySelector('[data-field=restarts]').textContent }));",
             json!([]),

@@ -1,15 +1,18 @@
 //! Pools (issue 13): `replicas = N` runs N supervised workers of one plugin; calls go to the
 //! least-loaded ready replica, a crash fails only the calls on its own replica (the control:
 //! with one worker the same crash fails the call beside it), the replica restarts, and the
-//! API shows each replica.
+//! API shows each replica. A configuration change rolls one replica at a time under load with
+//! no failed call (and a reload swaps every replica, again with none); a configuration that a
+//! replica refuses is rolled back with the pool serving throughout.
 
 use crate::api::{info_until, load_plugins, manifest, Api};
 use plugvisor_manager::api::ApiOptions;
 use plugvisor_tests::http::{Answer, Client};
 use plugvisor_tests::serially;
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 async fn execute(c: &Client, plugin: &str, input: Value) -> Answer {
     c.post(
@@ -103,6 +106,164 @@ fn replicas_out_of_range_are_refused_naming_the_key() {
                 .await;
             assert_ne!(refused.status, 200, "{}", refused.text());
             assert!(refused.text().contains("replicas"), "{}", refused.text());
+        }
+        api.finish().await;
+    })
+}
+
+/// `callers` loops of short calls on `plugin` until `stop` is set: the answers that were not
+/// 200 (with their text) and how many were.
+async fn load_until(
+    c: &Client,
+    plugin: &str,
+    callers: usize,
+    stop: &AtomicBool,
+) -> (usize, Vec<String>) {
+    let loops = (0..callers).map(|_| async {
+        let (mut ok, mut failed) = (0, Vec::new());
+        while !stop.load(Ordering::Acquire) {
+            let answer = execute(c, plugin, sleep(15)).await;
+            match answer.status {
+                200 => ok += 1,
+                status => failed.push(format!("{status}: {}", answer.text())),
+            }
+        }
+        (ok, failed)
+    });
+    let all = futures_util::future::join_all(loops).await;
+    all.into_iter()
+        .fold((0, Vec::new()), |(ok, mut failed), (o, f)| {
+            failed.extend(f);
+            (ok + o, failed)
+        })
+}
+
+/// The configuration each replica of `plugin` holds, by pid (asked until `replicas` pids
+/// answered; sequential calls on an idle pool rotate over its replicas).
+async fn configs_by_pid(c: &Client, plugin: &str, replicas: usize) -> BTreeMap<u64, Value> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..60 {
+        let answer = execute(c, plugin, json!({"fault": "config"})).await;
+        let output = &answer.json()["output"];
+        let pid = output["pid"].as_u64().expect("a pid");
+        seen.insert(pid, output["config"].clone());
+        if seen.len() == replicas {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), replicas, "{seen:?}");
+    seen
+}
+
+#[test]
+fn a_config_change_and_a_reload_roll_under_load_with_no_failed_call() {
+    serially(async {
+        let plugins = [manifest("pool", "chaos", "replicas = 3")];
+        let api = Api::start(&plugins, ApiOptions::default()).await;
+        let c = &api.client;
+        load_plugins(c, &["pool"]).await;
+        let three = |i: &Value| ready_pids(i).is_some_and(|p| p.len() == 3);
+        let before = ready_pids(&info_until(c, "pool", three).await).unwrap_or_default();
+
+        let stop = AtomicBool::new(false);
+        let changes = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            // Each replica takes 150 ms to apply it: one at a time, the change takes at
+            // least three of those (all at once would take one).
+            let began = Instant::now();
+            let set = c
+                .put(
+                    "/api/plugins/pool/config",
+                    &json!({"config": {"initialize_delay_ms": 150}}),
+                )
+                .await;
+            let took = began.elapsed();
+            assert_eq!(set.status, 200, "{}", set.text());
+            assert!(took >= Duration::from_millis(450), "not rolled: {took:?}");
+            eprintln!("rolling configuration change over 3 replicas took {took:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let reloaded = c.send("POST", "/api/plugins/pool/reload", None).await;
+            assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stop.store(true, Ordering::Release);
+        };
+        let ((ok, failed), ()) = tokio::join!(load_until(c, "pool", 4, &stop), changes);
+        assert!(
+            failed.is_empty(),
+            "{} calls failed: {failed:?}",
+            failed.len()
+        );
+        assert!(ok > 20, "only {ok} calls ran");
+        eprintln!("{ok} calls from 4 callers during the change and the reload, none failed");
+
+        // Every replica is new (the reload) and holds the new configuration.
+        let after = ready_pids(&info_until(c, "pool", three).await).unwrap_or_default();
+        assert!(after.is_disjoint(&before), "{before:?} -> {after:?}");
+        let configs = configs_by_pid(c, "pool", 3).await;
+        assert_eq!(configs.keys().copied().collect::<BTreeSet<_>>(), after);
+        for (pid, config) in &configs {
+            assert_eq!(
+                config["initialize_delay_ms"], 150,
+                "replica {pid}: {config}"
+            );
+        }
+        api.finish().await;
+    })
+}
+
+#[test]
+fn a_refused_config_is_rolled_back_while_the_pool_serves() {
+    serially(async {
+        let plugins = [manifest("pool", "chaos", "replicas = 3")];
+        let api = Api::start(&plugins, ApiOptions::default()).await;
+        let c = &api.client;
+        load_plugins(c, &["pool"]).await;
+        let three = |i: &Value| ready_pids(i).is_some_and(|p| p.len() == 3);
+        let before = ready_pids(&info_until(c, "pool", three).await).unwrap_or_default();
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let marker = dir.path().join("taken");
+
+        // The first replica takes it (and leaves the marker); the second refuses it.
+        let stop = AtomicBool::new(false);
+        let change = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let refused = c
+                .put(
+                    "/api/plugins/pool/config",
+                    &json!({"config": {"accept_once_file": marker}}),
+                )
+                .await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stop.store(true, Ordering::Release);
+            refused
+        };
+        let ((ok, failed), refused) = tokio::join!(load_until(c, "pool", 3, &stop), change);
+        assert_eq!(refused.error_kind(), "invalid_config", "{}", refused.text());
+        let message = refused.error_message();
+        assert!(message.contains("replica 1 of 3"), "{message}");
+        assert!(message.contains("put back"), "{message}");
+        assert!(marker.exists(), "no replica took the configuration first");
+        assert!(
+            failed.is_empty(),
+            "{} calls failed: {failed:?}",
+            failed.len()
+        );
+        assert!(ok > 10, "only {ok} calls ran");
+
+        // The same workers, every one back on the previous configuration.
+        let config = c.get("/api/plugins/pool/config").await.json();
+        assert!(config["config"].is_object(), "{config}");
+        assert!(
+            config["config"].get("accept_once_file").is_none(),
+            "{config}"
+        );
+        let configs = configs_by_pid(c, "pool", 3).await;
+        assert_eq!(configs.keys().copied().collect::<BTreeSet<_>>(), before);
+        for (pid, config) in &configs {
+            assert!(
+                config.get("accept_once_file").is_none(),
+                "replica {pid}: {config}"
+            );
         }
         api.finish().await;
     })

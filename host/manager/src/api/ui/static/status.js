@@ -223,8 +223,34 @@
       );
       if (p.description) row.title = p.description;
       body.append(row);
+      if (p.replicas > 1) body.append(...replicaRows(p));
     }
     $("no-plugins").hidden = state.loaded.length > 0;
+  }
+
+  // One row under a pooled plugin's row for each of its replicas: index, state, pid,
+  // restarts and the calls in flight on it.
+  function replicaRows(p) {
+    return (p.workers || []).map((w) => {
+      const row = el("tr", {
+        class: "replica",
+        "data-replica-of": p.name,
+        "data-replica": String(w.index),
+        "data-state": w.state,
+      });
+      const gap = (n) => el("td", { colspan: String(n) });
+      row.append(
+        cell("replica", "replica " + w.index, "name replica"),
+        gap(2),
+        cell("state", el("span", { class: "state " + w.state, text: w.state })),
+        cell("pid", w.pid),
+        cell("restarts", w.restarts, "num"),
+        gap(1),
+        cell("in_flight", w.in_flight + " in flight", "num"),
+        gap(4)
+      );
+      return row;
+    });
   }
 
   function renderAvailable() {
