@@ -102,6 +102,9 @@ pub(crate) struct WorkerClient {
     tls: Option<crate::tls::TlsClient>,
     auth: HeaderValue,
     idle: [Mutex<Vec<Conn>>; 2],
+    /// Every connection's task, for [`WorkerClient::abort_all`] (finished ones are pruned
+    /// on each dial).
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 /// The index of `lane`'s pool in [`WorkerClient::idle`].
@@ -131,6 +134,7 @@ impl WorkerClient {
             tls: None,
             auth,
             idle: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
+            tasks: Mutex::new(Vec::new()),
         })
     }
 
@@ -223,6 +227,25 @@ impl WorkerClient {
     }
 
     async fn dial(&self) -> Result<Conn, ClientError> {
+        let conn = self.dial_new().await?;
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.retain(|t| !t.is_finished());
+            tasks.push(conn.task.abort_handle());
+        }
+        Ok(conn)
+    }
+
+    /// Ends every connection, idle or in use: their requests fail at once. For a remote
+    /// worker whose link was lost: a request on a partitioned TCP connection would otherwise
+    /// wait for an answer that never comes (a local worker's exit closes its sockets itself).
+    pub(crate) fn abort_all(&self) {
+        self.close_idle();
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.drain(..).for_each(|t| t.abort());
+        }
+    }
+
+    async fn dial_new(&self) -> Result<Conn, ClientError> {
         match &self.transport {
             Transport::Unix(path) => {
                 let stream = UnixStream::connect(path)

@@ -143,6 +143,15 @@ impl WorkerCore {
         self.process.remove_files();
     }
 
+    /// Kills a worker that stopped answering health probes; a remote one's link is lost
+    /// instead, and the calls waiting on it fail now.
+    pub(crate) fn kill_unresponsive(&self) {
+        self.process.kill_unresponsive();
+        if self.process.is_remote() {
+            self.client.abort_all();
+        }
+    }
+
     /// Turns a failed connection into the right error: a crash if the worker died.
     pub(crate) async fn failure(&self, err: ClientError) -> PluginError {
         let reason = format!("worker {}: {}", self.identity.name, chain(&err));
@@ -157,7 +166,10 @@ impl WorkerCore {
         }
         // A remote worker's link is lost with the connection: what happened to the worker
         // is not known here, and the supervisor reconnects.
-        self.process.lose(&message);
+        if self.process.is_remote() {
+            self.process.lose(&message);
+            self.client.abort_all();
+        }
         if self.process.exit.wait_timeout(CRASH_WAIT).await.is_some() {
             return PluginError::WorkerCrashed(self.process.crash_report().await);
         }

@@ -30,6 +30,7 @@ mod plugin_health;
 mod pools;
 mod protocol;
 mod remote;
+mod remote_netns;
 mod sandbox;
 mod schemas;
 mod services;

@@ -290,7 +290,7 @@ impl Life {
         self.inner.set_state(WorkerState::Unhealthy);
         if failures >= health.failures {
             tracing::warn!(plugin = %self.inner.label, pid, failures, "worker unresponsive; killing it");
-            core.process.kill_unresponsive();
+            core.kill_unresponsive();
         }
         failures
     }

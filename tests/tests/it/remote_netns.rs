@@ -1,0 +1,256 @@
+//! A remote worker on another "machine": its own network namespace (reached over a veth pair
+//! with addresses this test makes) and its own mount namespace with private `/tmp` and
+//! `/dev/shm`, so host and worker share no transfer area and talk only over TCP + TLS. The
+//! host attaches by IP with the certificate checked against a DNS name (`tls_server_name`),
+//! calls it, loses it when the link goes down (calls fail at once) and re-admits it when the
+//! link comes back. Needs root and iproute2; CI sets `PLUGVISOR_NETNS_TEST=require`.
+
+use crate::api::{info_until, load_plugins, Api};
+use plugvisor_manager::api::ApiOptions;
+use plugvisor_tests::remote::Certs;
+use plugvisor_tests::{bin, serially};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A network namespace with a veth pair to it, removed when dropped.
+struct Netns {
+    name: String,
+    host_if: String,
+    subnet: u8,
+}
+
+impl Netns {
+    fn make() -> Self {
+        let id = std::process::id() % 100_000;
+        let net = Self {
+            name: format!("pvtest{id}"),
+            host_if: format!("pvh{id}"),
+            subnet: (id % 200) as u8 + 20,
+        };
+        let peer = format!("pvw{id}");
+        let (host_ip, worker_ip) = (net.ip(1), net.ip(2));
+        net.ip_cmd(&["netns", "add", &net.name]);
+        let link = [
+            "link",
+            "add",
+            &net.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+        ];
+        net.ip_cmd(&[&link[..], &[net.name.as_str()]].concat());
+        net.ip_cmd(&["addr", "add", &format!("{host_ip}/30"), "dev", &net.host_if]);
+        net.ip_cmd(&["link", "set", &net.host_if, "up"]);
+        let inside = ["-n", net.name.as_str()];
+        net.ip_cmd(
+            &[
+                &inside[..],
+                &["addr", "add", &format!("{worker_ip}/30"), "dev", &peer],
+            ]
+            .concat(),
+        );
+        net.ip_cmd(&[&inside[..], &["link", "set", &peer, "up"]].concat());
+        net.ip_cmd(&[&inside[..], &["link", "set", "lo", "up"]].concat());
+        net
+    }
+
+    fn ip(&self, host: u8) -> String {
+        format!("10.213.{}.{host}", self.subnet)
+    }
+
+    fn ip_cmd(&self, args: &[&str]) {
+        let out = Command::new("ip").args(args).output().expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Takes the host's end of the link down or up (a network partition and its end).
+    fn link(&self, up: bool) {
+        let state = if up { "up" } else { "down" };
+        self.ip_cmd(&["link", "set", &self.host_if, state]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth pair with it.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A process of the test's own, SIGKILLed and reaped when dropped (a failed assertion must not
+/// leave it running).
+struct Owned(Child);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The chaos worker inside `net`, in a mount namespace of its own with private /tmp and
+/// /dev/shm, listening with TLS on the namespace's address.
+fn start_worker(net: &Netns, certs: &Certs) -> (Owned, u32) {
+    let script = "mount -t tmpfs tmpfs /tmp && mount -t tmpfs tmpfs /dev/shm && exec \"$0\" \"$@\"";
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.name,
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+        ])
+        .args(["sh", "-c", script])
+        .arg(bin("chaos-worker"))
+        .arg("--listen")
+        .arg(format!("tcp://{}:7443", net.ip(2)))
+        .arg("--tls-cert")
+        .arg(certs.file("tls.crt"))
+        .arg("--tls-key")
+        .arg(certs.file("tls.key"))
+        .arg("--token-file")
+        .arg(certs.file("token"))
+        .env_remove("PLUGVISOR_WATCH_STDIN")
+        .env("PLUGVISOR_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the worker in its namespace");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("plugvisor 1 tcp 10.213."), "{line:?}");
+    let pid = child.id();
+    (Owned(child), pid)
+}
+
+fn runnable() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let ip = Command::new("ip")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if root && ip {
+        return true;
+    }
+    let why = format!("needs root and iproute2 (root: {root}, ip: {ip})");
+    assert!(
+        std::env::var("PLUGVISOR_NETNS_TEST").as_deref() != Ok("require"),
+        "PLUGVISOR_NETNS_TEST=require but the test cannot run: {why}"
+    );
+    eprintln!("skipping the network-namespace test: {why}");
+    false
+}
+
+fn replica_state(info: &Value) -> String {
+    info["workers"][0]["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn a_worker_in_its_own_network_and_mount_namespaces_is_attached_lost_and_readmitted() {
+    if !runnable() {
+        return;
+    }
+    serially(async {
+        // Certificates live outside /tmp: the worker's /tmp is a tmpfs of its own.
+        let keep = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let certs = Certs::make(keep.path(), &["worker.test"]);
+        let net = Netns::make();
+        let (mut worker, pid) = start_worker(&net, &certs);
+
+        // It shares neither our network namespace nor our /tmp.
+        let ns = |p: u32| std::fs::read_link(format!("/proc/{p}/ns/net")).unwrap();
+        assert_ne!(
+            ns(pid),
+            ns(std::process::id()),
+            "the worker has a network of its own"
+        );
+        let its_tmp: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root/tmp"))
+            .unwrap()
+            .collect();
+        assert!(its_tmp.is_empty(), "its /tmp is a fresh tmpfs: {its_tmp:?}");
+        assert!(
+            keep.path().join("token").exists(),
+            "ours still holds our files"
+        );
+
+        let manifest = format!(
+            "name = \"far\"\nversion = \"0.1.0\"\nattach = \"https://{}:7443\"\n\
+             tls_server_name = \"worker.test\"\ntoken_file = \"{}\"\ntls_ca = \"{}\"\n",
+            net.ip(2),
+            certs.file("token").display(),
+            certs.file("ca.crt").display()
+        );
+        let api = Api::start(&[("far".to_owned(), manifest)], ApiOptions::default()).await;
+        let c = &api.client;
+        load_plugins(c, &["far"]).await;
+        let body = json!({"plugin_id": "far", "input": {"fault": "sleep", "ms": 1}});
+        let call = || c.post("/api/plugins/execute", &body);
+        let slow = json!({"plugin_id": "far", "input": {"fault": "sleep", "ms": 3000}});
+        let answer = call().await;
+        assert_eq!(answer.json()["output"]["pid"], pid, "{}", answer.text());
+
+        // A partition under a call: no answer and no reset ever come, so the host's health
+        // probes find it; the call in flight fails then (it does not hang), and the replica
+        // is ejected: later calls fail at once.
+        let in_flight = c.post("/api/plugins/execute", &slow);
+        let cut = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            net.link(false);
+        };
+        let (lost, ()) = tokio::join!(
+            tokio::time::timeout(Duration::from_secs(15), in_flight),
+            cut
+        );
+        let lost = lost.expect("the call in flight fails once the link is declared lost");
+        assert_eq!(lost.error_kind(), "worker_crashed", "{}", lost.text());
+        assert!(lost.text().contains("disconnected"), "{}", lost.text());
+        let away = |i: &Value| !matches!(replica_state(i).as_str(), "ready" | "unhealthy");
+        info_until(c, "far", away).await;
+        let during = tokio::time::timeout(Duration::from_secs(5), call()).await;
+        let during = during.expect("no waiting while the worker is unreachable");
+        assert_eq!(during.error_kind(), "unavailable", "{}", during.text());
+
+        // The link is back: re-admitted, and the same worker answers.
+        net.link(true);
+        info_until(c, "far", |i| replica_state(i) == "ready").await;
+        let answer = call().await;
+        assert_eq!(answer.json()["output"]["pid"], pid, "{}", answer.text());
+
+        api.finish().await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = worker.0.wait().unwrap();
+        assert!(
+            status.success(),
+            "it drained and exited 0 on SIGTERM: {status}"
+        );
+        drop(net);
+        let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        let left = String::from_utf8_lossy(&left.stdout).into_owned();
+        assert!(
+            !left.contains(&format!("pvtest{}", std::process::id() % 100_000)),
+            "{left}"
+        );
+    });
+}
