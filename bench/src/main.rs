@@ -160,6 +160,10 @@ async fn run(cli: &Cli) -> Result<Report> {
         let one = step("P21", scenario::pools::cpu(&ctx)).await;
         outcomes.push(one_or_error(one, "P21"));
     }
+    if wants(&["P22"]) {
+        let one = step("P22", scenario::remote::tls(&ctx)).await;
+        outcomes.push(one_or_error(one, "P22"));
+    }
     if wants(&["P16"]) {
         let one = step("P16", scenario::routes::streaming(&ctx)).await;
         outcomes.push(one_or_error(one, "P16"));

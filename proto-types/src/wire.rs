@@ -78,6 +78,13 @@ pub mod routes {
     pub const BEFORE_REQUEST: &str = "/v1/hooks/before_request";
     /// `POST`: a middleware's `after_response` hook ([`super::hooks`]).
     pub const AFTER_RESPONSE: &str = "/v1/hooks/after_response";
+    /// `GET /v1/files/<sha256>`: where the worker holds content with that SHA-256 (404 when
+    /// it has none); `PUT /v1/files/<sha256>`: stream that content to it (checked on
+    /// arrival). How a host sends file references to a worker it shares no filesystem with.
+    pub const FILES_PREFIX: &str = "/v1/files/";
+    /// `GET /v1/file?path=P`: the bytes of the file `P` in the worker's transfer directory (an
+    /// output file of a remote worker); `DELETE` removes it once the host has its copy.
+    pub const FILE: &str = "/v1/file";
     /// `POST`: one host event delivered to a plugin that subscribed to it
     /// ([`super::events`]). A `POST` like every route that runs plugin code, so it is on the
     /// call lane.

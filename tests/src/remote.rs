@@ -108,6 +108,13 @@ impl RemoteWorker {
         let _ = self.child.wait();
     }
 
+    /// SIGTERMs it (a clean stop: drain, clean up, exit) and waits for its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.child.wait().expect("wait for the worker")
+    }
+
     /// True while the process runs (not reaped, not a zombie).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

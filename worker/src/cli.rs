@@ -74,6 +74,12 @@ impl Args {
         let mut options = ServeOptions::new(read_token(self.token_file)?);
         options.transfer_dir = self.transfer_dir;
         options.max_body = self.max_body;
+        let watch_stdin = std::env::var(WATCH_STDIN_ENV).is_ok_and(|v| v.trim() == "1");
+        if !watch_stdin && options.transfer_dir.is_none() && matches!(listen, ListenAddr::Tcp(_)) {
+            // A remote worker: files streamed to it (and its outputs) need a place of its own.
+            options.transfer_dir = Some(private_transfer_dir()?);
+            options.owns_transfer_dir = true;
+        }
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             if !matches!(listen, ListenAddr::Tcp(_)) {
                 return Err(WorkerError::Tls(
@@ -86,10 +92,25 @@ impl Args {
         Ok(Some(WorkerConfig {
             listen,
             options,
-            watch_stdin: std::env::var(WATCH_STDIN_ENV).is_ok_and(|v| v.trim() == "1"),
+            watch_stdin,
             worker_threads: worker_threads(),
         }))
     }
+}
+
+/// A new directory of mode 0700 under the temporary directory, for a remote worker's files.
+fn private_transfer_dir() -> Result<PathBuf, WorkerError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::env::temp_dir().join(format!(
+        "plugvisor-worker-{}-{:x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| WorkerError::io("creating the transfer directory", e))?;
+    Ok(dir)
 }
 
 /// The token from `--token-file`, else from `PLUGVISOR_TOKEN`.

@@ -83,6 +83,7 @@ fn capabilities<P>(shared: &Shared<P>) -> Vec<String> {
         ("methods", !shared.method_specs.is_empty()),
         ("health_check", shared.health_check.is_some()),
         ("events", !shared.event_names.is_empty()),
+        ("file_transfer", shared.transfer.is_some()),
     ];
     all.extend(extensions.iter().filter(|e| e.1).map(|e| e.0.to_owned()));
     all

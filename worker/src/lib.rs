@@ -72,6 +72,7 @@ mod state;
 mod tls;
 mod transfer;
 mod unwind;
+mod uploads;
 mod watch;
 
 pub use builder::Worker;

@@ -36,6 +36,8 @@ pub struct ServeOptions {
     /// Serve TLS on a TCP listener (remote workers); `None` serves plain HTTP. A Unix
     /// listener with TLS is refused.
     pub tls: Option<crate::TlsServer>,
+    /// Remove `transfer_dir` when serving ends: a remote worker's private one, made at start.
+    pub owns_transfer_dir: bool,
 }
 
 impl ServeOptions {
@@ -49,6 +51,7 @@ impl ServeOptions {
             cleanup_timeout: DEFAULT_CLEANUP_TIMEOUT,
             plugin_runtime: None,
             tls: None,
+            owns_transfer_dir: false,
         }
     }
 

@@ -36,6 +36,10 @@ enum Route {
     AfterResponse,
     /// A host event for a subscribed plugin.
     Events,
+    /// `GET` (is it here?) or `PUT` (upload) of content by its SHA-256.
+    Files,
+    /// `GET` (download) or `DELETE` of a file in the transfer directory.
+    File,
 }
 
 /// Path, method and route of every endpoint.
@@ -109,6 +113,18 @@ async fn dispatch<P: Plugin>(shared: &Shared<P>, route: Route, req: Request<Inco
         Route::BeforeRequest => handlers::before_request(shared, req).await,
         Route::AfterResponse => handlers::after_response(shared, req).await,
         Route::Events => handlers::event(shared, req).await,
+        Route::Files => files(shared, req).await,
+        Route::File if req.method() == Method::DELETE => crate::uploads::remove(shared, &req),
+        Route::File => crate::uploads::download(shared, &req),
+    }
+}
+
+/// `GET` or `PUT /v1/files/<sha256>`.
+async fn files<P: Plugin>(shared: &Shared<P>, req: Request<Incoming>) -> Handled {
+    let sha = req.uri().path()[routes::FILES_PREFIX.len()..].to_owned();
+    match *req.method() {
+        Method::PUT => crate::uploads::upload(shared, &sha, req).await,
+        _ => crate::uploads::lookup(shared, &sha),
     }
 }
 
@@ -119,6 +135,18 @@ fn find(method: &Method, path: &str) -> Result<Route, Box<Reply>> {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
     if plugin_route {
         return Ok(Route::Plugin);
+    }
+    if path.starts_with(routes::FILES_PREFIX) {
+        return match *method {
+            Method::GET | Method::PUT => Ok(Route::Files),
+            _ => Err(Box::new(wrong_method(path, &Method::PUT, method))),
+        };
+    }
+    if path == routes::FILE {
+        return match *method {
+            Method::GET | Method::DELETE => Ok(Route::File),
+            _ => Err(Box::new(wrong_method(path, &Method::GET, method))),
+        };
     }
     if path.starts_with(routes::METHOD_PREFIX) {
         return match *method {

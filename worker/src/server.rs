@@ -147,6 +147,11 @@ pub(crate) async fn serve_with<P: Plugin>(
     }
     drain(&mut connections, options.grace).await;
     cleanup(&shared, options.cleanup_timeout).await;
+    if let (true, Some(dir)) = (options.owns_transfer_dir, &options.transfer_dir) {
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove the transfer directory");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

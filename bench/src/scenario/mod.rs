@@ -20,6 +20,7 @@ pub mod lifecycle;
 pub mod middleware;
 pub mod pools;
 pub mod python;
+pub mod remote;
 pub mod routes;
 pub mod sandbox;
 pub mod scale;

@@ -84,7 +84,7 @@ fn outcome(one: &[f64], two: &[f64]) -> Outcome {
         "P21",
         "a CPU-bound Python plugin (pure-Python sum of squares, ~10 ms a call) with replicas = 2 \
          vs replicas = 1, 4 concurrent callers through PluginManager::call, trials alternating",
-        "replicas = 2 >= 1.5 x the calls/s of one worker (2 cores)",
+        "replicas = 2 >= 1.8 x the calls/s of one worker (2 cores; issue 13's target)",
     );
     o.measure("replicas_2_calls_per_s", b);
     o.measure("ratio_2_to_1", ratio);
@@ -92,7 +92,7 @@ fn outcome(one: &[f64], two: &[f64]) -> Outcome {
     o.checks.push(Check::at_least(
         "replicas = 2 calls/s / replicas = 1 calls/s",
         ratio,
-        1.5,
+        1.8,
     ));
     o.measured_text = format!("replicas = 2: {b:.0} calls/s ({ratio:.2}x)");
     o.baseline_text = format!("replicas = 1: {a:.0} calls/s");

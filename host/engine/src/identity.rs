@@ -25,6 +25,8 @@ pub struct PluginIdentity {
     /// The host events it handles on `POST /v1/events` (`loaded`, `plugin_unloaded`, `*`;
     /// empty when it hears none).
     pub events: Vec<String>,
+    /// It accepts files streamed to it (`file_transfer`: docs/PROTOCOL.md §14).
+    pub file_transfer: bool,
 }
 
 impl PluginIdentity {
@@ -57,6 +59,7 @@ impl From<InfoResponse> for PluginIdentity {
             hooks: info.hooks,
             methods: info.methods,
             health_check: info.capabilities.iter().any(|c| c == "health_check"),
+            file_transfer: info.capabilities.iter().any(|c| c == "file_transfer"),
             events: info.events,
         }
     }

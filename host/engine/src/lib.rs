@@ -78,6 +78,7 @@ mod pool;
 mod process;
 mod registry;
 mod remote;
+mod remote_files;
 mod route;
 mod rss;
 mod sandbox;

@@ -254,7 +254,8 @@ impl WorkerCore {
     async fn call_at(&self, path: &str, input: &Value) -> Result<CallOutput, PluginError> {
         let _guard = self.begin_call();
         let (body, staged) = self.request_body(input).await?;
-        let response: wire::ExecuteResponse = self.json(Method::POST, path, body).await?;
+        let mut response: wire::ExecuteResponse = self.json(Method::POST, path, body).await?;
+        self.fetch_outputs(&mut response.output).await?;
         let dir = &self.process.transfer_dir;
         let files = transfer::adopt_outputs(dir, &response.output, &staged)?;
         Ok(CallOutput {
@@ -302,11 +303,7 @@ impl WorkerCore {
             return Ok((body, StagedInputs::default()));
         }
         if self.process.is_remote() {
-            return Err(PluginError::FileAccess(format!(
-                "{} is a remote worker: it shares no filesystem with the host, so a file \
-                 reference cannot be passed to it (send the content in the input instead)",
-                self.identity.name
-            )));
+            return self.remote_request_body(input).await;
         }
         let dir = self.process.transfer_dir.clone();
         let other_user = self.sandbox.as_ref().is_some_and(|s| s.uid.is_some());
@@ -320,6 +317,39 @@ impl WorkerCore {
         let staged = staged?;
         let body = to_body(&ExecuteRequest { input: &owned })?;
         Ok((body, staged))
+    }
+
+    /// A remote worker's call body: its file references streamed to it first (content
+    /// addressed, docs/PROTOCOL.md §14), when it can receive files.
+    async fn remote_request_body(
+        &self,
+        input: &Value,
+    ) -> Result<(Bytes, StagedInputs), PluginError> {
+        if !self.identity.file_transfer {
+            return Err(PluginError::FileAccess(format!(
+                "{} is a remote worker without file_transfer: it shares no filesystem with the \
+                 host, so a file reference cannot be passed to it",
+                self.identity.name
+            )));
+        }
+        let sent = match crate::remote_files::send_inputs(&self.client, input).await {
+            Ok(sent) => sent,
+            Err(f) => return Err(self.attribute(f).await),
+        };
+        let body = to_body(&ExecuteRequest { input: &sent })?;
+        Ok((body, StagedInputs::default()))
+    }
+
+    /// A remote worker's output files, copied into the host's transfer directory.
+    async fn fetch_outputs(&self, output: &mut Value) -> Result<(), PluginError> {
+        if !self.process.is_remote() || !plugvisor_proto::file_ref::contains_file_refs(output) {
+            return Ok(());
+        }
+        let dir = &self.process.transfer_dir;
+        match crate::remote_files::fetch_outputs(&self.client, output, dir).await {
+            Ok(()) => Ok(()),
+            Err(f) => Err(self.attribute(f).await),
+        }
     }
 
     /// `POST /v1/hooks/before_request`.

@@ -385,6 +385,7 @@ mod tests {
             methods: Vec::new(),
             health_check: false,
             events: Vec::new(),
+            file_transfer: false,
         };
         assert_eq!(contract(&plain, &identity), Ok(()));
         let none = contract(&hooked, &identity).unwrap_err();

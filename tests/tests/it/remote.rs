@@ -68,17 +68,6 @@ fn a_lost_remote_worker_fails_fast_and_is_readmitted_and_never_stopped_by_the_ho
             "the call ran in the remote worker"
         );
 
-        // A file reference cannot reach a worker that shares no filesystem: a clear refusal.
-        let file = dir.path().join("token");
-        let size = std::fs::metadata(&file).unwrap().len();
-        let f = json!({"$file": {"path": file, "size": size}});
-        let with_file = json!({"fault": "sleep", "ms": 1, "f": f});
-        let refused = sup.execute(with_file).await;
-        let Err(PluginError::FileAccess(why)) = &refused else {
-            panic!("expected file_access_denied, got {refused:?}");
-        };
-        assert!(why.contains("remote worker"), "{why}");
-
         // Lost mid-call: the call fails as a crash whose report says what the host knows.
         let call = sup.execute(sleep(2_000));
         let kill = async {
@@ -219,5 +208,109 @@ fn a_pool_mixes_a_local_replica_and_a_remote_one_from_a_manifest() {
         assert_eq!(served, pids, "{answers:?}");
         api.finish().await;
         drop(worker);
+    });
+}
+
+/// A file of `mib` MiB of a repeating pattern, and its SHA-256 (hex).
+fn pattern_file(path: &std::path::Path, mib: usize) -> String {
+    use sha2::{Digest, Sha256};
+    let block: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut hasher = Sha256::new();
+    let mut file = std::fs::File::create(path).unwrap();
+    for _ in 0..mib {
+        std::io::Write::write_all(&mut file, &block).unwrap();
+        hasher.update(&block);
+    }
+    format!("{:x}", hasher.finalize())
+}
+
+#[test]
+fn files_travel_to_and_from_a_remote_worker_that_shares_no_filesystem() {
+    serially(async {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = Certs::make(dir.path(), &[]);
+        let worker = RemoteWorker::start("files", &certs, "127.0.0.1:0", &[]);
+        let mut world = World::new().await;
+        let sup = world
+            .supervise_spec(attach(&worker, &certs, false), remote_config())
+            .await;
+        let input = dir.path().join("input.bin");
+        let sha = pattern_file(&input, 8);
+        let size = std::fs::metadata(&input).unwrap().len();
+        let file = json!({"$file": {"path": input, "size": size}});
+
+        // In: streamed to the worker, hashed there to the same digest.
+        let hashed = sup
+            .execute(json!({"op": "sha256", "file": file}))
+            .await
+            .unwrap();
+        assert_eq!(hashed["sha256"], sha, "{hashed}");
+        assert_eq!(hashed["size"], size);
+        // The worker's copy is its own, content-addressed, outside anything the host has.
+        let its_dir = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.to_string_lossy()
+                    .contains(&format!("plugvisor-worker-{}-", worker.pid))
+            })
+            .expect("the remote worker's private transfer directory");
+        let cas = its_dir.join("cas").join(&sha);
+        assert_eq!(std::fs::metadata(&cas).unwrap().len(), size);
+        // Sent again, the content is not uploaded twice: the copy is reused.
+        let modified = std::fs::metadata(&cas).unwrap().modified().unwrap();
+        sup.execute(json!({"op": "sha256", "file": file}))
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::metadata(&cas).unwrap().modified().unwrap(),
+            modified
+        );
+
+        // Out: the gzip the worker writes comes back as a file of the host's, and is removed
+        // on the worker.
+        let out = sup
+            .call_with(json!({"op": "gzip", "file": file}), Default::default())
+            .await
+            .unwrap();
+        let local = out
+            .files
+            .first()
+            .and_then(|f| f.path())
+            .expect("an output file")
+            .to_path_buf();
+        assert!(local.starts_with(world.host.dir()), "{}", local.display());
+        let mut unzipped = Vec::new();
+        let gz = std::fs::File::open(&local).unwrap();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz), &mut unzipped).unwrap();
+        assert_eq!(unzipped.len() as u64, size);
+        let remote_out = out.value["file"]["$file"]["path"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            remote_out.starts_with(&*world.host.dir().to_string_lossy()),
+            "{remote_out}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&its_dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("out-"))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "the worker's output copy is removed: {left:?}"
+        );
+        drop(out);
+
+        drop(sup);
+        world.finish().await;
+        let mut worker = worker;
+        assert!(worker.terminate().success(), "it exits 0 on SIGTERM");
+        assert!(
+            !its_dir.exists(),
+            "the worker removes its private directory when it stops"
+        );
     });
 }

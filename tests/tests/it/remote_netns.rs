@@ -182,10 +182,18 @@ fn a_worker_in_its_own_network_and_mount_namespaces_is_attached_lost_and_readmit
             ns(std::process::id()),
             "the worker has a network of its own"
         );
+        // Its /tmp is a fresh tmpfs holding only its own transfer directory, which ours lacks.
         let its_tmp: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root/tmp"))
             .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
             .collect();
-        assert!(its_tmp.is_empty(), "its /tmp is a fresh tmpfs: {its_tmp:?}");
+        let own = format!("plugvisor-worker-{pid}-");
+        assert!(
+            its_tmp.len() == 1 && its_tmp[0].to_string_lossy().starts_with(&own),
+            "{its_tmp:?}"
+        );
+        assert!(!std::path::Path::new("/tmp").join(&its_tmp[0]).exists());
         assert!(
             keep.path().join("token").exists(),
             "ours still holds our files"
