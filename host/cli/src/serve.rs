@@ -130,6 +130,8 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for note in manager.overridden_entry_points() {
         eprintln!("plugvisor: note: {note}");
     }
+    // Handlers in place before the banner: whoever reads it may send SIGTERM at once.
+    let signals = Signals::install()?;
     let started = manager.start_all().await;
     let addr = listener.local_addr()?;
     eprintln!(
@@ -141,7 +143,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         not_started(&started.failed)
     );
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(signals.stop_on_signal(shutdown.clone()));
     let served = serve_api(listener, manager.clone(), options, shutdown).await;
     manager.shutdown().await;
     served.context("the API server failed")
@@ -193,18 +195,30 @@ fn api_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
     }
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use std::io::Write;
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
     }
-    // Cancel first, and never panic on a closed stderr (eprintln! would, and the server would
-    // then never stop): a supervisor that closed our stderr still gets a clean stop.
-    shutdown.cancel();
-    let _ = writeln!(std::io::stderr(), "plugvisor: stopping");
+
+    async fn stop_on_signal(mut self, shutdown: CancellationToken) {
+        use std::io::Write;
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+        // Cancel first, and never panic on a closed stderr (eprintln! would, and the server
+        // would then never stop): a supervisor that closed our stderr still gets a clean stop.
+        shutdown.cancel();
+        let _ = writeln!(std::io::stderr(), "plugvisor: stopping");
+    }
 }

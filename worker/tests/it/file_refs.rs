@@ -80,6 +80,7 @@ async fn file_references_are_checked_before_the_plugin_runs() {
         plugvisor_worker::files::transfer_dir().unwrap()
     );
     std::fs::remove_file(path).unwrap();
+    uploads_are_checked(&server, &outside).await;
     server.stop().await;
 
     let no_dir = TestServer::start().await;
@@ -91,4 +92,54 @@ async fn file_references_are_checked_before_the_plugin_runs() {
     )
     .await;
     no_dir.stop().await;
+}
+
+/// §14: content arrives only under its own SHA-256 (a wrong body is refused and leaves nothing;
+/// the right one is stored and found), and `GET`/`DELETE /v1/file` take only what a file
+/// reference could name.
+async fn uploads_are_checked(server: &TestServer, outside: &Path) {
+    let t = &server.transfer;
+    let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    let at = format!("/v1/files/{abc}");
+    let (status, value) = server.call("PUT", &at, "abd").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{value}");
+    let message = value["error"]["message"].as_str().unwrap();
+    assert!(message.contains("checksum mismatch"), "{message}");
+    let kept: Vec<_> = std::fs::read_dir(t.join("cas")).unwrap().collect();
+    assert!(kept.is_empty(), "a refused upload leaves nothing: {kept:?}");
+    assert_eq!(server.call("GET", &at, "").await.0, StatusCode::NOT_FOUND);
+
+    // The positive control: the right bytes are stored, and found again.
+    let (status, value) = server.call("PUT", &at, "abc").await;
+    assert_eq!(status, StatusCode::OK, "{value}");
+    assert_eq!(std::fs::read(t.join("cas").join(abc)).unwrap(), b"abc");
+    let (status, found) = server.call("GET", &at, "").await;
+    assert_eq!(
+        (status, &found["size"]),
+        (StatusCode::OK, &json!(3)),
+        "{found}"
+    );
+
+    let bad_digest = server.call("PUT", "/v1/files/not-a-digest", "x").await;
+    assert_eq!(bad_digest.0, StatusCode::BAD_REQUEST, "{}", bad_digest.1);
+    for (method, path) in [
+        ("GET", outside.to_path_buf()),
+        ("DELETE", t.join("link.txt")),
+    ] {
+        let (status, value) = server
+            .call(method, &format!("/v1/file?path={}", path.display()), "")
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "{method} {}: {value}",
+            path.display()
+        );
+    }
+    let stored = t.join("cas").join(abc);
+    let (status, _) = server
+        .call("DELETE", &format!("/v1/file?path={}", stored.display()), "")
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(!stored.exists());
 }
