@@ -102,10 +102,12 @@ impl RemoteWorker {
         format!("https://localhost:{}", self.port)
     }
 
-    /// SIGKILLs it and reaps it.
+    /// SIGKILLs it (a crash, as far as anyone can tell) and reaps it, then removes the private
+    /// transfer directory it could not remove itself, as its orchestrator would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        remove_private_dirs(self.pid);
     }
 
     /// SIGTERMs it (a clean stop: drain, clean up, exit) and waits for its exit status.
@@ -122,7 +124,42 @@ impl RemoteWorker {
 }
 
 impl Drop for RemoteWorker {
+    /// A clean stop when it is still running (SIGTERM; SIGKILL if that takes over 5 s).
     fn drop(&mut self) {
+        if self.is_running() {
+            let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while self.is_running() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
         self.kill();
     }
+}
+
+/// Removes `$TMPDIR/plugvisor-worker-<pid>-*` (a remote worker's private transfer directory).
+pub fn remove_private_dirs(pid: u32) {
+    let prefix = format!("plugvisor-worker-{pid}-");
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The private transfer directories the remote worker `pid` left (for leak checks).
+pub fn private_dirs_of(pid: u32) -> Vec<std::path::PathBuf> {
+    let prefix = format!("plugvisor-worker-{pid}-");
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
 }

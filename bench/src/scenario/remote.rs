@@ -54,7 +54,16 @@ pub async fn tls(ctx: &Ctx) -> Result<Outcome> {
 struct Owned(Child);
 
 impl Drop for Owned {
+    /// SIGTERM (it removes its private transfer directory), SIGKILL if it hangs.
     fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..500 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

@@ -134,8 +134,9 @@ impl Attach {
         }
     }
 
-    /// How a replica is named: the address it connects to.
-    pub(crate) fn label(&self) -> String {
+    /// Where this replica is: `https://ADDR` for the address it connects to (the URL as
+    /// given when no address was chosen).
+    pub fn address(&self) -> String {
         match (self.connect_to, self.https) {
             (Some(addr), true) => format!("https://{addr}"),
             (Some(addr), false) => format!("tcp://{addr}"),
@@ -201,9 +202,9 @@ pub(crate) async fn attach(
             transfer_dir,
             host_dir: Arc::clone(host_dir),
         },
-        attach.label(),
+        attach.address(),
     );
-    tracing::info!(plugin = %info.name, version = %info.version, at = %attach.label(), pid = info.pid, "remote worker attached");
+    tracing::info!(plugin = %info.name, version = %info.version, at = %attach.address(), pid = info.pid, "remote worker attached");
     Ok(Launched {
         process,
         client,

@@ -12,7 +12,7 @@ use plugvisor_host::{
 };
 use plugvisor_manager::api::ApiOptions;
 use plugvisor_proto::{CrashCause, ExitReason};
-use plugvisor_tests::remote::{Certs, RemoteWorker};
+use plugvisor_tests::remote::{private_dirs_of, Certs, RemoteWorker};
 use plugvisor_tests::{serially, World};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -104,6 +104,7 @@ fn a_lost_remote_worker_fails_fast_and_is_readmitted_and_never_stopped_by_the_ho
         back.kill();
         drop(sup);
         world.finish().await;
+        assert!(private_dirs_of(back.pid).is_empty() && private_dirs_of(worker.pid).is_empty());
     });
 }
 
@@ -168,6 +169,9 @@ fn tls_refuses_another_ca_and_mutual_tls_refuses_a_host_without_a_certificate() 
 
         drop(good);
         world.finish().await;
+        let pid = worker.pid;
+        drop(worker);
+        assert!(private_dirs_of(pid).is_empty(), "left behind");
     });
 }
 
@@ -207,7 +211,9 @@ fn a_pool_mixes_a_local_replica_and_a_remote_one_from_a_manifest() {
             .collect();
         assert_eq!(served, pids, "{answers:?}");
         api.finish().await;
+        let pid = worker.pid;
         drop(worker);
+        assert!(private_dirs_of(pid).is_empty(), "left behind");
     });
 }
 

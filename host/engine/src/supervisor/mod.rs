@@ -209,6 +209,12 @@ impl Supervisor {
         self.inner.slot.borrow().state
     }
 
+    /// The address of the remote worker it attaches to (see [`crate::Attach::address`]);
+    /// `None` for a worker the host starts.
+    pub fn remote_address(&self) -> Option<String> {
+        self.inner.spec.remote.as_ref().map(crate::Attach::address)
+    }
+
     /// True while its worker is gone and being started again (or reconnected).
     pub(crate) fn is_down(&self) -> bool {
         matches!(
