@@ -88,14 +88,25 @@ impl Drop for Netns {
     }
 }
 
-/// A process of the test's own, SIGKILLed and reaped when dropped (a failed assertion must not
-/// leave it running).
+/// A process of the test's own, stopped (SIGTERM, SIGKILL after 5 s) and reaped when dropped
+/// (a failed assertion must not leave it running); a worker's private directory goes with it.
 struct Owned(Child);
 
 impl Drop for Owned {
     fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            for _ in 0..500 {
+                if !matches!(self.0.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
+        plugvisor_tests::remote::remove_private_dirs(self.0.id());
     }
 }
 
@@ -261,4 +272,189 @@ fn a_worker_in_its_own_network_and_mount_namespaces_is_attached_lost_and_readmit
             "{left}"
         );
     });
+}
+
+/// A network namespace with only its loopback, and its own `/etc/hosts` (what `ip netns exec`
+/// binds over `/etc/hosts` for the processes it runs there); all removed when dropped.
+struct DnsNetns {
+    name: String,
+    etc: std::path::PathBuf,
+}
+
+impl DnsNetns {
+    fn make(hosts: &str) -> Self {
+        let name = format!("pvdns{}", std::process::id() % 100_000);
+        let etc = std::path::Path::new("/etc/netns").join(&name);
+        std::fs::create_dir_all(&etc).unwrap();
+        // Without `multi on`, glibc answers only the first /etc/hosts line of a name.
+        std::fs::write(etc.join("host.conf"), "multi on\n").unwrap();
+        let net = Self { name, etc };
+        net.hosts(hosts);
+        let ok = |args: &[&str]| {
+            assert!(
+                Command::new("ip").args(args).status().unwrap().success(),
+                "ip {args:?}"
+            );
+        };
+        ok(&["netns", "add", &net.name]);
+        ok(&["-n", &net.name, "link", "set", "lo", "up"]);
+        net
+    }
+
+    /// Rewrites the namespace's /etc/hosts in place (the bind mount shows the new text).
+    fn hosts(&self, names: &str) {
+        std::fs::write(
+            self.etc.join("hosts"),
+            format!("127.0.0.1 localhost\n{names}"),
+        )
+        .unwrap();
+    }
+
+    fn exec(&self) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]);
+        cmd
+    }
+}
+
+impl Drop for DnsNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.etc);
+    }
+}
+
+/// A TLS chaos worker on `addr` inside `net`.
+fn dns_worker(net: &DnsNetns, certs: &Certs, addr: &str) -> (Owned, u32) {
+    let mut child = net
+        .exec()
+        .arg(bin("chaos-worker"))
+        .args(["--listen", &format!("tcp://{addr}:7443"), "--tls-cert"])
+        .arg(certs.file("tls.crt"))
+        .arg("--tls-key")
+        .arg(certs.file("tls.key"))
+        .arg("--token-file")
+        .arg(certs.file("token"))
+        .env_remove("PLUGVISOR_WATCH_STDIN")
+        .env("PLUGVISOR_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains(addr), "{line:?}");
+    let pid = child.id();
+    (Owned(child), pid)
+}
+
+/// The pids of the plugin's replicas as the server inside `net` reports them.
+fn replica_pids(net: &DnsNetns, api: &str) -> Vec<u64> {
+    let out = net
+        .exec()
+        .args(["curl", "-s", &format!("{api}/api/plugins/far")])
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut pids: Vec<u64> = info["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|w| w["state"] == "ready")
+        .filter_map(|w| w["pid"].as_u64())
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+fn wait_for_pids(net: &DnsNetns, api: &str, want: &[u32]) {
+    let mut want: Vec<u64> = want.iter().map(|p| u64::from(*p)).collect();
+    want.sort_unstable();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = replica_pids(net, api);
+        if now == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replicas {now:?}, wanted {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_name_that_comes_to_resolve_to_more_or_fewer_addresses_adds_and_removes_replicas() {
+    if !runnable() {
+        return;
+    }
+    let keep = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let certs = Certs::make(keep.path(), &["workers.test"]);
+    let net = DnsNetns::make("127.0.0.2 workers.test\n");
+    let (a, pid_a) = dns_worker(&net, &certs, "127.0.0.2");
+    let (b, pid_b) = dns_worker(&net, &certs, "127.0.0.3");
+    let plugins = keep.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let manifest = format!(
+        "name = \"far\"\nversion = \"0.1.0\"\nattach = \"https://workers.test:7443\"\n\
+         resolve_every = \"200ms\"\ntoken_file = \"{}\"\ntls_ca = \"{}\"\n",
+        certs.file("token").display(),
+        certs.file("ca.crt").display()
+    );
+    std::fs::write(plugins.join("far.toml"), manifest).unwrap();
+    let mut serve = net
+        .exec()
+        .arg(bin("plugvisor"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--plugins"])
+        .arg(&plugins)
+        .env("PLUGVISOR_RUNTIME_DIR", keep.path().join("run"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut banner = String::new();
+    let mut stderr = BufReader::new(serve.stderr.take().unwrap());
+    while !banner.contains("serving") {
+        banner.clear();
+        assert!(
+            stderr.read_line(&mut banner).unwrap() > 0,
+            "serve ended early"
+        );
+    }
+    let serve = Owned(serve);
+    let api = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("the API address")
+        .to_owned();
+
+    // One address, one replica.
+    wait_for_pids(&net, &api, &[pid_a]);
+    // The name gains an address: a replica joins.
+    net.hosts("127.0.0.2 workers.test\n127.0.0.3 workers.test\n");
+    wait_for_pids(&net, &api, &[pid_a, pid_b]);
+    // It loses one: that replica leaves, the other stays.
+    net.hosts("127.0.0.3 workers.test\n");
+    wait_for_pids(&net, &api, &[pid_b]);
+
+    let pid = nix::unistd::Pid::from_raw(serve.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut serve = serve;
+    assert!(serve.0.wait().unwrap().success(), "serve stops cleanly");
+    drop((a, b));
+    for pid in [pid_a, pid_b] {
+        assert!(
+            plugvisor_tests::remote::private_dirs_of(pid).is_empty(),
+            "left behind"
+        );
+    }
+    drop(net);
+    assert!(!std::path::Path::new("/etc/netns")
+        .join(format!("pvdns{}", std::process::id() % 100_000))
+        .exists());
 }
