@@ -31,6 +31,14 @@ struct Cli {
     /// Shrink sizes and durations (1 GiB → 128 MiB, 3 s → 1 s, 200 workers → 50).
     #[arg(long)]
     quick: bool,
+    /// Also measure HashiCorp go-plugin (P23; always in a full run): builds `bench/go` with
+    /// Debian's Go, which `scripts/bench --peers` installs when missing.
+    #[arg(long)]
+    peers: bool,
+    /// Also count instructions per call under valgrind's callgrind (P24; in a full run when
+    /// valgrind is installed; `scripts/bench --callgrind` installs it).
+    #[arg(long)]
+    callgrind: bool,
     /// Run only these scenarios, e.g. `--only P1,P7` (the others are marked skipped).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -55,6 +63,9 @@ enum Serve {
     /// raw-uds on a socket path.
     #[command(name = "serve-raw-uds", hide = true)]
     RawUds { socket: PathBuf },
+    /// P24's host side: `WARM + calls` small calls, run under callgrind by the benchmark.
+    #[command(name = "callgrind-client", hide = true)]
+    CallgrindClient { target: String, calls: usize },
 }
 
 fn main() -> Result<()> {
@@ -67,6 +78,9 @@ fn main() -> Result<()> {
         Some(Serve::RawUds { socket }) => {
             procs::die_with_parent();
             return baseline::raw_uds::serve(socket);
+        }
+        Some(Serve::CallgrindClient { target, calls }) => {
+            return callgrind_client(target, *calls);
         }
         None => {}
     }
@@ -192,6 +206,16 @@ async fn run(cli: &Cli) -> Result<Report> {
         let pair = step("P5/P6", scenario::files::files(&ctx)).await;
         outcomes.extend(pair_or_errors(pair, ["P5", "P6"]));
     }
+    // P23 compares go-plugin with the figures measured above, so it runs last.
+    if (cli.peers || !cli.quick) && wants(&["P23"]) {
+        let one = step("P23", scenario::peers::peers(&ctx, &outcomes)).await;
+        outcomes.push(one_or_error(one, "P23"));
+    }
+    let callgrind = cli.callgrind || (!cli.quick && scenario::callgrind::available());
+    if callgrind && wants(&["P24"]) {
+        let one = step("P24", scenario::callgrind::counts(&ctx)).await;
+        outcomes.push(one_or_error(one, "P24"));
+    }
     outcomes.sort_by_key(|o| report::SCENARIOS.iter().position(|id| *id == o.id));
     let plan = ctx.plan.to_json();
     ctx.host.shutdown().await;
@@ -202,6 +226,16 @@ async fn run(cli: &Cli) -> Result<Report> {
         duration_s: started.elapsed().as_secs_f64(),
         outcomes,
     })
+}
+
+/// The hidden subcommand `callgrind-client`, on a current-thread runtime like the benchmark's.
+fn callgrind_client(target: &str, calls: usize) -> Result<()> {
+    let target = scenario::callgrind::Target::parse(target)?;
+    let scratch = procs::scratch()?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(scenario::callgrind::client(target, calls, scratch.path()))
 }
 
 /// Runs one scenario step, saying on stderr what runs and how long it took.

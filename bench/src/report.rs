@@ -5,9 +5,9 @@ use serde_json::{json, Map, Value};
 use std::fmt::Write as _;
 
 /// The scenario ids, in order; the JSON document has one key for each.
-pub const SCENARIOS: [&str; 22] = [
+pub const SCENARIOS: [&str; 24] = [
     "P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10", "P11", "P12", "P13", "P14", "P15",
-    "P16", "P17", "P18", "P19", "P20", "P21", "P22",
+    "P16", "P17", "P18", "P19", "P20", "P21", "P22", "P23", "P24",
 ];
 
 /// How a measured figure is compared with its limit.
@@ -252,6 +252,16 @@ impl Report {
         for o in self.outcomes.iter().filter(|o| !o.reference.is_empty()) {
             let _ = writeln!(out, "  {:<4} {}", o.id, o.reference);
         }
+        for o in self
+            .outcomes
+            .iter()
+            .filter(|o| ["P23", "P24"].contains(&o.id))
+        {
+            let _ = writeln!(out, "\nside by side ({}):", o.id);
+            for note in &o.notes {
+                let _ = writeln!(out, "  {note}");
+            }
+        }
         for o in &self.outcomes {
             if let Some(e) = &o.error {
                 let _ = writeln!(out, "  {} failed: {e}", o.id);
@@ -329,10 +339,10 @@ mod tests {
     fn the_table_lists_every_outcome() {
         let mut o = Outcome::new("P7", "spawn", "p50 <= 1.5 x bare-spawn");
         o.measured_text = "3.1 ms".into();
-        o.reference = "go-plugin ~4.6 ms";
+        o.reference = "Python isolation library 370 ms";
         let table = report(vec![o]).table();
         assert!(table.contains("P7"), "{table}");
         assert!(table.contains("3.1 ms"), "{table}");
-        assert!(table.contains("go-plugin"), "{table}");
+        assert!(table.contains("Python isolation"), "{table}");
     }
 }

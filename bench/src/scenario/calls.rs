@@ -194,7 +194,7 @@ fn p1(ctx: &Ctx, get: &dyn Fn(&str) -> Result<Latency>) -> Result<Outcome> {
         us(get("raw_uds")?.p50),
         us(get("in_process")?.p50)
     );
-    o.reference = "go-plugin 75-110 us per call; Python isolation library 0.7-20 ms; \
+    o.reference = "go-plugin: measured in P23; Python isolation library 0.7-20 ms; \
                    bare hyper over UDS ~10 us; raw UDS round trip ~3.5 us";
     Ok(o)
 }
@@ -271,7 +271,7 @@ pub async fn concurrent(ctx: &Ctx) -> Result<Outcome> {
         .push(Check::at_least("calls/s / bare-hyper calls/s", ratio, 0.5));
     o.measured_text = format!("{} ({ratio:.2}x)", rate(pv, "calls"));
     o.baseline_text = format!("bare-hyper {}", rate(base, "calls"));
-    o.reference = "go-plugin ~40,000 calls/s with 8 callers";
+    o.reference = "go-plugin: measured in P23";
     o.notes.push(format!(
         "callers on a {cores}-thread runtime; the baseline is the faster of a 1-thread and a \
          {cores}-thread bare-hyper server"

@@ -56,7 +56,7 @@ pub async fn spawn(ctx: &Ctx) -> Result<Outcome> {
         .push(Check::at_most("p50 / bare-spawn p50", ratio, 1.5));
     o.measured_text = format!("p50 {} ({ratio:.2}x)", ms(p50));
     o.baseline_text = format!("bare-spawn {}", ms(base));
-    o.reference = "go-plugin ~4.6 ms start to first answer; Python isolation library 370 ms";
+    o.reference = "go-plugin: measured in P23; Python isolation library 370 ms";
     o.notes.push(
         "bare-spawn: spawn a std-only binary that binds a Unix socket and prints one line, \
          connect, one 16-byte round trip"

@@ -11,13 +11,17 @@
 //! - `tasks`: P18 (how late scheduled task runs start, idle and under call load).
 //! - `python`: P20 (the Python SDK's worker vs cjm-plugin-system's proxy and worker).
 //! - `pools`: P21 (a CPU-bound Python plugin with two replicas vs one worker).
+//! - `peers`: P23 (HashiCorp go-plugin over net/rpc and gRPC, built and run in the same run).
+//! - `callgrind`: P24 (instructions per small call, each side, plugvisor vs bare hyper).
 //! - `escape`: P14, the escape table (hostile attempts, unsandboxed vs sandboxed).
 
+pub mod callgrind;
 pub mod calls;
 pub mod escape;
 pub mod files;
 pub mod lifecycle;
 pub mod middleware;
+pub mod peers;
 pub mod pools;
 pub mod python;
 pub mod remote;

@@ -1,0 +1,265 @@
+//! P24: instructions per small call (valgrind's callgrind), host side and worker side, for
+//! plugvisor and bare hyper: each side runs N and 2N calls after a warm-up under callgrind,
+//! and the difference of the two totals divided by N is one steady-state call's cost.
+
+use super::{small_input, Ctx};
+use crate::baseline::bare_hyper::BareHyper;
+use crate::baseline::client::HttpConn;
+use crate::procs::{binary, first_line};
+use crate::report::Outcome;
+use anyhow::{bail, Context as _, Result};
+use bytes::Bytes;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use plugvisor_host::{Host, Plugin as _, WorkerSpec};
+use plugvisor_proto::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Calls before counting starts (connections made, caches and allocator warm).
+const WARM: usize = 200;
+/// N: the counted calls of the shorter run (the longer one makes 2N).
+const N: usize = 500;
+
+/// Who is measured: plugvisor (`RemotePlugin` and the echo worker) or bare hyper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// `RemotePlugin` → echo worker.
+    Plugvisor,
+    /// The bench's hyper client → bare-hyper server.
+    Bare,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Plugvisor => "plugvisor",
+            Self::Bare => "bare_hyper",
+        }
+    }
+
+    /// Parses the hidden subcommand's argument.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "plugvisor" => Ok(Self::Plugvisor),
+            "bare_hyper" => Ok(Self::Bare),
+            other => bail!("unknown callgrind target {other}"),
+        }
+    }
+}
+
+/// True when `valgrind` runs.
+pub fn available() -> bool {
+    Command::new("valgrind")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// valgrind's arguments for a callgrind run writing `out`.
+fn valgrind_args(out: &Path) -> Vec<String> {
+    vec![
+        "--tool=callgrind".to_owned(),
+        format!("--callgrind-out-file={}", out.display()),
+    ]
+}
+
+/// The total instruction count (`summary:` or `totals:`) of a callgrind output file.
+fn total_ir(out: &Path) -> Result<u64> {
+    let text =
+        std::fs::read_to_string(out).with_context(|| format!("reading {}", out.display()))?;
+    text.lines()
+        .filter_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
+        .find_map(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no totals in {}", out.display()))
+}
+
+/// Makes `WARM` then `n` small calls through `call`.
+async fn calls<F, Fut>(n: usize, mut call: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    for _ in 0..WARM + n {
+        call().await?;
+    }
+    Ok(())
+}
+
+async fn bare_call(conn: &mut HttpConn) -> Result<()> {
+    let body = serde_json::to_vec(&json!({ "input": small_input() }))?;
+    let answer: Value =
+        serde_json::from_slice(&conn.post("/v1/execute", Bytes::from(body)).await?)?;
+    if answer["output"] != small_input() {
+        bail!("bare hyper answered {answer}");
+    }
+    Ok(())
+}
+
+/// The hidden subcommand `callgrind-client TARGET N`: the host side, run under callgrind by
+/// [`host_side`]; its server runs natively.
+///
+/// # Errors
+/// When the server cannot be started or a call fails.
+pub async fn client(target: Target, n: usize, scratch: &Path) -> Result<()> {
+    match target {
+        Target::Plugvisor => {
+            let host = Host::new()?;
+            let echo = host.spawn(WorkerSpec::new(binary("echo-worker")?)).await?;
+            let result = calls(n, || async {
+                echo.execute(small_input()).await?;
+                Ok(())
+            })
+            .await;
+            echo.shutdown().await;
+            host.shutdown().await;
+            result
+        }
+        Target::Bare => {
+            let server = BareHyper::unix(scratch, 1)?;
+            let mut conn = server.connect().await?;
+            for _ in 0..WARM + n {
+                bare_call(&mut conn).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Total instructions of the client process making `n` counted calls.
+fn host_side(target: Target, n: usize, out: &Path) -> Result<u64> {
+    let status = Command::new("valgrind")
+        .args(valgrind_args(out))
+        .arg(std::env::current_exe()?)
+        .args(["callgrind-client", target.name(), &n.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running valgrind")?;
+    if !status.success() {
+        bail!("callgrind-client {} exited with {status}", target.name());
+    }
+    total_ir(out)
+}
+
+/// Total instructions of the server process answering `n` counted calls.
+async fn worker_side(ctx: &Ctx, target: Target, n: usize, out: &Path) -> Result<u64> {
+    match target {
+        Target::Plugvisor => {
+            let mut spec = WorkerSpec::new("valgrind");
+            for a in valgrind_args(out) {
+                spec = spec.arg(a);
+            }
+            let spec = spec
+                .arg(binary("echo-worker")?)
+                .start_timeout(Duration::from_secs(60))
+                .stop_grace(Duration::from_secs(30));
+            let echo = ctx.host.spawn(spec).await?;
+            let result = calls(n, || async {
+                echo.execute(small_input()).await?;
+                Ok(())
+            })
+            .await;
+            echo.shutdown().await;
+            result?;
+        }
+        Target::Bare => bare_server_side(ctx, n, out).await?,
+    }
+    total_ir(out)
+}
+
+/// bare-hyper under callgrind; SIGTERM (callgrind writes its counts) and reaped after.
+async fn bare_server_side(ctx: &Ctx, n: usize, out: &Path) -> Result<()> {
+    let socket = ctx.scratch.path().join("callgrind-bare.sock");
+    let mut child = Command::new("valgrind")
+        .args(valgrind_args(out))
+        .arg(std::env::current_exe()?)
+        .arg("serve-bare-hyper")
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let result = async {
+        first_line(child.stdout.take())?;
+        let mut conn = HttpConn::unix(&socket, None).await?;
+        for _ in 0..WARM + n {
+            bare_call(&mut conn).await?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let _ = child.wait();
+    result
+}
+
+/// Instructions per call on one side: (total with 2N calls − total with N) / N.
+async fn per_call(ctx: &Ctx, target: Target, host: bool) -> Result<f64> {
+    let mut totals = [0u64; 2];
+    for (i, n) in [N, 2 * N].into_iter().enumerate() {
+        let out = out_file(ctx, target, host, n);
+        totals[i] = if host {
+            let out2 = out.clone();
+            tokio::task::spawn_blocking(move || host_side(target, n, &out2)).await??
+        } else {
+            worker_side(ctx, target, n, &out).await?
+        };
+    }
+    Ok((totals[1] as f64 - totals[0] as f64) / N as f64)
+}
+
+fn out_file(ctx: &Ctx, target: Target, host: bool, n: usize) -> PathBuf {
+    let side = if host { "host" } else { "worker" };
+    ctx.scratch
+        .path()
+        .join(format!("callgrind.{}.{side}.{n}", target.name()))
+}
+
+/// P24: instructions per small call, both sides, plugvisor and bare hyper.
+///
+/// # Errors
+/// When valgrind is missing or a run fails.
+pub async fn counts(ctx: &Ctx) -> Result<Outcome> {
+    if !available() {
+        bail!("valgrind is not installed (scripts/bench --callgrind installs it): not measured");
+    }
+    let mut o = Outcome::new(
+        "P24",
+        "instructions per small call (callgrind), host side and worker side, plugvisor vs bare hyper",
+        "report only",
+    );
+    let mut got = std::collections::BTreeMap::new();
+    for target in [Target::Plugvisor, Target::Bare] {
+        for host in [true, false] {
+            let side = if host { "host" } else { "worker" };
+            let ir = per_call(ctx, target, host).await?;
+            o.measure(&format!("{}_{side}_ir_per_call", target.name()), ir.round());
+            got.insert((target.name(), side), ir);
+        }
+    }
+    let total = |t: &str| got[&(t, "host")] + got[&(t, "worker")];
+    let ratio = total("plugvisor") / total("bare_hyper");
+    o.measure("plugvisor_over_bare_hyper_total", ratio);
+    o.measured_text = format!(
+        "host {:.0} + worker {:.0} Ir/call",
+        got[&("plugvisor", "host")],
+        got[&("plugvisor", "worker")]
+    );
+    o.baseline_text = format!(
+        "bare-hyper host {:.0} + server {:.0} ({ratio:.2}x)",
+        got[&("bare_hyper", "host")],
+        got[&("bare_hyper", "worker")]
+    );
+    o.notes.push(format!(
+        "{WARM} warm-up calls, then N={N} and 2N counted; (Ir(2N) - Ir(N)) / N per call"
+    ));
+    Ok(o)
+}
