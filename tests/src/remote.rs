@@ -49,6 +49,34 @@ impl Certs {
     }
 }
 
+/// Adds what a standalone TLS worker on `addr` needs to `cmd` (whose program, or whose last
+/// argument, is the worker): `--listen tcp://ADDR`, the certificate, key and token files, no
+/// host pipe, quiet logs, stdout piped for the handshake line.
+pub fn tls_worker_args(cmd: &mut Command, certs: &Certs, addr: &str) {
+    cmd.arg("--listen")
+        .arg(format!("tcp://{addr}"))
+        .arg("--tls-cert")
+        .arg(certs.file("tls.crt"))
+        .arg("--tls-key")
+        .arg(certs.file("tls.key"))
+        .arg("--token-file")
+        .arg(certs.file("token"))
+        .env_remove("PLUGVISOR_WATCH_STDIN")
+        .env("PLUGVISOR_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+}
+
+/// The handshake line a started worker printed on its piped stdout.
+pub fn handshake(child: &mut Child) -> String {
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("handshake line");
+    line
+}
+
 /// A worker started by the test, listening on TCP with TLS; killed when dropped.
 #[derive(Debug)]
 pub struct RemoteWorker {
@@ -64,26 +92,10 @@ impl RemoteWorker {
     /// TLS with `certs`, plus `extra` arguments; waits for its handshake line.
     pub fn start(worker: &str, certs: &Certs, addr: &str, extra: &[&str]) -> Self {
         let mut cmd = Command::new(bin(&format!("{worker}-worker")));
-        cmd.arg("--listen")
-            .arg(format!("tcp://{addr}"))
-            .arg("--tls-cert")
-            .arg(certs.file("tls.crt"))
-            .arg("--tls-key")
-            .arg(certs.file("tls.key"))
-            .arg("--token-file")
-            .arg(certs.file("token"))
-            .args(extra)
-            .env_remove("PLUGVISOR_WATCH_STDIN")
-            .env("PLUGVISOR_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        tls_worker_args(&mut cmd, certs, addr);
+        cmd.args(extra);
         let mut child = cmd.spawn().expect("start a remote worker");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("handshake line");
+        let line = handshake(&mut child);
         let port = line
             .trim()
             .rsplit(':')

@@ -304,11 +304,9 @@ impl Managed {
         );
     }
 
-    /// Starts re-resolving the names it attaches to, when it attaches by name.
-    pub(crate) fn start_resolver(self: &Arc<Self>) {
-        if let Some(every) = self.found.manifest.resolve_interval() {
-            crate::resolver::spawn(Arc::downgrade(self), every, self.tasks_end.clone());
-        }
+    /// Cancelled when the plugin is retired or dropped: its background work ends then.
+    pub(crate) fn ending(&self) -> tokio_util::sync::CancellationToken {
+        self.tasks_end.clone()
     }
 
     /// The host its workers run on.

@@ -512,7 +512,7 @@ impl PluginManager {
         self.emit(&name, EventKind::Loaded { version });
         managed.start_tasks(&self.task_sink());
         managed.start_health_checks();
-        managed.start_resolver();
+        crate::resolver::start(&managed);
         self.info(&name)
     }
 
@@ -744,7 +744,7 @@ impl PluginManager {
         new.start_hooks(&self.hook_sink());
         new.start_tasks(&self.task_sink());
         new.start_health_checks();
-        new.start_resolver();
+        crate::resolver::start(&new);
         Ok((old, version))
     }
 

@@ -30,8 +30,15 @@ pub(crate) fn change(current: &[String], resolved: &[String]) -> Change {
     }
 }
 
+/// Starts re-resolving the names `managed` attaches to, when it attaches by name.
+pub(crate) fn start(managed: &Arc<Managed>) {
+    if let Some(every) = managed.found.manifest.resolve_interval() {
+        spawn(Arc::downgrade(managed), every, managed.ending());
+    }
+}
+
 /// Re-resolves `managed`'s names every `every` until `end` (or until it is dropped).
-pub(crate) fn spawn(managed: Weak<Managed>, every: Duration, end: CancellationToken) {
+fn spawn(managed: Weak<Managed>, every: Duration, end: CancellationToken) {
     tokio::spawn(async move {
         loop {
             tokio::select! {

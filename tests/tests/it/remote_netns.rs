@@ -7,7 +7,7 @@
 
 use crate::api::{info_until, load_plugins, Api};
 use plugvisor_manager::api::ApiOptions;
-use plugvisor_tests::remote::Certs;
+use plugvisor_tests::remote::{handshake, tls_worker_args, Certs};
 use plugvisor_tests::{bin, serially};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
@@ -114,36 +114,21 @@ impl Drop for Owned {
 /// /dev/shm, listening with TLS on the namespace's address.
 fn start_worker(net: &Netns, certs: &Certs) -> (Owned, u32) {
     let script = "mount -t tmpfs tmpfs /tmp && mount -t tmpfs tmpfs /dev/shm && exec \"$0\" \"$@\"";
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &net.name,
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-        ])
-        .args(["sh", "-c", script])
-        .arg(bin("chaos-worker"))
-        .arg("--listen")
-        .arg(format!("tcp://{}:7443", net.ip(2)))
-        .arg("--tls-cert")
-        .arg(certs.file("tls.crt"))
-        .arg("--tls-key")
-        .arg(certs.file("tls.key"))
-        .arg("--token-file")
-        .arg(certs.file("token"))
-        .env_remove("PLUGVISOR_WATCH_STDIN")
-        .env("PLUGVISOR_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the worker in its namespace");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        &net.name,
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+    ])
+    .args(["sh", "-c", script])
+    .arg(bin("chaos-worker"));
+    tls_worker_args(&mut cmd, certs, &format!("{}:7443", net.ip(2)));
+    let mut child = cmd.spawn().expect("start the worker in its namespace");
+    let line = handshake(&mut child);
     assert!(line.starts_with("plugvisor 1 tcp 10.213."), "{line:?}");
     let pid = child.id();
     (Owned(child), pid)
@@ -328,25 +313,11 @@ impl Drop for DnsNetns {
 
 /// A TLS chaos worker on `addr` inside `net`.
 fn dns_worker(net: &DnsNetns, certs: &Certs, addr: &str) -> (Owned, u32) {
-    let mut child = net
-        .exec()
-        .arg(bin("chaos-worker"))
-        .args(["--listen", &format!("tcp://{addr}:7443"), "--tls-cert"])
-        .arg(certs.file("tls.crt"))
-        .arg("--tls-key")
-        .arg(certs.file("tls.key"))
-        .arg("--token-file")
-        .arg(certs.file("token"))
-        .env_remove("PLUGVISOR_WATCH_STDIN")
-        .env("PLUGVISOR_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut cmd = net.exec();
+    cmd.arg(bin("chaos-worker"));
+    tls_worker_args(&mut cmd, certs, &format!("{addr}:7443"));
+    let mut child = cmd.spawn().expect("start a worker in the namespace");
+    let line = handshake(&mut child);
     assert!(line.contains(addr), "{line:?}");
     let pid = child.id();
     (Owned(child), pid)
