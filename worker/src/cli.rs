@@ -98,9 +98,11 @@ impl Args {
     }
 }
 
-/// A new directory of mode 0700 under the temporary directory, for a remote worker's files.
+/// A new directory of mode 0700 under the temporary directory, for a remote worker's files;
+/// those that workers killed before they could remove theirs left are removed first.
 fn private_transfer_dir() -> Result<PathBuf, WorkerError> {
     use std::os::unix::fs::DirBuilderExt;
+    remove_abandoned(&std::env::temp_dir());
     let dir = std::env::temp_dir().join(format!(
         "plugvisor-worker-{}-{:x}",
         std::process::id(),
@@ -111,6 +113,35 @@ fn private_transfer_dir() -> Result<PathBuf, WorkerError> {
         .create(&dir)
         .map_err(|e| WorkerError::io("creating the transfer directory", e))?;
     Ok(dir)
+}
+
+/// Removes `plugvisor-worker-<pid>-*` directories in `tmp` that are ours (same owner) and whose
+/// worker no longer runs (no `/proc/<pid>`): what a SIGKILLed remote worker leaves behind.
+pub(crate) fn remove_abandoned(tmp: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    let uid = nix::unistd::geteuid().as_raw();
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("plugvisor-worker-"))
+        else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let ours = entry
+            .metadata()
+            .is_ok_and(|m| m.is_dir() && m.uid() == uid && !m.file_type().is_symlink());
+        if ours && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::info!(dir = %entry.path().display(), "removing a dead worker's transfer directory");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// The token from `--token-file`, else from `PLUGVISOR_TOKEN`.
@@ -153,5 +184,35 @@ fn worker_threads() -> usize {
             }
         },
         Err(_) => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remove_abandoned;
+
+    #[test]
+    fn only_a_dead_workers_own_directories_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dead = (1_000_000..4_000_000u32)
+            .rev()
+            .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+            .unwrap();
+        let path = |name: String| tmp.path().join(name);
+        let gone = path(format!("plugvisor-worker-{dead}-a"));
+        let alive = path(format!("plugvisor-worker-{}-b", std::process::id()));
+        let odd = path("plugvisor-worker-notapid-c".to_owned());
+        let target = path("elsewhere".to_owned());
+        for dir in [&gone, &alive, &odd, &target] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        std::fs::write(gone.join("left.bin"), b"x").unwrap();
+        let link = path(format!("plugvisor-worker-{dead}-link"));
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        remove_abandoned(tmp.path());
+        assert!(!gone.exists(), "a dead worker's directory is removed");
+        // The controls: a live worker's, a name that is no worker's, a link (never followed).
+        assert!(alive.exists() && odd.exists() && target.exists());
+        assert!(link.symlink_metadata().is_ok());
     }
 }
