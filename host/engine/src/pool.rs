@@ -53,6 +53,9 @@ pub struct ReplicaInfo {
     pub in_flight: u64,
     /// Its restarts since the pool started.
     pub restarts: u64,
+    /// Where a remote replica's worker is (`https://ADDR`); absent for a local one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 impl Pool {
@@ -134,6 +137,7 @@ impl Pool {
                 state: s.state(),
                 in_flight: s.in_flight(),
                 restarts: s.restarts(),
+                address: s.remote_address(),
             })
             .collect()
     }

@@ -200,6 +200,15 @@ fn a_pool_mixes_a_local_replica_and_a_remote_one_from_a_manifest() {
         let info = info_until(c, "mixed", |i| ready_pids(i).is_some_and(|p| p.len() == 2)).await;
         let pids = ready_pids(&info).unwrap();
         assert!(pids.contains(&u64::from(worker.pid)), "{info}");
+        // The remote replica says where it is; the local one has no address.
+        let addresses: Vec<&Value> = info["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| &w["address"])
+            .collect();
+        let remote = format!("https://127.0.0.1:{}", worker.port);
+        assert_eq!(addresses, [&Value::Null, &json!(remote)], "{info}");
 
         // Two calls at once take one replica each: the local one and the remote one.
         let body = json!({"plugin_id": "mixed", "input": sleep(300)});

@@ -444,7 +444,8 @@ fn workers_schema() -> Value {
             "properties": {
                 "index": {"type": "integer"}, "pid": {"type": ["integer", "null"]},
                 "state": {"type": "string"}, "in_flight": {"type": "integer"},
-                "restarts": {"type": "integer"}
+                "restarts": {"type": "integer"},
+                "address": {"type": "string", "description": "A remote replica's worker address (absent for a local one)"}
             }
         }
     })

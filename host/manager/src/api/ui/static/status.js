@@ -243,7 +243,7 @@
         cell("replica", "replica " + w.index, "name replica"),
         gap(2),
         cell("state", el("span", { class: "state " + w.state, text: w.state })),
-        cell("pid", w.pid),
+        cell("pid", w.address ? w.pid + " @ " + w.address : w.pid),
         cell("restarts", w.restarts, "num"),
         gap(1),
         cell("in_flight", w.in_flight + " in flight", "num"),
