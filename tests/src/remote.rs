@@ -152,14 +152,8 @@ impl Drop for RemoteWorker {
 
 /// Removes `$TMPDIR/plugvisor-worker-<pid>-*` (a remote worker's private transfer directory).
 pub fn remove_private_dirs(pid: u32) {
-    let prefix = format!("plugvisor-worker-{pid}-");
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.filter_map(Result::ok) {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
+    for dir in private_dirs_of(pid) {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 

@@ -10,9 +10,6 @@ use plugvisor_host::{
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// How long a remote replica may take to answer `/v1/info` when (re)attached.
-const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// The specs of the remote replicas `found` attaches to: one per address each URL's host
 /// resolves to (a headless Service's pods, say), named after the plugin.
 ///
@@ -33,9 +30,8 @@ pub(crate) async fn remote_specs(found: &Discovered) -> Result<Vec<WorkerSpec>, 
             false => attach,
         };
         for addr in resolve(&attach).await? {
-            let mut spec = WorkerSpec::attach(attach.clone().connect_to(addr)).name(m.name.clone());
-            spec.start_timeout = ATTACH_TIMEOUT;
-            specs.push(spec);
+            // `WorkerSpec::attach` gives the reattach timeout (5 s).
+            specs.push(WorkerSpec::attach(attach.clone().connect_to(addr)).name(m.name.clone()));
         }
     }
     Ok(specs)

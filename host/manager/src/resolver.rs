@@ -75,7 +75,7 @@ async fn refresh(managed: &Arc<Managed>) -> Result<(), String> {
         return Ok(());
     }
     tracing::info!(plugin = %managed.name(), ?added, ?removed, "the workers' addresses changed");
-    let config = remote_config_of(managed);
+    let config = crate::attach::remote_config(managed.supervision());
     let mut replicas: Vec<Supervisor> = pool
         .replicas()
         .iter()
@@ -107,11 +107,6 @@ async fn refresh(managed: &Arc<Managed>) -> Result<(), String> {
         });
     }
     Ok(())
-}
-
-/// The supervision of `managed`'s remote replicas.
-fn remote_config_of(managed: &Managed) -> plugvisor_host::SupervisorConfig {
-    crate::attach::remote_config(managed.supervision())
 }
 
 /// Gives a new replica the configuration in force, once it is reached.

@@ -27,7 +27,7 @@ fn sleep(ms: u64) -> Value {
 }
 
 /// The pids the replicas of `info` run, when all are ready.
-fn ready_pids(info: &Value) -> Option<BTreeSet<u64>> {
+pub(crate) fn ready_pids(info: &Value) -> Option<BTreeSet<u64>> {
     let workers = info["workers"].as_array()?;
     let ready = workers.iter().all(|w| w["state"] == "ready");
     ready.then(|| workers.iter().filter_map(|w| w["pid"].as_u64()).collect())
@@ -155,15 +155,26 @@ async fn configs_by_pid(c: &Client, plugin: &str, replicas: usize) -> BTreeMap<u
     seen
 }
 
+/// True when three replicas are ready.
+fn three_ready(info: &Value) -> bool {
+    ready_pids(info).is_some_and(|p| p.len() == 3)
+}
+
+/// The API serving `pool`, chaos with `replicas = 3`, loaded, and its three ready pids.
+async fn pool_of_three() -> (Api, BTreeSet<u64>) {
+    let plugins = [manifest("pool", "chaos", "replicas = 3")];
+    let api = Api::start(&plugins, ApiOptions::default()).await;
+    load_plugins(&api.client, &["pool"]).await;
+    let info = info_until(&api.client, "pool", three_ready).await;
+    let before = ready_pids(&info).unwrap_or_default();
+    (api, before)
+}
+
 #[test]
 fn a_config_change_and_a_reload_roll_under_load_with_no_failed_call() {
     serially(async {
-        let plugins = [manifest("pool", "chaos", "replicas = 3")];
-        let api = Api::start(&plugins, ApiOptions::default()).await;
+        let (api, before) = pool_of_three().await;
         let c = &api.client;
-        load_plugins(c, &["pool"]).await;
-        let three = |i: &Value| ready_pids(i).is_some_and(|p| p.len() == 3);
-        let before = ready_pids(&info_until(c, "pool", three).await).unwrap_or_default();
 
         let stop = AtomicBool::new(false);
         let changes = async {
@@ -197,7 +208,7 @@ fn a_config_change_and_a_reload_roll_under_load_with_no_failed_call() {
         eprintln!("{ok} calls from 4 callers during the change and the reload, none failed");
 
         // Every replica is new (the reload) and holds the new configuration.
-        let after = ready_pids(&info_until(c, "pool", three).await).unwrap_or_default();
+        let after = ready_pids(&info_until(c, "pool", three_ready).await).unwrap_or_default();
         assert!(after.is_disjoint(&before), "{before:?} -> {after:?}");
         let configs = configs_by_pid(c, "pool", 3).await;
         assert_eq!(configs.keys().copied().collect::<BTreeSet<_>>(), after);
@@ -214,12 +225,8 @@ fn a_config_change_and_a_reload_roll_under_load_with_no_failed_call() {
 #[test]
 fn a_refused_config_is_rolled_back_while_the_pool_serves() {
     serially(async {
-        let plugins = [manifest("pool", "chaos", "replicas = 3")];
-        let api = Api::start(&plugins, ApiOptions::default()).await;
+        let (api, before) = pool_of_three().await;
         let c = &api.client;
-        load_plugins(c, &["pool"]).await;
-        let three = |i: &Value| ready_pids(i).is_some_and(|p| p.len() == 3);
-        let before = ready_pids(&info_until(c, "pool", three).await).unwrap_or_default();
         let dir = tempfile::tempdir().expect("a temp dir");
         let marker = dir.path().join("taken");
 

@@ -6,6 +6,7 @@
 //! host without a client certificate (each with the positive control beside it).
 
 use crate::api::{info_until, load_plugins, manifest, Api};
+use crate::pools::ready_pids;
 use plugvisor_host::{
     Attach, BackoffConfig, HealthConfig, Plugin, PluginError, SupervisorConfig, TlsClient,
     WorkerSpec, WorkerState,
@@ -173,13 +174,6 @@ fn tls_refuses_another_ca_and_mutual_tls_refuses_a_host_without_a_certificate() 
         drop(worker);
         assert!(private_dirs_of(pid).is_empty(), "left behind");
     });
-}
-
-/// The pids the replicas of `info` run, when all are ready.
-fn ready_pids(info: &Value) -> Option<BTreeSet<u64>> {
-    let workers = info["workers"].as_array()?;
-    let ready = workers.iter().all(|w| w["state"] == "ready");
-    ready.then(|| workers.iter().filter_map(|w| w["pid"].as_u64()).collect())
 }
 
 #[test]
