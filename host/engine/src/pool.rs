@@ -9,6 +9,10 @@
 //! A configuration change rolls ([`Pool::reconfigure`]): one replica at a time is held out of
 //! dispatch, drained, given the new configuration and put back; a refusal stops the roll and
 //! puts the replicas that already changed back on the previous configuration.
+//!
+//! The replica list can change while calls pick from it ([`Pool::add`], [`Pool::remove`],
+//! [`Pool::swap`]): a rolling reload, autoscaling and re-resolution of remote workers change
+//! it in place. A call that picked a replica keeps it until it ends.
 
 use crate::identity::PluginIdentity;
 use crate::supervisor::{CallOptions, Supervisor, WorkerState};
@@ -22,18 +26,42 @@ use plugvisor_proto::wire::{
 use plugvisor_proto::{PluginError, Value};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// Replicas of one plugin behind one call surface (cheap to clone: handles to the same pool).
 #[derive(Debug, Clone)]
 pub struct Pool {
-    replicas: Arc<[Supervisor]>,
-    /// Per replica: held out of dispatch while a rolling change works on it.
-    held: Arc<[AtomicBool]>,
-    next: Arc<AtomicUsize>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// The replicas now, replaced whole when one joins or leaves (calls read a snapshot).
+    replicas: RwLock<Arc<[Replica]>>,
+    next: AtomicUsize,
     /// One rolling change at a time.
-    rolling: Arc<tokio::sync::Mutex<()>>,
+    rolling: tokio::sync::Mutex<()>,
+}
+
+/// One replica and whether a rolling change holds it out of dispatch.
+#[derive(Debug, Clone)]
+struct Replica {
+    sup: Supervisor,
+    held: Arc<AtomicBool>,
+}
+
+impl Replica {
+    fn new(sup: Supervisor) -> Self {
+        Self {
+            sup,
+            held: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn is_held(&self) -> bool {
+        self.held.load(Ordering::Acquire)
+    }
 }
 
 /// The longest a rolling change waits for a held replica's calls to finish before it applies
@@ -65,18 +93,85 @@ impl Pool {
     /// When `replicas` is empty: a pool always has a replica to send a call to.
     pub fn new(replicas: Vec<Supervisor>) -> Self {
         assert!(!replicas.is_empty(), "a pool needs at least one replica");
-        let held = replicas.iter().map(|_| AtomicBool::new(false)).collect();
+        let list: Arc<[Replica]> = replicas.into_iter().map(Replica::new).collect();
         Self {
-            replicas: replicas.into(),
-            held,
-            next: Arc::new(AtomicUsize::new(0)),
-            rolling: Arc::new(tokio::sync::Mutex::new(())),
+            inner: Arc::new(Inner {
+                replicas: RwLock::new(list),
+                next: AtomicUsize::new(0),
+                rolling: tokio::sync::Mutex::new(()),
+            }),
         }
     }
 
-    /// Its replicas, in order.
-    pub fn replicas(&self) -> &[Supervisor] {
-        &self.replicas
+    /// The replicas now (a snapshot).
+    fn list(&self) -> Arc<[Replica]> {
+        let list = self
+            .inner
+            .replicas
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        Arc::clone(&list)
+    }
+
+    /// Changes the replica list with `change` (which gets a copy to edit).
+    fn edit<T>(&self, change: impl FnOnce(&mut Vec<Replica>) -> T) -> T {
+        let mut list = self
+            .inner
+            .replicas
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut edited = list.to_vec();
+        let out = change(&mut edited);
+        *list = edited.into();
+        out
+    }
+
+    /// Its replicas, in order (a snapshot: the pool may change right after).
+    pub fn replicas(&self) -> Vec<Supervisor> {
+        self.list().iter().map(|r| r.sup.clone()).collect()
+    }
+
+    /// How many replicas it has now.
+    pub fn len(&self) -> usize {
+        self.list().len()
+    }
+
+    /// Never true: a pool always has a replica (here for clippy's `len_without_is_empty`).
+    pub fn is_empty(&self) -> bool {
+        self.list().is_empty()
+    }
+
+    /// Adds `replica` to dispatch (it takes calls once it serves).
+    pub fn add(&self, replica: Supervisor) {
+        self.edit(|list| list.push(Replica::new(replica)));
+    }
+
+    /// Takes `replica` out of dispatch and returns true, unless it is the last one or not in
+    /// the pool. Its running calls go on; the caller drains and stops it.
+    pub fn remove(&self, replica: &Supervisor) -> bool {
+        self.edit(|list| {
+            let found = list.iter().position(|r| r.sup.same(replica));
+            match found {
+                Some(i) if list.len() > 1 => {
+                    list.remove(i);
+                    true
+                }
+                _ => false,
+            }
+        })
+    }
+
+    /// Puts `new` in the place of `old` and returns true, or false when `old` is not in the
+    /// pool (`new` is then not added). `old`'s running calls go on; the caller drains and
+    /// stops it.
+    pub fn swap(&self, old: &Supervisor, new: Supervisor) -> bool {
+        self.edit(|list| match list.iter().position(|r| r.sup.same(old)) {
+            Some(i) => {
+                list[i] = Replica::new(new);
+                true
+            }
+            None => false,
+        })
     }
 
     /// The replica the next call goes to: the least-loaded one that serves (ready or
@@ -84,18 +179,19 @@ impl Pool {
     /// least-loaded one that serves though held; while none serves, the first that will
     /// (starting, backing off), else the first (whose call then fails fast as it is failed or
     /// stopped).
-    pub fn pick(&self) -> &Supervisor {
-        let n = self.replicas.len();
+    pub fn pick(&self) -> Supervisor {
+        let list = self.list();
+        let n = list.len();
         if n == 1 {
-            return &self.replicas[0];
+            return list[0].sup.clone();
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let order = (0..n).map(|i| (start + i) % n);
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed) % n;
+        let order = (0..n).map(|i| &list[(start + i) % n]);
         let least = |held_too: bool| {
             order
                 .clone()
-                .filter(|&i| held_too || !self.held[i].load(Ordering::Acquire))
-                .map(|i| &self.replicas[i])
+                .filter(|r| held_too || !r.is_held())
+                .map(|r| &r.sup)
                 .filter(|s| serves(s.state()))
                 .min_by_key(|s| s.load())
         };
@@ -104,32 +200,32 @@ impl Pool {
             .or_else(|| {
                 order
                     .clone()
-                    .map(|i| &self.replicas[i])
+                    .map(|r| &r.sup)
                     .find(|s| will_serve(s.state()))
             })
-            .unwrap_or(&self.replicas[0])
+            .unwrap_or(&list[0].sup)
+            .clone()
     }
 
     /// Whether replica `index` is held out of dispatch by a rolling change now.
     pub fn is_held(&self, index: usize) -> bool {
-        self.held
-            .get(index)
-            .is_some_and(|h| h.load(Ordering::Acquire))
+        self.list().get(index).is_some_and(Replica::is_held)
     }
 
     /// The pool's state: the best of its replicas' (a pool with one ready replica is ready).
     pub fn state(&self) -> WorkerState {
-        self.replicas
+        self.list()
             .iter()
-            .map(Supervisor::state)
+            .map(|r| r.sup.state())
             .min_by_key(|s| rank(*s))
             .unwrap_or(WorkerState::Stopped)
     }
 
     /// Each replica as status pages show it.
     pub fn infos(&self) -> Vec<ReplicaInfo> {
-        self.replicas
+        self.list()
             .iter()
+            .map(|r| &r.sup)
             .enumerate()
             .map(|(index, s)| ReplicaInfo {
                 index,
@@ -144,43 +240,45 @@ impl Pool {
 
     /// The first replica's worker's process id (of a ready one when there is one).
     pub fn pid(&self) -> Option<u32> {
-        let ready = self.replicas.iter().find(|s| serves(s.state()));
-        ready.unwrap_or(&self.replicas[0]).pid()
+        let list = self.list();
+        let ready = list.iter().find(|r| serves(r.sup.state()));
+        ready.unwrap_or(&list[0]).sup.pid()
     }
 
     /// Calls running on all replicas.
     pub fn in_flight(&self) -> u64 {
-        self.replicas.iter().map(Supervisor::in_flight).sum()
+        self.list().iter().map(|r| r.sup.in_flight()).sum()
     }
 
     /// Restarts of all replicas.
     pub fn restarts(&self) -> u64 {
-        self.replicas.iter().map(Supervisor::restarts).sum()
+        self.list().iter().map(|r| r.sup.restarts()).sum()
     }
 
     /// What the workers said about themselves (the first replica that knows).
-    pub fn identity(&self) -> Option<&PluginIdentity> {
-        self.replicas.iter().find_map(Supervisor::identity)
+    pub fn identity(&self) -> Option<PluginIdentity> {
+        self.list().iter().find_map(|r| r.sup.identity().cloned())
     }
 
     /// The sandbox the first replica's worker runs in.
     pub fn sandbox(&self) -> Option<crate::Enforced> {
-        self.replicas[0].sandbox()
+        self.list()[0].sup.sandbox()
     }
 
     /// Why a replica is not serving (the first one's reason).
     pub fn reason(&self) -> Option<String> {
-        self.replicas.iter().find_map(Supervisor::reason)
+        self.list().iter().find_map(|r| r.sup.reason())
     }
 
     /// Why a replica's last worker failed (the first one that did).
     pub fn last_failure(&self) -> Option<String> {
-        self.replicas.iter().find_map(Supervisor::last_failure)
+        self.list().iter().find_map(|r| r.sup.last_failure())
     }
 
     /// Waits up to `timeout` for every replica to be ready; returns the worst state seen.
     pub async fn wait_ready(&self, timeout: Duration) -> WorkerState {
-        let states = join_all(self.replicas.iter().map(|s| s.wait_ready(timeout))).await;
+        let list = self.list();
+        let states = join_all(list.iter().map(|r| r.sup.wait_ready(timeout))).await;
         states
             .into_iter()
             .max_by_key(|s| rank(*s))
@@ -193,10 +291,10 @@ impl Pool {
     /// The first replica's refusal; replicas that accepted keep the new configuration (the
     /// host validates a configuration against the schema before it gets here).
     pub async fn initialize(&self, config: Option<Value>) -> Result<(), PluginError> {
+        let list = self.list();
         let applied = join_all(
-            self.replicas
-                .iter()
-                .map(|s| crate::Plugin::initialize(s, config.clone())),
+            list.iter()
+                .map(|r| crate::Plugin::initialize(&r.sup, config.clone())),
         )
         .await;
         applied.into_iter().collect()
@@ -218,19 +316,20 @@ impl Pool {
         config: Option<Value>,
         previous: Option<Value>,
     ) -> Result<(), PluginError> {
-        let n = self.replicas.len();
+        let list = self.list();
+        let n = list.len();
         if n == 1 {
-            return crate::Plugin::initialize(&self.replicas[0], config).await;
+            return crate::Plugin::initialize(&list[0].sup, config).await;
         }
-        let _one_at_a_time = self.rolling.lock().await;
-        for index in 0..n {
-            let outcome = self.roll_one(index, config.clone()).await;
+        let _one_at_a_time = self.inner.rolling.lock().await;
+        for (index, replica) in list.iter().enumerate() {
+            let outcome = roll_one(replica, config.clone()).await;
             let Err(refused) = outcome else { continue };
-            for back in 0..index {
-                let undone = self.roll_one(back, previous.clone()).await;
+            for (back, done) in list[..index].iter().enumerate() {
+                let undone = roll_one(done, previous.clone()).await;
                 if let Err(e) = undone {
                     tracing::warn!(replica = back, error = %e, "rollback refused; restarting the replica");
-                    self.replicas[back].recycle();
+                    done.sup.recycle();
                 }
             }
             tracing::warn!(replica = index, replicas = n, error = %refused, rolled_back = index, "configuration refused; rolled back");
@@ -243,34 +342,26 @@ impl Pool {
         Ok(())
     }
 
-    /// Holds replica `index` out of dispatch, lets its calls finish, applies `config` to it,
-    /// and puts it back (also when the configuration is refused).
-    async fn roll_one(&self, index: usize, config: Option<Value>) -> Result<(), PluginError> {
-        let replica = &self.replicas[index];
-        self.held[index].store(true, Ordering::Release);
-        let _back = Unhold(&self.held[index]);
-        let _ = tokio::time::timeout(ROLL_DRAIN_MAX, replica.drained()).await;
-        crate::Plugin::initialize(replica, config).await
-    }
-
     /// Replaces every replica's worker with a fresh one, between calls.
     pub fn recycle(&self) {
-        self.replicas.iter().for_each(Supervisor::recycle);
+        self.list().iter().for_each(|r| r.sup.recycle());
     }
 
     /// Leaves `Failed` on every replica that is in it.
     pub fn reset(&self) {
-        self.replicas.iter().for_each(Supervisor::reset);
+        self.list().iter().for_each(|r| r.sup.reset());
     }
 
     /// Waits until no call runs on any replica.
     pub async fn drained(&self) {
-        join_all(self.replicas.iter().map(Supervisor::drained)).await;
+        let list = self.list();
+        join_all(list.iter().map(|r| r.sup.drained())).await;
     }
 
     /// Stops every replica.
     pub async fn shutdown(&self) {
-        join_all(self.replicas.iter().map(Supervisor::shutdown)).await;
+        let list = self.list();
+        join_all(list.iter().map(|r| r.sup.shutdown())).await;
     }
 
     /// One call on the least-loaded replica.
@@ -352,12 +443,13 @@ impl Pool {
     /// The plugin's own health, asked of every serving replica: the worst report wins (a
     /// replica that fails makes the plugin fail), its output naming the replica.
     pub async fn check_health(&self, timeout: Duration) -> HealthReport {
-        if self.replicas.len() == 1 {
-            return self.replicas[0].check_health(timeout).await;
+        let list = self.list();
+        if list.len() == 1 {
+            return list[0].sup.check_health(timeout).await;
         }
-        let serving: Vec<(usize, &Supervisor)> = self
-            .replicas
+        let serving: Vec<(usize, &Supervisor)> = list
             .iter()
+            .map(|r| &r.sup)
             .enumerate()
             .filter(|(_, s)| serves(s.state()))
             .collect();
@@ -373,7 +465,7 @@ impl Pool {
                 report.output = Some(format!("replica {index}: {output}").trim_end().to_owned());
                 report
             }
-            None => self.replicas[0].check_health(timeout).await,
+            None => list[0].sup.check_health(timeout).await,
         }
     }
 }
@@ -391,6 +483,15 @@ fn with_context(e: PluginError, why: &str) -> PluginError {
         // A crash report keeps its own shape; the log line names the replica.
         other => other,
     }
+}
+
+/// Holds `replica` out of dispatch, lets its calls finish, applies `config` to it, and puts
+/// it back (also when the configuration is refused).
+async fn roll_one(replica: &Replica, config: Option<Value>) -> Result<(), PluginError> {
+    replica.held.store(true, Ordering::Release);
+    let _back = Unhold(&replica.held);
+    let _ = tokio::time::timeout(ROLL_DRAIN_MAX, replica.sup.drained()).await;
+    crate::Plugin::initialize(&replica.sup, config).await
 }
 
 /// Puts a held replica back in dispatch when dropped.

@@ -48,6 +48,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod plugin_health;
 mod resolver;
+mod rollout;
 mod scheduler;
 mod services;
 pub mod source;

@@ -76,6 +76,9 @@ pub(crate) struct Plan {
     pub(crate) api_layer: Value,
     /// Its right to call services, when its manifest lists any.
     pub(crate) grant: Option<crate::services::Grant>,
+    /// Local workers to start now instead of the manifest's `replicas`: 1 when a rolling
+    /// reload brings the others over from the running plugin and replaces them one by one.
+    pub(crate) first_replicas: Option<usize>,
 }
 
 impl Managed {
@@ -92,7 +95,10 @@ impl Managed {
                 .extend(grant.env().map(|(k, v)| (k.into(), v.into())));
         }
         let supervision = manifest.supervision.to_config();
-        let first = supervise(&host, &plan.found, spec.as_ref(), &supervision).await?;
+        let local = spec
+            .as_ref()
+            .map_or(0, |_| plan.first_replicas.unwrap_or(manifest.replicas));
+        let first = supervise(&host, &plan.found, spec.as_ref(), local, &supervision).await?;
         let identity = match first.identity() {
             Some(identity) => identity.clone(),
             None => {
@@ -324,10 +330,56 @@ impl Managed {
         self.lock().config.clone()
     }
 
-    /// Serves from `pool` from now on (the old pool's replicas that it keeps go on as they
-    /// are; the caller stops the ones it dropped).
-    pub(crate) fn replace_pool(&self, pool: Pool) {
-        self.lock().current = Some(pool);
+    /// Held while the replicas or the configuration change (a lazy start, an idle stop, a
+    /// configuration change, a replica joining): a change made under it sees the
+    /// configuration in force and no other change half done.
+    pub(crate) async fn changing(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.starting.lock().await
+    }
+
+    /// How many local replicas it runs when it runs (`replicas`, or `min_replicas` when it
+    /// scales), 0 when it only attaches to remote workers.
+    pub(crate) fn local_replicas(&self) -> usize {
+        self.spec
+            .as_ref()
+            .map_or(0, |_| self.found.manifest.replicas)
+    }
+
+    /// Starts one more local worker of this plugin (its spec and supervision), waits until
+    /// it is ready and gives it the configuration in force. Call it under
+    /// [`Managed::changing`], then put it in the pool. Nothing is left running on error.
+    ///
+    /// # Errors
+    /// The plugin runs no local workers, or the worker did not start or refused the
+    /// configuration (the reason, with its last failure).
+    pub(crate) async fn start_replica(&self) -> Result<plugvisor_host::Supervisor, String> {
+        let spec = self.spec.clone().ok_or("it runs no local workers")?;
+        let wait = spec.start_timeout + Duration::from_secs(1);
+        let sup = self.host.supervise(spec, self.supervision.clone());
+        let state = sup.wait_ready(wait).await;
+        let failed = match state {
+            WorkerState::Ready => None,
+            state => Some(format!(
+                "not ready within {wait:?} (state {state}){}",
+                sup.last_failure()
+                    .map(|f| format!(": {f}"))
+                    .unwrap_or_default()
+            )),
+        };
+        let refused = match failed {
+            None => plugvisor_proto::Plugin::initialize(&sup, Some(self.config()))
+                .await
+                .err()
+                .map(|e| format!("it refused the configuration in force: {e}")),
+            some => some,
+        };
+        match refused {
+            None => Ok(sup),
+            Some(why) => {
+                sup.shutdown().await;
+                Err(why)
+            }
+        }
     }
 
     /// Starts asking the worker for its own health, when it has a health check.
@@ -405,6 +457,7 @@ impl Managed {
             &self.host,
             &self.found,
             self.spec.as_ref(),
+            self.local_replicas(),
             &self.supervision,
         )
         .await
@@ -520,7 +573,12 @@ impl Managed {
         if let Some(stopper) = self.idle_stopper.get() {
             stopper.abort();
         }
-        let sup = self.lock().current.take();
+        // Under `changing`: a replica being added or swapped in lands before the pool is
+        // taken (and is stopped with it) or finds no pool.
+        let sup = {
+            let _changing = self.starting.lock().await;
+            self.lock().current.take()
+        };
         if let Some(sup) = sup {
             let _ = tokio::time::timeout(drain, sup.drained()).await;
             sup.shutdown().await;
@@ -606,13 +664,14 @@ impl IdleStop for Managed {
     }
 }
 
-/// Starts the manifest's local replicas of `spec` and attaches its remote ones, and waits
+/// Starts `local` replicas of `spec` and attaches the manifest's remote ones, and waits
 /// until every one is ready; a remote replica that is not reachable yet does not hold up a
 /// pool in which another replica serves (it joins when it is reached).
 async fn supervise(
     host: &Host,
     found: &Discovered,
     spec: Option<&WorkerSpec>,
+    local: usize,
     config: &SupervisorConfig,
 ) -> Result<Pool, ManagerError> {
     let manifest = &found.manifest;
@@ -623,7 +682,6 @@ async fn supervise(
     let remote = crate::attach::remote_specs(found)
         .await
         .map_err(start_error)?;
-    let local = spec.map_or(0, |_| manifest.replicas);
     let mut replicas: Vec<_> = (0..local)
         .filter_map(|_| spec.map(|s| host.supervise(s.clone(), config.clone())))
         .collect();

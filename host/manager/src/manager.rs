@@ -493,6 +493,7 @@ impl PluginManager {
             worker_dir: self.inner.worker_dir.clone(),
             api_layer: api.unwrap_or(Value::Object(Default::default())),
             grant: self.grant(&found)?,
+            first_replicas: None,
             found,
         };
         let managed = match Managed::load(Arc::clone(&self.inner.host), plan).await {
@@ -700,21 +701,37 @@ impl PluginManager {
 
     /// Hot swap: re-reads the manifest, starts a new worker, waits until it is ready and
     /// configured, switches calls to it, then drains and stops the old one. No call fails.
+    /// A plugin with several local replicas rolls: the new version's first worker is
+    /// validated before anything changes, then each old replica in turn is replaced by a new
+    /// worker that is ready and configured before the old one leaves dispatch
+    /// (`rollout`); the manifest's new `replicas` count is reached at the end.
     ///
     /// # Errors
     /// Not loaded, a manifest that is now broken ([`ManagerError::Manifest`] with its file,
-    /// line and reason), or a new worker that cannot start; the old one keeps serving.
+    /// line and reason), or a new worker that cannot start; the old one keeps serving. A
+    /// replica that cannot be replaced mid-roll stops the roll ([`ManagerError::Start`],
+    /// saying how many replicas run which version); the others keep serving.
     pub async fn reload(&self, name: &str) -> Result<PluginInfo, ManagerError> {
-        let (old, version) = self.swap(name).await?;
+        let (old, new, carried) = self.swap(name).await?;
         // Drained without the manager-wide lock, as in `unload`.
         old.stop(DRAIN).await;
+        let rolled = crate::rollout::replace(&new, carried).await;
+        let version = new.identity.version.clone();
         self.emit(name, EventKind::Reloaded { version });
+        rolled.map_err(|reason| ManagerError::Start {
+            plugin: name.to_owned(),
+            reason,
+        })?;
         self.info(name)
     }
 
     /// Loads a new `Managed` for `name` from its re-read manifest and puts it in place of the
-    /// old one, which is retired and returned (with the new version) to be drained.
-    async fn swap(&self, name: &str) -> Result<(Arc<Managed>, String), ManagerError> {
+    /// old one, which is retired and returned with the new one, and the old replicas the new
+    /// one took over to replace one by one.
+    async fn swap(
+        &self,
+        name: &str,
+    ) -> Result<(Arc<Managed>, Arc<Managed>, crate::rollout::Carried), ManagerError> {
         let _op = self.inner.ops.lock().await;
         let old = self.loaded_or_err(name)?;
         if old.found.entry_point.is_some() {
@@ -730,22 +747,39 @@ impl PluginManager {
                 reason,
             });
         }
+        let old_pool = old.current();
+        let old_local = old_pool.as_ref().map_or(0, |p| {
+            let replicas = p.replicas();
+            replicas
+                .iter()
+                .filter(|s| s.remote_address().is_none())
+                .count()
+        });
+        let eager = found.manifest.start != crate::manifest::StartMode::Lazy;
+        let wanted = found.manifest.replicas;
+        let carry = crate::rollout::carried_count(old_local, wanted * usize::from(eager));
         let plan = Plan {
             file_layer: self.file_layer(name),
             worker_dir: self.inner.worker_dir.clone(),
             api_layer: old.api_layer(),
             grant: self.grant(&found)?,
+            first_replicas: (carry > 0).then_some(1),
             found,
         };
         let new = Managed::load(Arc::clone(&self.inner.host), plan).await?;
-        let version = new.identity.version.clone();
+        let carried = match (&old_pool, new.current()) {
+            (Some(old_pool), Some(new_pool)) if carry > 0 => {
+                crate::rollout::carry_over(old_pool, &new_pool, carry, new.local_replicas())
+            }
+            _ => crate::rollout::Carried::default(),
+        };
         write(&self.inner.loaded).insert(name.to_owned(), Arc::clone(&new));
         old.retire();
         new.start_hooks(&self.hook_sink());
         new.start_tasks(&self.task_sink());
         new.start_health_checks();
         crate::resolver::start(&new);
-        Ok((old, version))
+        Ok((old, new, carried))
     }
 
     /// Replaces the API configuration layer of `name` and re-initializes the running plugin

@@ -4,7 +4,7 @@
 //! (their in-flight calls finish first), and the others are kept as they are.
 
 use crate::managed::Managed;
-use plugvisor_host::{Pool, Supervisor};
+use plugvisor_host::Supervisor;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -76,31 +76,22 @@ async fn refresh(managed: &Arc<Managed>) -> Result<(), String> {
     }
     tracing::info!(plugin = %managed.name(), ?added, ?removed, "the workers' addresses changed");
     let config = crate::attach::remote_config(managed.supervision());
-    let mut replicas: Vec<Supervisor> = pool
-        .replicas()
-        .iter()
-        .filter(|s| s.remote_address().is_none_or(|a| !removed.contains(&a)))
-        .cloned()
-        .collect();
     for spec in specs {
         let new = spec.remote.as_ref().map(plugvisor_host::Attach::address);
         if new.is_some_and(|a| added.contains(&a)) {
             let sup = managed.host().supervise(spec, config.clone());
             configure(&sup, managed.config());
-            replicas.push(sup);
+            pool.add(sup);
         }
     }
-    if replicas.is_empty() {
-        return Err("every address is gone; keeping the last ones until one comes back".into());
-    }
-    let gone: Vec<Supervisor> = pool
+    let gone = pool
         .replicas()
-        .iter()
-        .filter(|s| s.remote_address().is_some_and(|a| removed.contains(&a)))
-        .cloned()
-        .collect();
-    managed.replace_pool(Pool::new(replicas));
+        .into_iter()
+        .filter(|s| s.remote_address().is_some_and(|a| removed.contains(&a)));
     for sup in gone {
+        if !pool.remove(&sup) {
+            return Err("every address is gone; keeping the last one until one comes back".into());
+        }
         tokio::spawn(async move {
             let _ = tokio::time::timeout(DRAIN_MAX, sup.drained()).await;
             sup.shutdown().await;

@@ -155,6 +155,21 @@ async fn configs_by_pid(c: &Client, plugin: &str, replicas: usize) -> BTreeMap<u
     seen
 }
 
+/// The pid sets `plugin`'s replicas showed, asked every 10 ms until `done`.
+async fn pid_sets_until(c: &Client, plugin: &str, done: &AtomicBool) -> Vec<BTreeSet<u64>> {
+    let mut seen = Vec::new();
+    while !done.load(Ordering::Acquire) {
+        let info = c.get(&format!("/api/plugins/{plugin}")).await.json();
+        let pids = info["workers"].as_array().map(|w| {
+            let pids = w.iter().filter_map(|w| w["pid"].as_u64());
+            pids.collect::<BTreeSet<_>>()
+        });
+        seen.extend(pids.filter(|p| !p.is_empty()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    seen
+}
+
 /// True when three replicas are ready.
 fn three_ready(info: &Value) -> bool {
     ready_pids(info).is_some_and(|p| p.len() == 3)
@@ -193,12 +208,25 @@ fn a_config_change_and_a_reload_roll_under_load_with_no_failed_call() {
             assert!(took >= Duration::from_millis(450), "not rolled: {took:?}");
             eprintln!("rolling configuration change over 3 replicas took {took:?}");
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let reloaded = c.send("POST", "/api/plugins/pool/reload", None).await;
+            // The reload rolls too: each new worker is configured (150 ms) before it takes an
+            // old one's place, so three of them take three of those, one after another.
+            let began = Instant::now();
+            let reload_done = AtomicBool::new(false);
+            let reload = async {
+                let reloaded = c.send("POST", "/api/plugins/pool/reload", None).await;
+                reload_done.store(true, Ordering::Release);
+                reloaded
+            };
+            let (reloaded, seen) = tokio::join!(reload, pid_sets_until(c, "pool", &reload_done));
+            let took = began.elapsed();
             assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+            assert!(took >= Duration::from_millis(450), "not rolled: {took:?}");
+            eprintln!("rolling reload of 3 replicas took {took:?}");
             tokio::time::sleep(Duration::from_millis(300)).await;
             stop.store(true, Ordering::Release);
+            seen
         };
-        let ((ok, failed), ()) = tokio::join!(load_until(c, "pool", 4, &stop), changes);
+        let ((ok, failed), seen) = tokio::join!(load_until(c, "pool", 4, &stop), changes);
         assert!(
             failed.is_empty(),
             "{} calls failed: {failed:?}",
@@ -210,6 +238,16 @@ fn a_config_change_and_a_reload_roll_under_load_with_no_failed_call() {
         // Every replica is new (the reload) and holds the new configuration.
         let after = ready_pids(&info_until(c, "pool", three_ready).await).unwrap_or_default();
         assert!(after.is_disjoint(&before), "{before:?} -> {after:?}");
+        // One replica at a time: at some moment the pool served old and new workers side by
+        // side (a whole-pool swap goes from all old to all new).
+        let mixed = seen
+            .iter()
+            .any(|pids| !pids.is_disjoint(&before) && !pids.is_disjoint(&after));
+        assert!(
+            mixed,
+            "never old and new together: {before:?} {seen:?} {after:?}"
+        );
+        assert!(seen.iter().all(|pids| pids.len() <= 3), "{seen:?}");
         let configs = configs_by_pid(c, "pool", 3).await;
         assert_eq!(configs.keys().copied().collect::<BTreeSet<_>>(), after);
         for (pid, config) in &configs {

@@ -209,6 +209,11 @@ impl Supervisor {
         self.inner.slot.borrow().state
     }
 
+    /// Whether `other` is a handle to this same supervisor.
+    pub fn same(&self, other: &Supervisor) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// The address of the remote worker it attaches to (see [`crate::Attach::address`]);
     /// `None` for a worker the host starts.
     pub fn remote_address(&self) -> Option<String> {
