@@ -245,6 +245,12 @@ impl Pool {
         ready.unwrap_or(&list[0]).sup.pid()
     }
 
+    /// Calls and streams running or waiting on all replicas (what [`Supervisor::load`]
+    /// counts, summed).
+    pub fn load(&self) -> usize {
+        self.list().iter().map(|r| r.sup.load()).sum()
+    }
+
     /// Calls running on all replicas.
     pub fn in_flight(&self) -> u64 {
         self.list().iter().map(|r| r.sup.in_flight()).sum()

@@ -33,6 +33,7 @@
 
 pub mod api;
 pub mod attach;
+mod autoscale;
 pub mod command;
 pub mod config;
 pub mod deps;

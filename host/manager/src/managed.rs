@@ -95,9 +95,9 @@ impl Managed {
                 .extend(grant.env().map(|(k, v)| (k.into(), v.into())));
         }
         let supervision = manifest.supervision.to_config();
-        let local = spec
-            .as_ref()
-            .map_or(0, |_| plan.first_replicas.unwrap_or(manifest.replicas));
+        let local = spec.as_ref().map_or(0, |_| {
+            plan.first_replicas.unwrap_or(manifest.start_replicas())
+        });
         let first = supervise(&host, &plan.found, spec.as_ref(), local, &supervision).await?;
         let identity = match first.identity() {
             Some(identity) => identity.clone(),
@@ -337,12 +337,12 @@ impl Managed {
         self.starting.lock().await
     }
 
-    /// How many local replicas it runs when it runs (`replicas`, or `min_replicas` when it
-    /// scales), 0 when it only attaches to remote workers.
+    /// How many local replicas it starts with (`replicas`, kept within `min_replicas` and
+    /// `max_replicas` when it scales), 0 when it only attaches to remote workers.
     pub(crate) fn local_replicas(&self) -> usize {
         self.spec
             .as_ref()
-            .map_or(0, |_| self.found.manifest.replicas)
+            .map_or(0, |_| self.found.manifest.start_replicas())
     }
 
     /// Starts one more local worker of this plugin (its spec and supervision), waits until

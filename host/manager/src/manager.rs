@@ -514,6 +514,7 @@ impl PluginManager {
         managed.start_tasks(&self.task_sink());
         managed.start_health_checks();
         crate::resolver::start(&managed);
+        crate::autoscale::start(&managed);
         self.info(&name)
     }
 
@@ -756,7 +757,11 @@ impl PluginManager {
                 .count()
         });
         let eager = found.manifest.start != crate::manifest::StartMode::Lazy;
-        let wanted = found.manifest.replicas;
+        // A scaling pool keeps the size it grew to (within the new bounds).
+        let wanted = match found.manifest.scaling() {
+            Some(s) => old_local.clamp(s.min, s.max),
+            None => found.manifest.start_replicas(),
+        };
         let carry = crate::rollout::carried_count(old_local, wanted * usize::from(eager));
         let plan = Plan {
             file_layer: self.file_layer(name),
@@ -769,7 +774,7 @@ impl PluginManager {
         let new = Managed::load(Arc::clone(&self.inner.host), plan).await?;
         let carried = match (&old_pool, new.current()) {
             (Some(old_pool), Some(new_pool)) if carry > 0 => {
-                crate::rollout::carry_over(old_pool, &new_pool, carry, new.local_replicas())
+                crate::rollout::carry_over(old_pool, &new_pool, carry, wanted)
             }
             _ => crate::rollout::Carried::default(),
         };
@@ -779,6 +784,7 @@ impl PluginManager {
         new.start_tasks(&self.task_sink());
         new.start_health_checks();
         crate::resolver::start(&new);
+        crate::autoscale::start(&new);
         Ok((old, new, carried))
     }
 

@@ -83,6 +83,19 @@ pub enum StartMode {
     Lazy,
 }
 
+/// How a plugin's local replicas scale (`max_replicas` and the keys beside it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scaling {
+    /// The fewest local workers.
+    pub min: usize,
+    /// The most local workers.
+    pub max: usize,
+    /// Calls in flight or waiting per replica the pool aims at.
+    pub target_in_flight: u32,
+    /// How long one replica fewer must have been enough before one is stopped.
+    pub idle: Duration,
+}
+
 /// The most workers one plugin may run (`replicas`).
 pub const MAX_REPLICAS: usize = 64;
 
@@ -163,6 +176,23 @@ pub struct Manifest {
     /// go to the least-loaded ready one. With `attach` and no `command`, only the remote ones.
     #[serde(default = "one")]
     pub replicas: usize,
+    /// Autoscaling: the most local workers the pool grows to under load. With it, the pool
+    /// starts with `replicas` (kept within `min_replicas..=max_replicas`), adds a worker when
+    /// the calls in flight or waiting per replica stay above `target_in_flight` for a second,
+    /// and stops one when `scale_down_idle_secs` passed in which one fewer would have done.
+    #[serde(default)]
+    pub max_replicas: Option<usize>,
+    /// Autoscaling: the fewest local workers (default 1); needs `max_replicas`.
+    #[serde(default)]
+    pub min_replicas: Option<usize>,
+    /// Autoscaling: calls in flight or waiting per replica the pool aims at (default 1, right
+    /// for a CPU-bound plugin; raise it for one that serves many calls at once).
+    #[serde(default)]
+    pub target_in_flight: Option<u32>,
+    /// Autoscaling: seconds in which one replica fewer would have carried the load before one
+    /// is stopped (default 30).
+    #[serde(default)]
+    pub scale_down_idle_secs: Option<u64>,
     /// Remote workers to attach to (`https://HOST:PORT`, or `tcp://` on loopback): one URL or
     /// a list; each address a URL's host resolves to is one more replica of the pool.
     #[serde(default)]
@@ -798,18 +828,79 @@ impl Manifest {
         self.supervision.check()
     }
 
-    /// `replicas` is 1 to [`MAX_REPLICAS`].
+    /// `replicas` is 1 to [`MAX_REPLICAS`]; the autoscaling keys make sense together.
     fn check_replicas(&self) -> Result<(), (Option<&'static str>, String)> {
-        if (1..=MAX_REPLICAS).contains(&self.replicas) {
-            return Ok(());
+        if !(1..=MAX_REPLICAS).contains(&self.replicas) {
+            return Err((
+                Some("replicas"),
+                format!(
+                    "replicas: {} is out of range; a plugin runs 1 to {MAX_REPLICAS} workers",
+                    self.replicas
+                ),
+            ));
         }
-        Err((
-            Some("replicas"),
-            format!(
-                "replicas: {} is out of range; a plugin runs 1 to {MAX_REPLICAS} workers",
-                self.replicas
-            ),
-        ))
+        self.check_scaling().map_err(|(key, why)| (Some(key), why))
+    }
+
+    fn check_scaling(&self) -> Result<(), (&'static str, String)> {
+        let Some(max) = self.max_replicas else {
+            let stray = [
+                ("min_replicas", self.min_replicas.is_some()),
+                ("target_in_flight", self.target_in_flight.is_some()),
+                ("scale_down_idle_secs", self.scale_down_idle_secs.is_some()),
+            ];
+            return match stray.iter().find(|(_, set)| *set) {
+                Some((key, _)) => Err((key, format!("{key} needs max_replicas (autoscaling)"))),
+                None => Ok(()),
+            };
+        };
+        let min = self.min_replicas.unwrap_or(1);
+        if !(1..=MAX_REPLICAS).contains(&max) || !(1..=max).contains(&min) {
+            return Err((
+                "max_replicas",
+                format!(
+                    "min_replicas {min} and max_replicas {max}: need 1 <= min_replicas <= \
+                     max_replicas <= {MAX_REPLICAS}"
+                ),
+            ));
+        }
+        if self.command.trim().is_empty() {
+            return Err((
+                "max_replicas",
+                "max_replicas scales local workers, and this plugin has no command".to_owned(),
+            ));
+        }
+        match (self.target_in_flight, self.scale_down_idle_secs) {
+            (Some(0), _) => Err((
+                "target_in_flight",
+                "target_in_flight must be at least 1".into(),
+            )),
+            (_, Some(0)) => Err((
+                "scale_down_idle_secs",
+                "scale_down_idle_secs must be at least 1".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The local workers the plugin starts with: `replicas`, within `min_replicas` and
+    /// `max_replicas` when it scales.
+    pub fn start_replicas(&self) -> usize {
+        match self.scaling() {
+            Some(s) => self.replicas.clamp(s.min, s.max),
+            None => self.replicas,
+        }
+    }
+
+    /// Its autoscaling, when `max_replicas` is set.
+    pub fn scaling(&self) -> Option<Scaling> {
+        let max = self.max_replicas?;
+        Some(Scaling {
+            min: self.min_replicas.unwrap_or(1),
+            max,
+            target_in_flight: self.target_in_flight.unwrap_or(1).max(1),
+            idle: Duration::from_secs(self.scale_down_idle_secs.unwrap_or(30).max(1)),
+        })
     }
 
     /// Every `hooks` entry names an event the host emits.

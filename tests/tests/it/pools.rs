@@ -8,7 +8,7 @@
 use crate::api::{info_until, load_plugins, manifest, Api};
 use plugvisor_manager::api::ApiOptions;
 use plugvisor_tests::http::{Answer, Client};
-use plugvisor_tests::serially;
+use plugvisor_tests::{eventually, process_state, serially};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,20 +92,34 @@ fn calls_spread_over_replicas_and_a_crash_stays_on_its_own() {
 }
 
 #[test]
-fn replicas_out_of_range_are_refused_naming_the_key() {
+fn replica_counts_out_of_range_are_refused_naming_the_key() {
     serially(async {
         let plugins = [
             manifest("many", "echo", "replicas = 65"),
             manifest("none", "echo", "replicas = 0"),
+            manifest("upside", "echo", "min_replicas = 3\nmax_replicas = 2"),
+            manifest("halfway", "echo", "min_replicas = 2"),
+            manifest(
+                "still",
+                "echo",
+                "max_replicas = 2\nscale_down_idle_secs = 0",
+            ),
         ];
         let api = Api::start(&plugins, ApiOptions::default()).await;
-        for id in ["many", "none"] {
+        let keys = [
+            ("many", "replicas"),
+            ("none", "replicas"),
+            ("upside", "max_replicas"),
+            ("halfway", "min_replicas needs max_replicas"),
+            ("still", "scale_down_idle_secs"),
+        ];
+        for (id, key) in keys {
             let refused = api
                 .client
                 .post("/api/plugins/load", &json!({"plugin_id": id}))
                 .await;
             assert_ne!(refused.status, 200, "{}", refused.text());
-            assert!(refused.text().contains("replicas"), "{}", refused.text());
+            assert!(refused.text().contains(key), "{id}: {}", refused.text());
         }
         api.finish().await;
     })
@@ -310,6 +324,60 @@ fn a_refused_config_is_rolled_back_while_the_pool_serves() {
                 "replica {pid}: {config}"
             );
         }
+        api.finish().await;
+    })
+}
+
+/// The replicas of `info` that are ready, by count.
+fn ready_count(info: &Value) -> Option<usize> {
+    ready_pids(info).map(|p| p.len())
+}
+
+#[test]
+fn a_scaling_pool_grows_under_load_and_shrinks_when_idle() {
+    serially(async {
+        let scaling = "max_replicas = 3\nscale_down_idle_secs = 1";
+        let plugins = [manifest("elastic", "chaos", scaling)];
+        let api = Api::start(&plugins, ApiOptions::default()).await;
+        load_plugins(&api.client, &["elastic"]).await;
+        let c = &api.client;
+        let first = info_until(c, "elastic", |i| ready_count(i) == Some(1)).await;
+        let first = ready_pids(&first).unwrap_or_default();
+
+        // Six callers keep about six calls in flight: above one per replica, so the pool
+        // grows one worker at a time, to its most.
+        let stop = AtomicBool::new(false);
+        let grow = async {
+            let began = Instant::now();
+            let full = info_until(c, "elastic", |i| ready_count(i) == Some(3)).await;
+            eprintln!("grew from 1 to 3 replicas in {:?}", began.elapsed());
+            stop.store(true, Ordering::Release);
+            ready_pids(&full).unwrap_or_default()
+        };
+        let ((ok, failed), full) = tokio::join!(load_until(c, "elastic", 6, &stop), grow);
+        assert!(
+            failed.is_empty(),
+            "{} calls failed: {failed:?}",
+            failed.len()
+        );
+        assert!(ok > 20, "only {ok} calls ran");
+        assert!(first.is_subset(&full), "{first:?} -> {full:?}");
+
+        // Idle: one replica fewer sufficed for a second, twice; the pool is back to its
+        // fewest and the workers that left are gone.
+        let began = Instant::now();
+        let back = info_until(c, "elastic", |i| ready_count(i) == Some(1)).await;
+        eprintln!("shrank from 3 to 1 replica in {:?}", began.elapsed());
+        let back = ready_pids(&back).unwrap_or_default();
+        for pid in full.difference(&back) {
+            let gone = eventually(Duration::from_secs(10), || {
+                process_state(*pid as u32).is_none()
+            })
+            .await;
+            assert!(gone, "worker {pid} left the pool but still runs");
+        }
+        let answer = execute(c, "elastic", sleep(1)).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
         api.finish().await;
     })
 }
