@@ -178,6 +178,10 @@ async fn run(cli: &Cli) -> Result<Report> {
         let one = step("P22", scenario::remote::tls(&ctx)).await;
         outcomes.push(one_or_error(one, "P22"));
     }
+    if wants(&["P25"]) {
+        let one = step("P25", scenario::remote_file::file(&ctx)).await;
+        outcomes.push(one_or_error(one, "P25"));
+    }
     if wants(&["P16"]) {
         let one = step("P16", scenario::routes::streaming(&ctx)).await;
         outcomes.push(one_or_error(one, "P16"));

@@ -72,6 +72,7 @@ impl Args {
             (None, None) => return Ok(None),
         };
         let mut options = ServeOptions::new(read_token(self.token_file)?);
+        crate::uploads::store_limit().map_err(WorkerError::Setting)?;
         options.transfer_dir = self.transfer_dir;
         options.max_body = self.max_body;
         let watch_stdin = std::env::var(WATCH_STDIN_ENV).is_ok_and(|v| v.trim() == "1");

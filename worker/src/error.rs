@@ -25,6 +25,9 @@ pub enum WorkerError {
     /// The TLS certificate, key or client CA could not be loaded or do not fit together.
     #[error("TLS setup: {0}")]
     Tls(String),
+    /// A setting in the environment has a value the worker cannot use.
+    #[error("bad setting: {0}")]
+    Setting(String),
     /// No token was given, or the token is empty.
     #[error("no token: {0}")]
     MissingToken(String),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 const SMALL: u64 = 1024;
 
 /// Writes `size` bytes of printable ASCII (so the same bytes can travel as a JSON string).
-fn make_file(path: &Path, size: u64) -> Result<()> {
+pub(crate) fn make_file(path: &Path, size: u64) -> Result<()> {
     let block: Vec<u8> = (0..1 << 20).map(|i| b'a' + (i % 26) as u8).collect();
     let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut left = size;

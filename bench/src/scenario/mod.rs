@@ -25,6 +25,7 @@ pub mod peers;
 pub mod pools;
 pub mod python;
 pub mod remote;
+pub mod remote_file;
 pub mod routes;
 pub mod sandbox;
 pub mod scale;

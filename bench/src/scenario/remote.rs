@@ -51,7 +51,7 @@ pub async fn tls(ctx: &Ctx) -> Result<Outcome> {
 }
 
 /// A worker process of the benchmark's own, killed and reaped when dropped.
-struct Owned(Child);
+pub(crate) struct Owned(pub(crate) Child);
 
 impl Drop for Owned {
     /// SIGTERM (it removes its private transfer directory), SIGKILL if it hangs.
@@ -69,7 +69,7 @@ impl Drop for Owned {
     }
 }
 
-fn start(program: &std::path::Path, certs: &std::path::Path) -> Result<Child> {
+pub(crate) fn start(program: &std::path::Path, certs: &std::path::Path) -> Result<Child> {
     Command::new(program)
         .args(["--listen", "tcp://127.0.0.1:0", "--tls-cert"])
         .arg(certs.join("tls.crt"))
@@ -85,7 +85,7 @@ fn start(program: &std::path::Path, certs: &std::path::Path) -> Result<Child> {
         .context("starting the TLS worker")
 }
 
-fn port_of(child: &mut Child) -> Result<u16> {
+pub(crate) fn port_of(child: &mut Child) -> Result<u16> {
     let mut line = String::new();
     BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
     line.trim()
