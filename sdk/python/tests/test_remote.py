@@ -9,6 +9,7 @@ directory, so its private directory is found (and checked gone) there.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import ssl
@@ -398,3 +399,47 @@ def test_a_killed_workers_directory_is_removed_by_the_next_one_and_nothing_else(
     if os.geteuid() == 0:
         assert foreign.is_dir(), "another user's directory is left alone"
     assert alive(next_one.proc.pid)
+
+
+# ----------------------------------------------------------------------------- the conformance kit
+
+#: A kitchen worker whose upload keeps a body under the digest it was sent as, whatever its
+#: content hashes to (the check the kit must catch).
+_TRUSTING = """
+import runpy, sys
+from plugvisor import _uploads
+
+_receive = _uploads._receive
+
+
+async def trusting(server, conn, part):
+    digest, size = await _receive(server, conn, part)
+    return part.rsplit("/", 1)[1][1:65], size
+
+
+_uploads._receive = trusting
+sys.argv = [sys.argv[1]] + sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def kit_results(tmp_path: Path, *command: str) -> List[Tuple[str, str]]:
+    """`plugvisor conformance --json -- COMMAND`'s §14 checks: (result, check) pairs."""
+    out = subprocess.run(
+        [str(plugvisor_bin()), "conformance", "--json", "--dir", str(tmp_path), "--", *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    report = json.loads(out.stdout)
+    return [(c["result"], c["check"]) for c in report["checks"] if c["section"] == "§14 file transfer"]
+
+
+def test_the_conformance_kit_checks_file_transfer_and_catches_a_trusting_upload(tmp_path):
+    results = kit_results(tmp_path, sys.executable, KITCHEN)
+    assert len(results) == 7 and all(r == "pass" for r, _ in results), results
+    trusting = tmp_path / "trusting.py"
+    trusting.write_text(_TRUSTING)
+    flawed = kit_results(tmp_path, sys.executable, str(trusting), KITCHEN)
+    failed = [check for result, check in flawed if result == "fail"]
+    assert failed == ["PUT with a wrong digest is 400 bad_request (checksum mismatch) and leaves nothing"], flawed
