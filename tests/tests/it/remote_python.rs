@@ -93,6 +93,16 @@ impl Drop for PyWorker {
     }
 }
 
+/// How the host attaches to `worker`: its CA, its token, and (`client`) a client certificate.
+fn attach(worker: &PyWorker, certs: &Certs, client: bool) -> WorkerSpec {
+    let pair = (certs.file("client.crt"), certs.file("client.key"));
+    let client = client.then_some((pair.0.as_path(), pair.1.as_path()));
+    let tls = TlsClient::from_pem_files(&certs.file("ca.crt"), client, "localhost").unwrap();
+    let url = format!("https://localhost:{}", worker.port);
+    let attach = Attach::parse(&url, certs.token()).unwrap().with_tls(tls);
+    WorkerSpec::attach(attach).name("pyfiles")
+}
+
 /// The worker's private transfer directory (exactly one).
 fn private_dir(pid: u32) -> PathBuf {
     let dirs = private_dirs_of(pid);
@@ -123,17 +133,9 @@ fn files_travel_both_ways_to_a_python_worker_attached_over_mutual_tls() {
         let mut worker = PyWorker::start(&script, &certs);
         let its_dir = private_dir(worker.pid);
 
-        let client = (certs.file("client.crt"), certs.file("client.key"));
-        let client = Some((client.0.as_path(), client.1.as_path()));
-        let tls = TlsClient::from_pem_files(&certs.file("ca.crt"), client, "localhost").unwrap();
-        let url = format!("https://localhost:{}", worker.port);
-        let attach = Attach::parse(&url, certs.token()).unwrap().with_tls(tls);
         let mut world = World::new().await;
         let sup = world
-            .supervise_spec(
-                WorkerSpec::attach(attach).name("pyfiles"),
-                SupervisorConfig::default(),
-            )
+            .supervise_spec(attach(&worker, &certs, true), SupervisorConfig::default())
             .await;
         assert_eq!(sup.state(), WorkerState::Ready);
 
@@ -186,5 +188,42 @@ fn files_travel_both_ways_to_a_python_worker_attached_over_mutual_tls() {
         );
         let gone = !Path::new(&format!("/proc/{}", worker.pid)).exists();
         assert!(gone, "the worker process is reaped");
+    });
+}
+
+#[test]
+fn a_python_worker_under_mutual_tls_refuses_a_host_without_a_client_certificate() {
+    serially(async {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = Certs::make(dir.path(), &[]);
+        let script = dir.path().join("pyfiles.py");
+        std::fs::write(&script, PLUGIN).unwrap();
+        let mut worker = PyWorker::start(&script, &certs);
+        let world = World::new().await;
+
+        // The positive control: with the client certificate the host attaches and calls.
+        let good = world.host.spawn(attach(&worker, &certs, true)).await;
+        let good = good.expect("attach with a client certificate");
+        let input = dir.path().join("small.bin");
+        std::fs::write(&input, b"abc").unwrap();
+        let file = json!({"$file": {"path": input, "size": 3}});
+        let answer = good.execute(json!({"file": file})).await.unwrap();
+        assert_eq!(answer["size"], 3, "{answer}");
+
+        // Without one, the worker refuses the handshake: no attach. (OpenSSL under asyncio
+        // drops the connection without the alert rustls would send, so the host reads an end
+        // of the TLS stream rather than "certificate required".)
+        let anonymous = world.host.spawn(attach(&worker, &certs, false)).await;
+        let err = anonymous.expect_err("mutual TLS needs a client certificate");
+        let chain = plugvisor_host::error_chain(&err).to_lowercase();
+        assert!(
+            chain.contains("close_notify") || chain.contains("certificate"),
+            "refused at the TLS layer: {chain}"
+        );
+
+        drop(good);
+        world.finish().await;
+        assert!(worker.terminate().success(), "it exits 0 on SIGTERM");
+        assert!(private_dirs_of(worker.pid).is_empty(), "left behind");
     });
 }
