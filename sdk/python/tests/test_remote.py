@@ -20,7 +20,7 @@ from typing import Any, List, Optional, Tuple
 
 import pytest
 
-from conftest import Answer, Raw, Worker, alive, plugin_script, plugvisor_bin, wait_for
+from conftest import Answer, Raw, Worker, alive, plugin_script, plugvisor_bin, start_worker, wait_for
 
 KITCHEN = plugin_script("kitchen")
 
@@ -289,6 +289,39 @@ def test_an_upload_cut_short_leaves_nothing(worker_factory, tmp):
     c.close()
     assert wait_for(lambda: cas_entries(directory) == []), cas_entries(directory)
     assert w.request("GET", "/v1/health").status == 200
+
+
+_LIMITED = """
+import os, resource, runpy, sys
+limit = int(os.environ["FSIZE_LIMIT"])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+sys.argv[0] = os.environ["WRAPPED"]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_failed_write_is_500_plugin_failed_and_leaves_nothing(tmp, tmp_path):
+    # A full disk, as the worker sees it: writes past RLIMIT_FSIZE fail with EFBIG (Python
+    # ignores SIGXFSZ).
+    limited = tmp_path / "limited.py"
+    limited.write_text(_LIMITED)
+    env = {"TMPDIR": str(tmp), "FSIZE_LIMIT": str(1 << 20), "WRAPPED": KITCHEN}
+    w = start_worker(tmp_path, str(limited), tcp=True, transfer=False, watch_stdin=False, env=env)
+    try:
+        [directory] = private_dirs(tmp, w.proc.pid)
+        # The control: content under the limit is stored.
+        small = os.urandom(512 << 10)
+        assert w.request("PUT", f"/v1/files/{sha(small)}", small).status == 200
+        big = os.urandom((1 << 20) + (128 << 10))
+        a = w.request("PUT", f"/v1/files/{sha(big)}", big)
+        assert a.status == 500, a.body
+        error = a.json()["error"]
+        assert error["kind"] == "plugin_failed" and error["message"].startswith("cannot store the upload: ")
+        assert cas_entries(directory) == [sha(small)], "nothing of the failed upload is left"
+        assert w.request("GET", "/v1/health").status == 200
+    finally:
+        assert w.stop() == 0
+    assert private_dirs(tmp, w.proc.pid) == []
 
 
 def vm_hwm_kib(pid: int) -> int:
