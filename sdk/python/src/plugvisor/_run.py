@@ -364,6 +364,8 @@ _private_dir: Optional[str] = None
 
 
 def _serve(plugin: Plugin, config: WorkerConfig, handshake_fd: int, program: str) -> int:
+    """Loads TLS and (for a remote worker) makes the private transfer directory, serves, and
+    removes that directory again however serving ends; the exit status."""
     global _private_dir
     try:
         tls = _tls_context(config)
@@ -412,6 +414,7 @@ def _remove_private_dir() -> None:
 def _serve_in(
     plugin: Plugin, config: WorkerConfig, handshake_fd: int, program: str, tls: Any
 ) -> int:
+    """Binds, announces the handshake line and serves until shutdown; the exit status."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     transfer = None
