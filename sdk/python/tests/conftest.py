@@ -103,13 +103,15 @@ class Answer:
 class Raw:
     """A minimal HTTP/1.1 client on one connection, for exact control over the bytes."""
 
-    def __init__(self, address: str, token: Optional[str]) -> None:
+    def __init__(self, address: str, token: Optional[str], tls: Any = None, server_name: str = "localhost") -> None:
         if address.startswith("/"):
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.sock.connect(address)
         else:
             host, port = address.rsplit(":", 1)
             self.sock = socket.create_connection((host, int(port)))
+            if tls is not None:  # an `ssl.SSLContext`: the connection speaks TLS
+                self.sock = tls.wrap_socket(self.sock, server_hostname=server_name)
         self.sock.settimeout(10)
         self.token = token
         self.buf = b""

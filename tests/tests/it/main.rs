@@ -31,6 +31,7 @@ mod pools;
 mod protocol;
 mod remote;
 mod remote_netns;
+mod remote_python;
 mod sandbox;
 mod schemas;
 mod services;

@@ -8,7 +8,7 @@
 //! - `schemas`: the compiled JSON Schemas.
 //! - `report`: verdicts and their output.
 //! - `checks/`: the rules, by section (`basics`: §1 §3 §4 §5 §12; `routes` and `extensions`: §7;
-//!   `calls`: §8 §9; `files`: §10; `lifecycle`: §2 §6 §11).
+//!   `calls`: §8 §9; `files`: §10; `transfer`: §14's file transfer; `lifecycle`: §2 §6 §11).
 
 mod checks;
 mod http;
@@ -17,7 +17,7 @@ mod report;
 mod schemas;
 
 use anyhow::{bail, Context};
-use checks::{basics, calls, extensions, files, lifecycle, routes, Ctx, Inputs};
+use checks::{basics, calls, extensions, files, lifecycle, routes, transfer, Ctx, Inputs};
 use launch::{StartError, Target, Worker};
 use plugvisor_manager::manifest::{Discovered, Manifest};
 use report::Report;
@@ -173,6 +173,7 @@ async fn live_checks(ctx: &mut Ctx<'_>) {
     calls::stream(ctx).await;
     calls::cancellation(ctx).await;
     files::file_references(ctx).await;
+    transfer::file_transfer(ctx).await;
     routes::cleanup(ctx).await;
     lifecycle::shutdown_request(ctx).await;
     lifecycle::error_audit(ctx);

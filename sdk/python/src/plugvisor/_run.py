@@ -46,6 +46,7 @@ class WorkerConfig:
         max_body: int,
         watch_stdin: bool,
         threads: int,
+        tls: Optional[Tuple[str, str, Optional[str]]] = None,
     ) -> None:
         self.listen = listen
         self.token = token
@@ -53,13 +54,22 @@ class WorkerConfig:
         self.max_body = max_body
         self.watch_stdin = watch_stdin
         self.threads = threads
+        #: ``(cert, key, client_ca)`` PEM files when serving TLS.
+        self.tls = tls
+
+    @property
+    def remote(self) -> bool:
+        """Started for remote use: TCP, no host pipe, no transfer directory given. Files
+        streamed to it (and its outputs) then need a private directory of its own."""
+        return not self.watch_stdin and self.transfer_dir is None and self.listen[0] == "tcp"
 
 
 def run(plugin: Plugin, argv: Optional[Sequence[str]] = None) -> NoReturn:
     """Runs `plugin` as a worker process and exits: a worker script's whole ``main``.
 
     It parses the arguments the host passes (``--socket PATH`` or ``--listen ADDR``,
-    ``--token-file``, ``--transfer-dir``, ``--max-body``), logs to stderr (``PLUGVISOR_LOG``,
+    ``--token-file``, ``--transfer-dir``, ``--max-body``; for a remote worker ``--tls-cert``,
+    ``--tls-key`` and ``--tls-client-ca``, `docs/PROTOCOL.md` §14), logs to stderr (``PLUGVISOR_LOG``,
     default ``info``), binds, prints the one handshake line on stdout and points stdout at
     stderr (so nothing the plugin prints can reach the host's handshake pipe), serves until
     ``POST /v1/shutdown``, SIGTERM/SIGINT or (with ``PLUGVISOR_WATCH_STDIN=1``) end-of-file on
@@ -118,6 +128,17 @@ def _parser(program: str) -> argparse.ArgumentParser:
         help="the only directory file references may point into",
     )
     parser.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve TLS with this PEM certificate chain (needs --listen tcp://… and --tls-key)",
+    )
+    parser.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
+    parser.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="require client certificates signed by the CA in this PEM file (mutual TLS)",
+    )
+    parser.add_argument(
         "--max-body",
         metavar="BYTES",
         default=os.environ.get(wire.MAX_BODY_ENV),
@@ -127,7 +148,16 @@ def _parser(program: str) -> argparse.ArgumentParser:
 
 
 #: The options `_quick_args` reads (each takes one value).
-_OPTIONS = ("--socket", "--listen", "--token-file", "--transfer-dir", "--max-body")
+_OPTIONS = (
+    "--socket",
+    "--listen",
+    "--token-file",
+    "--transfer-dir",
+    "--max-body",
+    "--tls-cert",
+    "--tls-key",
+    "--tls-client-ca",
+)
 
 
 def _quick_args(args: List[str]) -> Optional[SimpleNamespace]:
@@ -150,6 +180,9 @@ def _quick_args(args: List[str]) -> Optional[SimpleNamespace]:
         token_file=given.get("--token-file"),
         transfer_dir=given.get("--transfer-dir", os.environ.get(wire.TRANSFER_DIR_ENV)),
         max_body=given.get("--max-body", os.environ.get(wire.MAX_BODY_ENV)),
+        tls_cert=given.get("--tls-cert"),
+        tls_key=given.get("--tls-key"),
+        tls_client_ca=given.get("--tls-client-ca"),
     )
 
 
@@ -182,6 +215,7 @@ def _resolve(ns: Any) -> Optional[WorkerConfig]:
         if not text.isdigit():
             raise UsageError(f"invalid value {ns.max_body!r} for --max-body: not a byte count")
         max_body = int(text)
+    tls = _tls_files(ns)
     token = _read_token(ns.token_file)
     if any(name.startswith("PLUGVISOR_HOST_") for name in os.environ):
         from ._host import take_env  # only when the host gave an endpoint (start-up time)
@@ -194,7 +228,21 @@ def _resolve(ns: Any) -> Optional[WorkerConfig]:
         max_body=max_body,
         watch_stdin=os.environ.get(wire.WATCH_STDIN_ENV, "").strip() == "1",
         threads=default_threads(),
+        tls=tls,
     )
+
+
+def _tls_files(ns: Any) -> Optional[Tuple[str, str, Optional[str]]]:
+    """``(cert, key, client_ca)`` when TLS is asked for; a flag without its partner is a
+    usage error, as clap's ``requires`` makes it in the Rust runtime."""
+    cert, key, client_ca = ns.tls_cert, ns.tls_key, ns.tls_client_ca
+    if cert and not key:
+        raise UsageError("--tls-cert needs --tls-key FILE")
+    if key and not cert:
+        raise UsageError("--tls-key needs --tls-cert FILE")
+    if client_ca and not cert:
+        raise UsageError("--tls-client-ca needs --tls-cert FILE")
+    return (cert, key, client_ca or None) if cert else None
 
 
 def _read_token(token_file: Optional[str]) -> str:
@@ -311,7 +359,62 @@ def _announce(fd: int, line: str) -> None:
         os.close(fd)
 
 
+#: A remote worker's private transfer directory, removed when the worker exits.
+_private_dir: Optional[str] = None
+
+
 def _serve(plugin: Plugin, config: WorkerConfig, handshake_fd: int, program: str) -> int:
+    """Loads TLS and (for a remote worker) makes the private transfer directory, serves, and
+    removes that directory again however serving ends; the exit status."""
+    global _private_dir
+    try:
+        tls = _tls_context(config)
+    except StartError as e:
+        print(f"{program}: error: {e}", file=sys.stderr)
+        return 1
+    if config.remote:
+        from ._remote import make_private_dir
+
+        try:
+            _private_dir = config.transfer_dir = make_private_dir()
+        except OSError as e:
+            print(f"{program}: error: creating the transfer directory: {e}", file=sys.stderr)
+            return 1
+    try:
+        return _serve_in(plugin, config, handshake_fd, program, tls)
+    finally:
+        _remove_private_dir()
+
+
+def _tls_context(config: WorkerConfig) -> Any:
+    """The TLS server context `config` asks for (`None` without TLS), loaded before the
+    handshake line so that a bad certificate or key stops the start."""
+    if config.tls is None:
+        return None
+    from ._tls import TlsError, server_context
+
+    try:
+        if config.listen[0] != "tcp":
+            raise TlsError("--tls-cert needs --listen tcp://HOST:PORT")
+        return server_context(*config.tls)
+    except TlsError as e:
+        raise StartError(str(e)) from None
+
+
+def _remove_private_dir() -> None:
+    """Removes the private transfer directory, if this worker made one (once)."""
+    global _private_dir
+    path, _private_dir = _private_dir, None
+    if path is not None:
+        from ._remote import remove_private_dir
+
+        remove_private_dir(path)
+
+
+def _serve_in(
+    plugin: Plugin, config: WorkerConfig, handshake_fd: int, program: str, tls: Any
+) -> int:
+    """Binds, announces the handshake line and serves until shutdown; the exit status."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     transfer = None
@@ -322,7 +425,7 @@ def _serve(plugin: Plugin, config: WorkerConfig, handshake_fd: int, program: str
             print(f"{program}: error: cannot open transfer directory {config.transfer_dir}: {e}", file=sys.stderr)
             return 1
     runner = Runner(loop, config.threads)
-    options = ServeOptions(config.token, transfer, config.max_body)
+    options = ServeOptions(config.token, transfer, config.max_body, tls=tls)
     try:
         server = Server(plugin, options, runner)
         line = loop.run_until_complete(_bind(server, config.listen))
@@ -409,6 +512,7 @@ def _arm_watchdog(server: Server, deadline: float) -> None:
 def _force_exit(server: Server, why: str) -> NoReturn:
     _log.error("exiting without finishing shutdown reason=%s", why)
     server.remove_socket_file()
+    _remove_private_dir()
     _dismiss(_guardian_pid)
     _exit(FORCED_EXIT)
 

@@ -27,6 +27,8 @@ from ._lane import CallLane
 from ._plugin import Plugin, RouteSpec, declared_methods, declared_routes, overrides
 
 if TYPE_CHECKING:
+    import ssl
+
     from ._ext import RouteResponse
     from ._stream import Pump
 
@@ -61,12 +63,18 @@ class ServeOptions:
         max_body: int = wire.DEFAULT_MAX_BODY,
         grace: float = 2.0,
         cleanup_timeout: float = 0.5,
+        tls: Optional[ssl.SSLContext] = None,
     ) -> None:
         self.token = token
+        #: The only directory file references may point into; with one, the worker also
+        #: takes files streamed to it (``file_transfer``, `docs/PROTOCOL.md` §14).
         self.transfer_dir = transfer_dir
         self.max_body = max_body
         self.grace = grace
         self.cleanup_timeout = cleanup_timeout
+        #: Serve TLS on a TCP listener (remote workers, `_tls.server_context`); `None` serves
+        #: plain HTTP.
+        self.tls = tls
 
 
 class Reply:
@@ -229,13 +237,15 @@ class Server:
         return names
 
     def capabilities(self) -> List[str]:
-        """``execute``, ``stream``, ``files``, and each extension the plugin serves."""
+        """``execute``, ``stream``, ``files``, each extension the plugin serves, and
+        ``file_transfer`` when the worker has a transfer directory to receive files in."""
         extensions = [
             ("routes", bool(self.routes)),
             ("middleware", bool(self.hooks)),
             ("methods", bool(self.methods)),
             ("health_check", self.health_check),
             ("events", bool(self.event_names)),
+            ("file_transfer", self.options.transfer_dir is not None),
         ]
         return _CAPABILITIES + [name for name, on in extensions if on]
 
@@ -262,10 +272,21 @@ class Server:
         return path
 
     async def listen_tcp(self, host: str, port: int) -> str:
-        """Binds TCP `host`:`port` (0: any free port); returns the ``host:port`` bound."""
+        """Binds TCP `host`:`port` (0: any free port), serving TLS when the options carry a
+        context; returns the ``host:port`` bound."""
+        tls: Dict[str, Any] = {}
+        if self.options.tls is not None:
+            from ._tls import HANDSHAKE_TIMEOUT
+
+            tls = {"ssl": self.options.tls, "ssl_handshake_timeout": HANDSHAKE_TIMEOUT}
         try:
             self._listener = await self.loop.create_server(
-                lambda: Connection(self), host.strip("[]"), port, backlog=1024, reuse_address=True
+                lambda: Connection(self),
+                host.strip("[]"),
+                port,
+                backlog=1024,
+                reuse_address=True,
+                **tls,
             )
         except OSError as e:
             raise StartError(f"cannot listen on tcp://{host}:{port}: {e}") from None
@@ -377,6 +398,12 @@ class Server:
             if method != "POST":
                 raise _wrong_method(path, "POST", method)
             return self.h_method
+        if path.startswith("/v1/file"):
+            from . import _uploads
+
+            transfer = _uploads.route(method, path)
+            if transfer is not None:
+                return lambda conn, head: transfer(self, conn, head)  # type: ignore[no-any-return]
         entry = self._table.get(path)
         if entry is None:
             raise _error("not_found", f"no route {path}")
@@ -891,7 +918,9 @@ class Connection(asyncio.Protocol):
         self._wake()
         if self.busy:
             self._client_left()
-        return True
+        # Keep the write side open after the client's end of input; TLS transports cannot
+        # (asyncio warns when asked to) and close instead.
+        return self.server.options.tls is None
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.eof = self.lost = True
@@ -1000,6 +1029,8 @@ class Connection(asyncio.Protocol):
         serves (and nothing is left to write here); True when it did."""
         lane = self.server.lane
         transport = self.transport
+        if self.server.options.tls is not None:
+            return False  # the TLS session lives in the loop's transport: it cannot move
         if transport is None or self.eof or not lane.has_room() or transport.get_write_buffer_size():
             return False
         if lane.plain_call(head) is None:
@@ -1081,6 +1112,17 @@ class Connection(asyncio.Protocol):
         self.write(data if head.method == "HEAD" else data + reply.body)
         self._head_sent = True
         return not close
+
+    def start_sized_body(self, status: int, headers: List[Tuple[str, str]], length: int) -> None:
+        """Writes the head of an answer whose `length` body bytes the caller writes next
+        (`write`, then `drain`), not chunked: a file streamed back (``GET /v1/file``)."""
+        head = self._head
+        assert head is not None
+        close = not head.keep_alive or not self._body_done or self.server.stopping
+        self.write(answer_head(status, headers, length=length, close=close))
+        self._head_sent = True
+        if close:
+            head.keep_alive = False
 
     def start_body(self, status: int, headers: List[Tuple[str, str]]) -> ChunkWriter:
         """Writes the head of a streamed answer; returns the body's writer."""

@@ -8,6 +8,7 @@ pub(crate) mod extensions;
 pub(crate) mod files;
 pub(crate) mod lifecycle;
 pub(crate) mod routes;
+pub(crate) mod transfer;
 
 use super::http::{Answer, Auth};
 use super::launch::Worker;

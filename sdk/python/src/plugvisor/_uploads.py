@@ -1,0 +1,237 @@
+"""File references without a shared filesystem (`docs/PROTOCOL.md` §14): a host streams each
+input file to the worker (``PUT /v1/files/<sha256>``, content-addressed, checked on arrival,
+skipped when the worker already has it: ``GET /v1/files/<sha256>``), and reads output files
+back (``GET /v1/file?path=``, then ``DELETE`` once it has its copy).
+
+The Rust runtime's `worker/src/uploads.rs`, with the same statuses and error kinds. Memory
+stays O(1) in the file size: bodies go through in pieces of at most 64 KiB, an upload to a
+temporary file in ``cas/`` while it is hashed, renamed to ``cas/<sha256>`` only when the digest
+matches; a mismatch, a body cut short or a failed write leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import stat
+from typing import TYPE_CHECKING, Any, Optional, Tuple
+
+from ._errors import FileAccessDenied, PluginError
+from ._files import TransferDir
+
+if TYPE_CHECKING:
+    from ._http import RequestHead
+    from ._server import Connection, Reply, Server
+
+__all__ = ["FILES_PREFIX", "FILE", "CAS_DIR", "lookup", "upload", "download", "remove"]
+
+#: ``GET`` (is it here?) or ``PUT`` (upload) of content by its SHA-256.
+FILES_PREFIX = "/v1/files/"
+#: ``GET`` (download) or ``DELETE`` of a file in the transfer directory.
+FILE = "/v1/file"
+#: Where uploaded content lives, inside the transfer directory.
+CAS_DIR = "cas"
+#: Bytes read at a time when streaming a file out.
+CHUNK = 64 * 1024
+_HEX = frozenset("0123456789abcdef")
+
+
+def _error(kind: str, message: str) -> PluginError:
+    return PluginError(message, kind=kind)
+
+
+def _transfer(server: "Server") -> TransferDir:
+    transfer = server.options.transfer_dir
+    if transfer is None:
+        raise FileAccessDenied("this worker has no transfer directory")
+    return transfer
+
+
+def _digest_of(text: str) -> str:
+    """The 64 lower-case hex digits of a SHA-256, or ``bad_request``."""
+    if len(text) == 64 and set(text) <= _HEX:
+        return text
+    raise _error("bad_request", f"{json.dumps(text)} is not a lower-case hex SHA-256")
+
+
+def _stored(path: str) -> "Reply":
+    from ._server import json_reply
+
+    try:
+        size = os.stat(path).st_size
+    except OSError as e:
+        raise FileAccessDenied(f"{path}: {e.strerror or e}") from None
+    return json_reply(200, {"path": path, "size": size})
+
+
+def _store_failed(e: OSError) -> PluginError:
+    return _error("plugin_failed", f"cannot store the upload: {e.strerror or e}")
+
+
+async def lookup(server: "Server", conn: "Connection", head: "RequestHead") -> "Reply":
+    """``GET /v1/files/<sha256>``: ``{"path", "size"}`` of content the worker already holds,
+    else ``404 not_found``."""
+    directory = _transfer(server).path
+    sha = _digest_of(head.path[len(FILES_PREFIX) :])
+    path = os.path.join(directory, CAS_DIR, sha)
+    try:
+        regular = stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        regular = False
+    if not regular:
+        raise _error("not_found", f"no content {sha}")
+    return _stored(path)
+
+
+async def upload(server: "Server", conn: "Connection", head: "RequestHead") -> "Reply":
+    """``PUT /v1/files/<sha256>``: stores the body under its digest after checking it;
+    answers ``{"path", "size"}``. A body whose digest differs is discarded (``bad_request``);
+    a body cut short or a full disk leaves nothing behind."""
+    directory = os.path.join(_transfer(server).path, CAS_DIR)
+    sha = _digest_of(head.path[len(FILES_PREFIX) :])
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise _store_failed(e) from None
+    part = os.path.join(directory, f".{sha}.{secrets.randbits(64)}.part")
+    try:
+        digest, size = await _receive(server, conn, part)
+        if digest != sha:
+            raise _error(
+                "bad_request",
+                f"checksum mismatch: the {size} bytes received hash to {digest}, not {sha}",
+            )
+        path = os.path.join(directory, sha)
+        try:
+            os.rename(part, path)
+        except OSError as e:
+            raise _store_failed(e) from None
+    except BaseException:
+        _remove_quietly(part)
+        raise
+    return _stored(path)
+
+
+async def _receive(server: "Server", conn: "Connection", part: str) -> Tuple[str, int]:
+    """Writes the request body to a new file at `part` while hashing it: its hex SHA-256 and
+    size. The last write is made durable (``fdatasync``) off the event loop."""
+    import hashlib  # on first use: it loads OpenSSL's hashes
+
+    try:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise _store_failed(e) from None
+    hasher = hashlib.sha256()
+    size = 0
+    try:
+        while True:
+            data = await conn.body_chunk()
+            if not data:
+                break
+            hasher.update(data)
+            size += len(data)
+            _write_all(fd, data)
+        await server.loop.run_in_executor(None, _sync, fd)
+    finally:
+        os.close(fd)
+    return hasher.hexdigest(), size
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as e:
+        raise _store_failed(e) from None
+
+
+def _sync(fd: int) -> None:
+    try:
+        os.fdatasync(fd)
+    except OSError as e:
+        raise _store_failed(e) from None
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _path_param(head: "RequestHead") -> str:
+    """The ``path`` query parameter, percent-decoded (``+`` is not a space, as in Rust)."""
+    from urllib.parse import unquote
+
+    raw: Optional[str] = None
+    for pair in (head.query or "").split("&"):
+        if pair.startswith("path="):
+            raw = pair[len("path=") :]
+            break
+    if raw is None:
+        raise _error("bad_request", "expected ?path=<a file in the transfer directory>")
+    try:
+        return unquote(raw, errors="strict")
+    except UnicodeDecodeError as e:
+        raise _error("bad_request", f"path: {e}") from None
+
+
+async def download(server: "Server", conn: "Connection", head: "RequestHead") -> None:
+    """``GET /v1/file?path=P``: the bytes of ``P`` (checked as a file reference is: inside the
+    transfer directory, no links, a regular file), streamed with ``Content-Length``."""
+    path = _path_param(head)
+    fd = _transfer(server).open_ref(path)
+    try:
+        size = os.fstat(fd).st_size
+        conn.start_sized_body(200, [("content-type", "application/octet-stream")], size)
+        sent = 0
+        while sent < size:
+            data = os.read(fd, min(CHUNK, size - sent))
+            if not data:
+                break
+            sent += len(data)
+            conn.write(data)
+            await conn.drain()
+        if sent < size:
+            # The file shrank while it was sent: the length promised cannot be kept.
+            conn.abort()
+    finally:
+        os.close(fd)
+
+
+async def remove(server: "Server", conn: "Connection", head: "RequestHead") -> "Reply":
+    """``DELETE /v1/file?path=P``: removes ``P`` from the transfer directory (``204``)."""
+    from ._server import Reply
+
+    path = _path_param(head)
+    # Opening it runs every check a file reference gets (inside, no links, a regular file).
+    os.close(_transfer(server).open_ref(path))
+    try:
+        os.unlink(path)
+    except OSError as e:
+        raise FileAccessDenied(f"{path}: {e.strerror or e}") from None
+    return Reply(204, b"", [])
+
+
+def route(method: str, path: str) -> Optional[Any]:
+    """The handler of a transfer route, `None` when `path` is not one; a wrong method is
+    ``405`` naming the method the route takes, as the Rust runtime answers."""
+    if path.startswith(FILES_PREFIX):
+        if method == "PUT":
+            return upload
+        if method == "GET":
+            return lookup
+        allowed = "PUT"
+    elif path == FILE:
+        if method == "DELETE":
+            return remove
+        if method == "GET":
+            return download
+        allowed = "GET"
+    else:
+        return None
+    err = _error("method_not_allowed", f"{path} takes {allowed}, not {method}")
+    err.headers = [("allow", allowed)]  # type: ignore[attr-defined]
+    raise err

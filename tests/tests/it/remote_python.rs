@@ -1,0 +1,229 @@
+//! A Python SDK worker as a remote worker (issue 13, docs/PROTOCOL.md §14): started by hand with
+//! TLS and mutual TLS, no host pipe, attached to by the host, which sends it a file and takes
+//! an output file back through real calls; stopped with SIGTERM, it leaves no process and no
+//! private directory.
+
+use plugvisor_host::{Attach, Plugin, SupervisorConfig, TlsClient, WorkerSpec, WorkerState};
+use plugvisor_tests::remote::{
+    handshake, private_dirs_of, remove_private_dirs, tls_worker_args, Certs,
+};
+use plugvisor_tests::{serially, World};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// The plugin: hashes its input file in pieces, and writes an output file of it reversed.
+const PLUGIN: &str = r#"
+import hashlib
+import plugvisor
+
+
+class Files(plugvisor.Plugin):
+    name = "pyfiles"
+    version = "0.1.0"
+
+    def execute(self, input):
+        hasher, size = hashlib.sha256(), 0
+        with input["file"].open() as f:
+            for block in iter(lambda: f.read(1 << 16), b""):
+                hasher.update(block)
+                size += len(block)
+        result = {"sha256": hasher.hexdigest(), "size": size}
+        if input.get("op") == "reverse":
+            out = plugvisor.output_file("reversed.bin")
+            out.write(input["file"].read_bytes()[::-1])
+            result["file"] = out
+        return result
+
+
+if __name__ == "__main__":
+    plugvisor.run(Files())
+"#;
+
+/// A Python worker the test started; SIGTERMed (then SIGKILLed) and reaped when dropped.
+struct PyWorker {
+    child: Child,
+    pid: u32,
+    port: u16,
+}
+
+impl PyWorker {
+    /// `python3 script` serving TLS with `certs` on a free loopback port, requiring client
+    /// certificates of the same CA; waits for its handshake line.
+    fn start(script: &Path, certs: &Certs) -> Self {
+        let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/python/src");
+        let mut cmd = Command::new("python3");
+        cmd.arg(script).env("PYTHONPATH", sdk);
+        tls_worker_args(&mut cmd, certs, "127.0.0.1:0");
+        cmd.arg("--tls-client-ca").arg(certs.file("ca.crt"));
+        let mut child = cmd.spawn().expect("start python3");
+        let line = handshake(&mut child);
+        assert!(line.starts_with("plugvisor 1 tcp 127.0.0.1:"), "{line:?}");
+        let port = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+        Self {
+            pid: child.id(),
+            child,
+            port,
+        }
+    }
+
+    /// SIGTERM, and its exit status within 5 s.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "no exit within 5 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for PyWorker {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        remove_private_dirs(self.pid);
+    }
+}
+
+/// How the host attaches to `worker`: its CA, its token, and (`client`) a client certificate.
+fn attach(worker: &PyWorker, certs: &Certs, client: bool) -> WorkerSpec {
+    let pair = (certs.file("client.crt"), certs.file("client.key"));
+    let client = client.then_some((pair.0.as_path(), pair.1.as_path()));
+    let tls = TlsClient::from_pem_files(&certs.file("ca.crt"), client, "localhost").unwrap();
+    let url = format!("https://localhost:{}", worker.port);
+    let attach = Attach::parse(&url, certs.token()).unwrap().with_tls(tls);
+    WorkerSpec::attach(attach).name("pyfiles")
+}
+
+/// The worker's private transfer directory (exactly one).
+fn private_dir(pid: u32) -> PathBuf {
+    let dirs = private_dirs_of(pid);
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs.into_iter().next().unwrap()
+}
+
+/// A file of `mib` MiB of a pattern, and its SHA-256 (hex).
+fn pattern_file(path: &Path, mib: usize) -> String {
+    use sha2::{Digest, Sha256};
+    let block: Vec<u8> = (0..1024 * 1024).map(|i| (i % 253) as u8).collect();
+    let mut hasher = Sha256::new();
+    let mut file = std::fs::File::create(path).unwrap();
+    for _ in 0..mib {
+        std::io::Write::write_all(&mut file, &block).unwrap();
+        hasher.update(&block);
+    }
+    format!("{:x}", hasher.finalize())
+}
+
+#[test]
+fn files_travel_both_ways_to_a_python_worker_attached_over_mutual_tls() {
+    serially(async {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = Certs::make(dir.path(), &[]);
+        let script = dir.path().join("pyfiles.py");
+        std::fs::write(&script, PLUGIN).unwrap();
+        let mut worker = PyWorker::start(&script, &certs);
+        let its_dir = private_dir(worker.pid);
+
+        let mut world = World::new().await;
+        let sup = world
+            .supervise_spec(attach(&worker, &certs, true), SupervisorConfig::default())
+            .await;
+        assert_eq!(sup.state(), WorkerState::Ready);
+
+        // In: the host streams the file to the worker, which hashes its own copy.
+        let input = dir.path().join("input.bin");
+        let sha = pattern_file(&input, 4);
+        let size = std::fs::metadata(&input).unwrap().len();
+        let file = json!({"$file": {"path": input, "size": size}});
+        let hashed = sup.execute(json!({"file": file})).await.unwrap();
+        assert_eq!(hashed, json!({"sha256": sha, "size": size}));
+        let cas = its_dir.join("cas").join(&sha);
+        assert_eq!(std::fs::metadata(&cas).unwrap().len(), size);
+        let modified = std::fs::metadata(&cas).unwrap().modified().unwrap();
+
+        // Out: the reversed copy comes back as a file of the host's; the worker's is removed.
+        let out = sup
+            .call_with(json!({"op": "reverse", "file": file}), Default::default())
+            .await
+            .unwrap();
+        assert_eq!(out.value["sha256"], sha, "the content was not sent twice");
+        assert_eq!(
+            std::fs::metadata(&cas).unwrap().modified().unwrap(),
+            modified,
+            "content the worker holds is reused"
+        );
+        let local = out
+            .files
+            .first()
+            .and_then(|f| f.path())
+            .expect("an output file")
+            .to_path_buf();
+        assert!(local.starts_with(world.host.dir()), "{}", local.display());
+        let mut back = std::fs::read(&local).unwrap();
+        back.reverse();
+        assert_eq!(back, std::fs::read(&input).unwrap());
+        let outputs_left: Vec<_> = std::fs::read_dir(&its_dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("out-"))
+            .collect();
+        assert!(outputs_left.is_empty(), "{outputs_left:?}");
+        drop(out);
+
+        drop(sup);
+        world.finish().await;
+        assert!(worker.terminate().success(), "it exits 0 on SIGTERM");
+        assert!(
+            private_dirs_of(worker.pid).is_empty(),
+            "the worker removes its private directory when it stops"
+        );
+        let gone = !Path::new(&format!("/proc/{}", worker.pid)).exists();
+        assert!(gone, "the worker process is reaped");
+    });
+}
+
+#[test]
+fn a_python_worker_under_mutual_tls_refuses_a_host_without_a_client_certificate() {
+    serially(async {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = Certs::make(dir.path(), &[]);
+        let script = dir.path().join("pyfiles.py");
+        std::fs::write(&script, PLUGIN).unwrap();
+        let mut worker = PyWorker::start(&script, &certs);
+        let world = World::new().await;
+
+        // The positive control: with the client certificate the host attaches and calls.
+        let good = world.host.spawn(attach(&worker, &certs, true)).await;
+        let good = good.expect("attach with a client certificate");
+        let input = dir.path().join("small.bin");
+        std::fs::write(&input, b"abc").unwrap();
+        let file = json!({"$file": {"path": input, "size": 3}});
+        let answer = good.execute(json!({"file": file})).await.unwrap();
+        assert_eq!(answer["size"], 3, "{answer}");
+
+        // Without one, the worker refuses the handshake: no attach. (OpenSSL under asyncio
+        // drops the connection without the alert rustls would send, so the host reads an end
+        // of the TLS stream rather than "certificate required".)
+        let anonymous = world.host.spawn(attach(&worker, &certs, false)).await;
+        let err = anonymous.expect_err("mutual TLS needs a client certificate");
+        let chain = plugvisor_host::error_chain(&err).to_lowercase();
+        assert!(
+            chain.contains("close_notify") || chain.contains("certificate"),
+            "refused at the TLS layer: {chain}"
+        );
+
+        drop(good);
+        world.finish().await;
+        assert!(worker.terminate().success(), "it exits 0 on SIGTERM");
+        assert!(private_dirs_of(worker.pid).is_empty(), "left behind");
+    });
+}
