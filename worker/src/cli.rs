@@ -76,11 +76,7 @@ impl Args {
         options.transfer_dir = self.transfer_dir;
         options.max_body = self.max_body;
         let watch_stdin = std::env::var(WATCH_STDIN_ENV).is_ok_and(|v| v.trim() == "1");
-        if !watch_stdin && options.transfer_dir.is_none() && matches!(listen, ListenAddr::Tcp(_)) {
-            // A remote worker: files streamed to it (and its outputs) need a place of its own.
-            options.transfer_dir = Some(private_transfer_dir()?);
-            options.owns_transfer_dir = true;
-        }
+        // TLS first: a bad certificate must not leave a private directory behind.
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             if !matches!(listen, ListenAddr::Tcp(_)) {
                 return Err(WorkerError::Tls(
@@ -89,6 +85,11 @@ impl Args {
             }
             let client_ca = self.tls_client_ca.as_deref();
             options.tls = Some(crate::TlsServer::from_pem_files(cert, key, client_ca)?);
+        }
+        if !watch_stdin && options.transfer_dir.is_none() && matches!(listen, ListenAddr::Tcp(_)) {
+            // A remote worker: files streamed to it (and its outputs) need a place of its own.
+            options.transfer_dir = Some(private_transfer_dir()?);
+            options.owns_transfer_dir = true;
         }
         Ok(Some(WorkerConfig {
             listen,

@@ -324,3 +324,47 @@ fn files_travel_to_and_from_a_remote_worker_that_shares_no_filesystem() {
         );
     });
 }
+
+/// A remote worker whose TLS files are bad stops before it listens, naming them, and leaves
+/// no private transfer directory behind (the control: with the right key it makes one).
+#[test]
+fn a_remote_worker_with_a_bad_key_exits_leaving_no_private_directory() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let certs = Certs::make(dir.path(), &["localhost"]);
+    let run = |key: std::path::PathBuf| {
+        std::process::Command::new(plugvisor_tests::bin("echo-worker"))
+            .args(["--listen", "tcp://127.0.0.1:0", "--tls-cert"])
+            .arg(certs.file("tls.crt"))
+            .arg("--tls-key")
+            .arg(key)
+            .arg("--token-file")
+            .arg(certs.file("token"))
+            .env_remove("PLUGVISOR_WATCH_STDIN")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the worker starts")
+    };
+
+    let bad = run(certs.file("ca.crt")); // a certificate, not a key
+    let pid = bad.id();
+    let out = bad.wait_with_output().expect("it exits");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("TLS"), "{stderr}");
+    assert!(
+        private_dirs_of(pid).is_empty(),
+        "{:?}",
+        private_dirs_of(pid)
+    );
+
+    let mut good = run(certs.file("tls.key"));
+    let line = plugvisor_tests::remote::handshake(&mut good);
+    assert!(line.contains("tcp"), "{line}");
+    assert_eq!(private_dirs_of(good.id()).len(), 1, "the control makes one");
+    let pid = nix::unistd::Pid::from_raw(good.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    assert!(good.wait().expect("it exits").success());
+    assert!(private_dirs_of(good.id()).is_empty(), "removed on SIGTERM");
+}
