@@ -279,6 +279,11 @@ impl WorkerCore {
         let items = stream::decode(body, lease).then(move |item| {
             let (staged, _) = &held;
             match item {
+                Ok(value) if core.fetches_outputs(&value) => {
+                    // A remote worker's output files travel back before the item is handed on.
+                    let core = Arc::clone(&core);
+                    Either::Right(Either::Left(async move { core.remote_item(value).await }))
+                }
                 Ok(value) => {
                     let dir = &core.process.transfer_dir;
                     let adopted = transfer::adopt_outputs(dir, &value, staged);
@@ -287,7 +292,9 @@ impl WorkerCore {
                 }
                 Err(fault) => {
                     let core = Arc::clone(&core);
-                    Either::Right(async move { Err(core.attribute_stream(fault).await) })
+                    Either::Right(Either::Right(async move {
+                        Err(core.attribute_stream(fault).await)
+                    }))
                 }
             }
         });
@@ -340,9 +347,23 @@ impl WorkerCore {
         Ok((body, StagedInputs::default()))
     }
 
+    /// True when `output` references files on a remote worker, to be copied here.
+    fn fetches_outputs(&self, output: &Value) -> bool {
+        self.process.is_remote() && plugvisor_proto::file_ref::contains_file_refs(output)
+    }
+
+    /// One stream item of a remote worker: its output files copied here and adopted (a
+    /// remote call stages no inputs here, so none of them can be one of its own).
+    async fn remote_item(&self, mut value: Value) -> Result<CallOutput, PluginError> {
+        self.fetch_outputs(&mut value).await?;
+        let dir = &self.process.transfer_dir;
+        let files = transfer::adopt_outputs(dir, &value, &StagedInputs::default())?;
+        Ok(CallOutput { value, files })
+    }
+
     /// A remote worker's output files, copied into the host's transfer directory.
     async fn fetch_outputs(&self, output: &mut Value) -> Result<(), PluginError> {
-        if !self.process.is_remote() || !plugvisor_proto::file_ref::contains_file_refs(output) {
+        if !self.fetches_outputs(output) {
             return Ok(());
         }
         let dir = &self.process.transfer_dir;

@@ -314,6 +314,35 @@ fn files_travel_to_and_from_a_remote_worker_that_shares_no_filesystem() {
         );
         drop(out);
 
+        // The same inside a stream: each item's output file travels back before the item is
+        // handed on, and the worker's copy is removed.
+        let mut items = sup
+            .stream_outputs_ref(&json!({"op": "gzip", "file": file}))
+            .await
+            .unwrap();
+        let item = futures_util::StreamExt::next(&mut items)
+            .await
+            .expect("one item")
+            .unwrap();
+        let streamed = item.files.first().and_then(|f| f.path()).expect("a file");
+        assert!(
+            streamed.starts_with(world.host.dir()),
+            "{}",
+            streamed.display()
+        );
+        let gz = std::fs::File::open(streamed).unwrap();
+        let mut unzipped = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz), &mut unzipped).unwrap();
+        assert_eq!(unzipped.len() as u64, size);
+        let left = std::fs::read_dir(&its_dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("out-"))
+            .count();
+        assert_eq!(left, 0, "the worker's streamed output copy is removed");
+        drop(item);
+        drop(items);
+
         drop(sup);
         world.finish().await;
         let mut worker = worker;
