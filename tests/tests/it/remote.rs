@@ -397,3 +397,80 @@ fn a_remote_worker_with_a_bad_key_exits_leaving_no_private_directory() {
     assert!(good.wait().expect("it exits").success());
     assert!(private_dirs_of(good.id()).is_empty(), "removed on SIGTERM");
 }
+
+/// Two hosts attach to one remote worker at once, each with the token: their calls run side
+/// by side, one host going away leaves the worker serving the other, and a host with a wrong
+/// token is refused (the control: the same worker serves the right one).
+#[test]
+fn several_hosts_share_one_remote_worker() {
+    serially(async {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = Certs::make(dir.path(), &[]);
+        let mut worker = RemoteWorker::start("chaos", &certs, "127.0.0.1:0", &[]);
+        // The second host is the audited world, made first: its audit at the end (no
+        // descriptor, process or file left) covers the first host too, which is gone by then.
+        let mut second = World::new().await;
+        let first_base = tempfile::tempdir().unwrap();
+        let first = plugvisor_host::Host::with_config(plugvisor_host::HostConfig {
+            base_dir: Some(first_base.path().to_path_buf()),
+        })
+        .unwrap();
+        let a = first.supervise(attach(&worker, &certs, false), remote_config());
+        assert_eq!(
+            a.wait_ready(Duration::from_secs(10)).await,
+            WorkerState::Ready
+        );
+        let b = second
+            .supervise_spec(attach(&worker, &certs, false), remote_config())
+            .await;
+        let calls = |sup: &plugvisor_host::Supervisor| {
+            let sup = sup.clone();
+            async move {
+                let mut pids = BTreeSet::new();
+                for _ in 0..40 {
+                    let answer = sup.execute(sleep(2)).await.expect("a call");
+                    pids.insert(answer["pid"].as_u64().expect("a pid"));
+                }
+                pids
+            }
+        };
+        let (from_a, from_b) = tokio::join!(calls(&a), calls(&b));
+        let one = BTreeSet::from([u64::from(worker.pid)]);
+        assert_eq!(
+            (&from_a, &from_b),
+            (&one, &one),
+            "both reached the one worker"
+        );
+
+        // The first host goes; the worker serves the second as before.
+        drop(a);
+        first.shutdown().await;
+        let left = plugvisor_tests::files_under(first_base.path());
+        assert!(left.is_empty(), "the first host left {left:?}");
+        assert!(
+            worker.is_running(),
+            "a host leaving does not stop a shared worker"
+        );
+        let answer = b
+            .execute(sleep(1))
+            .await
+            .expect("the second host still calls");
+        assert_eq!(answer["pid"], worker.pid);
+
+        // A host with another token is turned away at the first request.
+        let tls = TlsClient::from_pem_files(&certs.file("ca.crt"), None, "localhost").unwrap();
+        let wrong = Attach::parse(&worker.url(), "not-the-token")
+            .unwrap()
+            .with_tls(tls);
+        let refused = second
+            .host
+            .spawn(WorkerSpec::attach(wrong).name("intruder"))
+            .await;
+        assert!(refused.is_err(), "a wrong token must be refused");
+
+        drop(b);
+        second.finish().await;
+        assert!(worker.terminate().success(), "it exits 0 on SIGTERM");
+        assert!(private_dirs_of(worker.pid).is_empty());
+    });
+}
