@@ -3,7 +3,7 @@
 //! plugin routes, a middleware (guard) in front of one, the status page with the bundled
 //! UI plugin's panel, a scheduled task, the host events echo subscribed to (hooks), a
 //! service call between plugins (checkout → pricing) followed by its W3C trace, and a pool of
-//! three replicas.
+//! three replicas (its rolling reload and an autoscaling pool: `demo_pools.rs`).
 
 use crate::client::ApiClient;
 use anyhow::{ensure, Context};
@@ -24,14 +24,21 @@ pub(crate) async fn rest_files(
 ) -> anyhow::Result<()> {
     let manifests = scratch.join("manifests");
     std::fs::create_dir_all(&manifests)?;
-    for name in ["files", "echo", "ticker", "pricing", "checkout", "pool"] {
-        let worker = if name == "pool" { "chaos" } else { name };
+    for name in [
+        "files", "echo", "ticker", "pricing", "checkout", "pool", "elastic",
+    ] {
+        let worker = if matches!(name, "pool" | "elastic") {
+            "chaos"
+        } else {
+            name
+        };
         let command = worker_dir.join(format!("{worker}-worker"));
         let hooks = match name {
             "echo" => ECHO_HOOKS,
             "pricing" => "provides = [\"pricing\"]\n",
             "checkout" => "requires = [\"pricing\"]\n",
             "pool" => "replicas = 3\n",
+            "elastic" => crate::demo_pools::ELASTIC,
             _ => "",
         };
         let manifest = format!(
@@ -104,6 +111,8 @@ async fn serve_and_use(
     let served = services(&client, &say).await;
     let traced = traced(&client, &say).await;
     let pooled = pool(&client, &say).await;
+    let rolled = crate::demo_pools::rolling_reload(&client, &say).await;
+    let scaled = crate::demo_pools::autoscaling(&client, &say).await;
     let guarded = middleware(&client, &say).await;
     let page = status_page(&client, panel, &say).await;
     let ticked = scheduled(manager, &say).await;
@@ -116,6 +125,8 @@ async fn serve_and_use(
         .and(served)
         .and(traced)
         .and(pooled)
+        .and(rolled)
+        .and(scaled)
         .and(guarded)
         .and(page)
         .and(ticked)

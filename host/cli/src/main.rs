@@ -8,6 +8,7 @@ mod client;
 mod conformance;
 mod demo;
 mod demo_api;
+mod demo_pools;
 mod demo_python;
 mod demo_remote;
 mod embedded;
