@@ -15,10 +15,12 @@ import signal
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
+from plugvisor import _uploads
 
 from conftest import Answer, Raw, Worker, alive, plugin_script, plugvisor_bin, start_worker, wait_for
 
@@ -163,8 +165,8 @@ def test_mutual_tls_refuses_clients_without_a_certificate_of_its_ca(worker_facto
     assert request(plain, client_tls(certs), "GET", "/v1/health").status == 200
 
 
-def start_failure(args: List[str], tmp: Path) -> Tuple[int, str, str]:
-    env = dict(os.environ, PLUGVISOR_TOKEN="t0ken", TMPDIR=str(tmp))
+def start_failure(args: List[str], tmp: Path, extra_env: Optional[Dict[str, str]] = None) -> Tuple[int, str, str]:
+    env = dict(os.environ, PLUGVISOR_TOKEN="t0ken", TMPDIR=str(tmp), **(extra_env or {}))
     env.pop("PLUGVISOR_WATCH_STDIN", None)
     out = subprocess.run([sys.executable, KITCHEN, *args], env=env, capture_output=True, text=True, timeout=20)
     return out.returncode, out.stdout, out.stderr
@@ -363,6 +365,165 @@ def test_a_large_upload_and_download_take_constant_memory(worker_factory, tmp):
     assert (received, back.hexdigest()) == (size, digest)
     grown = vm_hwm_kib(w.proc.pid) - before
     assert grown < 16 * 1024, f"the worker's peak memory grew by {grown} KiB for a 64 MiB file"
+
+
+# ----------------------------------------------------------------------------- the store's bound
+
+MIB = 1 << 20
+
+
+def aged(path: Path, seconds: float, now: Optional[float] = None) -> Path:
+    """Makes `path` last used `seconds` before `now` (its modification time)."""
+    when = (time.time() if now is None else now) - seconds
+    os.utime(path, (when, when))
+    return path
+
+
+def test_eviction_removes_the_least_recently_used_beyond_the_bound_and_spares_recent_use(tmp_path):
+    # The Rust runtime's `store_tests`, on the SDK's `evict`.
+    now = time.time()
+
+    def put_entry(name: str, age: float, size: int = 1000) -> Path:
+        path = tmp_path / name
+        path.write_bytes(b"\0" * size)
+        return aged(path, age, now)
+
+    oldest = put_entry("a", 3600)
+    older = put_entry("b", 1800)
+    recent = put_entry("c", 5)  # within the grace: spared
+    new = put_entry("d", 7200)  # the upload just stored: spared, oldest as it is
+    part = put_entry(".x.part", 7200, 5000)  # an upload in progress: neither counted nor removed
+
+    # Control: within the bound, nothing goes.
+    assert _uploads.evict(str(tmp_path), 10_000, str(new), now) == 0
+    assert oldest.exists() and older.exists()
+    # One entry's worth over the bound: only the oldest that may go (not the older one).
+    assert _uploads.evict(str(tmp_path), 3000, str(new), now) == 1000
+    assert not oldest.exists() and older.exists()
+    # 3000 bytes held, bound 1500: the next oldest goes; the recent one, the one just stored
+    # and the part file stay, and the store stays over its bound.
+    assert _uploads.evict(str(tmp_path), 1500, str(new), now) == 1000
+    assert not older.exists()
+    assert recent.exists() and new.exists() and part.exists()
+    # Nothing else may go, even far over a tiny bound.
+    assert _uploads.evict(str(tmp_path), 0, str(new), now) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".x.part", "c", "d"]
+    # The grace is 60 s: just past it, the recent entry may go too (the control of the grace).
+    assert _uploads.EVICT_GRACE == 60.0
+    assert _uploads.evict(str(tmp_path), 0, str(new), now + 56) == 1000
+    assert not recent.exists() and new.exists() and part.exists()
+    # A store that does not exist (yet) is nothing to evict.
+    assert _uploads.evict(str(tmp_path / "missing"), 0, str(new), now) == 0
+
+
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        ("x", "invalid digit found in string"),
+        ("1.5", "invalid digit found in string"),
+        ("-1", "invalid digit found in string"),
+        ("", "cannot parse integer from empty string"),
+        ("1" * 30, "number too large to fit in target type"),
+    ],
+)
+def test_the_store_bound_must_be_a_whole_number_of_mib(monkeypatch, value, reason):
+    monkeypatch.setenv("PLUGVISOR_STORE_MAX_MIB", value)
+    with pytest.raises(ValueError) as e:
+        _uploads.store_limit()
+    assert str(e.value) == f"PLUGVISOR_STORE_MAX_MIB={json.dumps(value)}: expected a number of MiB ({reason})"
+
+
+def test_the_store_bound_defaults_to_4096_mib_and_reads_whole_mib(monkeypatch):
+    monkeypatch.delenv("PLUGVISOR_STORE_MAX_MIB", raising=False)
+    assert _uploads.store_limit() == 4096 * MIB
+    for value, mib in [("1", 1), (" 64\n", 64), ("+2", 2), ("0", 0)]:
+        monkeypatch.setenv("PLUGVISOR_STORE_MAX_MIB", value)
+        assert _uploads.store_limit() == mib * MIB, value
+
+
+def test_a_worker_store_evicts_the_least_recently_used_and_a_lookup_marks_content_used(worker_factory, tmp):
+    w = remote_worker_with(worker_factory, tmp, {"PLUGVISOR_STORE_MAX_MIB": "1"})
+    [directory] = private_dirs(tmp, w.proc.pid)
+    cas = directory / "cas"
+    blobs = {name: os.urandom(300 << 10) for name in "abcdefg"}  # three fit in 1 MiB, four do not
+    digest = {name: sha(data) for name, data in blobs.items()}
+
+    def upload(name: str) -> None:
+        a = w.request("PUT", f"/v1/files/{digest[name]}", blobs[name])
+        assert a.status == 200, a.body
+
+    def held() -> List[str]:
+        names = {d: n for n, d in digest.items()}
+        return sorted(names.get(entry, entry) for entry in cas_entries(directory))
+
+    # Control: within the bound nothing goes, however old.
+    for name in "abc":
+        upload(name)
+        aged(cas / digest[name], {"a": 7200, "b": 3600, "c": 0}[name])
+    (cas / ".stale.part").write_bytes(b"\0" * (2 << 20))  # in progress: not counted, never removed
+    aged(cas / ".stale.part", 9999)
+    assert held() == [".stale.part", "a", "b", "c"]
+    # Over the bound: the least recently used goes first, and only as much as needed.
+    upload("d")
+    assert held() == [".stale.part", "b", "c", "d"]
+    upload("e")
+    assert held() == [".stale.part", "c", "d", "e"]
+    # Everything held was used within 60 s: nothing goes; the store exceeds its bound meanwhile.
+    upload("f")
+    assert held() == [".stale.part", "c", "d", "e", "f"]
+    # A lookup hit marks its content used now: `c`, the oldest, is then spared.
+    for name, age in (("c", 4 * 3600), ("d", 3 * 3600), ("e", 2 * 3600), ("f", 3600)):
+        aged(cas / digest[name], age)
+    before = (cas / digest["c"]).stat().st_mtime
+    assert w.request("GET", f"/v1/files/{digest['c']}").status == 200
+    after = (cas / digest["c"]).stat().st_mtime
+    assert before < time.time() - 3600 and abs(after - time.time()) < 30, (before, after)
+    assert w.request("GET", f"/v1/files/{'0' * 64}").status == 404
+    upload("g")
+    assert held() == [".stale.part", "c", "f", "g"], "d and e were the least recently used"
+    assert w.request("GET", "/v1/health").status == 200
+
+
+def remote_worker_with(factory: Any, tmp: Path, env: Dict[str, str]) -> Worker:
+    """The kitchen worker started for remote use (plain TCP) with `env` added."""
+    return factory("kitchen", tcp=True, transfer=False, watch_stdin=False, env={"TMPDIR": str(tmp), **env})
+
+
+def test_a_bad_store_bound_stops_the_start_before_the_handshake(worker_factory, tmp):
+    listen = ["--listen", "tcp://127.0.0.1:0"]
+    for value, reason in [
+        ("x", "invalid digit found in string"),
+        ("1.5", "invalid digit found in string"),
+        ("", "cannot parse integer from empty string"),
+    ]:
+        code, out, err = start_failure(listen, tmp, {"PLUGVISOR_STORE_MAX_MIB": value})
+        assert (code, out) == (1, ""), (value, err)
+        expected = f"bad setting: PLUGVISOR_STORE_MAX_MIB={json.dumps(value)}: expected a number of MiB ({reason})"
+        assert f"kitchen.py: error: {expected}\n" in err, err
+    assert list(tmp.iterdir()) == [], "a worker that did not start leaves no directory"
+    # The control: a whole number of MiB (whitespace around it ignored) starts and serves.
+    w = remote_worker_with(worker_factory, tmp, {"PLUGVISOR_STORE_MAX_MIB": " 64 "})
+    assert w.handshake.startswith("plugvisor 1 tcp 127.0.0.1:")
+    assert w.request("GET", "/v1/health").status == 200
+
+
+def test_a_bad_store_bound_is_refused_as_the_rust_runtime_refuses_it(tmp):
+    rust = plugvisor_bin().parent / "echo-worker"
+    if not rust.is_file():
+        pytest.skip(f"no Rust echo-worker beside {plugvisor_bin()}")
+    env = dict(os.environ, PLUGVISOR_TOKEN="t0ken", TMPDIR=str(tmp), PLUGVISOR_STORE_MAX_MIB="12 MiB")
+    env.pop("PLUGVISOR_WATCH_STDIN", None)
+    theirs = subprocess.run(
+        [str(rust), "--listen", "tcp://127.0.0.1:0"], env=env, capture_output=True, text=True, timeout=20
+    )
+    code, out, ours = start_failure(["--listen", "tcp://127.0.0.1:0"], tmp, {"PLUGVISOR_STORE_MAX_MIB": "12 MiB"})
+    assert (theirs.returncode, theirs.stdout) == (code, out) == (1, ""), (theirs.stderr, ours)
+    message = (
+        'error: bad setting: PLUGVISOR_STORE_MAX_MIB="12 MiB": '
+        "expected a number of MiB (invalid digit found in string)"
+    )
+    assert theirs.stderr.strip() == f"echo-worker: {message}"
+    assert f"kitchen.py: {message}\n" in ours
 
 
 # ----------------------------------------------------------------------------- the private directory

@@ -83,6 +83,8 @@ def run(plugin: Plugin, argv: Optional[Sequence[str]] = None) -> NoReturn:
         config = _resolve(_quick_args(args) or _parser(program).parse_args(args))
     except UsageError as e:
         _exit_with(program, str(e), 2)
+    except StartError as e:  # a bad setting in the environment
+        _exit_with(program, str(e), 1)
     if config is None:
         name = getattr(plugin, "name", "plugin")
         print(
@@ -217,6 +219,7 @@ def _resolve(ns: Any) -> Optional[WorkerConfig]:
         max_body = int(text)
     tls = _tls_files(ns)
     token = _read_token(ns.token_file)
+    _check_settings()
     if any(name.startswith("PLUGVISOR_HOST_") for name in os.environ):
         from ._host import take_env  # only when the host gave an endpoint (start-up time)
 
@@ -230,6 +233,20 @@ def _resolve(ns: Any) -> Optional[WorkerConfig]:
         threads=default_threads(),
         tls=tls,
     )
+
+
+def _check_settings() -> None:
+    """Refuses settings in the environment the worker could not use once serving, before the
+    handshake line (`StartError`, exit status 1: ``bad setting: …``), as the Rust runtime
+    does: ``PLUGVISOR_STORE_MAX_MIB`` must be a whole number of MiB."""
+    if wire.STORE_MAX_ENV not in os.environ:
+        return
+    from ._uploads import store_limit  # only when the variable is set (start-up time)
+
+    try:
+        store_limit()
+    except ValueError as e:
+        raise StartError(f"bad setting: {e}") from None
 
 
 def _tls_files(ns: Any) -> Optional[Tuple[str, str, Optional[str]]]:

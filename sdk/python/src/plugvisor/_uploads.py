@@ -7,16 +7,24 @@ The Rust runtime's `worker/src/uploads.rs`, with the same statuses and error kin
 stays O(1) in the file size: bodies go through in pieces of at most 64 KiB, an upload to a
 temporary file in ``cas/`` while it is hashed, renamed to ``cas/<sha256>`` only when the digest
 matches; a mismatch, a body cut short or a failed write leaves nothing behind.
+
+The store is bounded (``PLUGVISOR_STORE_MAX_MIB``, default 4096): after each upload the least
+recently used content goes until it fits again (`evict`), sparing the content just stored,
+anything used in the last 60 s and uploads in progress; a lookup hit marks its content used
+now (its modification time is the store's "last used").
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import stat
-from typing import TYPE_CHECKING, Any, Optional, Tuple
+import time
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
+from . import _wire as wire
 from ._errors import FileAccessDenied, PluginError
 from ._files import TransferDir
 
@@ -24,7 +32,21 @@ if TYPE_CHECKING:
     from ._http import RequestHead
     from ._server import Connection, Reply, Server
 
-__all__ = ["FILES_PREFIX", "FILE", "CAS_DIR", "lookup", "upload", "download", "remove"]
+__all__ = [
+    "FILES_PREFIX",
+    "FILE",
+    "CAS_DIR",
+    "STORE_MAX_ENV",
+    "EVICT_GRACE",
+    "store_limit",
+    "evict",
+    "lookup",
+    "upload",
+    "download",
+    "remove",
+]
+
+_log = logging.getLogger("plugvisor")
 
 #: ``GET`` (is it here?) or ``PUT`` (upload) of content by its SHA-256.
 FILES_PREFIX = "/v1/files/"
@@ -35,6 +57,23 @@ CAS_DIR = "cas"
 #: Bytes read at a time when streaming a file out.
 CHUNK = 64 * 1024
 _HEX = frozenset("0123456789abcdef")
+#: The environment variable bounding the content store (``cas/``) of a worker, in MiB.
+STORE_MAX_ENV = wire.STORE_MAX_ENV
+#: The store's bound when `STORE_MAX_ENV` is not set: 4 GiB.
+STORE_MAX_DEFAULT_MIB = 4096
+#: Seconds: content used (uploaded or looked up) this recently is never evicted, so a call
+#: that was just given a file finds it; the store may exceed its bound meanwhile.
+EVICT_GRACE = 60.0
+_U64_MAX = (1 << 64) - 1
+#: What Rust's ``str::trim`` removes (Unicode White_Space; `str.strip` would also take
+#: U+001C..U+001F).
+_WHITE_SPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + "\u2028\u2029\u202f\u205f\u3000"
+)
+#: How Rust's ``{:?}`` writes these characters of a string.
+_DEBUG_ESCAPES = {"\0": "\\0", "\t": "\\t", "\r": "\\r", "\n": "\\n", "\\": "\\\\", '"': '\\"'}
 
 
 def _error(kind: str, message: str) -> PluginError:
@@ -71,7 +110,7 @@ def _store_failed(e: OSError) -> PluginError:
 
 async def lookup(server: "Server", conn: "Connection", head: "RequestHead") -> "Reply":
     """``GET /v1/files/<sha256>``: ``{"path", "size"}`` of content the worker already holds,
-    else ``404 not_found``."""
+    else ``404 not_found``. A hit marks the content used now: the last to be evicted."""
     directory = _transfer(server).path
     sha = _digest_of(head.path[len(FILES_PREFIX) :])
     path = os.path.join(directory, CAS_DIR, sha)
@@ -81,7 +120,111 @@ async def lookup(server: "Server", conn: "Connection", head: "RequestHead") -> "
         regular = False
     if not regular:
         raise _error("not_found", f"no content {sha}")
+    touch(path)
     return _stored(path)
+
+
+def touch(path: str) -> None:
+    """Marks `path` used now: sets its modification time (the store's "last used") to now,
+    leaving its access time; a failure is ignored (the content is then merely older)."""
+    try:
+        atime_ns = os.lstat(path).st_atime_ns
+        os.utime(path, ns=(atime_ns, time.time_ns()), follow_symlinks=False)
+    except OSError:
+        pass
+
+
+def _debug_str(text: str) -> str:
+    """`text` quoted as Rust's ``{:?}`` writes a string."""
+    out = []
+    for ch in text:
+        escaped = _DEBUG_ESCAPES.get(ch)
+        if escaped is not None:
+            out.append(escaped)
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(f"\\u{{{ord(ch):x}}}")
+    return '"' + "".join(out) + '"'
+
+
+def _parse_u64(text: str) -> int:
+    """`text` as Rust's ``str::parse::<u64>`` reads it (ASCII digits, an optional leading
+    ``+``), else `ValueError` with Rust's message."""
+    if not text:
+        raise ValueError("cannot parse integer from empty string")
+    digits = text[1:] if text[0] == "+" else text
+    if not digits or not all("0" <= c <= "9" for c in digits):
+        raise ValueError("invalid digit found in string")
+    significant = digits.lstrip("0")
+    if len(significant) > 20 or int(significant or "0") > _U64_MAX:
+        raise ValueError("number too large to fit in target type")
+    return int(significant or "0")
+
+
+def store_limit() -> int:
+    """The content store's bound in bytes, from ``PLUGVISOR_STORE_MAX_MIB`` (a whole number
+    of MiB, surrounding whitespace ignored; 4096 when unset or not UTF-8, as the Rust
+    runtime reads it).
+
+    Raises `ValueError` when the variable is set to something else, with the message the
+    Rust runtime gives: ``PLUGVISOR_STORE_MAX_MIB="x": expected a number of MiB (...)``.
+    """
+    text = os.environ.get(STORE_MAX_ENV)
+    if text is None or not _is_utf8(text):
+        return STORE_MAX_DEFAULT_MIB << 20
+    try:
+        mib = _parse_u64(text.strip(_WHITE_SPACE))
+    except ValueError as e:
+        raise ValueError(f"{STORE_MAX_ENV}={_debug_str(text)}: expected a number of MiB ({e})") from None
+    return min(mib << 20, _U64_MAX)
+
+
+def _is_utf8(text: str) -> bool:
+    """False for an environment value that was not UTF-8 (decoded with surrogate escapes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def evict(directory: str, limit: int, keep: str, now: float) -> int:
+    """Removes the least recently used content (oldest modification time first) of the store
+    `directory` until it holds at most `limit` bytes, sparing `keep` (the content just
+    stored), whatever was used within `EVICT_GRACE` seconds of `now` (a `time.time`) and
+    names starting with ``.`` (uploads in progress, not counted either). Returns the bytes
+    removed; an entry that cannot be removed is passed over."""
+    held: List[Tuple[int, int, str]] = []
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                held.append((st.st_mtime_ns, st.st_size, entry.path))
+    except OSError:
+        return 0
+    total = sum(size for _, size, _ in held)
+    held.sort()
+    now_ns = int(now * 1e9)
+    grace_ns = int(EVICT_GRACE * 1e9)
+    removed = 0
+    for used_ns, size, path in held:
+        if total <= limit:
+            break
+        if now_ns - used_ns < grace_ns or path == keep:
+            continue
+        try:
+            os.unlink(path)
+        except OSError:
+            continue
+        total -= size
+        removed += size
+    return removed
 
 
 async def upload(server: "Server", conn: "Connection", head: "RequestHead") -> "Reply":
@@ -110,6 +253,13 @@ async def upload(server: "Server", conn: "Connection", head: "RequestHead") -> "
     except BaseException:
         _remove_quietly(part)
         raise
+    try:
+        limit = store_limit()
+    except ValueError:  # checked at start-up; changed since by the plugin
+        limit = STORE_MAX_DEFAULT_MIB << 20
+    freed = evict(directory, limit, path, time.time())
+    if freed > 0:
+        _log.info("evicted least recently used uploads freed=%d limit=%d", freed, limit)
     return _stored(path)
 
 

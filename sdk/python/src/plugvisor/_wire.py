@@ -15,6 +15,7 @@ __all__ = [
     "WATCH_STDIN_ENV",
     "MAX_BODY_ENV",
     "LOG_ENV",
+    "STORE_MAX_ENV",
     "DEFAULT_MAX_BODY",
     "NDJSON",
     "dumps",
@@ -36,6 +37,8 @@ WATCH_STDIN_ENV = "PLUGVISOR_WATCH_STDIN"
 MAX_BODY_ENV = "PLUGVISOR_MAX_BODY"
 #: The log filter (``info`` by default; ``debug``, ``warn``, ``plugvisor=debug,warn``, …).
 LOG_ENV = "PLUGVISOR_LOG"
+#: The bound of a worker's content store (``cas/``, uploaded files), in MiB (default 4096).
+STORE_MAX_ENV = "PLUGVISOR_STORE_MAX_MIB"
 #: Default largest request body: 64 MiB; pass larger data as a file reference.
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 #: Media type of ``execute_stream`` answers.
