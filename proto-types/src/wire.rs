@@ -34,6 +34,10 @@ pub const OUTPUT_DIR_ENV: &str = "PLUGVISOR_OUTPUT_DIR";
 pub const OUTPUT_SUBDIR: &str = "out";
 /// Environment variable that, set to `1`, makes the worker exit when its stdin reaches EOF.
 pub const WATCH_STDIN_ENV: &str = "PLUGVISOR_WATCH_STDIN";
+/// Environment variable with the host's pid, set when the host started the worker without a
+/// pre-exec step (`posix_spawn`): the worker then sets its own parent-death signal (SIGKILL)
+/// first thing and exits at once if its parent is no longer that pid.
+pub const HOST_PID_ENV: &str = "PLUGVISOR_HOST_PID";
 /// Environment variable with the largest request body a worker accepts, in bytes.
 pub const MAX_BODY_ENV: &str = "PLUGVISOR_MAX_BODY";
 /// Default largest request body: 64 MiB. Large data should travel as a `FileRef`.
@@ -131,6 +135,10 @@ pub mod routes {
     }
 }
 
+/// Longest handshake line, newline included, a host reads; a worker whose info would make it
+/// longer leaves the info off (the host then asks `GET /v1/info`).
+pub const MAX_HANDSHAKE_LEN: usize = 64 * 1024;
+
 /// Where a worker listens, as announced in its handshake line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
@@ -140,20 +148,26 @@ pub enum Transport {
     Tcp(String),
 }
 
-/// The one line a worker prints on stdout once it listens: `plugvisor <version> <transport> <address>`.
+/// The one line a worker prints on stdout once it listens: `plugvisor <version> <transport> <address>`,
+/// optionally followed by a tab and its [`InfoResponse`] as compact JSON, which spares the host
+/// the `GET /v1/info` round trip.
 ///
 /// ```
 /// use plugvisor_proto::wire::{Handshake, Transport};
 /// let h = Handshake::parse("plugvisor 1 unix /run/x/echo.sock").unwrap();
 /// assert_eq!(h.transport, Transport::Unix("/run/x/echo.sock".into()));
+/// assert_eq!(h.info, None);
 /// assert_eq!(h.to_string(), "plugvisor 1 unix /run/x/echo.sock");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Handshake {
     /// The protocol version the worker speaks.
     pub protocol: u32,
     /// Where it listens.
     pub transport: Transport,
+    /// What `GET /v1/info` would answer, when the worker put it on the line (absent from
+    /// older workers and other SDKs: the host then asks `/v1/info`).
+    pub info: Option<Box<InfoResponse>>,
 }
 
 impl Handshake {
@@ -162,6 +176,15 @@ impl Handshake {
         Self {
             protocol: PROTOCOL_VERSION,
             transport,
+            info: None,
+        }
+    }
+
+    /// This handshake with `info` on the line.
+    pub fn with_info(self, info: InfoResponse) -> Self {
+        Self {
+            info: Some(Box::new(info)),
+            ..self
         }
     }
 
@@ -169,12 +192,20 @@ impl Handshake {
     ///
     /// # Errors
     /// [`BadHandshake`], quoting the line, when it is not
-    /// `plugvisor <u32> unix|tcp <address>`. The version is not checked here; compare it with
+    /// `plugvisor <u32> unix|tcp <address>`, optionally followed by a tab and an
+    /// [`InfoResponse`] in JSON. The version is not checked here; compare it with
     /// [`PROTOCOL_VERSION`].
     pub fn parse(line: &str) -> Result<Self, BadHandshake> {
         let line = line.trim_end_matches(['\n', '\r']);
         let bad = || BadHandshake {
             line: line.to_owned(),
+        };
+        let (line, info) = match line.split_once('\t') {
+            Some((head, json)) => {
+                let info = serde_json::from_str::<InfoResponse>(json).map_err(|_| bad())?;
+                (head, Some(Box::new(info)))
+            }
+            None => (line, None),
         };
         let mut parts = line.splitn(4, ' ');
         if parts.next() != Some("plugvisor") {
@@ -191,6 +222,7 @@ impl Handshake {
         Ok(Self {
             protocol,
             transport,
+            info,
         })
     }
 }
@@ -207,9 +239,17 @@ impl fmt::Display for Handshake {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.transport {
             Transport::Unix(path) => {
-                write!(f, "plugvisor {} unix {}", self.protocol, path.display())
+                write!(f, "plugvisor {} unix {}", self.protocol, path.display())?
             }
-            Transport::Tcp(addr) => write!(f, "plugvisor {} tcp {addr}", self.protocol),
+            Transport::Tcp(addr) => write!(f, "plugvisor {} tcp {addr}", self.protocol)?,
+        }
+        match &self.info {
+            // Compact JSON escapes every control character, so it holds no tab or newline.
+            Some(info) => match serde_json::to_string(info) {
+                Ok(json) => write!(f, "\t{json}"),
+                Err(_) => Ok(()),
+            },
+            None => Ok(()),
         }
     }
 }
@@ -542,6 +582,27 @@ mod tests {
         ] {
             assert!(Handshake::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn handshake_carries_info_after_a_tab() {
+        let info = InfoResponse {
+            name: "echo".into(),
+            version: "1.0.0".into(),
+            protocol: PROTOCOL_VERSION,
+            config_schema: json!({"type": "object", "description": "a\ttab"}),
+            capabilities: vec!["execute".into()],
+            pid: 7,
+            routes: Vec::new(),
+            hooks: Vec::new(),
+            methods: Vec::new(),
+            events: Vec::new(),
+        };
+        let h = Handshake::new(Transport::Unix("/run/x/a b.sock".into())).with_info(info);
+        let line = h.to_string();
+        assert!(!line.contains('\n'), "{line}");
+        assert_eq!(Handshake::parse(&line).unwrap(), h);
+        assert!(Handshake::parse("plugvisor 1 unix /a\tnot json").is_err());
     }
 
     #[test]

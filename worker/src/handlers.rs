@@ -59,8 +59,17 @@ pub(crate) fn probe(stopping: bool) -> Reply {
 
 /// `GET /v1/info`: identity, protocol, schema, capabilities.
 pub(crate) fn info<P: Plugin>(shared: &Shared<P>) -> Handled {
+    let info = info_response(shared)?;
+    Ok(reply::json(StatusCode::OK, &info))
+}
+
+/// What `GET /v1/info` answers (also put on the handshake line).
+///
+/// # Errors
+/// [`PluginError::Failed`] when the plugin panics in `name`, `version` or `config_schema`.
+pub(crate) fn info_response<P: Plugin>(shared: &Shared<P>) -> Result<InfoResponse, PluginError> {
     let plugin = &*shared.plugin;
-    let info = guarded_sync(|| InfoResponse {
+    guarded_sync(|| InfoResponse {
         name: plugin.name().to_owned(),
         version: plugin.version().to_owned(),
         protocol: PROTOCOL_VERSION,
@@ -71,8 +80,7 @@ pub(crate) fn info<P: Plugin>(shared: &Shared<P>) -> Handled {
         hooks: shared.hooks.clone(),
         methods: shared.method_specs.clone(),
         events: shared.event_names.clone(),
-    })?;
-    Ok(reply::json(StatusCode::OK, &info))
+    })
 }
 
 fn capabilities<P>(shared: &Shared<P>) -> Vec<String> {

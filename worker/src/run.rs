@@ -6,10 +6,10 @@ use crate::error::WorkerError;
 use crate::files;
 use crate::listener::Listener;
 use crate::routes::Routes;
-use crate::server::serve_with;
+use crate::server::serve_announced;
 use crate::watch;
 use clap::Parser;
-use plugvisor_proto::wire::Handshake;
+use plugvisor_proto::wire::{Handshake, InfoResponse, Transport, MAX_HANDSHAKE_LEN};
 use plugvisor_proto::ErrorChain;
 use plugvisor_proto::Plugin;
 use std::io::Write;
@@ -57,6 +57,7 @@ impl<P: Plugin> Worker<P> {
 }
 
 fn run_with<P: Plugin>(plugin: Arc<P>, extensions: Extensions) -> ! {
+    watch::arm_parent_death();
     let args = Args::parse();
     init_logging();
     let program = program_name(&*plugin);
@@ -112,24 +113,56 @@ async fn start<P: Plugin>(
     let deadline = config.options.hard_deadline();
     watch::on_signals(shutdown.clone(), socket.clone())
         .map_err(|e| WorkerError::io("installing signal handlers", e))?;
-    announce(&listener.handshake()?)?;
-    if config.watch_stdin {
-        watch::on_stdin_eof(shutdown.clone(), deadline, socket.clone());
+    let handshake = listener.handshake()?;
+    let watch_stdin = config.watch_stdin;
+    let triggers = shutdown.clone();
+    // The plugin's info rides on the handshake line, sparing the host a `/v1/info` call.
+    let ready = move |info: Option<InfoResponse>| {
+        announce(&handshake_line(handshake, info))?;
+        if watch_stdin {
+            watch::on_stdin_eof(triggers.clone(), deadline, socket.clone());
+        }
+        watch::watchdog_on(triggers, deadline, socket);
+        Ok(())
+    };
+    serve_announced(
+        listener,
+        plugin,
+        extensions,
+        config.options,
+        shutdown,
+        ready,
+    )
+    .await
+}
+
+/// The handshake line, with `info` on it when the worker listens on a Unix socket (a host
+/// started it and reads the line; a TCP worker is attached with `/v1/info`), unless that would
+/// make the line too long for the host.
+fn handshake_line(handshake: Handshake, info: Option<InfoResponse>) -> String {
+    let plain = handshake.to_string();
+    let Some(info) = info.filter(|_| matches!(handshake.transport, Transport::Unix(_))) else {
+        return plain;
+    };
+    let full = handshake.with_info(info).to_string();
+    if full.len() < MAX_HANDSHAKE_LEN {
+        full
+    } else {
+        plain
     }
-    watch::watchdog_on(shutdown.clone(), deadline, socket);
-    serve_with(listener, plugin, extensions, config.options, shutdown).await
 }
 
 /// Prints the handshake line on stdout, then makes fd 1 a copy of stderr, so nothing the
 /// plugin prints later can reach the host's handshake pipe.
-fn announce(handshake: &Handshake) -> Result<(), WorkerError> {
+fn announce(line: &str) -> Result<(), WorkerError> {
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{handshake}")
+    writeln!(stdout, "{line}")
         .and_then(|()| stdout.flush())
         .map_err(|e| WorkerError::io("printing the handshake", e))?;
     nix::unistd::dup2_stdout(std::io::stderr())
         .map_err(|e| WorkerError::io("redirecting stdout to stderr", e.into()))?;
-    tracing::info!(%handshake, pid = std::process::id(), "listening");
+    let announced = line.split('\t').next().unwrap_or_default();
+    tracing::info!(handshake = %announced, pid = std::process::id(), "listening");
     Ok(())
 }
 

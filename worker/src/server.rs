@@ -22,6 +22,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use plugvisor_proto::wire::routes::Lane;
+use plugvisor_proto::wire::InfoResponse;
 use plugvisor_proto::Plugin;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -108,6 +109,19 @@ pub(crate) async fn serve_with<P: Plugin>(
     options: ServeOptions,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
+    serve_announced(listener, plugin, extensions, options, shutdown, |_| Ok(())).await
+}
+
+/// [`serve_with`], calling `announce` with what `/v1/info` answers (`None` when the plugin
+/// panicked building it) once the plugin's state is built, before the first accept.
+pub(crate) async fn serve_announced<P: Plugin>(
+    listener: Listener,
+    plugin: Arc<P>,
+    extensions: Extensions,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+    announce: impl FnOnce(Option<InfoResponse>) -> Result<(), WorkerError>,
+) -> Result<(), WorkerError> {
     let mut shared = shared_state(plugin, &options, shutdown)?;
     if let Some(routes) = extensions.routes {
         let specs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| routes.specs()));
@@ -137,6 +151,7 @@ pub(crate) async fn serve_with<P: Plugin>(
     if options.tls.is_some() && !matches!(listener, Listener::Tcp(_)) {
         return Err(WorkerError::Tls("TLS needs a tcp:// listener".into()));
     }
+    announce(crate::handlers::info_response(&shared).ok())?;
     let socket_path = listener.socket_path();
     tracing::info!(plugin = shared.plugin.name(), "serving");
     let mut connections = JoinSet::new();

@@ -6,6 +6,7 @@
 //! graceful path stall in plugin code, the watchdog exits the process anyway.
 
 use crate::server::remove_socket_file;
+use plugvisor_proto::wire::HOST_PID_ENV;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +16,23 @@ use tokio_util::sync::CancellationToken;
 
 /// Exit code of a worker the watchdog (or a second signal) had to stop.
 pub(crate) const FORCED_EXIT: i32 = 1;
+
+/// When the host named its pid in `PLUGVISOR_HOST_PID` (it spawned this process without a
+/// pre-exec step), sets the parent-death signal to SIGKILL, then exits with [`FORCED_EXIT`]
+/// if the parent is already someone else: the host died before the signal was armed.
+pub(crate) fn arm_parent_death() {
+    let Some(host) = std::env::var(HOST_PID_ENV)
+        .ok()
+        .and_then(|pid| pid.parse::<i32>().ok())
+    else {
+        return;
+    };
+    let armed = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    if armed.is_err() || nix::unistd::getppid().as_raw() != host {
+        eprintln!("plugvisor worker: the host (pid {host}) is gone; exiting");
+        std::process::exit(FORCED_EXIT);
+    }
+}
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT; exits at once on a second one.
 ///

@@ -27,7 +27,7 @@ use tokio::net::unix::pipe;
 const SANDBOXED_SOCKET: &str = "w.sock";
 
 /// Longest handshake line accepted.
-const MAX_HANDSHAKE: u64 = 4096;
+const MAX_HANDSHAKE: u64 = wire::MAX_HANDSHAKE_LEN as u64;
 
 /// How long output a worker wrote before it exited may take to arrive.
 const GRACE_AFTER_EXIT: Duration = Duration::from_millis(250);
@@ -145,7 +145,11 @@ async fn connect(
         source: std::io::Error::other(e),
     })?;
     let client = Arc::new(client);
-    let info = fetch_info(spec, &client).await?;
+    // A worker that put its info on the handshake line spares the `/v1/info` round trip.
+    let info = match handshake.info {
+        Some(info) => check_info(spec, *info)?,
+        None => fetch_info(spec, &client).await?,
+    };
     Ok((client, info))
 }
 
@@ -372,6 +376,11 @@ async fn fetch_info(
         }
         Ok(Ok(info)) => info,
     };
+    check_info(spec, info)
+}
+
+/// Refuses info that reports another protocol version than this host's.
+fn check_info(spec: &WorkerSpec, info: InfoResponse) -> Result<InfoResponse, HostError> {
     if info.protocol != wire::PROTOCOL_VERSION {
         return Err(HostError::Incompatible {
             program: spec.program.clone(),

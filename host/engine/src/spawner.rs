@@ -9,6 +9,7 @@ use crate::cgroup::WorkerGroup;
 use crate::fork_thread::on_spawner_thread;
 use crate::sandbox::Prepared;
 use crate::spec::ResourceLimits;
+use plugvisor_proto::wire;
 use plugvisor_proto::ExitReason;
 use std::io;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -20,7 +21,9 @@ use tokio::sync::{oneshot, watch};
 
 /// Spawns `command` from the spawner thread, in its own process group (a session of its own
 /// when sandboxed), with the parent-death signal set to SIGKILL, `limits` applied and, last
-/// before exec, the `sandbox`.
+/// before exec, the `sandbox`. With neither limits nor a sandbox there is no step between
+/// fork and exec, so it spawns with `posix_spawn` and names the host's pid in
+/// [`wire::HOST_PID_ENV`] for the worker to set the parent-death signal itself.
 pub(crate) async fn spawn(
     mut command: Command,
     limits: ResourceLimits,
@@ -41,6 +44,13 @@ fn prepare(command: &mut Command, limits: ResourceLimits, sandbox: Option<Prepar
     if sandbox.is_none() {
         // A sandboxed child calls setsid instead, which a group leader may not.
         command.process_group(0);
+    }
+    if sandbox.is_none() && limits == ResourceLimits::default() {
+        // Nothing to do between fork and exec: without a `pre_exec`, std spawns with
+        // `posix_spawn` (vfork-like, no page-table copy of the host). The worker sets its own
+        // parent-death signal and checks its parent against this pid (docs/PROTOCOL.md, §2).
+        command.env(wire::HOST_PID_ENV, host_pid.to_string());
+        return;
     }
     // SAFETY: the closure runs in the forked child of a multithreaded process, before exec,
     // where only async-signal-safe work is allowed. It makes the syscalls prctl, getppid and
