@@ -19,7 +19,7 @@ pub(crate) const FORCED_EXIT: i32 = 1;
 
 /// When the host named its pid in `PLUGVISOR_HOST_PID` (it spawned this process without a
 /// pre-exec step), sets the parent-death signal to SIGKILL, then exits with [`FORCED_EXIT`]
-/// if the parent is already someone else: the host died before the signal was armed.
+/// if the host is gone already (it died before the signal was armed).
 pub(crate) fn arm_parent_death() {
     let Some(host) = std::env::var(HOST_PID_ENV)
         .ok()
@@ -28,7 +28,10 @@ pub(crate) fn arm_parent_death() {
         return;
     };
     let armed = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-    if armed.is_err() || nix::unistd::getppid().as_raw() != host {
+    // Under a wrapper the parent is not the host: then the host must still be alive.
+    let parent = nix::unistd::getppid().as_raw();
+    let host_alive = || nix::sys::signal::kill(nix::unistd::Pid::from_raw(host), None).is_ok();
+    if armed.is_err() || (parent != host && !host_alive()) {
         eprintln!("plugvisor worker: the host (pid {host}) is gone; exiting");
         std::process::exit(FORCED_EXIT);
     }

@@ -63,9 +63,11 @@ impl Ctx {
     /// # Errors
     /// When the binary is missing.
     pub fn spec(&self, plugin: &str) -> Result<WorkerSpec> {
+        // The bundled workers arm their own parent-death signal: spawned with posix_spawn.
         Ok(WorkerSpec::new(binary(&format!("{plugin}-worker"))?)
             .start_timeout(Duration::from_secs(10))
-            .stop_grace(Duration::from_secs(2)))
+            .stop_grace(Duration::from_secs(2))
+            .self_armed(true))
     }
 }
 

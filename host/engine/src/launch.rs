@@ -87,7 +87,7 @@ pub(crate) async fn launch(
             "starting a sandboxed worker"
         );
     }
-    let spawned = spawner::spawn(command, spec.limits, sandbox).await;
+    let spawned = spawner::spawn(command, spec.limits, sandbox, spec.self_armed).await;
     let mut child = spawned
         .inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&transfer_dir);

@@ -21,15 +21,16 @@ use tokio::sync::{oneshot, watch};
 
 /// Spawns `command` from the spawner thread, in its own process group (a session of its own
 /// when sandboxed), with the parent-death signal set to SIGKILL, `limits` applied and, last
-/// before exec, the `sandbox`. With neither limits nor a sandbox there is no step between
-/// fork and exec, so it spawns with `posix_spawn` and names the host's pid in
-/// [`wire::HOST_PID_ENV`] for the worker to set the parent-death signal itself.
+/// before exec, the `sandbox`. When the worker arms its own parent-death signal
+/// (`self_armed`) and has neither limits nor a sandbox there is no step between fork and
+/// exec, so it spawns with `posix_spawn` and names the host's pid in [`wire::HOST_PID_ENV`].
 pub(crate) async fn spawn(
     mut command: Command,
     limits: ResourceLimits,
     sandbox: Option<Prepared>,
+    self_armed: bool,
 ) -> io::Result<Child> {
-    prepare(&mut command, limits, sandbox);
+    prepare(&mut command, limits, sandbox, self_armed);
     let (reply, answer) = oneshot::channel();
     on_spawner_thread(move || {
         let _ = reply.send(command.spawn());
@@ -39,13 +40,18 @@ pub(crate) async fn spawn(
         .map_err(|_| io::Error::other("the spawner thread dropped the request"))?
 }
 
-fn prepare(command: &mut Command, limits: ResourceLimits, sandbox: Option<Prepared>) {
+fn prepare(
+    command: &mut Command,
+    limits: ResourceLimits,
+    sandbox: Option<Prepared>,
+    self_armed: bool,
+) {
     let host_pid = nix::unistd::getpid();
     if sandbox.is_none() {
         // A sandboxed child calls setsid instead, which a group leader may not.
         command.process_group(0);
     }
-    if sandbox.is_none() && limits == ResourceLimits::default() {
+    if self_armed && sandbox.is_none() && limits == ResourceLimits::default() {
         // Nothing to do between fork and exec: without a `pre_exec`, std spawns with
         // `posix_spawn` (vfork-like, no page-table copy of the host). The worker sets its own
         // parent-death signal and checks its parent against this pid (docs/PROTOCOL.md, §2).

@@ -55,6 +55,13 @@ pub struct WorkerSpec {
     /// Attach to this worker started elsewhere instead of starting `program` (see
     /// [`WorkerSpec::attach`]). Default none.
     pub remote: Option<crate::Attach>,
+    /// Spawn with `posix_spawn` when there are no limits and no sandbox, leaving the
+    /// parent-death signal to the worker (it gets the host's pid in `PLUGVISOR_HOST_PID`; the
+    /// Rust runtime arms it first thing). Faster (no copy of the host's page tables), but a
+    /// worker that does not arm it, or a wrapper script around one, is not killed by the
+    /// kernel if the host dies (it still exits when its stdin closes, if it watches it).
+    /// Default false: the host arms it for every worker.
+    pub self_armed: bool,
 }
 
 impl WorkerSpec {
@@ -71,7 +78,15 @@ impl WorkerSpec {
             name: None,
             sandbox: None,
             remote: None,
+            self_armed: false,
         }
+    }
+
+    /// The same spec spawned with `posix_spawn` when it can be (see
+    /// [`WorkerSpec::self_armed`]): for workers built on the Rust runtime, started directly.
+    pub fn self_armed(mut self, yes: bool) -> Self {
+        self.self_armed = yes;
+        self
     }
 
     /// A spec that attaches to the worker `attach` describes instead of starting one; its

@@ -42,10 +42,9 @@ impl HandWorker {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        assert_eq!(
-            line.trim_end(),
-            format!("plugvisor 1 unix {}", socket.display())
-        );
+        // The plugin's info may follow after a tab (docs/PROTOCOL.md §2).
+        let announced = line.trim_end().split('\t').next().unwrap_or_default();
+        assert_eq!(announced, format!("plugvisor 1 unix {}", socket.display()));
         Self {
             child,
             socket,

@@ -728,3 +728,33 @@ fn a_worker_may_write_to_stdout_after_its_handshake() {
         world.finish().await;
     })
 }
+
+/// A worker spawned with `posix_spawn` (`self_armed`: no step between fork and exec) gets the
+/// host's pid, serves like any other, and its supervisor restarts it after a SIGKILL.
+#[test]
+fn a_self_armed_worker_is_spawned_without_a_pre_exec_step_and_serves() {
+    serially(async {
+        let mut world = World::new().await;
+        let sup = world
+            .supervise_spec(spec("chaos").self_armed(true), fast())
+            .await;
+        assert_eq!(sup.state(), WorkerState::Ready);
+        let pid = sup.pid().expect("a pid");
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("its environment");
+        let host = format!("PLUGVISOR_HOST_PID={}", std::process::id());
+        assert!(
+            environ.split(|b| *b == 0).any(|v| v == host.as_bytes()),
+            "the worker was not told the host's pid"
+        );
+        let answer = sup.execute(json!({"fault": "none"})).await.expect("a call");
+        assert_eq!(answer["pid"], pid);
+        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+        let back = eventually(Duration::from_secs(10), || {
+            sup.pid().is_some_and(|p| p != pid) && sup.state() == WorkerState::Ready
+        })
+        .await;
+        assert!(back, "restarted");
+        drop(sup);
+        world.finish().await;
+    });
+}
