@@ -108,7 +108,9 @@ impl Echo {
 
     /// Remembers `output` for `GET /recent` (the last [`RECENT_KEPT`]).
     fn remember(&self, output: &Value) {
-        let text = output.to_string();
+        // The same bytes as `output.to_string()`, large strings copied whole.
+        let mut text = Vec::new();
+        let _ = plugvisor_proto::fast_json::write_value(&mut text, output);
         let kept = if text.len() <= RECENT_MAX_BYTES {
             output.clone()
         } else {

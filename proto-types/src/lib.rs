@@ -8,12 +8,14 @@
 //! - [`error`]: [`PluginError`], whose kinds survive the trip over the wire.
 //! - [`file_ref`]: [`FileRef`], a typed reference to a file passed by path instead of by value,
 //!   and [`FileBacked`], for values that can write themselves to such a file.
+//! - [`fast_json`]: fast paths for writing and reading call bodies with large strings.
 //! - [`wire`]: request, response, stream-frame and handshake types of the worker protocol
 //!   (`docs/PROTOCOL.md` is the normative description).
 //! - [`schema`] (feature `schema`): the JSON Schema of every body, as published in
 //!   `docs/schemas/`.
 
 pub mod error;
+pub mod fast_json;
 pub mod file_ref;
 pub mod plugin;
 #[cfg(feature = "schema")]

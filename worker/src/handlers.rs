@@ -4,7 +4,7 @@ use crate::host;
 use crate::ndjson::NdjsonBody;
 use crate::offload::{offload, on_runtime, PumpedBody};
 use crate::reply::{self, Reply};
-use crate::request::read_json;
+use crate::request::{read_call, read_json};
 use crate::routes::{ResponseBody, RouteBody, RouteRequest, RouteResponse};
 use crate::state::{InFlight, Shared};
 use crate::transfer::{denied, TransferDir};
@@ -17,8 +17,7 @@ use hyper::body::Incoming;
 use plugvisor_proto::file_ref::visit_file_refs;
 use plugvisor_proto::wire::{
     handles_event, routes, AfterResponse, ConfigResponse, ConfigSchemaResponse, EventDelivery,
-    ExecuteRequest, ExecuteResponse, HealthResponse, Hook, HookRequest, InfoResponse,
-    InitializeRequest, NDJSON, PROTOCOL_VERSION,
+    HealthResponse, Hook, HookRequest, InfoResponse, InitializeRequest, NDJSON, PROTOCOL_VERSION,
 };
 use plugvisor_proto::{json, ErrorKind, Plugin, PluginError, Value, WireError};
 use std::sync::atomic::Ordering;
@@ -147,7 +146,7 @@ pub(crate) async fn method<P: Plugin>(shared: &Shared<P>, req: Request<Incoming>
         _ => return Err(unknown_method(shared, &name)),
     };
     let scope = host::scope_of(&req);
-    let request: ExecuteRequest = read_json(req, shared.max_body).await?;
+    let request = read_call(req, shared.max_body).await?;
     check_file_refs(shared.transfer.as_ref(), &request.input)?;
     let in_flight = shared.counters.start();
     let work = host::scoped(scope, async move {
@@ -155,7 +154,7 @@ pub(crate) async fn method<P: Plugin>(shared: &Shared<P>, req: Request<Incoming>
         guarded(methods.call(&name, request.input)).await
     });
     let output = offload(shared.exec.as_ref(), work).await??;
-    Ok(reply::json(StatusCode::OK, &ExecuteResponse { output }))
+    Ok(reply::output(&output))
 }
 
 /// `404` naming the methods the plugin has.
@@ -332,7 +331,7 @@ pub(crate) async fn initialize<P: Plugin>(shared: &Shared<P>, req: Request<Incom
 pub(crate) async fn execute<P: Plugin>(shared: &Shared<P>, req: Request<Incoming>) -> Handled {
     refuse_when_stopping(shared)?;
     let scope = host::scope_of(&req);
-    let request: ExecuteRequest = read_json(req, shared.max_body).await?;
+    let request = read_call(req, shared.max_body).await?;
     check_file_refs(shared.transfer.as_ref(), &request.input)?;
     let in_flight = shared.counters.start();
     let plugin = Arc::clone(&shared.plugin);
@@ -342,7 +341,7 @@ pub(crate) async fn execute<P: Plugin>(shared: &Shared<P>, req: Request<Incoming
         guarded(plugin.execute(request.input)).await
     });
     let output = offload(shared.exec.as_ref(), work).await??;
-    Ok(reply::json(StatusCode::OK, &ExecuteResponse { output }))
+    Ok(reply::output(&output))
 }
 
 /// `POST /v1/execute_stream`: one call, an NDJSON stream of frames.
@@ -352,7 +351,7 @@ pub(crate) async fn execute_stream<P: Plugin>(
 ) -> Handled {
     refuse_when_stopping(shared)?;
     let scope = host::scope_of(&req);
-    let request: ExecuteRequest = read_json(req, shared.max_body).await?;
+    let request = read_call(req, shared.max_body).await?;
     check_file_refs(shared.transfer.as_ref(), &request.input)?;
     let in_flight = shared.counters.start();
     let plugin = Arc::clone(&shared.plugin);

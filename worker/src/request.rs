@@ -5,7 +5,9 @@ use http::header::CONTENT_LENGTH;
 use http::Request;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use plugvisor_proto::{ErrorKind, WireError};
+use plugvisor_proto::fast_json::plain_string_field;
+use plugvisor_proto::wire::ExecuteRequest;
+use plugvisor_proto::{ErrorKind, Value, WireError};
 use serde::de::DeserializeOwned;
 
 /// Reads the whole body of `req`, at most `max_body` bytes, and parses it as `T`.
@@ -21,11 +23,35 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
     max_body: u64,
 ) -> Result<T, WireError> {
     let bytes = read_body(req, max_body).await?;
+    parse_json(&bytes)
+}
+
+/// Reads the body of a call (`execute`, `execute_stream`, a named method) as [`read_json`]
+/// does, taking a plain string input (`{"input":"…"}` without escapes, the usual shape of a
+/// large input) without the JSON parser.
+///
+/// # Errors
+/// As [`read_json`].
+pub(crate) async fn read_call(
+    req: Request<Incoming>,
+    max_body: u64,
+) -> Result<ExecuteRequest, WireError> {
+    let bytes = read_body(req, max_body).await?;
+    match plain_string_field(&bytes, "input") {
+        Some(text) => Ok(ExecuteRequest {
+            input: Value::String(text),
+        }),
+        None => parse_json(&bytes),
+    }
+}
+
+/// Parses a body as `T`, an empty one as `{}`; only objects are accepted.
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
     let bad = |message: String| WireError::new(ErrorKind::BadRequest, message);
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         None => serde_json::from_slice(b"{}").map_err(|e| bad(e.to_string())),
         // serde would also read a struct from an array; the protocol wants objects only.
-        Some(b'{') => serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string())),
+        Some(b'{') => serde_json::from_slice(bytes).map_err(|e| bad(e.to_string())),
         Some(_) => Err(bad("the request body must be a JSON object".into())),
     }
 }

@@ -7,8 +7,9 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use plugvisor_proto::wire::ErrorBody;
-use plugvisor_proto::PluginError;
+use plugvisor_proto::fast_json::{plain_string_field, write_field};
+use plugvisor_proto::wire::{ErrorBody, ExecuteResponse};
+use plugvisor_proto::{PluginError, Value};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
@@ -67,6 +68,22 @@ pub(crate) async fn json<T: DeserializeOwned>(
     parse(&bytes).map_err(Failure::Answer)
 }
 
+/// Sends a call's body and reads the `output` of its answer: a plain string output
+/// (`{"output":"…"}` without escapes) without the JSON parser, anything else parsed.
+pub(crate) async fn output(
+    client: &Arc<WorkerClient>,
+    path: &str,
+    body: Bytes,
+) -> Result<Value, Failure> {
+    let (body, lease) = send(client, Method::POST, path, body).await?;
+    let bytes = read_all(body, lease).await?;
+    if let Some(text) = plain_string_field(&bytes, "output") {
+        return Ok(Value::String(text));
+    }
+    let answer: ExecuteResponse = parse(&bytes).map_err(Failure::Answer)?;
+    Ok(answer.output)
+}
+
 /// Parses a worker's JSON answer.
 pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PluginError> {
     serde_json::from_slice(bytes)
@@ -95,6 +112,15 @@ pub(crate) fn from_worker(wire: plugvisor_proto::WireError) -> PluginError {
         )),
         _ => wire.into(),
     }
+}
+
+/// Serializes the body of a call, `{"input":…}`: what [`to_body`] writes, with strings copied
+/// whole instead of byte by byte.
+pub(crate) fn call_body(input: &Value) -> Result<Bytes, PluginError> {
+    let mut bytes = Vec::with_capacity(128);
+    write_field(&mut bytes, "input", input)
+        .map(|()| Bytes::from(bytes))
+        .map_err(|e| PluginError::InvalidInput(format!("input is not serializable: {e}")))
 }
 
 /// Serializes a request body.

@@ -5,7 +5,7 @@
 
 use crate::client::{ClientError, Lease, WorkerClient};
 use crate::error::chain;
-use crate::exchange::{self, to_body, Failure};
+use crate::exchange::{self, call_body, to_body, Failure};
 use crate::identity::PluginIdentity;
 use crate::launch::Launched;
 use crate::process::WorkerProcess;
@@ -17,7 +17,7 @@ use futures_util::future::Either;
 use futures_util::StreamExt;
 use http::Method;
 use hyper::body::Incoming;
-use plugvisor_proto::wire::{self, routes, ExecuteRequest};
+use plugvisor_proto::wire::{self, routes};
 use plugvisor_proto::{PluginError, PluginStream, Value};
 use serde::de::DeserializeOwned;
 use std::pin::Pin;
@@ -254,12 +254,15 @@ impl WorkerCore {
     async fn call_at(&self, path: &str, input: &Value) -> Result<CallOutput, PluginError> {
         let _guard = self.begin_call();
         let (body, staged) = self.request_body(input).await?;
-        let mut response: wire::ExecuteResponse = self.json(Method::POST, path, body).await?;
-        self.fetch_outputs(&mut response.output).await?;
+        let mut output = match exchange::output(&self.client, path, body).await {
+            Ok(output) => output,
+            Err(f) => return Err(self.attribute(f).await),
+        };
+        self.fetch_outputs(&mut output).await?;
         let dir = &self.process.transfer_dir;
-        let files = transfer::adopt_outputs(dir, &response.output, &staged)?;
+        let files = transfer::adopt_outputs(dir, &output, &staged)?;
         Ok(CallOutput {
-            value: response.output,
+            value: output,
             files,
         })
     }
@@ -306,7 +309,7 @@ impl WorkerCore {
     /// input is not touched, so it can be sent again).
     async fn request_body(&self, input: &Value) -> Result<(Bytes, StagedInputs), PluginError> {
         if !plugvisor_proto::file_ref::contains_file_refs(input) {
-            let body = to_body(&ExecuteRequest { input })?;
+            let body = call_body(input)?;
             return Ok((body, StagedInputs::default()));
         }
         if self.process.is_remote() {
@@ -322,7 +325,7 @@ impl WorkerCore {
         .await
         .map_err(|e| PluginError::Failed(format!("staging files panicked: {e}")))?;
         let staged = staged?;
-        let body = to_body(&ExecuteRequest { input: &owned })?;
+        let body = call_body(&owned)?;
         Ok((body, staged))
     }
 
@@ -343,7 +346,7 @@ impl WorkerCore {
             Ok(sent) => sent,
             Err(f) => return Err(self.attribute(f).await),
         };
-        let body = to_body(&ExecuteRequest { input: &sent })?;
+        let body = call_body(&sent)?;
         Ok((body, StagedInputs::default()))
     }
 

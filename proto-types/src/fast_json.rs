@@ -1,0 +1,162 @@
+//! Fast paths for the call bodies `{"input":…}` and `{"output":…}`: a writer that copies
+//! strings needing no escapes in one piece, and a reader for a body whose value is such a
+//! string.
+//!
+//! serde_json looks at every byte of a string on its own, both when it writes one (to escape
+//! it) and when it reads one; for a large string input that was most of a call's cost. The
+//! writer here is byte for byte what `serde_json::to_writer` writes (unit tests check), so the
+//! wire format does not change; the reader accepts only the exact shape the writer produces
+//! for a plain string and leaves everything else to serde_json.
+
+use serde_json::Value;
+
+/// Bytes tested per step of the scans below.
+const BLOCK: usize = 64;
+
+/// Writes `{"<key>":<value>}` (a call body) as compact JSON; see [`write_value`].
+///
+/// # Errors
+/// What serde_json reports for a value it cannot write (a non-finite number never occurs in a
+/// `Value`, so in practice none).
+pub fn write_field(buf: &mut Vec<u8>, key: &str, value: &Value) -> serde_json::Result<()> {
+    buf.push(b'{');
+    write_str(buf, key)?;
+    buf.push(b':');
+    write_value(buf, value)?;
+    buf.push(b'}');
+    Ok(())
+}
+
+/// Writes `value` as compact JSON, byte for byte what `serde_json::to_writer` writes, copying
+/// strings that need no escaping in one piece.
+///
+/// # Errors
+/// As [`write_field`].
+pub fn write_value(buf: &mut Vec<u8>, value: &Value) -> serde_json::Result<()> {
+    match value {
+        Value::String(s) => write_str(buf, s),
+        Value::Array(items) => {
+            buf.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                write_value(buf, item)?;
+            }
+            buf.push(b']');
+            Ok(())
+        }
+        Value::Object(map) => {
+            buf.push(b'{');
+            for (i, (key, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                write_str(buf, key)?;
+                buf.push(b':');
+                write_value(buf, item)?;
+            }
+            buf.push(b'}');
+            Ok(())
+        }
+        scalar => serde_json::to_writer(&mut *buf, scalar),
+    }
+}
+
+/// Writes a JSON string: in one copy when nothing in it needs escaping, else by serde_json.
+fn write_str(buf: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
+    if needs_escape(s.as_bytes()) {
+        return serde_json::to_writer(&mut *buf, s);
+    }
+    buf.reserve(s.len() + 2);
+    buf.push(b'"');
+    buf.extend_from_slice(s.as_bytes());
+    buf.push(b'"');
+    Ok(())
+}
+
+/// The string of a body that is exactly `{"<key>":"<text>"}` with no escapes in the text and
+/// valid UTF-8 (what serde_json would read from it), else `None`: then serde_json decides.
+pub fn plain_string_field(body: &[u8], key: &str) -> Option<String> {
+    let rest = body.strip_prefix(b"{\"")?.strip_prefix(key.as_bytes())?;
+    let text = rest.strip_prefix(b"\":\"")?.strip_suffix(b"\"}")?;
+    if needs_escape(text) {
+        return None;
+    }
+    std::str::from_utf8(text).ok().map(str::to_owned)
+}
+
+/// True when `bytes` holds a byte JSON escapes: a control character (below 0x20), a quote or
+/// a backslash. Full blocks of [`BLOCK`] bytes are tested by a loop without early exit, which
+/// the compiler turns into vector instructions.
+pub fn needs_escape(bytes: &[u8]) -> bool {
+    bytes.chunks(BLOCK).any(block_has_special)
+}
+
+#[inline(always)]
+fn block_has_special(block: &[u8]) -> bool {
+    let special = |b: u8| (b < 0x20) | (b == b'"') | (b == b'\\');
+    match <&[u8; BLOCK]>::try_from(block) {
+        Ok(block) => {
+            let mut any = 0u8;
+            for &b in block {
+                any |= u8::from(special(b));
+            }
+            any != 0
+        }
+        Err(_) => block.iter().any(|&b| special(b)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn samples() -> Vec<Value> {
+        vec![
+            json!("plain"),
+            json!(""),
+            json!("a\"b\\c\nd\u{1}"),
+            json!("ünï ✓ ".repeat(40)),
+            json!("x".repeat(200)),
+            json!(null),
+            json!(true),
+            json!(-1.5e300),
+            json!(u64::MAX),
+            json!([1, "two", {"three": [null, "x\ty"]}]),
+            json!({"k\"ey": "v", "n": {"m": []}, "z": {}}),
+        ]
+    }
+
+    #[test]
+    fn writes_what_serde_json_writes() {
+        for value in samples() {
+            let mut fast = Vec::new();
+            write_field(&mut fast, "input", &value).unwrap();
+            let slow = serde_json::to_vec(&json!({ "input": value })).unwrap();
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                String::from_utf8(slow).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn reads_plain_strings_as_serde_json_does_and_leaves_the_rest() {
+        for value in samples() {
+            let body = serde_json::to_vec(&json!({ "output": value })).unwrap();
+            match plain_string_field(&body, "output") {
+                Some(s) => assert_eq!(Value::String(s), value),
+                None => assert!(!matches!(&value, Value::String(s) if !needs_escape(s.as_bytes()))),
+            }
+        }
+        assert_eq!(plain_string_field(b"{\"output\":\"a\"}", "input"), None);
+        assert_eq!(plain_string_field(b"{\"output\":\"a\" }", "output"), None);
+        assert_eq!(plain_string_field(b"{\"output\":\"\xff\"}", "output"), None);
+        assert_eq!(
+            plain_string_field(b"{\"output\":\"a\",\"x\":\"b\"}", "output"),
+            None
+        );
+    }
+}
