@@ -88,7 +88,9 @@ impl Args {
         }
         if !watch_stdin && options.transfer_dir.is_none() && matches!(listen, ListenAddr::Tcp(_)) {
             // A remote worker: files streamed to it (and its outputs) need a place of its own.
-            options.transfer_dir = Some(private_transfer_dir()?);
+            let dir = private_transfer_dir()?;
+            crate::watch::remove_on_forced_exit(dir.clone());
+            options.transfer_dir = Some(dir);
             options.owns_transfer_dir = true;
         }
         Ok(Some(WorkerConfig {

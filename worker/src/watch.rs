@@ -120,5 +120,17 @@ fn force_exit(socket: Option<&std::path::Path>, why: &str) -> ! {
     if let Some(path) = socket {
         remove_socket_file(path);
     }
+    if let Some(dir) = OWNED_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     std::process::exit(FORCED_EXIT)
+}
+
+/// The private transfer directory a remote worker made for itself, removed on a forced exit
+/// too (the graceful path removes it when serving ends).
+static OWNED_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes a forced exit remove `dir` (a remote worker's private transfer directory).
+pub(crate) fn remove_on_forced_exit(dir: PathBuf) {
+    let _ = OWNED_DIR.set(dir);
 }
