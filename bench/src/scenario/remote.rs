@@ -23,7 +23,7 @@ pub async fn tls(ctx: &Ctx) -> Result<Outcome> {
         .arg(&certs)
         .output()?;
     anyhow::ensure!(made.status.success(), "plugvisor tls-certs failed");
-    let mut worker = Owned(start(&binary("echo-worker")?, &certs)?);
+    let mut worker = Owned(start(&binary("echo-worker")?, &certs, true)?);
     let port = port_of(&mut worker.0)?;
     let token = std::fs::read_to_string(certs.join("token"))?;
     let tls = TlsClient::from_pem_files(&certs.join("ca.crt"), None, "localhost")?;
@@ -69,12 +69,23 @@ impl Drop for Owned {
     }
 }
 
-pub(crate) fn start(program: &std::path::Path, certs: &std::path::Path) -> Result<Child> {
-    Command::new(program)
-        .args(["--listen", "tcp://127.0.0.1:0", "--tls-cert"])
-        .arg(certs.join("tls.crt"))
-        .arg("--tls-key")
-        .arg(certs.join("tls.key"))
+/// A standalone worker on a free loopback port with the token of `certs`, serving TLS with
+/// its certificate when `tls` (plain TCP otherwise: loopback, so a host may attach without).
+pub(crate) fn start(
+    program: &std::path::Path,
+    certs: &std::path::Path,
+    tls: bool,
+) -> Result<Child> {
+    let mut command = Command::new(program);
+    command.args(["--listen", "tcp://127.0.0.1:0"]);
+    if tls {
+        command
+            .arg("--tls-cert")
+            .arg(certs.join("tls.crt"))
+            .arg("--tls-key")
+            .arg(certs.join("tls.key"));
+    }
+    command
         .arg("--token-file")
         .arg(certs.join("token"))
         .env_remove("PLUGVISOR_WATCH_STDIN")
@@ -82,7 +93,7 @@ pub(crate) fn start(program: &std::path::Path, certs: &std::path::Path) -> Resul
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
-        .context("starting the TLS worker")
+        .with_context(|| format!("starting {} (tls: {tls})", program.display()))
 }
 
 pub(crate) fn port_of(child: &mut Child) -> Result<u16> {

@@ -46,9 +46,9 @@ pub async fn file(ctx: &Ctx) -> Result<Outcome> {
         .output()?;
     anyhow::ensure!(made.status.success(), "plugvisor tls-certs failed");
     let files = binary("files-worker")?;
-    let mut tls_worker = Owned(start(&files, &certs)?);
+    let mut tls_worker = Owned(start(&files, &certs, true)?);
     let tls_port = port_of(&mut tls_worker.0)?;
-    let mut tcp_worker = Owned(plain(&files, &certs)?);
+    let mut tcp_worker = Owned(start(&files, &certs, false)?);
     let tcp_port = port_of(&mut tcp_worker.0)?;
     let token = std::fs::read_to_string(certs.join("token"))?;
     let tls = TlsClient::from_pem_files(&certs.join("ca.crt"), None, "localhost")?;
@@ -76,19 +76,6 @@ pub async fn file(ctx: &Ctx) -> Result<Outcome> {
     over_tls.shutdown().await;
     over_tcp.shutdown().await;
     Ok(outcome(size, &tls, &tcp, &raw, host_growth, worker_growth))
-}
-
-/// The files-worker on plain TCP (loopback, so the host may attach without TLS).
-fn plain(program: &Path, certs: &Path) -> Result<std::process::Child> {
-    Command::new(program)
-        .args(["--listen", "tcp://127.0.0.1:0", "--token-file"])
-        .arg(certs.join("token"))
-        .env_remove("PLUGVISOR_WATCH_STDIN")
-        .env("PLUGVISOR_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting the plain TCP worker")
 }
 
 /// Seconds for one `stat` of `path` on `remote`, after stamping `mark` into its first bytes

@@ -137,14 +137,11 @@ fn local_replicas(pool: &plugvisor_host::Pool) -> Vec<plugvisor_host::Supervisor
 
 /// Starts one more worker and adds it to the pool.
 async fn grow(managed: &Managed, local: usize) {
-    let _changing = managed.changing().await;
-    let Some(pool) = managed.current() else {
-        return; // Stopped meanwhile.
-    };
-    match managed.start_replica().await {
-        Ok(sup) => {
-            pool.add(sup);
-            tracing::info!(plugin = %managed.name(), replicas = local + 1, load = pool.load(), "scaled up");
+    match managed.add_replica().await {
+        Ok(false) => {} // Stopped meanwhile.
+        Ok(true) => {
+            let load = managed.current().map_or(0, |p| p.load());
+            tracing::info!(plugin = %managed.name(), replicas = local + 1, load, "scaled up");
         }
         Err(why) => {
             tracing::warn!(plugin = %managed.name(), %why, "scaling up failed; trying again on the next high load");

@@ -345,6 +345,21 @@ impl Managed {
             .map_or(0, |_| self.found.manifest.start_replicas())
     }
 
+    /// Starts one more local worker (as [`Managed::start_replica`]) and adds it to the running
+    /// pool, all under [`Managed::changing`], so a stop (which takes the pool away under it
+    /// too) cannot miss it. `Ok(false)` when the plugin was stopped meanwhile.
+    ///
+    /// # Errors
+    /// As [`Managed::start_replica`].
+    pub(crate) async fn add_replica(&self) -> Result<bool, String> {
+        let _changing = self.changing().await;
+        let Some(pool) = self.current() else {
+            return Ok(false);
+        };
+        pool.add(self.start_replica().await?);
+        Ok(true)
+    }
+
     /// Starts one more local worker of this plugin (its spec and supervision), waits until
     /// it is ready and gives it the configuration in force. Call it under
     /// [`Managed::changing`], then put it in the pool. Nothing is left running on error.

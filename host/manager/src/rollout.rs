@@ -74,12 +74,9 @@ pub(crate) async fn replace(managed: &Managed, carried: Carried) -> Result<(), S
         }
     }
     for _ in 0..carried.more {
-        // Under `changing`, a stop (which takes the pool away under it too) cannot miss it.
-        let _changing = managed.changing().await;
-        let Some(pool) = managed.current() else {
+        if !managed.add_replica().await? {
             return Ok(()); // Stopped meanwhile.
-        };
-        pool.add(managed.start_replica().await?);
+        }
     }
     Ok(())
 }
