@@ -86,6 +86,10 @@ pub mod routes {
     /// it has none); `PUT /v1/files/<sha256>`: stream that content to it (checked on
     /// arrival). How a host sends file references to a worker it shares no filesystem with.
     pub const FILES_PREFIX: &str = "/v1/files/";
+    /// `PUT /v1/files`: stream content whose digest the host has not computed yet; the worker
+    /// stores it under the SHA-256 it computes on arrival and answers with it (capability
+    /// `streamed_upload`), so the host hashes while sending instead of before.
+    pub const FILES: &str = "/v1/files";
     /// `GET /v1/file?path=P`: the bytes of the file `P` in the worker's transfer directory (an
     /// output file of a remote worker); `DELETE` removes it once the host has its copy.
     pub const FILE: &str = "/v1/file";

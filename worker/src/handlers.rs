@@ -91,6 +91,7 @@ fn capabilities<P>(shared: &Shared<P>) -> Vec<String> {
         ("health_check", shared.health_check.is_some()),
         ("events", !shared.event_names.is_empty()),
         ("file_transfer", shared.transfer.is_some()),
+        ("streamed_upload", shared.transfer.is_some()),
     ];
     all.extend(extensions.iter().filter(|e| e.1).map(|e| e.0.to_owned()));
     all

@@ -119,11 +119,14 @@ async fn dispatch<P: Plugin>(shared: &Shared<P>, route: Route, req: Request<Inco
     }
 }
 
-/// `GET` or `PUT /v1/files/<sha256>`.
+/// `PUT /v1/files`, or `GET` or `PUT /v1/files/<sha256>`.
 async fn files<P: Plugin>(shared: &Shared<P>, req: Request<Incoming>) -> Handled {
-    let sha = req.uri().path()[routes::FILES_PREFIX.len()..].to_owned();
+    let Some(sha) = req.uri().path().strip_prefix(routes::FILES_PREFIX) else {
+        return crate::uploads::upload(shared, None, req).await;
+    };
+    let sha = sha.to_owned();
     match *req.method() {
-        Method::PUT => crate::uploads::upload(shared, &sha, req).await,
+        Method::PUT => crate::uploads::upload(shared, Some(&sha), req).await,
         _ => crate::uploads::lookup(shared, &sha),
     }
 }
@@ -135,6 +138,12 @@ fn find(method: &Method, path: &str) -> Result<Route, Box<Reply>> {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
     if plugin_route {
         return Ok(Route::Plugin);
+    }
+    if path == routes::FILES {
+        return match *method {
+            Method::PUT => Ok(Route::Files),
+            _ => Err(Box::new(wrong_method(path, &Method::PUT, method))),
+        };
     }
     if path.starts_with(routes::FILES_PREFIX) {
         return match *method {

@@ -1,6 +1,7 @@
 //! File references without a shared filesystem: a host streams each input file to the worker
 //! (`PUT /v1/files/<sha256>`, content-addressed, checked on arrival, skipped when the worker
-//! already has it: `GET /v1/files/<sha256>`), and reads output files back (`GET /v1/file?path=`,
+//! already has it: `GET /v1/files/<sha256>`; or `PUT /v1/files` when the host has not hashed
+//! it yet, and the worker names the digest), and reads output files back (`GET /v1/file?path=`,
 //! then `DELETE` once it has its copy). Memory stays O(1) in the file size: bodies are
 //! streamed through a 64 KiB buffer.
 
@@ -55,6 +56,7 @@ fn digest_of(text: &str) -> Result<&str, WireError> {
     }
 }
 
+/// `{"path", "size", "sha256"}` of content in the store (named by its digest).
 fn stored(path: &Path) -> Result<Reply, WireError> {
     let size = std::fs::metadata(path)
         .map_err(|e| {
@@ -66,7 +68,7 @@ fn stored(path: &Path) -> Result<Reply, WireError> {
         .len();
     Ok(reply::json(
         StatusCode::OK,
-        &json!({"path": path, "size": size}),
+        &json!({"path": path, "size": size, "sha256": path.file_name().map(|n| n.to_string_lossy())}),
     ))
 }
 
@@ -144,14 +146,19 @@ pub(crate) fn evict(dir: &Path, limit: u64, keep: &Path, now: std::time::SystemT
     removed
 }
 
-/// `PUT /v1/files/<sha256>`: stores the body under its digest after checking it; answers
-/// `{"path", "size"}`. A body whose digest differs is discarded (`bad_request`); a body cut
-/// short or a full disk leaves nothing behind.
-pub(crate) async fn upload<P>(shared: &Shared<P>, sha: &str, req: Request<Incoming>) -> Handled {
+/// `PUT /v1/files/<sha256>` (`expected` set): stores the body under its digest after checking
+/// it; `PUT /v1/files` (`expected` none): stores it under the digest it turns out to have.
+/// Answers `{"path", "size", "sha256"}`. A body whose digest differs from the one named is
+/// discarded (`bad_request`); a body cut short or a full disk leaves nothing behind.
+pub(crate) async fn upload<P>(
+    shared: &Shared<P>,
+    expected: Option<&str>,
+    req: Request<Incoming>,
+) -> Handled {
     let dir = transfer(shared)?.path().join(CAS_DIR);
-    let sha = digest_of(sha)?;
+    let expected = expected.map(digest_of).transpose()?;
     std::fs::create_dir_all(&dir).map_err(store_error)?;
-    let part = dir.join(format!(".{sha}.{}.part", fastrand::u64(..)));
+    let part = dir.join(format!(".{}.part", fastrand::u64(..)));
     let received = receive(req.into_body(), &part).await;
     let (digest, size) = match received {
         Ok(done) => done,
@@ -160,13 +167,20 @@ pub(crate) async fn upload<P>(shared: &Shared<P>, sha: &str, req: Request<Incomi
             return Err(e);
         }
     };
-    if digest != sha {
+    if let Some(sha) = expected.filter(|sha| *sha != digest) {
         let _ = std::fs::remove_file(&part);
         let why =
             format!("checksum mismatch: the {size} bytes received hash to {digest}, not {sha}");
         return Err(wire(ErrorKind::BadRequest, why));
     }
-    let path = dir.join(sha);
+    let path = dir.join(&digest);
+    if path.is_file() {
+        // Held already (sent by another host, or again before the host could remember its
+        // digest): the copy a call may be using stays, marked used now.
+        let _ = std::fs::remove_file(&part);
+        touch(&path);
+        return stored(&path);
+    }
     std::fs::rename(&part, &path).map_err(store_error)?;
     let limit = store_limit().unwrap_or(STORE_MAX_DEFAULT_MIB << 20);
     let freed = evict(&dir, limit, &path, std::time::SystemTime::now());
@@ -176,7 +190,6 @@ pub(crate) async fn upload<P>(shared: &Shared<P>, sha: &str, req: Request<Incomi
     stored(&path)
 }
 
-/// Writes `body` to a new file at `part`, hashing it: its hex SHA-256 and size.
 /// Receives an upload into `part`: the body's data goes through a bounded queue to a
 /// blocking thread that hashes and writes it, so receiving (and TLS) overlaps with hashing
 /// and writing, and memory stays bounded by the queue.

@@ -1,6 +1,7 @@
 //! P25: a big file sent to a remote worker that shares no filesystem with the host (hashed,
 //! streamed over TLS, checked and stored by the worker) against raw TCP loopback throughput
-//! in the same run, with both sides' peak memory.
+//! in the same run, with both sides' peak memory, and one bare SHA-256 pass over the file (the
+//! ceiling of a transfer checked on arrival).
 
 use crate::procs::binary;
 use crate::report::{Check, Outcome};
@@ -65,17 +66,24 @@ pub async fn file(ctx: &Ctx) -> Result<Outcome> {
     let worker_pid = tls_worker.0.id().to_string();
     let host_base = reset_peak("self")?;
     let worker_base = reset_peak(&worker_pid)?;
-    let (mut tls, mut tcp, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut tls, mut tcp, mut raw, mut sha) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for trial in 1..=3 {
         tls.push(size as f64 / send(&over_tls, &file.0, size, trial * 2).await?);
         tcp.push(size as f64 / send(&over_tcp, &file.0, size, trial * 2 + 1).await?);
         raw.push(size as f64 / raw_tcp(&file.0)?);
+        sha.push(size as f64 / sha_pass(&file.0)?);
     }
     let host_growth = status_kib("self", "VmHWM:")? - host_base;
     let worker_growth = status_kib(&worker_pid, "VmHWM:")? - worker_base;
     over_tls.shutdown().await;
     over_tcp.shutdown().await;
-    Ok(outcome(size, &tls, &tcp, &raw, host_growth, worker_growth))
+    let rates = Rates {
+        tls: median(&tls),
+        tcp: median(&tcp),
+        raw: median(&raw),
+        sha: median(&sha),
+    };
+    Ok(outcome(size, &rates, host_growth, worker_growth))
 }
 
 /// Seconds for one `stat` of `path` on `remote`, after stamping `mark` into its first bytes
@@ -133,6 +141,32 @@ fn raw_tcp(path: &Path) -> Result<f64> {
     Ok(took)
 }
 
+/// Seconds for one SHA-256 pass over `path` (read 256 KiB at a time, as an upload reads):
+/// the ceiling of any transfer that must check every byte's digest on arrival.
+fn sha_pass(path: &Path) -> Result<f64> {
+    let started = Instant::now();
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; RAW_CHUNK];
+    loop {
+        match file.read(&mut buf)? {
+            0 => break,
+            n => hasher.update(&buf[..n]),
+        }
+    }
+    std::hint::black_box(hasher.finish());
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Median throughputs of a run, bytes per second.
+#[derive(Clone, Copy)]
+struct Rates {
+    tls: f64,
+    tcp: f64,
+    raw: f64,
+    sha: f64,
+}
+
 /// Resets the peak RSS (`VmHWM`) of `/proc/<pid>` (ours, or a child of ours) to its current
 /// RSS, and returns that, in KiB.
 fn reset_peak(pid: &str) -> Result<f64> {
@@ -152,14 +186,14 @@ fn status_kib(pid: &str, key: &str) -> Result<f64> {
     Ok(kib.parse()?)
 }
 
-fn outcome(size: u64, tls: &[f64], tcp: &[f64], raw: &[f64], host: f64, worker: f64) -> Outcome {
-    let (tls, tcp, raw) = (median(tls), median(tcp), median(raw));
+fn outcome(size: u64, rates: &Rates, host: f64, worker: f64) -> Outcome {
+    let Rates { tls, tcp, raw, sha } = *rates;
     let ratio = tls / raw;
     let mut o = Outcome::new(
         "P25",
         "the big file as a FileRef to a remote files-worker (stat) with no shared filesystem: \
-         hashed, streamed over TLS on loopback, checked and stored by the worker; fresh content \
-         each trial; vs raw TCP loopback (read + write 256 KiB at a time, a thread discarding), \
+         hashed while streamed over TLS on loopback, checked and stored by the worker; fresh \
+         content each trial; vs raw TCP loopback (read + write 256 KiB at a time, a thread discarding), \
          trials alternating",
         "over TLS >= 0.7 x raw TCP loopback; peak RSS flat on both sides (grows < 32 MiB)",
     );
@@ -171,6 +205,7 @@ fn outcome(size: u64, tls: &[f64], tcp: &[f64], raw: &[f64], host: f64, worker: 
     o.measure("host_peak_rss_growth_mib", host / 1024.0);
     o.measure("worker_peak_rss_growth_mib", worker / 1024.0);
     o.base("raw_tcp_gb_per_s", gb(raw));
+    o.base("sha256_pass_gb_per_s", gb(sha));
     o.checks
         .push(Check::at_least("TLS upload / raw TCP", ratio, 0.7));
     o.checks.push(Check::at_most(
@@ -190,6 +225,11 @@ fn outcome(size: u64, tls: &[f64], tcp: &[f64], raw: &[f64], host: f64, worker: 
         host / 1024.0,
         worker / 1024.0
     );
-    o.baseline_text = format!("raw TCP loopback {:.2} GB/s", gb(raw));
+    o.baseline_text = format!(
+        "raw TCP loopback {:.2} GB/s; one SHA-256 pass {:.2} GB/s ({:.2}x raw)",
+        gb(raw),
+        gb(sha),
+        sha / raw
+    );
     o
 }

@@ -27,6 +27,9 @@ pub struct PluginIdentity {
     pub events: Vec<String>,
     /// It accepts files streamed to it (`file_transfer`: docs/PROTOCOL.md §14).
     pub file_transfer: bool,
+    /// It names the digest of content sent without one (`streamed_upload`: `PUT /v1/files`),
+    /// so the host hashes a new file while sending it instead of before.
+    pub streamed_upload: bool,
 }
 
 impl PluginIdentity {
@@ -60,6 +63,7 @@ impl From<InfoResponse> for PluginIdentity {
             methods: info.methods,
             health_check: info.capabilities.iter().any(|c| c == "health_check"),
             file_transfer: info.capabilities.iter().any(|c| c == "file_transfer"),
+            streamed_upload: info.capabilities.iter().any(|c| c == "streamed_upload"),
             events: info.events,
         }
     }

@@ -63,6 +63,7 @@ mod attach;
 mod call_context;
 mod cgroup;
 mod client;
+mod digests;
 mod dirs;
 mod error;
 mod events;

@@ -1,10 +1,11 @@
 //! File references to and from a remote worker, which shares no filesystem with the host:
-//! each input file is hashed (SHA-256) and streamed to the worker unless it already holds that
-//! content (`GET`/`PUT /v1/files/<sha256>`), the input is rewritten to the worker's copies, and
-//! each output file is streamed back into the host's transfer directory (`GET /v1/file`), then
-//! removed on the worker. Memory is O(1) in file size on both sides (256 KiB chunks). A file
-//! sent again unchanged is not hashed again (its digest is remembered by device, inode, size
-//! and times).
+//! each input file is streamed to the worker unless it already holds that content
+//! (`GET`/`PUT /v1/files/<sha256>`; a file whose SHA-256 the host does not know yet goes at
+//! once to `PUT /v1/files`, hashed while it is sent, and the worker's digest is checked
+//! against the host's), the input is rewritten to the worker's copies, and each output file
+//! is streamed back into the host's transfer directory (`GET /v1/file`), then removed on the
+//! worker. Memory is O(1) in file size on both sides (256 KiB chunks). A file sent again
+//! unchanged is not hashed again (its digest is remembered: `crate::digests`).
 
 use crate::client::{ReqBody, WorkerClient};
 use crate::exchange::{self, Failure};
@@ -22,16 +23,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
-/// Bytes read at a time (uploads, hashing).
+/// Bytes read at a time.
 const CHUNK: usize = 256 * 1024;
 /// Chunks an upload reads ahead of the connection.
 const READ_AHEAD: usize = 8;
 
-/// Where the worker holds a file.
+/// Where the worker holds a file, and the digest it found (workers before `streamed_upload`
+/// do not say).
 #[derive(Debug, Deserialize)]
 struct Stored {
     path: PathBuf,
     size: u64,
+    #[serde(default)]
+    sha256: Option<String>,
 }
 
 fn access(message: String) -> Failure {
@@ -39,10 +43,12 @@ fn access(message: String) -> Failure {
 }
 
 /// `input` with every file reference pointing at the worker's copy of its content, uploading
-/// what the worker does not hold yet.
+/// what the worker does not hold yet. With `streamed` (the worker's `streamed_upload`), a file
+/// whose digest the host does not know yet is hashed while it is sent, not before.
 pub(crate) async fn send_inputs(
     client: &Arc<WorkerClient>,
     input: &Value,
+    streamed: bool,
 ) -> Result<Value, Failure> {
     let mut paths = Vec::new();
     visit_file_refs::<String>(input, &mut |f| {
@@ -53,7 +59,7 @@ pub(crate) async fn send_inputs(
     let mut copies: HashMap<PathBuf, Stored> = HashMap::new();
     for path in paths {
         if let std::collections::hash_map::Entry::Vacant(slot) = copies.entry(path) {
-            let stored = upload(client, slot.key()).await?;
+            let stored = upload(client, slot.key(), streamed).await?;
             slot.insert(stored);
         }
     }
@@ -72,22 +78,57 @@ pub(crate) async fn send_inputs(
     Ok(owned)
 }
 
-/// Makes sure the worker holds the content of `path`: hashed here, sent only when missing.
-async fn upload(client: &Arc<WorkerClient>, path: &Path) -> Result<Stored, Failure> {
-    let (sha, size) = hash_file(path)
-        .await
-        .map_err(|e| access(format!("{}: {e}", path.display())))?;
+/// Makes sure the worker holds the content of `path`. A digest known here (remembered, or
+/// computed first when the worker cannot name one) is looked up and the content sent only
+/// when missing; otherwise the content goes at once, hashed on the way.
+async fn upload(client: &Arc<WorkerClient>, path: &Path, streamed: bool) -> Result<Stored, Failure> {
+    let failed = |e: std::io::Error| access(format!("{}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(failed)?;
+    let digest = match crate::digests::known(&file).map_err(failed)? {
+        Some(known) => Some(known),
+        None if streamed => None,
+        None => Some(crate::digests::hash_file(path).await.map_err(failed)?),
+    };
+    if let Some((sha, _)) = &digest {
+        if let Some(held) = lookup(client, sha).await? {
+            return Ok(held);
+        }
+    }
+    put(client, path, file, digest).await
+}
+
+/// Where the worker holds the content of digest `sha`, if it does.
+async fn lookup(client: &Arc<WorkerClient>, sha: &str) -> Result<Option<Stored>, Failure> {
     let at = format!("{}{sha}", routes::FILES_PREFIX);
     let (answer, lease) = client.send(Method::GET, &at, Bytes::new()).await?;
     let status = answer.status();
     let bytes = exchange::read_all(answer.into_body(), lease).await?;
-    if status.is_success() {
-        return exchange::parse(&bytes).map_err(Failure::Answer);
+    match status {
+        StatusCode::NOT_FOUND => Ok(None),
+        s if s.is_success() => exchange::parse(&bytes).map(Some).map_err(Failure::Answer),
+        s => Err(Failure::Answer(exchange::error_from_body(s, &bytes))),
     }
-    if status != StatusCode::NOT_FOUND {
-        return Err(Failure::Answer(exchange::error_from_body(status, &bytes)));
-    }
-    let file = std::fs::File::open(path).map_err(|e| access(format!("{}: {e}", path.display())))?;
+}
+
+/// Streams `file` to the worker: to `PUT /v1/files/<sha256>` when its digest is known, else to
+/// `PUT /v1/files`, hashing it as it is read, and checking the digest the worker found
+/// against ours (a mismatch removes the worker's copy).
+async fn put(
+    client: &Arc<WorkerClient>,
+    path: &Path,
+    file: std::fs::File,
+    digest: Option<(String, u64)>,
+) -> Result<Stored, Failure> {
+    let failed = |e: std::io::Error| access(format!("{}: {e}", path.display()));
+    let (at, size, hashing) = match &digest {
+        Some((sha, size)) => (format!("{}{sha}", routes::FILES_PREFIX), *size, None),
+        None => {
+            let running = crate::digests::Running::start(&file).map_err(failed)?;
+            let size = file.metadata().map_err(failed)?.len();
+            (routes::FILES.to_owned(), size, Some(running))
+        }
+    };
+    let (read, ours) = tokio::sync::oneshot::channel();
     let request = Request::builder()
         .method(Method::PUT)
         .uri(&at)
@@ -97,30 +138,75 @@ async fn upload(client: &Arc<WorkerClient>, path: &Path) -> Result<Stored, Failu
         )
         .header(CONTENT_LENGTH, size)
         .body(ReqBody::Streamed(BodyExt::boxed_unsync(StreamBody::new(
-            chunks(file),
+            chunks(file, hashing.map(|running| (running, read))),
         ))))
         .map_err(|e| Failure::Transport(e.into()))?;
     let (answer, lease) = client.send_request(request).await?;
     let status = answer.status();
     let bytes = exchange::read_all(answer.into_body(), lease).await?;
-    match status.is_success() {
-        true => exchange::parse(&bytes).map_err(Failure::Answer),
-        false => Err(access(format!(
+    if !status.is_success() {
+        return Err(access(format!(
             "sending {} to the worker: {}",
             path.display(),
             exchange::error_from_body(status, &bytes)
-        ))),
+        )));
     }
+    let stored: Stored = exchange::parse(&bytes).map_err(Failure::Answer)?;
+    if digest.is_none() {
+        let ours = ours
+            .await
+            .map_err(|_| access(format!("{}: the read did not finish", path.display())))?;
+        check_named(client, path, &stored, ours).await?;
+    }
+    Ok(stored)
 }
 
+/// Fails (removing the worker's copy) unless the worker's digest and size of a streamed
+/// upload are the ones this host read.
+async fn check_named(
+    client: &Arc<WorkerClient>,
+    path: &Path,
+    stored: &Stored,
+    (sha, size): (String, u64),
+) -> Result<(), Failure> {
+    if stored.sha256.as_deref() == Some(sha.as_str()) && stored.size == size {
+        return Ok(());
+    }
+    let at = format!("{}?path={}", routes::FILE, encoded(&stored.path));
+    let _ = exchange::send(client, Method::DELETE, &at, Bytes::new()).await;
+    Err(access(format!(
+        "sending {}: checksum mismatch: this host read {size} bytes hashing to {sha}, the \
+         worker stored {} bytes hashing to {}",
+        path.display(),
+        stored.size,
+        stored.sha256.as_deref().unwrap_or("(no digest given)")
+    )))
+}
+
+/// `path` percent-encoded for a query.
+fn encoded(path: &Path) -> String {
+    percent_encoding::utf8_percent_encode(
+        &path.to_string_lossy(),
+        percent_encoding::NON_ALPHANUMERIC,
+    )
+    .to_string()
+}
+
+/// What a streamed upload's reader hands back: the running digest, and where to send it.
+type Hashing = (
+    crate::digests::Running,
+    tokio::sync::oneshot::Sender<(String, u64)>,
+);
+
 /// The file's bytes as body frames, read ahead by a blocking thread through a bounded queue
-/// (so reading overlaps with sending, and memory stays O(1) in the file's size). The thread
-/// ends when the file does or when the body is dropped.
+/// (so reading, and hashing when `hashing` is given, overlap with sending, and memory stays
+/// O(1) in the file's size). The thread ends when the file does or when the body is dropped.
 fn chunks(
     file: std::fs::File,
+    hashing: Option<Hashing>,
 ) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, crate::client::BoxError>> + Send {
     let (pieces, queue) = tokio::sync::mpsc::channel(READ_AHEAD);
-    tokio::task::spawn_blocking(move || read_into(file, &pieces));
+    tokio::task::spawn_blocking(move || read_into(file, &pieces, hashing));
     futures_util::stream::unfold(queue, |mut queue| async move {
         let piece = queue.recv().await?;
         let frame = piece
@@ -130,16 +216,23 @@ fn chunks(
     })
 }
 
-/// Reads `file` in [`CHUNK`]s into `pieces` until its end, an error (sent on), or until
-/// nobody listens.
-fn read_into(mut file: std::fs::File, pieces: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>) {
+/// Reads `file` in [`CHUNK`]s into `pieces` (hashing each first, with `hashing`) until its
+/// end, an error (sent on), or until nobody listens; at the end, sends the digest on.
+fn read_into(
+    mut file: std::fs::File,
+    pieces: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    mut hashing: Option<Hashing>,
+) {
     use std::io::Read;
     loop {
-        let mut buf = vec![0u8; CHUNK];
-        let piece = match file.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                buf.truncate(n);
+        // Read into spare capacity: no zeroing of a buffer about to be overwritten.
+        let mut buf = Vec::with_capacity(CHUNK);
+        let piece = match (&mut file).take(CHUNK as u64).read_to_end(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {
+                if let Some((running, _)) = hashing.as_mut() {
+                    running.update(&buf);
+                }
                 Ok(Bytes::from(buf))
             }
             Err(e) => Err(e),
@@ -149,100 +242,9 @@ fn read_into(mut file: std::fs::File, pieces: &tokio::sync::mpsc::Sender<std::io
             return;
         }
     }
-}
-
-/// The hex SHA-256 and the size of the file at `path`, read in chunks off the runtime; a
-/// file hashed before and unchanged since (see [`Identity`]) is not read again.
-async fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let path = path.to_path_buf();
-    let hashed = tokio::task::spawn_blocking(move || {
-        let mut file = std::fs::File::open(&path)?;
-        let before = Identity::of(&file)?;
-        if let Some(known) = digests().get(&before) {
-            return Ok((known.clone(), before.size));
-        }
-        let (hex, size) = hash_all(&mut file)?;
-        if Identity::of(&file)? == before && before.settled() {
-            remember(before, hex.clone());
-        }
-        Ok((hex, size))
-    });
-    hashed.await.map_err(std::io::Error::other)?
-}
-
-fn hash_all(file: &mut std::fs::File) -> std::io::Result<(String, u64)> {
-    use std::io::Read;
-    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-    let (mut size, mut buf) = (0u64, vec![0u8; CHUNK]);
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
+    if let Some((running, done)) = hashing {
+        let _ = done.send(running.finish(&file));
     }
-    let hex = hasher
-        .finish()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok((hex, size))
-}
-
-/// What stands for a file's content without reading it: device, inode, size, and the
-/// modification and change times (a write moves both; nobody can set the change time).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Identity {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl Identity {
-    fn of(file: &std::fs::File) -> std::io::Result<Self> {
-        use std::os::unix::fs::MetadataExt;
-        let m = file.metadata()?;
-        Ok(Self {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        })
-    }
-
-    /// True when its last change is old enough that a change in the same clock tick (which
-    /// would keep the times) cannot be still to come: only such a digest is remembered.
-    fn settled(&self) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        now - self.ctime.0 >= SETTLED_SECS
-    }
-}
-
-/// Seconds since its last change before a file's digest is remembered.
-const SETTLED_SECS: i64 = 2;
-/// Digests remembered (forgotten all at once when full: a cache, not a record).
-const DIGESTS_KEPT: usize = 4096;
-
-fn digests() -> std::sync::MutexGuard<'static, HashMap<Identity, String>> {
-    static DIGESTS: std::sync::OnceLock<std::sync::Mutex<HashMap<Identity, String>>> =
-        std::sync::OnceLock::new();
-    let map = DIGESTS.get_or_init(Default::default);
-    map.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn remember(identity: Identity, hex: String) {
-    let mut known = digests();
-    if known.len() >= DIGESTS_KEPT {
-        known.clear();
-    }
-    known.insert(identity, hex);
 }
 
 /// Streams every file `output` references from the worker into `dir`, rewrites the
@@ -281,12 +283,7 @@ async fn download(
     file: &FileRef,
     dir: &Path,
 ) -> Result<PathBuf, Failure> {
-    let query = percent_encoding::utf8_percent_encode(
-        &file.path.to_string_lossy(),
-        percent_encoding::NON_ALPHANUMERIC,
-    )
-    .to_string();
-    let at = format!("{}?path={query}", routes::FILE);
+    let at = format!("{}?path={}", routes::FILE, encoded(&file.path));
     let (body, lease) = exchange::send(client, Method::GET, &at, Bytes::new()).await?;
     let name = format!("remote-{}", uuid::Uuid::new_v4().simple());
     let copy = dir.join(name);
@@ -335,31 +332,4 @@ async fn write_body(mut body: hyper::body::Incoming, copy: &Path) -> Result<u64,
         .await
         .map_err(|e| access(format!("{}: {e}", copy.display())))?;
     Ok(size)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{hash_file, remember, Identity};
-
-    const EMPTY_SHA: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-
-    #[tokio::test]
-    async fn a_remembered_digest_is_used_until_the_file_changes() {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let path = dir.path().join("f");
-        std::fs::write(&path, b"").expect("write");
-        assert_eq!(hash_file(&path).await.expect("hash").0, EMPTY_SHA);
-
-        // The cache is what answers: a digest remembered for this very file comes back
-        // without the file being read.
-        let identity = Identity::of(&std::fs::File::open(&path).expect("open")).expect("stat");
-        remember(identity, "remembered".into());
-        assert_eq!(hash_file(&path).await.expect("hash").0, "remembered");
-
-        // Written (same size, so only the times tell; a clock tick later, as `settled`
-        // guarantees for every digest really remembered): hashed again, never the stale one.
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        std::fs::write(&path, b"").expect("rewrite");
-        assert_eq!(hash_file(&path).await.expect("hash").0, EMPTY_SHA);
-    }
 }

@@ -386,6 +386,7 @@ mod tests {
             health_check: false,
             events: Vec::new(),
             file_transfer: false,
+            streamed_upload: false,
         };
         assert_eq!(contract(&plain, &identity), Ok(()));
         let none = contract(&hooked, &identity).unwrap_err();

@@ -67,7 +67,9 @@ def test_health_info_config_and_schema(kitchen):
     assert health == {"status": "ok", "in_flight": 0, "calls_total": 0, "pid": kitchen.proc.pid}
     info = kitchen.request("GET", "/v1/info").json()
     assert info["name"] == "kitchen" and info["version"] == "1.2.3" and info["protocol"] == 1
-    assert info["capabilities"] == ["execute", "stream", "files", "routes", "methods", "health_check", "file_transfer"]
+    assert info["capabilities"] == [
+        "execute", "stream", "files", "routes", "methods", "health_check", "file_transfer", "streamed_upload"
+    ]
     assert info["config_schema"]["properties"]["mode"]["enum"] == ["plain", "upper"]
     assert info["methods"] == [
         {"name": "shout", "summary": "Upper-cases a string with a bang", "input_schema": {"type": "string"}},

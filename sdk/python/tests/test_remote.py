@@ -1,5 +1,6 @@
 """A Python worker started for remote use (PROTOCOL.md §14): TLS and mutual TLS, its private
-transfer directory, and files streamed to it and back (``/v1/files/<sha256>``, ``/v1/file``).
+transfer directory, and files streamed to it and back (``/v1/files/<sha256>``, ``/v1/files``,
+``/v1/file``).
 
 Certificates come from ``plugvisor tls-certs`` (a private CA, a worker and a client
 certificate), as an operator makes them. Every worker runs with ``TMPDIR`` in the test's own
@@ -115,7 +116,7 @@ def test_tls_serves_the_protocol_and_only_tls(worker_factory, certs, tmp):
         assert c.sock.version() in ("TLSv1.2", "TLSv1.3")
         assert c.sock.selected_alpn_protocol() == "http/1.1"
         info = c.request("GET", "/v1/info").json()
-        assert "file_transfer" in info["capabilities"]
+        assert info["capabilities"][-2:] == ["file_transfer", "streamed_upload"]
         assert c.request("GET", "/v1/health").json()["status"] == "ok", "keep-alive over TLS"
         assert c.request("GET", "/v1/health", auth=False).status == 401, "the token is still required"
     finally:
@@ -221,7 +222,7 @@ def test_files_go_up_by_digest_and_come_back_by_path(worker_factory, certs, tmp)
     # The positive control: the right digest stores it under cas/<sha256>.
     stored = put(w, tls, digest, data)
     assert stored.status == 200, stored.body
-    assert stored.json() == {"path": str(directory / "cas" / digest), "size": len(data)}
+    assert stored.json() == {"path": str(directory / "cas" / digest), "size": len(data), "sha256": digest}
     assert (directory / "cas" / digest).read_bytes() == data
     assert cas_entries(directory) == [digest], "no temporary file is left"
     assert request(w, tls, "GET", f"/v1/files/{digest}").json() == stored.json()
@@ -293,6 +294,64 @@ def test_an_upload_cut_short_leaves_nothing(worker_factory, tmp):
     assert w.request("GET", "/v1/health").status == 200
 
 
+def test_an_unnamed_upload_is_stored_under_the_digest_the_worker_computes(worker_factory, certs, tmp):
+    w = remote_worker(worker_factory, tmp, tls_args(certs))
+    tls = client_tls(certs)
+    [directory] = private_dirs(tmp, w.proc.pid)
+    data = os.urandom(300 << 10)
+    digest = sha(data)
+    assert request(w, tls, "GET", f"/v1/files/{digest}").status == 404, "the control: not held yet"
+    stored = request(w, tls, "PUT", "/v1/files", data)
+    assert stored.status == 200, stored.body
+    answer = stored.json()
+    assert answer == {"path": str(directory / "cas" / digest), "size": len(data), "sha256": digest}
+    assert answer["path"].endswith(f"/cas/{digest}")
+    assert (directory / "cas" / digest).read_bytes() == data
+    assert cas_entries(directory) == [digest], "no temporary file is left"
+    # A lookup by that digest finds it, with the digest in the answer.
+    found = request(w, tls, "GET", f"/v1/files/{digest}")
+    assert (found.status, found.json()) == (200, answer)
+    # The same content again keeps the copy held (the same inode); a named upload agrees.
+    inode = (directory / "cas" / digest).stat().st_ino
+    assert request(w, tls, "PUT", "/v1/files", data).json() == answer
+    assert put(w, tls, digest, data).json() == answer
+    assert cas_entries(directory) == [digest]
+    assert (directory / "cas" / digest).stat().st_ino == inode
+    # A chunked body, and an empty one, are taken as well.
+    chunked = b"5\r\nabcde\r\n3\r\nfgh\r\n0\r\n\r\n"
+    a = request(w, tls, "PUT", "/v1/files", chunked, headers={"transfer-encoding": "chunked"})
+    assert a.json() == {"path": str(directory / "cas" / sha(b"abcdefgh")), "size": 8, "sha256": sha(b"abcdefgh")}
+    empty = request(w, tls, "PUT", "/v1/files", b"").json()
+    assert (empty["size"], empty["sha256"]) == (0, sha(b""))
+    assert cas_entries(directory) == sorted([digest, sha(b"abcdefgh"), sha(b"")])
+    # The stored path is a file reference the plugin reads.
+    ref = {"$file": {"path": answer["path"], "size": len(data)}}
+    out = request(w, tls, "POST", "/v1/execute", {"input": {"op": "read", "file": ref}}).json()["output"]
+    assert out["sha256"] == digest
+    # Other methods on exactly /v1/files are 405 naming PUT; nothing is stored.
+    for method in ("GET", "POST", "DELETE"):
+        wrong = request(w, tls, method, "/v1/files", b"" if method == "POST" else None)
+        assert (wrong.status, wrong.headers["allow"]) == (405, "PUT"), (method, wrong.body)
+        assert wrong.json()["error"] == {"kind": "method_not_allowed", "message": f"/v1/files takes PUT, not {method}"}
+    assert cas_entries(directory) == sorted([digest, sha(b"abcdefgh"), sha(b"")])
+
+
+def test_an_unnamed_upload_cut_short_leaves_nothing(worker_factory, tmp):
+    w = remote_worker(worker_factory, tmp)
+    [directory] = private_dirs(tmp, w.proc.pid)
+    c = w.conn()
+    c.send_raw(
+        f"PUT /v1/files HTTP/1.1\r\nhost: w\r\nauthorization: Bearer {w.token}\r\n"
+        "content-length: 1000000\r\n\r\n".encode()
+        + b"x" * 1000
+    )
+    # The control: while the body comes, its temporary file exists.
+    assert wait_for(lambda: any(n.endswith(".part") for n in cas_entries(directory)))
+    c.close()
+    assert wait_for(lambda: cas_entries(directory) == []), cas_entries(directory)
+    assert w.request("GET", "/v1/health").status == 200
+
+
 _LIMITED = """
 import os, resource, runpy, sys
 limit = int(os.environ["FSIZE_LIMIT"])
@@ -320,6 +379,10 @@ def test_a_failed_write_is_500_plugin_failed_and_leaves_nothing(tmp, tmp_path):
         error = a.json()["error"]
         assert error["kind"] == "plugin_failed" and error["message"].startswith("cannot store the upload: ")
         assert cas_entries(directory) == [sha(small)], "nothing of the failed upload is left"
+        # The same for content streamed unnamed (``PUT /v1/files``).
+        a = w.request("PUT", "/v1/files", big)
+        assert a.status == 500 and a.json()["error"]["kind"] == "plugin_failed", a.body
+        assert cas_entries(directory) == [sha(small)], "nothing of the failed unnamed upload is left"
         assert w.request("GET", "/v1/health").status == 200
     finally:
         assert w.stop() == 0
@@ -549,14 +612,16 @@ def test_the_private_directory_lives_as_long_as_the_worker(worker_factory, tmp):
 def test_only_a_remote_worker_makes_a_private_directory(worker_factory, tmp, tmp_path):
     # Started by a host (stdin watched), without a transfer directory: no file transfer.
     w = worker_factory("kitchen", tcp=True, transfer=False, watch_stdin=True, env={"TMPDIR": str(tmp)})
-    assert "file_transfer" not in w.request("GET", "/v1/info").json()["capabilities"]
-    assert w.request("GET", f"/v1/files/{'0' * 64}").json()["error"] == {
-        "kind": "file_access_denied",
-        "message": "this worker has no transfer directory",
-    }
+    capabilities = w.request("GET", "/v1/info").json()["capabilities"]
+    assert "file_transfer" not in capabilities and "streamed_upload" not in capabilities
+    for method, path in [("GET", f"/v1/files/{'0' * 64}"), ("PUT", "/v1/files")]:
+        assert w.request(method, path, b"x" if method == "PUT" else None).json()["error"] == {
+            "kind": "file_access_denied",
+            "message": "this worker has no transfer directory",
+        }, path
     # Given a transfer directory: that one is used (and announced), none is made.
     w2 = worker_factory("kitchen", tcp=True, transfer=True, watch_stdin=False, env={"TMPDIR": str(tmp)})
-    assert "file_transfer" in w2.request("GET", "/v1/info").json()["capabilities"]
+    assert w2.request("GET", "/v1/info").json()["capabilities"][-2:] == ["file_transfer", "streamed_upload"]
     data = b"x"
     assert w2.request("PUT", f"/v1/files/{sha(data)}", data).json()["path"] == str(w2.transfer / "cas" / sha(data))
     assert list(tmp.iterdir()) == []
@@ -600,8 +665,9 @@ def test_a_killed_workers_directory_is_removed_by_the_next_one_and_nothing_else(
 
 # ----------------------------------------------------------------------------- the conformance kit
 
-#: A kitchen worker whose upload keeps a body under the digest it was sent as, whatever its
-#: content hashes to (the check the kit must catch).
+#: A kitchen worker whose named upload keeps a body under the digest it was sent as, whatever
+#: its content hashes to (the check the kit must catch); an unnamed upload (``PUT /v1/files``,
+#: its temporary file ``.upload.<n>.part``) it stores as it should.
 _TRUSTING = """
 import runpy, sys
 from plugvisor import _uploads
@@ -611,7 +677,8 @@ _receive = _uploads._receive
 
 async def trusting(server, conn, part):
     digest, size = await _receive(server, conn, part)
-    return part.rsplit("/", 1)[1][1:65], size
+    named = part.rsplit("/", 1)[1][1:65]
+    return (digest if named.startswith("upload.") else named), size
 
 
 _uploads._receive = trusting
@@ -634,7 +701,8 @@ def kit_results(tmp_path: Path, *command: str) -> List[Tuple[str, str]]:
 
 def test_the_conformance_kit_checks_file_transfer_and_catches_a_trusting_upload(tmp_path):
     results = kit_results(tmp_path, sys.executable, KITCHEN)
-    assert len(results) == 7 and all(r == "pass" for r, _ in results), results
+    assert len(results) == 8 and all(r == "pass" for r, _ in results), results
+    assert results[-1][1].startswith("PUT /v1/files stores a body under the digest"), results
     trusting = tmp_path / "trusting.py"
     trusting.write_text(_TRUSTING)
     flawed = kit_results(tmp_path, sys.executable, str(trusting), KITCHEN)

@@ -267,8 +267,8 @@ fn files_travel_to_and_from_a_remote_worker_that_shares_no_filesystem() {
             .expect("the remote worker's private transfer directory");
         let cas = its_dir.join("cas").join(&sha);
         assert_eq!(std::fs::metadata(&cas).unwrap().len(), size);
-        // Sent again, the content is not uploaded twice: the copy is reused (an upload would
-        // rename a new file into place: another inode), and marked used now.
+        // Sent again (streamed again: the file changed too recently for the host to remember
+        // its digest), the worker keeps the copy it holds: the same inode, marked used now.
         use std::os::unix::fs::MetadataExt;
         let before = std::fs::metadata(&cas).unwrap();
         sup.execute(json!({"op": "sha256", "file": file}))

@@ -41,6 +41,27 @@ if __name__ == "__main__":
     plugvisor.run(Files())
 "#;
 
+/// Put before [`PLUGIN`] when `PYFILES_CORRUPT` is set: the worker's store adds a byte to every
+/// upload after receiving it, as corruption on the way would (and names the digest of that).
+const CORRUPTING: &str = r#"
+import hashlib
+import os
+from plugvisor import _uploads
+
+if os.environ.get("PYFILES_CORRUPT"):
+    _receive = _uploads._receive
+
+    async def corrupting(server, conn, part):
+        await _receive(server, conn, part)
+        with open(part, "ab") as f:
+            f.write(b"!")
+        with open(part, "rb") as f:
+            data = f.read()
+        return hashlib.sha256(data).hexdigest(), len(data)
+
+    _uploads._receive = corrupting
+"#;
+
 /// A Python worker the test started; SIGTERMed (then SIGKILLed) and reaped when dropped.
 struct PyWorker {
     child: Child,
@@ -52,9 +73,14 @@ impl PyWorker {
     /// `python3 script` serving TLS with `certs` on a free loopback port, requiring client
     /// certificates of the same CA; waits for its handshake line.
     fn start(script: &Path, certs: &Certs) -> Self {
+        Self::start_with(script, certs, &[])
+    }
+
+    /// As [`PyWorker::start`], with `env` set for the worker.
+    fn start_with(script: &Path, certs: &Certs, env: &[(&str, &str)]) -> Self {
         let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/python/src");
         let mut cmd = Command::new("python3");
-        cmd.arg(script).env("PYTHONPATH", sdk);
+        cmd.arg(script).env("PYTHONPATH", sdk).envs(env.iter().copied());
         tls_worker_args(&mut cmd, certs, "127.0.0.1:0");
         cmd.arg("--tls-client-ca").arg(certs.file("ca.crt"));
         let mut child = cmd.spawn().expect("start python3");
@@ -148,7 +174,7 @@ fn files_travel_both_ways_to_a_python_worker_attached_over_mutual_tls() {
         assert_eq!(hashed, json!({"sha256": sha, "size": size}));
         let cas = its_dir.join("cas").join(&sha);
         assert_eq!(std::fs::metadata(&cas).unwrap().len(), size);
-        // An upload renames a new file into place; reuse keeps the inode (a lookup marks it used).
+        // Content the worker holds already is kept, not replaced: the same inode.
         let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cas).unwrap());
 
         // Out: the reversed copy comes back as a file of the host's; the worker's is removed.
@@ -156,7 +182,7 @@ fn files_travel_both_ways_to_a_python_worker_attached_over_mutual_tls() {
             .call_with(json!({"op": "reverse", "file": file}), Default::default())
             .await
             .unwrap();
-        assert_eq!(out.value["sha256"], sha, "the content was not sent twice");
+        assert_eq!(out.value["sha256"], sha, "the same content");
         assert_eq!(
             std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cas).unwrap()),
             inode,
@@ -228,5 +254,54 @@ fn a_python_worker_under_mutual_tls_refuses_a_host_without_a_client_certificate(
         world.finish().await;
         assert!(worker.terminate().success(), "it exits 0 on SIGTERM");
         assert!(private_dirs_of(worker.pid).is_empty(), "left behind");
+    });
+}
+
+#[test]
+fn content_the_worker_stores_differently_from_what_was_sent_fails_the_call_and_is_removed() {
+    serially(async {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = Certs::make(dir.path(), &[]);
+        let script = dir.path().join("pyfiles.py");
+        std::fs::write(&script, format!("{CORRUPTING}\n{PLUGIN}")).unwrap();
+        let input = dir.path().join("input.bin");
+        let sha = pattern_file(&input, 1);
+        let file = json!({"$file": {"path": input, "size": 1 << 20}});
+        let world = World::new().await;
+
+        // The positive control: the same script, not corrupting, takes the file.
+        let mut honest = PyWorker::start(&script, &certs);
+        let remote = world.host.spawn(attach(&honest, &certs, true)).await.unwrap();
+        let answer = remote.execute(json!({"file": file})).await.unwrap();
+        assert_eq!(answer["sha256"], sha, "{answer}");
+        drop(remote);
+        assert!(honest.terminate().success());
+
+        // Corrupting: the host's digest of what it read and the worker's of what it stored
+        // differ, so the call fails before the plugin runs, naming both, and the worker's
+        // copy is removed.
+        let mut lying = PyWorker::start_with(&script, &certs, &[("PYFILES_CORRUPT", "1")]);
+        let its_dir = private_dir(lying.pid);
+        let remote = world.host.spawn(attach(&lying, &certs, true)).await.unwrap();
+        let err = remote.execute(json!({"file": file})).await.unwrap_err();
+        let message = err.to_string();
+        assert!(
+            matches!(err, plugvisor_host::PluginError::FileAccess(_)),
+            "{err:?}"
+        );
+        assert!(message.contains("checksum mismatch"), "{message}");
+        assert!(message.contains(&sha), "names the host's digest: {message}");
+        let held: Vec<_> = std::fs::read_dir(its_dir.join("cas"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        assert!(held.is_empty(), "the corrupted copy is removed: {held:?}");
+        assert!(remote.health().await.is_ok(), "the link stays up");
+
+        drop(remote);
+        world.finish().await;
+        assert!(lying.terminate().success());
+        assert!(private_dirs_of(lying.pid).is_empty(), "left behind");
     });
 }

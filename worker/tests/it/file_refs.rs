@@ -120,6 +120,22 @@ async fn uploads_are_checked(server: &TestServer, outside: &Path) {
         "{found}"
     );
 
+    // Without a digest (`PUT /v1/files`) the worker names it; content it holds stays put.
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(t.join("cas").join(abc)).unwrap().ino();
+    let (status, named) = server.call("PUT", "/v1/files", "abc").await;
+    assert_eq!(status, StatusCode::OK, "{named}");
+    assert_eq!(named, found, "the same content, the same answer");
+    assert_eq!(named["sha256"], abc);
+    let held = std::fs::metadata(t.join("cas").join(abc)).unwrap();
+    assert_eq!(held.ino(), inode, "the copy held is kept, not replaced");
+    let def = "cb8379ac2098aa165029e3938a51da0bcecfc008fd6795f401178647f96c5b34";
+    let (status, new) = server.call("PUT", "/v1/files", "def").await;
+    assert_eq!((status, &new["sha256"]), (StatusCode::OK, &json!(def)), "{new}");
+    assert_eq!(std::fs::read(t.join("cas").join(def)).unwrap(), b"def");
+    let (status, _) = server.call("GET", "/v1/files", "").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
     let bad_digest = server.call("PUT", "/v1/files/not-a-digest", "x").await;
     assert_eq!(bad_digest.0, StatusCode::BAD_REQUEST, "{}", bad_digest.1);
     for (method, path) in [

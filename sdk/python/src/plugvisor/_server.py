@@ -67,7 +67,8 @@ class ServeOptions:
     ) -> None:
         self.token = token
         #: The only directory file references may point into; with one, the worker also
-        #: takes files streamed to it (``file_transfer``, `docs/PROTOCOL.md` §14).
+        #: takes files streamed to it (``file_transfer`` and ``streamed_upload``,
+        #: `docs/PROTOCOL.md` §14).
         self.transfer_dir = transfer_dir
         self.max_body = max_body
         self.grace = grace
@@ -238,14 +239,17 @@ class Server:
 
     def capabilities(self) -> List[str]:
         """``execute``, ``stream``, ``files``, each extension the plugin serves, and
-        ``file_transfer`` when the worker has a transfer directory to receive files in."""
+        ``file_transfer`` and ``streamed_upload`` (``PUT /v1/files``) when the worker has a
+        transfer directory to receive files in."""
+        transfer = self.options.transfer_dir is not None
         extensions = [
             ("routes", bool(self.routes)),
             ("middleware", bool(self.hooks)),
             ("methods", bool(self.methods)),
             ("health_check", self.health_check),
             ("events", bool(self.event_names)),
-            ("file_transfer", self.options.transfer_dir is not None),
+            ("file_transfer", transfer),
+            ("streamed_upload", transfer),
         ]
         return _CAPABILITIES + [name for name, on in extensions if on]
 

@@ -1,12 +1,16 @@
 """File references without a shared filesystem (`docs/PROTOCOL.md` §14): a host streams each
 input file to the worker (``PUT /v1/files/<sha256>``, content-addressed, checked on arrival,
 skipped when the worker already has it: ``GET /v1/files/<sha256>``), and reads output files
-back (``GET /v1/file?path=``, then ``DELETE`` once it has its copy).
+back (``GET /v1/file?path=``, then ``DELETE`` once it has its copy). A host that has not
+hashed the content yet streams it with ``PUT /v1/files`` (capability ``streamed_upload``): the
+worker stores it under the SHA-256 it computes on arrival and answers with that digest. Every
+answer describing stored content is ``{"path", "size", "sha256"}``.
 
 The Rust runtime's `worker/src/uploads.rs`, with the same statuses and error kinds. Memory
 stays O(1) in the file size: bodies go through in pieces of at most 64 KiB, an upload to a
 temporary file in ``cas/`` while it is hashed, renamed to ``cas/<sha256>`` only when the digest
-matches; a mismatch, a body cut short or a failed write leaves nothing behind.
+matches (an unnamed upload: always, under the digest computed); a mismatch, a body cut short
+or a failed write leaves nothing behind.
 
 The store is bounded (``PLUGVISOR_STORE_MAX_MIB``, default 4096): after each upload the least
 recently used content goes until it fits again (`evict`), sparing the content just stored,
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FILES_PREFIX",
+    "FILES",
     "FILE",
     "CAS_DIR",
     "STORE_MAX_ENV",
@@ -42,6 +47,7 @@ __all__ = [
     "evict",
     "lookup",
     "upload",
+    "upload_unnamed",
     "download",
     "remove",
 ]
@@ -50,6 +56,8 @@ _log = logging.getLogger("plugvisor")
 
 #: ``GET`` (is it here?) or ``PUT`` (upload) of content by its SHA-256.
 FILES_PREFIX = "/v1/files/"
+#: ``PUT`` (upload) of content the host has not hashed: stored under the digest computed here.
+FILES = "/v1/files"
 #: ``GET`` (download) or ``DELETE`` of a file in the transfer directory.
 FILE = "/v1/file"
 #: Where uploaded content lives, inside the transfer directory.
@@ -94,14 +102,15 @@ def _digest_of(text: str) -> str:
     raise _error("bad_request", f"{json.dumps(text)} is not a lower-case hex SHA-256")
 
 
-def _stored(path: str) -> "Reply":
+def _stored(path: str, sha: str) -> "Reply":
+    """``200 {"path", "size", "sha256"}``: the content `sha` stored at `path`."""
     from ._server import json_reply
 
     try:
         size = os.stat(path).st_size
     except OSError as e:
         raise FileAccessDenied(f"{path}: {e.strerror or e}") from None
-    return json_reply(200, {"path": path, "size": size})
+    return json_reply(200, {"path": path, "size": size, "sha256": sha})
 
 
 def _store_failed(e: OSError) -> PluginError:
@@ -109,19 +118,24 @@ def _store_failed(e: OSError) -> PluginError:
 
 
 async def lookup(server: "Server", conn: "Connection", head: "RequestHead") -> "Reply":
-    """``GET /v1/files/<sha256>``: ``{"path", "size"}`` of content the worker already holds,
-    else ``404 not_found``. A hit marks the content used now: the last to be evicted."""
+    """``GET /v1/files/<sha256>``: ``{"path", "size", "sha256"}`` of content the worker
+    already holds, else ``404 not_found``. A hit marks the content used now: the last to be
+    evicted."""
     directory = _transfer(server).path
     sha = _digest_of(head.path[len(FILES_PREFIX) :])
     path = os.path.join(directory, CAS_DIR, sha)
-    try:
-        regular = stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        regular = False
-    if not regular:
+    if not _held(path):
         raise _error("not_found", f"no content {sha}")
     touch(path)
-    return _stored(path)
+    return _stored(path, sha)
+
+
+def _held(path: str) -> bool:
+    """True when `path` is a regular file (content the store holds)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def touch(path: str) -> None:
@@ -229,23 +243,46 @@ def evict(directory: str, limit: int, keep: str, now: float) -> int:
 
 async def upload(server: "Server", conn: "Connection", head: "RequestHead") -> "Reply":
     """``PUT /v1/files/<sha256>``: stores the body under its digest after checking it;
-    answers ``{"path", "size"}``. A body whose digest differs is discarded (``bad_request``);
-    a body cut short or a full disk leaves nothing behind."""
-    directory = os.path.join(_transfer(server).path, CAS_DIR)
+    answers ``{"path", "size", "sha256"}``. A body whose digest differs is discarded
+    (``bad_request``); a body cut short or a full disk leaves nothing behind."""
+    transfer = _transfer(server)
     sha = _digest_of(head.path[len(FILES_PREFIX) :])
+    return await _store(server, conn, transfer, sha)
+
+
+async def upload_unnamed(server: "Server", conn: "Connection", head: "RequestHead") -> "Reply":
+    """``PUT /v1/files``: stores the body under the SHA-256 computed while it arrives (content
+    the host has not hashed); answers ``{"path", "size", "sha256"}``. A body cut short or a
+    full disk leaves nothing behind."""
+    return await _store(server, conn, _transfer(server), None)
+
+
+async def _store(
+    server: "Server", conn: "Connection", transfer: TransferDir, sha: Optional[str]
+) -> "Reply":
+    """Receives the body into a temporary file in ``cas/`` and renames it to ``cas/<digest>``,
+    checking the digest against `sha` when the host named one; then evicts beyond the store's
+    bound. Content held already is kept (the temporary file goes) and marked used."""
+    directory = os.path.join(transfer.path, CAS_DIR)
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
     except OSError as e:
         raise _store_failed(e) from None
-    part = os.path.join(directory, f".{sha}.{secrets.randbits(64)}.part")
+    part = os.path.join(directory, f".{sha or 'upload'}.{secrets.randbits(64)}.part")
     try:
         digest, size = await _receive(server, conn, part)
-        if digest != sha:
+        if sha is not None and digest != sha:
             raise _error(
                 "bad_request",
                 f"checksum mismatch: the {size} bytes received hash to {digest}, not {sha}",
             )
-        path = os.path.join(directory, sha)
+        path = os.path.join(directory, digest)
+        if _held(path):
+            # Held already (sent by another host, or again before the host could remember
+            # its digest): the copy a call may be using stays, marked used now.
+            _remove_quietly(part)
+            touch(path)
+            return _stored(path, digest)
         try:
             os.rename(part, path)
         except OSError as e:
@@ -253,6 +290,13 @@ async def upload(server: "Server", conn: "Connection", head: "RequestHead") -> "
     except BaseException:
         _remove_quietly(part)
         raise
+    _evict_after(directory, path)
+    return _stored(path, digest)
+
+
+def _evict_after(directory: str, path: str) -> None:
+    """Evicts the least recently used content of the store `directory` beyond its bound,
+    sparing `path` (the upload just stored)."""
     try:
         limit = store_limit()
     except ValueError:  # checked at start-up; changed since by the plugin
@@ -260,7 +304,6 @@ async def upload(server: "Server", conn: "Connection", head: "RequestHead") -> "
     freed = evict(directory, limit, path, time.time())
     if freed > 0:
         _log.info("evicted least recently used uploads freed=%d limit=%d", freed, limit)
-    return _stored(path)
 
 
 async def _receive(server: "Server", conn: "Connection", part: str) -> Tuple[str, int]:
@@ -366,9 +409,14 @@ async def remove(server: "Server", conn: "Connection", head: "RequestHead") -> "
 
 
 def route(method: str, path: str) -> Optional[Any]:
-    """The handler of a transfer route, `None` when `path` is not one; a wrong method is
-    ``405`` naming the method the route takes, as the Rust runtime answers."""
-    if path.startswith(FILES_PREFIX):
+    """The handler of a transfer route (``/v1/files``, ``/v1/files/<sha256>``, ``/v1/file``),
+    `None` when `path` is not one; a wrong method is ``405`` naming the method the route
+    takes, as the Rust runtime answers."""
+    if path == FILES:
+        if method == "PUT":
+            return upload_unnamed
+        allowed = "PUT"
+    elif path.startswith(FILES_PREFIX):
         if method == "PUT":
             return upload
         if method == "GET":

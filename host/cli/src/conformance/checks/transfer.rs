@@ -1,6 +1,7 @@
 //! Section 14: file transfer, for a worker that announces `file_transfer` — content goes up by
 //! its SHA-256 (`GET`/`PUT /v1/files/<sha256>`), a body whose digest differs is refused and
-//! leaves nothing, and a file comes back and goes away by path (`GET`/`DELETE /v1/file`),
+//! leaves nothing, content without a digest is named by the worker (`PUT /v1/files`, with
+//! `streamed_upload`), and a file comes back and goes away by path (`GET`/`DELETE /v1/file`),
 //! confined to the transfer directory as a file reference is.
 
 use super::Ctx;
@@ -61,7 +62,7 @@ pub(crate) async fn file_transfer(ctx: &mut Ctx<'_>) {
         result,
     );
     mismatch(ctx, &data).await;
-    let stored = upload(ctx, &at, &data, &sha).await;
+    let stored = upload(ctx, &at, &data, &sha).await.map(|(path, _)| path);
     ctx.report.record(
         S14,
         "PUT /v1/files/<sha256> stores a body of that digest: {\"path\", \"size\"} in the transfer directory",
@@ -89,6 +90,30 @@ pub(crate) async fn file_transfer(ctx: &mut Ctx<'_>) {
     download(ctx, &shown, &data).await;
     remove(ctx, &shown, &path).await;
     outside(ctx).await;
+    streamed(ctx).await;
+}
+
+/// With `streamed_upload`: `PUT /v1/files` (no digest) stores the body under the SHA-256 the
+/// worker computes and answers it as `sha256`.
+async fn streamed(ctx: &mut Ctx<'_>) {
+    const WHAT: &str =
+        "PUT /v1/files stores a body under the digest it has and answers {\"path\", \"size\", \"sha256\"}";
+    if !ctx.has("streamed_upload") {
+        let why = "the worker does not announce `streamed_upload` in /v1/info";
+        ctx.report.skip(S14, WHAT, why);
+        return;
+    }
+    let data = content();
+    let sha = sha256_hex(&data);
+    let stored = upload(ctx, routes::FILES, &data, &sha).await;
+    let result = stored.and_then(|(path, body)| {
+        let _ = std::fs::remove_file(&path);
+        match body["sha256"].as_str() {
+            Some(said) if said == sha => Ok(()),
+            _ => Err(format!("expected \"sha256\": {sha:?} in the answer, got {body}")),
+        }
+    });
+    ctx.report.record(S14, WHAT, result);
 }
 
 /// A body whose digest is not the one named is `400 bad_request` (checksum mismatch), and
@@ -122,8 +147,14 @@ async fn mismatch(ctx: &mut Ctx<'_>, data: &[u8]) {
     );
 }
 
-/// `PUT` of `data` under its digest: the path it was stored at, checked.
-async fn upload(ctx: &mut Ctx<'_>, at: &str, data: &[u8], sha: &str) -> Result<PathBuf, String> {
+/// `PUT` of `data` to `at`: the path it was stored at (checked: in the transfer directory,
+/// named by `sha`, holding `data`) and the answer.
+async fn upload(
+    ctx: &mut Ctx<'_>,
+    at: &str,
+    data: &[u8],
+    sha: &str,
+) -> Result<(PathBuf, Value), String> {
     let answer = ctx.call("PUT", at, Some(data)).await?;
     if !(200..300).contains(&answer.status) {
         return Err(format!("expected a 2xx answer, got {}", answer.brief()));
@@ -142,7 +173,7 @@ async fn upload(ctx: &mut Ctx<'_>, at: &str, data: &[u8], sha: &str) -> Result<P
         return Err(format!("{} is not named by its digest", path.display()));
     }
     match std::fs::read(&path) {
-        Ok(stored) if stored == data => Ok(path),
+        Ok(stored) if stored == data => Ok((path, body)),
         Ok(_) => Err(format!("{} does not hold the bytes sent", path.display())),
         Err(e) => Err(format!("{}: {e}", path.display())),
     }
