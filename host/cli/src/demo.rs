@@ -76,6 +76,7 @@ async fn tour(
     confined_intruder(host, dir, scratch).await?;
     crate::demo_python::hello(scratch, say).await?;
     crate::demo_remote::remote_echo(host, dir, scratch, say).await?;
+    crate::demo_remote::remote_file(host, dir, scratch, say).await?;
     conformance(dir, scratch).await?;
     let files_worker = worker_binary("files", dir)?;
     let worker_dir = files_worker.parent().unwrap_or(Path::new("."));

@@ -1,7 +1,8 @@
-//! The demo's remote-worker line: an echo worker started on its own (as Kubernetes or
+//! The demo's remote-worker lines: an echo worker started on its own (as Kubernetes or
 //! systemd would) serving TLS on loopback, attached by the host with a private CA and a token,
-//! a small call timed against the same worker over its Unix socket, and the worker stopped by
-//! its owner (the host never stops a worker it did not start).
+//! a small call timed against the same worker over its Unix socket; a files worker started the
+//! same way, sent a file although it shares no filesystem with the host; each worker stopped
+//! by its owner (the host never stops a worker it did not start).
 
 use crate::resolve::worker_binary;
 use anyhow::{bail, Context, Result};
@@ -14,6 +15,8 @@ use std::time::{Duration, Instant};
 
 /// Calls timed on each transport.
 const CALLS: usize = 300;
+/// MiB of the file sent to the remote files worker.
+const FILE_MIB: usize = 64;
 
 /// Runs the remote line of the tour; `say` prints it.
 pub(crate) async fn remote_echo(
@@ -33,6 +36,79 @@ pub(crate) async fn remote_echo(
         stopped?
     ));
     Ok(())
+}
+
+/// Runs the remote files line of the tour; `say` prints it.
+pub(crate) async fn remote_file(
+    host: &Host,
+    dir: Option<&Path>,
+    scratch: &Path,
+    say: fn(&str),
+) -> Result<()> {
+    let certs = crate::certs::write_all(&scratch.join("remote-certs"), &["localhost".into()])?;
+    let program = worker_binary("files", dir)?;
+    let mut worker = start_tls_worker(&program, &certs)?;
+    let result = send_file(host, &certs, &worker, scratch).await;
+    let stopped = stop(&mut worker.0);
+    let line = result?;
+    say(&format!("{line}; it exited {} on SIGTERM", stopped?));
+    Ok(())
+}
+
+/// Sends a new file of [`FILE_MIB`] to the remote files worker for hashing: the line to say.
+async fn send_file(
+    host: &Host,
+    certs: &crate::certs::CertFiles,
+    worker: &Started,
+    scratch: &Path,
+) -> Result<String> {
+    let path = scratch.join("remote-input.bin");
+    let sha = write_pattern(&path, FILE_MIB)?;
+    let size = (FILE_MIB << 20) as u64;
+    let remote = attach(host, certs, worker.1).await?;
+    let file = plugvisor_proto::FileRef::new(&path, size).to_value();
+    let started = Instant::now();
+    let out = remote.execute(json!({"op": "sha256", "file": file})).await;
+    let took = started.elapsed().as_secs_f64();
+    let pid = remote.pid();
+    remote.shutdown().await;
+    std::fs::remove_file(&path)?;
+    let out = out?;
+    anyhow::ensure!(
+        out["sha256"] == sha.as_str(),
+        "the remote worker hashed {out}, the host {sha}"
+    );
+    Ok(format!(
+        "remote files: {FILE_MIB} MiB to files-worker pid {pid} (TLS, no shared filesystem) in \
+         {:.0} ms ({:.2} GB/s): streamed into its own store, hashed on both ends while it \
+         travelled; its SHA-256 of its copy matches the host's",
+        took * 1e3,
+        size as f64 / took / 1e9
+    ))
+}
+
+/// Writes `mib` MiB of a pattern to `path`: its hex SHA-256.
+fn write_pattern(path: &Path, mib: usize) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+    let block: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let mut hasher = Sha256::new();
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for _ in 0..mib {
+        file.write_all(&block)?;
+        hasher.update(&block);
+    }
+    file.flush()?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// The host attached to the TLS worker on loopback `port`, with the demo's CA and token.
+async fn attach(host: &Host, certs: &crate::certs::CertFiles, port: u16) -> Result<RemotePlugin> {
+    let token = std::fs::read_to_string(&certs.token)?;
+    let tls = TlsClient::from_pem_files(&certs.ca, None, "localhost")?;
+    let url = format!("https://localhost:{port}");
+    let attach = Attach::parse(&url, token.trim())?.with_tls(tls);
+    Ok(host.spawn(WorkerSpec::attach(attach)).await?)
 }
 
 /// The worker process and its port.
@@ -76,11 +152,8 @@ async fn attach_and_time(
     certs: &crate::certs::CertFiles,
     worker: &mut Started,
 ) -> Result<String> {
-    let token = std::fs::read_to_string(&certs.token)?;
-    let tls = TlsClient::from_pem_files(&certs.ca, None, "localhost")?;
     let url = format!("https://localhost:{}", worker.1);
-    let attach = Attach::parse(&url, token.trim())?.with_tls(tls);
-    let remote = host.spawn(WorkerSpec::attach(attach)).await?;
+    let remote = attach(host, certs, worker.1).await?;
     let local = host.spawn(WorkerSpec::new(program)).await?;
     let (over_tls, over_uds) = (p50(&remote).await?, p50(&local).await?);
     let pid = remote.pid();

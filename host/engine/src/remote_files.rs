@@ -81,7 +81,11 @@ pub(crate) async fn send_inputs(
 /// Makes sure the worker holds the content of `path`. A digest known here (remembered, or
 /// computed first when the worker cannot name one) is looked up and the content sent only
 /// when missing; otherwise the content goes at once, hashed on the way.
-async fn upload(client: &Arc<WorkerClient>, path: &Path, streamed: bool) -> Result<Stored, Failure> {
+async fn upload(
+    client: &Arc<WorkerClient>,
+    path: &Path,
+    streamed: bool,
+) -> Result<Stored, Failure> {
     let failed = |e: std::io::Error| access(format!("{}: {e}", path.display()));
     let file = std::fs::File::open(path).map_err(failed)?;
     let digest = match crate::digests::known(&file).map_err(failed)? {

@@ -342,7 +342,13 @@ impl WorkerCore {
                 self.identity.name
             )));
         }
-        let sent = match crate::remote_files::send_inputs(&self.client, input, self.identity.streamed_upload).await {
+        let sent = match crate::remote_files::send_inputs(
+            &self.client,
+            input,
+            self.identity.streamed_upload,
+        )
+        .await
+        {
             Ok(sent) => sent,
             Err(f) => return Err(self.attribute(f).await),
         };

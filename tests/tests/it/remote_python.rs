@@ -80,7 +80,9 @@ impl PyWorker {
     fn start_with(script: &Path, certs: &Certs, env: &[(&str, &str)]) -> Self {
         let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/python/src");
         let mut cmd = Command::new("python3");
-        cmd.arg(script).env("PYTHONPATH", sdk).envs(env.iter().copied());
+        cmd.arg(script)
+            .env("PYTHONPATH", sdk)
+            .envs(env.iter().copied());
         tls_worker_args(&mut cmd, certs, "127.0.0.1:0");
         cmd.arg("--tls-client-ca").arg(certs.file("ca.crt"));
         let mut child = cmd.spawn().expect("start python3");
@@ -271,7 +273,11 @@ fn content_the_worker_stores_differently_from_what_was_sent_fails_the_call_and_i
 
         // The positive control: the same script, not corrupting, takes the file.
         let mut honest = PyWorker::start(&script, &certs);
-        let remote = world.host.spawn(attach(&honest, &certs, true)).await.unwrap();
+        let remote = world
+            .host
+            .spawn(attach(&honest, &certs, true))
+            .await
+            .unwrap();
         let answer = remote.execute(json!({"file": file})).await.unwrap();
         assert_eq!(answer["sha256"], sha, "{answer}");
         drop(remote);
@@ -282,7 +288,11 @@ fn content_the_worker_stores_differently_from_what_was_sent_fails_the_call_and_i
         // copy is removed.
         let mut lying = PyWorker::start_with(&script, &certs, &[("PYFILES_CORRUPT", "1")]);
         let its_dir = private_dir(lying.pid);
-        let remote = world.host.spawn(attach(&lying, &certs, true)).await.unwrap();
+        let remote = world
+            .host
+            .spawn(attach(&lying, &certs, true))
+            .await
+            .unwrap();
         let err = remote.execute(json!({"file": file})).await.unwrap_err();
         let message = err.to_string();
         assert!(

@@ -131,7 +131,11 @@ async fn uploads_are_checked(server: &TestServer, outside: &Path) {
     assert_eq!(held.ino(), inode, "the copy held is kept, not replaced");
     let def = "cb8379ac2098aa165029e3938a51da0bcecfc008fd6795f401178647f96c5b34";
     let (status, new) = server.call("PUT", "/v1/files", "def").await;
-    assert_eq!((status, &new["sha256"]), (StatusCode::OK, &json!(def)), "{new}");
+    assert_eq!(
+        (status, &new["sha256"]),
+        (StatusCode::OK, &json!(def)),
+        "{new}"
+    );
     assert_eq!(std::fs::read(t.join("cas").join(def)).unwrap(), b"def");
     let (status, _) = server.call("GET", "/v1/files", "").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);

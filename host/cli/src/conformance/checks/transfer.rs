@@ -110,7 +110,9 @@ async fn streamed(ctx: &mut Ctx<'_>) {
         let _ = std::fs::remove_file(&path);
         match body["sha256"].as_str() {
             Some(said) if said == sha => Ok(()),
-            _ => Err(format!("expected \"sha256\": {sha:?} in the answer, got {body}")),
+            _ => Err(format!(
+                "expected \"sha256\": {sha:?} in the answer, got {body}"
+            )),
         }
     });
     ctx.report.record(S14, WHAT, result);
