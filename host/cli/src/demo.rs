@@ -1,5 +1,6 @@
 //! `plugvisor demo`: a tour of the bundled plugins, with timings, that leaves nothing behind.
 
+use crate::demo_remote::Line;
 use crate::resolve::worker_binary;
 use anyhow::{bail, ensure, Context};
 use clap::Args;
@@ -75,8 +76,9 @@ async fn tour(
     sandboxed_intruder(host, dir).await?;
     confined_intruder(host, dir, scratch).await?;
     crate::demo_python::hello(scratch, say).await?;
-    crate::demo_remote::remote_echo(host, dir, scratch, say).await?;
-    crate::demo_remote::remote_file(host, dir, scratch, say).await?;
+    for line in [Line::Echo, Line::File] {
+        crate::demo_remote::remote(line, host, dir, scratch, say).await?;
+    }
     conformance(dir, scratch).await?;
     let files_worker = worker_binary("files", dir)?;
     let worker_dir = files_worker.parent().unwrap_or(Path::new("."));

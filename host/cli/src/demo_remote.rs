@@ -18,40 +18,40 @@ const CALLS: usize = 300;
 /// MiB of the file sent to the remote files worker.
 const FILE_MIB: usize = 64;
 
-/// Runs the remote line of the tour; `say` prints it.
-pub(crate) async fn remote_echo(
-    host: &Host,
-    dir: Option<&Path>,
-    scratch: &Path,
-    say: fn(&str),
-) -> Result<()> {
-    let certs = crate::certs::write_all(&scratch.join("remote-certs"), &["localhost".into()])?;
-    let program = worker_binary("echo", dir)?;
-    let mut worker = start_tls_worker(&program, &certs)?;
-    let result = attach_and_time(host, &program, &certs, &mut worker).await;
-    let stopped = stop(&mut worker.0);
-    let line = result?;
-    say(&format!(
-        "{line}; it exited {} on SIGTERM from its owner",
-        stopped?
-    ));
-    Ok(())
+/// Which remote line of the tour.
+#[derive(Clone, Copy)]
+pub(crate) enum Line {
+    /// An echo worker, a small call timed over TLS against a Unix socket.
+    Echo,
+    /// A files worker, sent a file it shares no filesystem with.
+    File,
 }
 
-/// Runs the remote files line of the tour; `say` prints it.
-pub(crate) async fn remote_file(
+/// Runs one remote line of the tour with a worker started on its own; `say` prints it.
+pub(crate) async fn remote(
+    line: Line,
     host: &Host,
     dir: Option<&Path>,
     scratch: &Path,
     say: fn(&str),
 ) -> Result<()> {
     let certs = crate::certs::write_all(&scratch.join("remote-certs"), &["localhost".into()])?;
-    let program = worker_binary("files", dir)?;
+    let kind = match line {
+        Line::Echo => "echo",
+        Line::File => "files",
+    };
+    let program = worker_binary(kind, dir)?;
     let mut worker = start_tls_worker(&program, &certs)?;
-    let result = send_file(host, &certs, &worker, scratch).await;
+    let result = match line {
+        Line::Echo => attach_and_time(host, &program, &certs, &mut worker).await,
+        Line::File => send_file(host, &certs, &worker, scratch).await,
+    };
     let stopped = stop(&mut worker.0);
-    let line = result?;
-    say(&format!("{line}; it exited {} on SIGTERM", stopped?));
+    let said = result?;
+    say(&format!(
+        "{said}; it exited {} on SIGTERM from its owner",
+        stopped?
+    ));
     Ok(())
 }
 
