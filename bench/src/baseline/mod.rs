@@ -5,11 +5,13 @@
 //! - [`client`]: a plain hyper client on one kept-alive connection (for bare-hyper, and for
 //!   calling a worker directly over a Unix socket or TCP).
 //! - [`bare_spawn`]: spawning a minimal binary that binds a Unix socket and prints one line.
+//! - [`bare_kill`]: SIGKILL → reaped by a plain `waitpid`, for that binary and for a worker.
 //! - [`cjm`]: cjm-plugin-system's own proxy and worker (PyPI), driven by a Python harness.
 //! - [`goplugin`]: HashiCorp go-plugin 1.0.1 (Debian), an echo plugin and a Go host harness.
 //! - in-process: the plugins called through the trait, in the scenarios themselves.
 
 pub mod bare_hyper;
+pub mod bare_kill;
 pub mod bare_spawn;
 pub mod cjm;
 pub mod client;
