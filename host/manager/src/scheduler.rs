@@ -115,6 +115,11 @@ pub(crate) fn spawn<T: TaskTarget>(
             let Some(sink) = sink.upgrade() else {
                 return;
             };
+            // While it runs, the status shows the point after this one, never this run's own
+            // (already past); the loop's top settles it once the run is over.
+            if let Some((next, _)) = next_due(&slot.plan, due) {
+                slot.lock().next_run_ms = Some(epoch_ms(wall_clock(next)));
+            }
             run_once(&slot, &*target, &*sink, Some(due)).await;
             let name = target.name().to_owned();
             drop(target);

@@ -224,7 +224,7 @@ pub struct TaskInfo {
     pub last_error: Option<String>,
     /// How late the last scheduled run started, ms (jitter not counted).
     pub last_late_ms: Option<f64>,
-    /// When the next run is due, ms since the Unix epoch.
+    /// When the next run is due, ms since the Unix epoch (during a run, the point after it).
     pub next_run_ms: Option<u64>,
 }
 
