@@ -30,8 +30,12 @@ pub async fn scale(ctx: &Ctx) -> Result<Outcome> {
     let rss = rss_bytes(pid).context("reading the worker's RSS")? as f64;
     let pss = pss_bytes(pid).unwrap_or(0) as f64;
     let guardian = children(pid).first().copied();
-    let guardian_rss = guardian.and_then(rss_bytes).unwrap_or(0) as f64;
-    let guardian_pss = guardian.and_then(pss_bytes).unwrap_or(0) as f64;
+    let shared = guardian.is_some_and(|g| shares_memory(pid, g));
+    // A guardian sharing the worker's address space has no pages of its own to count.
+    let guardian_pss = match shared {
+        true => 0.0,
+        false => guardian.and_then(pss_bytes).unwrap_or(0) as f64,
+    };
     echo.shutdown().await;
 
     let n = ctx.plan.workers;
@@ -52,8 +56,8 @@ pub async fn scale(ctx: &Ctx) -> Result<Outcome> {
 
     o.measure("idle_worker_rss_mib", rss / MIB);
     o.measure("idle_worker_pss_mib", pss / MIB);
-    o.measure("guardian_rss_mib", guardian_rss / MIB);
-    o.measure("guardian_pss_mib", guardian_pss / MIB);
+    o.measure("guardian_shares_worker_memory", u64::from(shared));
+    o.measure("guardian_own_pss_mib", guardian_pss / MIB);
     o.measure("workers", n as u64);
     o.measure("host_rss_growth_per_worker_kib", per_worker_kib);
     o.measure("all_ready_s", ready);
@@ -75,11 +79,27 @@ pub async fn scale(ctx: &Ctx) -> Result<Outcome> {
         pss / MIB
     );
     o.baseline_text = "-".to_owned();
-    o.notes.push(format!(
-        "each worker also has a guardian process (RSS {:.1} MiB, PSS {:.2} MiB) that kills its \
-         process group if the worker dies with its host",
-        guardian_rss / MIB,
-        guardian_pss / MIB
-    ));
+    o.notes.push(match shared {
+        true => "each worker also has a guardian process that kills its process group if the \
+                 worker dies with its host; it shares the worker's address space \
+                 (clone(CLONE_VM): the same memory maps), so it adds no memory but its stack"
+            .to_owned(),
+        false => format!(
+            "each worker also has a guardian process (PSS {:.2} MiB) that kills its process \
+             group if the worker dies with its host",
+            guardian_pss / MIB
+        ),
+    });
     Ok(o)
+}
+
+/// True when `a` and `b` share one address space (as a `clone(CLONE_VM)` child does with its
+/// parent), by `kcmp(KCMP_VM)`.
+fn shares_memory(a: u32, b: u32) -> bool {
+    use nix::libc;
+    const KCMP_VM: libc::c_long = 1;
+    let (a, b) = (libc::c_long::from(a), libc::c_long::from(b));
+    // SAFETY: kcmp reads nothing from our memory; it compares two processes' kernel objects.
+    let same = unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_VM, 0, 0) };
+    same == 0
 }
