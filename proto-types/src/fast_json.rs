@@ -9,6 +9,7 @@
 //! for a plain string and leaves everything else to serde_json.
 
 use serde_json::Value;
+use std::io::Write;
 
 /// Bytes tested per step of the scans below.
 const BLOCK: usize = 64;
@@ -27,52 +28,53 @@ pub fn write_field(buf: &mut Vec<u8>, key: &str, value: &Value) -> serde_json::R
     Ok(())
 }
 
-/// Writes `value` as compact JSON, byte for byte what `serde_json::to_writer` writes, copying
-/// strings that need no escaping in one piece.
+/// Writes `value` to `out` as compact JSON, byte for byte what `serde_json::to_writer` writes,
+/// copying strings that need no escaping in one piece. `out` is any writer: a `Vec<u8>`, or
+/// a `BytesMut` through its `writer()` (a stream's NDJSON body).
 ///
 /// # Errors
-/// As [`write_field`].
-pub fn write_value(buf: &mut Vec<u8>, value: &Value) -> serde_json::Result<()> {
+/// As [`write_field`], and what `out` reports (a `Vec<u8>` reports nothing).
+pub fn write_value<W: Write + ?Sized>(out: &mut W, value: &Value) -> serde_json::Result<()> {
     match value {
-        Value::String(s) => write_str(buf, s),
+        Value::String(s) => write_str(out, s),
         Value::Array(items) => {
-            buf.push(b'[');
+            put(out, b"[")?;
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    buf.push(b',');
+                    put(out, b",")?;
                 }
-                write_value(buf, item)?;
+                write_value(out, item)?;
             }
-            buf.push(b']');
-            Ok(())
+            put(out, b"]")
         }
         Value::Object(map) => {
-            buf.push(b'{');
+            put(out, b"{")?;
             for (i, (key, item)) in map.iter().enumerate() {
                 if i > 0 {
-                    buf.push(b',');
+                    put(out, b",")?;
                 }
-                write_str(buf, key)?;
-                buf.push(b':');
-                write_value(buf, item)?;
+                write_str(out, key)?;
+                put(out, b":")?;
+                write_value(out, item)?;
             }
-            buf.push(b'}');
-            Ok(())
+            put(out, b"}")
         }
-        scalar => serde_json::to_writer(&mut *buf, scalar),
+        scalar => serde_json::to_writer(out, scalar),
     }
 }
 
 /// Writes a JSON string: in one copy when nothing in it needs escaping, else by serde_json.
-fn write_str(buf: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
+fn write_str<W: Write + ?Sized>(out: &mut W, s: &str) -> serde_json::Result<()> {
     if needs_escape(s.as_bytes()) {
-        return serde_json::to_writer(&mut *buf, s);
+        return serde_json::to_writer(out, s);
     }
-    buf.reserve(s.len() + 2);
-    buf.push(b'"');
-    buf.extend_from_slice(s.as_bytes());
-    buf.push(b'"');
-    Ok(())
+    put(out, b"\"")?;
+    put(out, s.as_bytes())?;
+    put(out, b"\"")
+}
+
+fn put<W: Write + ?Sized>(out: &mut W, bytes: &[u8]) -> serde_json::Result<()> {
+    out.write_all(bytes).map_err(serde_json::Error::io)
 }
 
 /// The string of a body that is exactly `{"<key>":"<text>"}` with no escapes in the text and
@@ -139,6 +141,18 @@ mod tests {
                 String::from_utf8(fast).unwrap(),
                 String::from_utf8(slow).unwrap()
             );
+        }
+    }
+
+    #[test]
+    fn needs_escape_finds_every_special_byte_at_every_offset() {
+        for n in 0..20 {
+            for bad in ['"', '\\', '\n', '\u{0}', '\u{1f}'] {
+                let s = format!("{}{bad}{}", "a".repeat(n), "b".repeat(n % 7));
+                assert!(needs_escape(s.as_bytes()), "{s:?}");
+            }
+            let fine = format!("{}\u{20}~\u{7f}é{}", "a".repeat(n), "z".repeat(n % 5));
+            assert!(!needs_escape(fine.as_bytes()), "{fine:?}");
         }
     }
 
