@@ -169,3 +169,16 @@ pub fn private_dirs_of(pid: u32) -> Vec<std::path::PathBuf> {
         .map(|e| e.path())
         .collect()
 }
+
+/// A file of `mib` MiB of a repeating pattern at `path`, and its SHA-256 (hex).
+pub fn pattern_file(path: &Path, mib: usize) -> String {
+    use sha2::{Digest, Sha256};
+    let block: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut hasher = Sha256::new();
+    let mut file = std::fs::File::create(path).expect("create the pattern file");
+    for _ in 0..mib {
+        std::io::Write::write_all(&mut file, &block).expect("write the pattern file");
+        hasher.update(&block);
+    }
+    format!("{:x}", hasher.finalize())
+}

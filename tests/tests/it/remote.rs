@@ -13,7 +13,7 @@ use plugvisor_host::{
 };
 use plugvisor_manager::api::ApiOptions;
 use plugvisor_proto::{CrashCause, ExitReason};
-use plugvisor_tests::remote::{private_dirs_of, Certs, RemoteWorker};
+use plugvisor_tests::remote::{pattern_file, private_dirs_of, Certs, RemoteWorker};
 use plugvisor_tests::{serially, World};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -218,19 +218,6 @@ fn a_pool_mixes_a_local_replica_and_a_remote_one_from_a_manifest() {
         drop(worker);
         assert!(private_dirs_of(pid).is_empty(), "left behind");
     });
-}
-
-/// A file of `mib` MiB of a repeating pattern, and its SHA-256 (hex).
-fn pattern_file(path: &std::path::Path, mib: usize) -> String {
-    use sha2::{Digest, Sha256};
-    let block: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
-    let mut hasher = Sha256::new();
-    let mut file = std::fs::File::create(path).unwrap();
-    for _ in 0..mib {
-        std::io::Write::write_all(&mut file, &block).unwrap();
-        hasher.update(&block);
-    }
-    format!("{:x}", hasher.finalize())
 }
 
 #[test]

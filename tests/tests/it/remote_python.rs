@@ -5,7 +5,7 @@
 
 use plugvisor_host::{Attach, Plugin, SupervisorConfig, TlsClient, WorkerSpec, WorkerState};
 use plugvisor_tests::remote::{
-    handshake, private_dirs_of, remove_private_dirs, tls_worker_args, Certs,
+    handshake, pattern_file, private_dirs_of, remove_private_dirs, tls_worker_args, Certs,
 };
 use plugvisor_tests::{serially, World};
 use serde_json::json;
@@ -121,6 +121,15 @@ impl Drop for PyWorker {
     }
 }
 
+/// A scratch directory with certificates and `text` as the worker's script in it.
+fn scripted(text: &str) -> (tempfile::TempDir, Certs, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::make(dir.path(), &[]);
+    let script = dir.path().join("pyfiles.py");
+    std::fs::write(&script, text).unwrap();
+    (dir, certs, script)
+}
+
 /// How the host attaches to `worker`: its CA, its token, and (`client`) a client certificate.
 fn attach(worker: &PyWorker, certs: &Certs, client: bool) -> WorkerSpec {
     let pair = (certs.file("client.crt"), certs.file("client.key"));
@@ -138,26 +147,10 @@ fn private_dir(pid: u32) -> PathBuf {
     dirs.into_iter().next().unwrap()
 }
 
-/// A file of `mib` MiB of a pattern, and its SHA-256 (hex).
-fn pattern_file(path: &Path, mib: usize) -> String {
-    use sha2::{Digest, Sha256};
-    let block: Vec<u8> = (0..1024 * 1024).map(|i| (i % 253) as u8).collect();
-    let mut hasher = Sha256::new();
-    let mut file = std::fs::File::create(path).unwrap();
-    for _ in 0..mib {
-        std::io::Write::write_all(&mut file, &block).unwrap();
-        hasher.update(&block);
-    }
-    format!("{:x}", hasher.finalize())
-}
-
 #[test]
 fn files_travel_both_ways_to_a_python_worker_attached_over_mutual_tls() {
     serially(async {
-        let dir = tempfile::tempdir().unwrap();
-        let certs = Certs::make(dir.path(), &[]);
-        let script = dir.path().join("pyfiles.py");
-        std::fs::write(&script, PLUGIN).unwrap();
+        let (dir, certs, script) = scripted(PLUGIN);
         let mut worker = PyWorker::start(&script, &certs);
         let its_dir = private_dir(worker.pid);
 
@@ -223,10 +216,7 @@ fn files_travel_both_ways_to_a_python_worker_attached_over_mutual_tls() {
 #[test]
 fn a_python_worker_under_mutual_tls_refuses_a_host_without_a_client_certificate() {
     serially(async {
-        let dir = tempfile::tempdir().unwrap();
-        let certs = Certs::make(dir.path(), &[]);
-        let script = dir.path().join("pyfiles.py");
-        std::fs::write(&script, PLUGIN).unwrap();
+        let (dir, certs, script) = scripted(PLUGIN);
         let mut worker = PyWorker::start(&script, &certs);
         let world = World::new().await;
 
@@ -262,10 +252,7 @@ fn a_python_worker_under_mutual_tls_refuses_a_host_without_a_client_certificate(
 #[test]
 fn content_the_worker_stores_differently_from_what_was_sent_fails_the_call_and_is_removed() {
     serially(async {
-        let dir = tempfile::tempdir().unwrap();
-        let certs = Certs::make(dir.path(), &[]);
-        let script = dir.path().join("pyfiles.py");
-        std::fs::write(&script, format!("{CORRUPTING}\n{PLUGIN}")).unwrap();
+        let (dir, certs, script) = scripted(&format!("{CORRUPTING}\n{PLUGIN}"));
         let input = dir.path().join("input.bin");
         let sha = pattern_file(&input, 1);
         let file = json!({"$file": {"path": input, "size": 1 << 20}});
