@@ -2,8 +2,8 @@
 //! own floor of "SIGKILL → its parent knows", for the bare binary (one thread, std only) and
 //! for the very worker binary P8 kills (started by hand, idle).
 
-use crate::procs::{binary, first_line};
-use anyhow::{Context as _, Result};
+use crate::procs::{binary, spawn_with_line};
+use anyhow::Result;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -46,25 +46,12 @@ pub fn worker(program: &Path, dir: &Path, n: usize) -> Result<Duration> {
 }
 
 /// Starts `command` in a process group of its own, waits for its first line, lets it settle,
-/// then times SIGKILL → `waitpid` returning.
+/// then times SIGKILL → `waitpid` returning (`ChildGuard::stop`).
 fn once(mut command: Command) -> Result<Duration> {
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .process_group(0);
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("spawning {:?}", command.get_program()))?;
-    let ready = first_line(child.stdout.take());
-    if let Err(e) = ready {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(e);
-    }
+    command.stdin(Stdio::null()).process_group(0);
+    let (guard, _) = spawn_with_line(command)?;
     std::thread::sleep(SETTLE);
     let start = Instant::now();
-    child.kill()?;
-    child.wait()?;
+    guard.stop();
     Ok(start.elapsed())
 }
