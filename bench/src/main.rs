@@ -95,11 +95,8 @@ fn main() -> Result<()> {
     print!("{}", report.table());
     let out = match &cli.out {
         Some(path) => path.clone(),
-        // target/release/plugvisor-bench → target/bench/latest.json
-        None => {
-            let bin = procs::bin_dir()?;
-            bin.parent().unwrap_or(&bin).join("bench/latest.json")
-        }
+        // target/release/plugvisor-bench → target/bench/latest.json (also with --target)
+        None => procs::bench_dir()?.join("latest.json"),
     };
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;

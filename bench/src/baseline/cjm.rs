@@ -143,8 +143,8 @@ fn run(program: &Path, args: &[&str]) -> Result<()> {
 /// is (`PYTHONDONTWRITEBYTECODE`, set on some machines, would make every spawn compile the
 /// SDK's and the bench's sources again).
 pub fn bytecode_cache() -> (&'static str, PathBuf) {
-    let dir = crate::procs::bin_dir()
-        .map(|b| b.parent().unwrap_or(&b).join("bench/pycache"))
+    let dir = crate::procs::bench_dir()
+        .map(|b| b.join("pycache"))
         .unwrap_or_else(|_| std::env::temp_dir().join("plugvisor-bench-pycache"));
     ("PYTHONPYCACHEPREFIX", dir)
 }

@@ -13,8 +13,7 @@ const GOCODE: &str = "/usr/share/gocode";
 
 /// `target/bench/go`: the built binaries and Go's build cache.
 fn out_dir() -> Result<PathBuf> {
-    let bin = crate::procs::bin_dir()?;
-    Ok(bin.parent().unwrap_or(&bin).join("bench/go"))
+    Ok(crate::procs::bench_dir()?.join("go"))
 }
 
 /// Builds the echo plugin and the harness; returns their directory.

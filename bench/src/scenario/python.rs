@@ -127,8 +127,8 @@ fn load_average() -> f64 {
 /// The interpreter both sides run (the venv's, so they compare like with like; `python3`
 /// when there is no venv) and the venv's interpreter or why there is none.
 fn interpreter(ctx: &Ctx) -> (PathBuf, Result<PathBuf, String>) {
-    let dir = crate::procs::bin_dir()
-        .map(|b| b.parent().unwrap_or(&b).join("bench/cjm-venv"))
+    let dir = crate::procs::bench_dir()
+        .map(|b| b.join("cjm-venv"))
         .unwrap_or_else(|_| ctx.dir().join("cjm-venv"));
     match cjm::venv(&dir) {
         Ok(python) => (python.clone(), Ok(python)),

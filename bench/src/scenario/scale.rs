@@ -50,12 +50,18 @@ pub async fn scale(ctx: &Ctx) -> Result<Outcome> {
     let first_calls = started.iter().map(|w| w.execute(small_input()));
     let answered = futures_util::future::join_all(first_calls).await;
     let failures = answered.iter().filter(|r| r.is_err()).count();
+    // With all of them up, one worker's share of the pages they have in common.
+    let pss_among = started
+        .first()
+        .and_then(|w| pss_bytes(w.pid()))
+        .unwrap_or(0) as f64;
     let stops = started.into_iter().map(|w| w.shutdown());
     futures_util::future::join_all(stops).await;
     let per_worker_kib = (after - before) / n as f64 / 1024.0;
 
     o.measure("idle_worker_rss_mib", rss / MIB);
     o.measure("idle_worker_pss_mib", pss / MIB);
+    o.measure("worker_pss_among_all_mib", pss_among / MIB);
     o.measure("guardian_shares_worker_memory", u64::from(shared));
     o.measure("guardian_own_pss_mib", guardian_pss / MIB);
     o.measure("workers", n as u64);
@@ -73,10 +79,11 @@ pub async fn scale(ctx: &Ctx) -> Result<Outcome> {
     o.checks
         .push(Check::at_most("failed first calls", failures as f64, 0.0));
     o.measured_text = format!(
-        "worker RSS {:.2} MiB (PSS {:.2}); host +{per_worker_kib:.0} KiB/worker; {n} ready in \
-         {ready:.2} s",
+        "worker RSS {:.2} MiB (PSS {:.2} alone, {:.2} among {n}); host +{per_worker_kib:.0} \
+         KiB/worker; {n} ready in {ready:.2} s",
         rss / MIB,
-        pss / MIB
+        pss / MIB,
+        pss_among / MIB
     );
     o.baseline_text = "-".to_owned();
     o.notes.push(match shared {
