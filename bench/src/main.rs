@@ -95,7 +95,7 @@ fn main() -> Result<()> {
     print!("{}", report.table());
     let out = match &cli.out {
         Some(path) => path.clone(),
-        // target/release/plugvisor-bench → target/bench/latest.json (also with --target)
+        // target/release/plugvisor-bench → target/bench/latest.json
         None => procs::bench_dir()?.join("latest.json"),
     };
     if let Some(dir) = out.parent() {

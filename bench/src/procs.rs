@@ -13,21 +13,11 @@ pub fn bin_dir() -> Result<PathBuf> {
         .context("the executable has no parent directory")
 }
 
-/// `target/bench`: the report, Go's build, cjm's virtual environment and bytecode. It sits
-/// in cargo's target directory: the outermost of the two directories above the binaries'
-/// that holds a `CACHEDIR.TAG` (cargo tags both `target/` and, when building for a named
-/// target, `target/<triple>/`, where the binaries are then one level deeper).
+/// `target/bench`: the report, Go's build, cjm's virtual environment and bytecode, beside
+/// the directory the binaries are in.
 pub fn bench_dir() -> Result<PathBuf> {
     let bin = bin_dir()?;
-    let root = bin
-        .ancestors()
-        .skip(1)
-        .take(2)
-        .filter(|dir| dir.join("CACHEDIR.TAG").is_file())
-        .last()
-        .or_else(|| bin.parent())
-        .unwrap_or(&bin);
-    Ok(root.join("bench"))
+    Ok(bin.parent().unwrap_or(&bin).join("bench"))
 }
 
 /// Path of the binary `name` beside this executable.
