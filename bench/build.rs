@@ -1,4 +1,5 @@
-//! Records the compiler version for the benchmark's `machine` key.
+//! Records the compiler version for the benchmark's `machine` key, and links the bench's
+//! binaries (the bare baseline too) with packed relative relocations, as the workers are.
 
 fn main() {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
@@ -11,4 +12,10 @@ fn main() {
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=PLUGVISOR_BENCH_RUSTC={version}");
     println!("cargo:rerun-if-env-changed=RUSTC");
+    // The bare-spawn baseline is linked as the workers are, so P7 compares like with like
+    // (plugins/build.rs says why).
+    let target = |key: &str| std::env::var(key).unwrap_or_default();
+    if target("CARGO_CFG_TARGET_OS") == "linux" && target("CARGO_CFG_TARGET_ENV") == "gnu" {
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    }
 }
