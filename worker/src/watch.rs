@@ -64,21 +64,78 @@ pub(crate) fn on_signals(
     Ok(())
 }
 
-/// Cancels `shutdown` when stdin reaches EOF (or fails), from a dedicated thread.
+/// Cancels `shutdown` when stdin reaches EOF (or fails).
+///
+/// When stdin is a pipe (a host started the worker), a task on the current runtime waits
+/// for it: no thread of its own, so the worker starts and dies with one thread fewer. It
+/// reads through a second, non-blocking open of the same pipe, so fd 0's own flags, which
+/// the plugin's child processes inherit, stay as they were. Anything else (a file, a
+/// terminal, `/proc` not mounted) is watched by a thread that blocks in `read`.
 pub(crate) fn on_stdin_eof(
     shutdown: CancellationToken,
     deadline: Duration,
     socket: Option<PathBuf>,
 ) {
+    let on_eof = move || {
+        tracing::info!("stdin closed (host gone); shutting down");
+        shutdown.cancel();
+        arm_watchdog(deadline, socket);
+    };
+    match stdin_pipe() {
+        Ok(pipe) => {
+            tokio::spawn(async move {
+                pipe_closed(&pipe).await;
+                on_eof();
+            });
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "stdin is not a pipe; watching it from a thread");
+            watch_stdin_thread(on_eof);
+        }
+    }
+}
+
+/// A non-blocking descriptor of the pipe on fd 0, registered with the runtime.
+fn stdin_pipe() -> std::io::Result<tokio::io::unix::AsyncFd<std::fs::File>> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let pipe = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open("/proc/self/fd/0")?;
+    if !pipe.metadata()?.file_type().is_fifo() {
+        return Err(std::io::Error::other("not a pipe"));
+    }
+    let interest = tokio::io::Interest::READABLE;
+    // SAFETY: `File` owns its descriptor and keeps it open, unchanged, until it is dropped,
+    // which happens only with the `AsyncFd` that owns it.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(pipe, interest) }
+        .map_err(std::io::Error::from)
+}
+
+/// Returns once the pipe reports EOF or an error; bytes written to it are read and dropped.
+async fn pipe_closed(pipe: &tokio::io::unix::AsyncFd<std::fs::File>) {
+    let mut buf = [0u8; 512];
+    loop {
+        let Ok(mut ready) = pipe.readable().await else {
+            return;
+        };
+        match ready.try_io(|fd| fd.get_ref().read(&mut buf)) {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return,
+            Err(_would_block) => {}
+        }
+    }
+}
+
+/// Runs `on_eof` from a thread that reads stdin until EOF or an error.
+fn watch_stdin_thread(on_eof: impl FnOnce() + Send + 'static) {
     let spawned = std::thread::Builder::new()
         .name("stdin-watch".into())
         .spawn(move || {
             let mut buf = [0u8; 512];
             let mut stdin = std::io::stdin().lock();
             while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
-            tracing::info!("stdin closed (host gone); shutting down");
-            shutdown.cancel();
-            arm_watchdog(deadline, socket);
+            on_eof();
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot watch stdin");

@@ -57,7 +57,7 @@ impl Plugin for Noisy {
 
 type Test = fn() -> BoxFuture<'static, ()>;
 
-const TESTS: [(&str, Test); 7] = [
+const TESTS: [(&str, Test); 8] = [
     (
         "without_a_listen_address_it_explains_itself_and_exits_2",
         || Box::pin(without_a_listen_address_it_explains_itself_and_exits_2()),
@@ -74,6 +74,9 @@ const TESTS: [(&str, Test); 7] = [
     ),
     ("stdin_eof_stops_a_watching_worker", || {
         Box::pin(stdin_eof_stops_a_watching_worker())
+    }),
+    ("stdin_eof_stops_a_worker_whose_stdin_is_a_socket", || {
+        Box::pin(stdin_eof_stops_a_worker_whose_stdin_is_a_socket())
     }),
     ("tcp_port_zero_and_shutdown_over_http", || {
         Box::pin(tcp_port_zero_and_shutdown_over_http())
@@ -253,11 +256,43 @@ async fn stdin_eof_stops_a_watching_worker() {
     let mut cmd = command(&["--listen", &format!("unix:{}", socket.display())]);
     cmd.env("PLUGVISOR_WATCH_STDIN", "1").stdin(Stdio::piped());
     let mut w = start(cmd).await;
+    // Bytes on stdin are read and dropped: only EOF stops the worker.
+    let mut stdin = w.child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, &[b'x'; 5000])
+        .await
+        .unwrap();
     let answer = execute(&socket, r#"{"input": 1}"#).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    drop(w.child.stdin.take());
+    // The pipe is watched without changing fd 0's flags, which plugin children inherit.
+    let pid = w.child.id().unwrap();
+    let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/0")).unwrap();
+    let flags = fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .unwrap();
+    let flags = i32::from_str_radix(flags.trim(), 8).unwrap();
+    assert_eq!(flags & nix::libc::O_NONBLOCK, 0, "{fdinfo}");
+    drop(stdin);
     assert_eq!(wait(&mut w.child).await.code(), Some(0));
     assert!(!socket.exists());
+    assert!(stderr_of(&mut w.child).await.contains("stdin closed"));
+}
+
+/// A stdin that is not a pipe (here a socket) is watched from a thread instead.
+async fn stdin_eof_stops_a_worker_whose_stdin_is_a_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("w.sock");
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut cmd = command(&["--socket", socket.to_str().unwrap()]);
+    cmd.env("PLUGVISOR_WATCH_STDIN", "1")
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)));
+    let mut w = start(cmd).await;
+    let answer = execute(&socket, r#"{"input": 1}"#).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(ours);
+    assert_eq!(wait(&mut w.child).await.code(), Some(0));
+    assert!(!socket.exists());
+    assert!(stderr_of(&mut w.child).await.contains("stdin closed"));
 }
 
 async fn tcp_port_zero_and_shutdown_over_http() {

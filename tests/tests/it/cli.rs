@@ -131,7 +131,12 @@ fn a_host_killed_with_sigkill_leaves_no_worker_alive() {
         );
         assert!(!first.is_empty(), "the stream started");
         let workers = children_of(host.id());
-        assert_eq!(workers.len(), 1, "one worker: {workers:?}");
+        assert_eq!(
+            workers.len(),
+            1,
+            "one worker: {workers:?}; the host is {:?} after printing {first:?}",
+            process_state(host.id())
+        );
         host.kill().unwrap();
         host.wait().unwrap();
         let gone = eventually(Duration::from_secs(2), || {
@@ -154,8 +159,28 @@ fn a_host_killed_with_sigkill_leaves_no_worker_alive() {
         assert_eq!(host_dirs().len(), 1, "the killed host's directory is there");
         let next = plugvisor(&["call", "echo", "1"], base.path());
         assert!(next.status.success());
-        assert!(host_dirs().is_empty(), "{:?}", host_dirs());
+        let left = host_dirs();
+        let holders: Vec<_> = left.iter().map(|d| holders_of(&d.join(".lock"))).collect();
+        assert!(left.is_empty(), "{left:?}, their locks open in {holders:?}");
     })
+}
+
+/// The processes (pid and name) that have `path` open, to explain a lock still held.
+fn holders_of(path: &std::path::Path) -> Vec<(u32, String)> {
+    proc_entries()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_dir(format!("/proc/{}/fd", p.pid))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == path))
+        })
+        .map(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{}/comm", p.pid)).unwrap_or_default();
+            (p.pid, comm.trim().to_owned())
+        })
+        .collect()
 }
 
 /// Starts `plugvisor ARGS` as a host process and returns it with its first stdout line.
