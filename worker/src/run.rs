@@ -154,9 +154,13 @@ fn handshake_line(handshake: Handshake, info: Option<InfoResponse>) -> String {
 
 /// Prints the handshake line on stdout, then makes fd 1 a copy of stderr, so nothing the
 /// plugin prints later can reach the host's handshake pipe.
+///
+/// The line and its newline go out in one `write`: `writeln!` on a line longer than stdout's
+/// buffer wrote them as two, and the host, reading up to the newline, woke twice.
 fn announce(line: &str) -> Result<(), WorkerError> {
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{line}")
+    stdout
+        .write_all(format!("{line}\n").as_bytes())
         .and_then(|()| stdout.flush())
         .map_err(|e| WorkerError::io("printing the handshake", e))?;
     nix::unistd::dup2_stdout(std::io::stderr())
