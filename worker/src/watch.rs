@@ -97,14 +97,16 @@ pub(crate) fn on_stdin_eof(
 
 /// A non-blocking descriptor of the pipe on fd 0, registered with the runtime.
 fn stdin_pipe() -> std::io::Result<tokio::io::unix::AsyncFd<std::fs::File>> {
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    let pipe = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open("/proc/self/fd/0")?;
-    if !pipe.metadata()?.file_type().is_fifo() {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Checked before opening anything: a second open of a terminal or a device is not harmless.
+    let stat = nix::sys::stat::fstat(std::io::stdin()).map_err(std::io::Error::from)?;
+    if stat.st_mode & nix::libc::S_IFMT != nix::libc::S_IFIFO {
         return Err(std::io::Error::other("not a pipe"));
     }
+    let pipe = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open("/proc/self/fd/0")?;
     let interest = tokio::io::Interest::READABLE;
     // SAFETY: `File` owns its descriptor and keeps it open, unchanged, until it is dropped,
     // which happens only with the `AsyncFd` that owns it.
