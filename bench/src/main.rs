@@ -8,6 +8,7 @@
 
 mod baseline;
 mod chart;
+mod identity;
 mod machine;
 mod plan;
 mod procs;

@@ -17,15 +17,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// The worker measured on plugvisor's side: the bench's identity plugin.
+const IDENTITY_WORKER: &str = "bench-identity-worker";
+
 /// Calls before counting starts (connections made, caches and allocator warm).
 const WARM: usize = 200;
 /// N: the counted calls of the shorter run (the longer one makes 2N).
 const N: usize = 500;
 
-/// Who is measured: plugvisor (`RemotePlugin` and the echo worker) or bare hyper.
+/// Who is measured: plugvisor (`RemotePlugin` and the identity worker) or bare hyper.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
-    /// `RemotePlugin` → echo worker.
+    /// `RemotePlugin` → the identity worker (it answers its input, as bare hyper does).
     Plugvisor,
     /// The bench's hyper client → bare-hyper server.
     Bare,
@@ -111,7 +114,9 @@ pub async fn client(target: Target, n: usize, scratch: &Path) -> Result<()> {
     match target {
         Target::Plugvisor => {
             let host = Host::new()?;
-            let echo = host.spawn(WorkerSpec::new(binary("echo-worker")?)).await?;
+            let echo = host
+                .spawn(WorkerSpec::new(binary(IDENTITY_WORKER)?))
+                .await?;
             let result = calls(n, || async {
                 echo.execute(small_input()).await?;
                 Ok(())
@@ -158,7 +163,7 @@ async fn worker_side(ctx: &Ctx, target: Target, n: usize, out: &Path) -> Result<
                 spec = spec.arg(a);
             }
             let spec = spec
-                .arg(binary("echo-worker")?)
+                .arg(binary(IDENTITY_WORKER)?)
                 .start_timeout(Duration::from_secs(60))
                 .stop_grace(Duration::from_secs(30));
             let echo = ctx.host.spawn(spec).await?;

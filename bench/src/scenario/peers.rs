@@ -163,9 +163,10 @@ fn summary(o: &Outcome) -> String {
         .join(", ")
 }
 
-/// plugvisor's p50 of an echo call with a 1 MiB input, median over trials.
+/// plugvisor's p50 of a call with a 1 MiB input to the identity plugin (go-plugin's echo
+/// answers its bytes too), median over trials.
 async fn big_call(ctx: &Ctx) -> Result<f64> {
-    let echo = ctx.host.spawn(ctx.spec("echo")?).await?;
+    let echo = ctx.host.spawn(ctx.spec(crate::identity::NAME)?).await?;
     let input = json!("y".repeat(crate::plan::MIB as usize));
     let mut p50s = Vec::new();
     let result = async {
