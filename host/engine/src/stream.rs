@@ -8,11 +8,12 @@
 
 use crate::client::{ClientError, Lease};
 use bytes::{Bytes, BytesMut};
-use futures_util::Stream;
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use futures_util::{ready, Stream};
+use hyper::body::{Body as _, Incoming};
 use plugvisor_proto::wire::StreamFrame;
 use plugvisor_proto::{PluginError, Value};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 /// Why a stream ended without its next item.
 #[derive(Debug)]
@@ -32,81 +33,89 @@ pub(crate) enum Fault {
 /// It holds the connection lease: dropping it early closes the connection, which cancels the
 /// worker's producer.
 pub(crate) fn decode(body: Incoming, lease: Lease) -> impl Stream<Item = Result<Value, Fault>> {
-    let decoder = FrameDecoder {
+    FrameDecoder {
         body,
         lines: Lines::default(),
         lease: Some(lease),
-        done: false,
-    };
-    futures_util::stream::unfold(decoder, |mut d| async move {
-        let item = d.next_item().await?;
-        Some((item, d))
-    })
+        state: State::Reading,
+    }
 }
 
-/// Reads NDJSON frames off a streamed answer.
+/// Reads NDJSON frames off a streamed answer. A hand-written [`Stream`], not an `unfold` of an
+/// async step: that moved the whole decoder (body, lease, buffers) out of and back into a new
+/// future for every item, ≈ 300 instructions of copying per item (docs/PERFORMANCE.md, P3).
 struct FrameDecoder {
     body: Incoming,
     lines: Lines,
     lease: Option<Lease>,
-    done: bool,
+    state: State,
+}
+
+/// Where a [`FrameDecoder`] is.
+enum State {
+    /// Reading frames.
+    Reading,
+    /// A terminal frame arrived: reading the body's (empty) rest so the connection can be
+    /// reused, then ending with this (nothing after `end`, the fault after `error`).
+    Finishing(Option<Fault>),
+    /// Ended.
+    Done,
+}
+
+impl Stream for FrameDecoder {
+    type Item = Result<Value, Fault>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            match this.state {
+                State::Done => return Poll::Ready(None),
+                State::Finishing(_) => return this.poll_finish(cx),
+                State::Reading => {}
+            }
+            if let Some(line) = this.lines.next_line() {
+                match read_frame(&line) {
+                    Frame::Item(value) => return Poll::Ready(Some(Ok(value))),
+                    Frame::End => this.state = State::Finishing(None),
+                    Frame::Error(e) => this.state = State::Finishing(Some(Fault::Plugin(e))),
+                    Frame::Bad(e) => return this.end_with(Fault::Plugin(e)),
+                }
+                continue;
+            }
+            match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        this.lines.push(data);
+                    }
+                }
+                Some(Err(e)) => return this.end_with(Fault::Broken(ClientError::Http(e))),
+                None => return this.end_with(Fault::CutShort),
+            }
+        }
+    }
 }
 
 impl FrameDecoder {
-    async fn next_item(&mut self) -> Option<Result<Value, Fault>> {
-        if self.done {
-            return None;
-        }
-        loop {
-            if let Some(line) = self.lines.next_line() {
-                return self.on_frame(&line).await;
-            }
-            match self.body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.lines.push(data);
-                    }
-                }
-                Some(Err(e)) => {
-                    self.done = true;
-                    return Some(Err(Fault::Broken(ClientError::Http(e))));
-                }
-                None => {
-                    self.done = true;
-                    return Some(Err(Fault::CutShort));
-                }
-            }
-        }
+    /// Ends the stream with `fault` as its last item.
+    fn end_with(&mut self, fault: Fault) -> Poll<Option<Result<Value, Fault>>> {
+        self.state = State::Done;
+        Poll::Ready(Some(Err(fault)))
     }
 
-    async fn on_frame(&mut self, line: &[u8]) -> Option<Result<Value, Fault>> {
-        match read_frame(line) {
-            Frame::Item(value) => Some(Ok(value)),
-            Frame::End => {
-                self.done = true;
-                self.finish().await;
-                None
-            }
-            Frame::Error(e) => {
-                self.done = true;
-                self.finish().await;
-                Some(Err(Fault::Plugin(e)))
-            }
-            Frame::Bad(e) => {
-                self.done = true;
-                Some(Err(Fault::Plugin(e)))
-            }
-        }
-    }
-
-    /// Reads the (empty) rest of the body so the connection can be reused.
-    async fn finish(&mut self) {
-        if self.body.frame().await.is_none() && self.lines.is_empty() {
+    /// After a terminal frame: waits for the body's end, returns the connection to its pool
+    /// when nothing followed the frame, then ends (with the fault an `error` frame carried).
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Value, Fault>>> {
+        let ended = ready!(Pin::new(&mut self.body).poll_frame(cx)).is_none();
+        if ended && self.lines.is_empty() {
             if let Some(lease) = self.lease.as_mut() {
                 lease.finish();
             }
         }
         self.lease.take();
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Finishing(Some(fault)) => Poll::Ready(Some(Err(fault))),
+            _ => Poll::Ready(None),
+        }
     }
 }
 
