@@ -338,7 +338,11 @@ mod tests {
             (format!("{x70}ünï"), true),
         ] {
             let line = format!("{{\"item\":\"{text}\"}}\n");
-            assert_eq!(plain_string_item(line.as_bytes()).is_some(), fast, "{text:?}");
+            assert_eq!(
+                plain_string_item(line.as_bytes()).is_some(),
+                fast,
+                "{text:?}"
+            );
             if fast {
                 let parsed = serde_json::from_slice::<StreamFrame>(line.as_bytes()).unwrap();
                 let item = plain_string_item(line.as_bytes()).unwrap();
