@@ -42,9 +42,15 @@ pub(crate) fn dismiss() {
 /// cannot fail.
 ///
 /// # Errors
-/// The `clone` error; the worker then runs without a guardian (its own stdin watch and
-/// parent-death signal still apply).
-pub(crate) unsafe fn spawn() -> nix::Result<()> {
+/// The `clone` error, or that valgrind runs the worker (it cannot run a `clone(CLONE_VM)`
+/// child and would abort the worker); the worker then runs without a guardian (its own stdin
+/// watch and parent-death signal still apply).
+pub(crate) unsafe fn spawn() -> std::io::Result<()> {
+    if under_valgrind() {
+        return Err(std::io::Error::other(
+            "running under valgrind, which cannot run a clone(CLONE_VM) child",
+        ));
+    }
     let worker = nix::unistd::getpid().as_raw();
     // Never freed: the guardian runs on it for as long as the worker lives.
     let stack: &'static mut [u8] = Box::leak(vec![0u8; STACK].into_boxed_slice());
@@ -61,10 +67,15 @@ pub(crate) unsafe fn spawn() -> nix::Result<()> {
         )
     };
     if pid < 0 {
-        return Err(nix::errno::Errno::last());
+        return Err(std::io::Error::last_os_error());
     }
     let _ = GUARDIAN.set(Pid::from_raw(pid));
     Ok(())
+}
+
+/// Whether valgrind runs this process (it preloads its `vgpreload_*` libraries).
+fn under_valgrind() -> bool {
+    std::env::var_os("LD_PRELOAD").is_some_and(|v| v.to_string_lossy().contains("vgpreload_"))
 }
 
 /// The guardian's body: `arg` is the worker's pid.

@@ -69,10 +69,7 @@ fn run_with<P: Plugin>(plugin: Arc<P>, extensions: Extensions) -> ! {
         }
         Err(e) => exit_with(&program, &e),
     };
-    if config.watch_stdin && under_valgrind() {
-        // Valgrind cannot run a `clone(CLONE_VM)` child and would abort the worker.
-        tracing::warn!("running under valgrind: no group guardian");
-    } else if config.watch_stdin {
+    if config.watch_stdin {
         // SAFETY: the process is still single-threaded here. `run` is documented as the
         // whole `main` of a worker binary, and so far it has only parsed arguments, set up
         // logging (which starts no thread) and read the environment; the runtimes, and with
@@ -198,11 +195,6 @@ fn build_runtimes(
         .enable_all()
         .build()?;
     Ok((server, plugins))
-}
-
-/// Whether valgrind runs this process (it preloads its `vgpreload_*` libraries).
-fn under_valgrind() -> bool {
-    std::env::var_os("LD_PRELOAD").is_some_and(|v| v.to_string_lossy().contains("vgpreload_"))
 }
 
 /// The binary's file name, or `<plugin>-worker`.
