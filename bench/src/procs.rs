@@ -20,6 +20,14 @@ pub fn bench_dir() -> Result<PathBuf> {
     Ok(bin.parent().unwrap_or(&bin).join("bench"))
 }
 
+/// Path of the worker binary of `plugin` (`<plugin>-worker`) beside this executable.
+///
+/// # Errors
+/// When the binary is missing.
+pub fn worker_binary(plugin: &str) -> Result<PathBuf> {
+    binary(&format!("{plugin}-worker"))
+}
+
 /// Path of the binary `name` beside this executable.
 ///
 /// # Errors

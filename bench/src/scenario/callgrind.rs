@@ -5,7 +5,7 @@
 use super::{small_input, Ctx};
 use crate::baseline::bare_hyper::BareHyper;
 use crate::baseline::client::HttpConn;
-use crate::procs::{binary, first_line};
+use crate::procs::{first_line, worker_binary};
 use crate::report::Outcome;
 use anyhow::{bail, Context as _, Result};
 use bytes::Bytes;
@@ -16,9 +16,6 @@ use plugvisor_proto::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// The worker measured on plugvisor's side: the bench's identity plugin.
-const IDENTITY_WORKER: &str = "bench-identity-worker";
 
 /// Calls before counting starts (connections made, caches and allocator warm).
 const WARM: usize = 200;
@@ -114,15 +111,15 @@ pub async fn client(target: Target, n: usize, scratch: &Path) -> Result<()> {
     match target {
         Target::Plugvisor => {
             let host = Host::new()?;
-            let echo = host
-                .spawn(WorkerSpec::new(binary(IDENTITY_WORKER)?))
+            let identity = host
+                .spawn(WorkerSpec::new(worker_binary(crate::identity::NAME)?))
                 .await?;
             let result = calls(n, || async {
-                echo.execute(small_input()).await?;
+                identity.execute(small_input()).await?;
                 Ok(())
             })
             .await;
-            echo.shutdown().await;
+            identity.shutdown().await;
             host.shutdown().await;
             result
         }
@@ -163,16 +160,16 @@ async fn worker_side(ctx: &Ctx, target: Target, n: usize, out: &Path) -> Result<
                 spec = spec.arg(a);
             }
             let spec = spec
-                .arg(binary(IDENTITY_WORKER)?)
+                .arg(worker_binary(crate::identity::NAME)?)
                 .start_timeout(Duration::from_secs(60))
                 .stop_grace(Duration::from_secs(30));
-            let echo = ctx.host.spawn(spec).await?;
+            let identity = ctx.host.spawn(spec).await?;
             let result = calls(n, || async {
-                echo.execute(small_input()).await?;
+                identity.execute(small_input()).await?;
                 Ok(())
             })
             .await;
-            echo.shutdown().await;
+            identity.shutdown().await;
             result?;
         }
         Target::Bare => bare_server_side(ctx, n, out).await?,

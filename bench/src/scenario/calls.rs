@@ -295,7 +295,7 @@ pub async fn concurrent(ctx: &Ctx) -> Result<Outcome> {
 
 /// Medians over trials of (plugvisor, bare-hyper 1 thread, bare-hyper `cores` threads).
 async fn concurrent_rates(ctx: &Ctx, cores: usize) -> Result<(f64, f64, f64)> {
-    let echo = Arc::new(ctx.host.spawn(ctx.spec(identity::NAME)?).await?);
+    let identity = Arc::new(ctx.host.spawn(ctx.spec(identity::NAME)?).await?);
     let (callers, window) = (ctx.plan.callers, ctx.plan.concurrent_for);
     let warm = Duration::from_millis(200);
     let mut bares = Vec::new();
@@ -308,7 +308,7 @@ async fn concurrent_rates(ctx: &Ctx, cores: usize) -> Result<(f64, f64, f64)> {
         let (_, conns) = bare_rate(conns, warm).await?;
         bares.push((server, conns, Vec::new()));
     }
-    remote_rate(&echo, callers, warm).await?;
+    remote_rate(&identity, callers, warm).await?;
     let mut pv_rates = Vec::new();
     for _ in 0..ctx.plan.trials.min(3) {
         for (_, conns, rates) in &mut bares {
@@ -316,28 +316,28 @@ async fn concurrent_rates(ctx: &Ctx, cores: usize) -> Result<(f64, f64, f64)> {
             *conns = back;
             rates.push(r);
         }
-        pv_rates.push(remote_rate(&echo, callers, window).await?);
+        pv_rates.push(remote_rate(&identity, callers, window).await?);
     }
-    if let Ok(echo) = Arc::try_unwrap(echo) {
-        echo.shutdown().await;
+    if let Ok(identity) = Arc::try_unwrap(identity) {
+        identity.shutdown().await;
     }
     let bare1 = median(&bares[0].2);
     let bare_n = median(&bares[1].2);
     Ok((median(&pv_rates), bare1, bare_n))
 }
 
-/// Calls per second of `callers` tasks calling `echo` for `window`.
-async fn remote_rate(echo: &Arc<RemotePlugin>, callers: usize, window: Duration) -> Result<f64> {
+/// Calls per second of `callers` tasks calling `plugin` for `window`.
+async fn remote_rate(plugin: &Arc<RemotePlugin>, callers: usize, window: Duration) -> Result<f64> {
     let start = Instant::now();
     let deadline = start + window;
     let mut tasks = Vec::new();
     for _ in 0..callers {
-        let echo = Arc::clone(echo);
+        let plugin = Arc::clone(plugin);
         tasks.push(tokio::spawn(async move {
             let input = small_input();
             let mut n = 0u64;
             while Instant::now() < deadline {
-                echo.execute(input.clone()).await?;
+                plugin.execute(input.clone()).await?;
                 n += 1;
             }
             anyhow::Ok(n)

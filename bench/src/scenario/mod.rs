@@ -34,7 +34,7 @@ pub mod streams;
 pub mod tasks;
 
 use crate::plan::Plan;
-use crate::procs::binary;
+use crate::procs::worker_binary;
 use anyhow::Result;
 use plugvisor_host::{Host, WorkerSpec};
 use plugvisor_proto::{json, Value};
@@ -64,7 +64,7 @@ impl Ctx {
     /// When the binary is missing.
     pub fn spec(&self, plugin: &str) -> Result<WorkerSpec> {
         // The bundled workers arm their own parent-death signal: spawned with posix_spawn.
-        Ok(WorkerSpec::new(binary(&format!("{plugin}-worker"))?)
+        Ok(WorkerSpec::new(worker_binary(plugin)?)
             .start_timeout(Duration::from_secs(10))
             .stop_grace(Duration::from_secs(2))
             .self_armed(true))

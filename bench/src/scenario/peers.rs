@@ -166,16 +166,16 @@ fn summary(o: &Outcome) -> String {
 /// plugvisor's p50 of a call with a 1 MiB input to the identity plugin (go-plugin's echo
 /// answers its bytes too), median over trials.
 async fn big_call(ctx: &Ctx) -> Result<f64> {
-    let echo = ctx.host.spawn(ctx.spec(crate::identity::NAME)?).await?;
+    let identity = ctx.host.spawn(ctx.spec(crate::identity::NAME)?).await?;
     let input = json!("y".repeat(crate::plan::MIB as usize));
     let mut p50s = Vec::new();
     let result = async {
-        echo.execute(input.clone()).await?;
+        identity.execute(input.clone()).await?;
         for _ in 0..ctx.plan.trials {
             let mut samples = Vec::new();
             for _ in 0..big_calls(ctx) {
                 let start = Instant::now();
-                echo.execute(input.clone()).await?;
+                identity.execute(input.clone()).await?;
                 samples.push(start.elapsed());
             }
             p50s.push(quantile(&micros(&samples), 0.5));
@@ -183,7 +183,7 @@ async fn big_call(ctx: &Ctx) -> Result<f64> {
         anyhow::Ok(())
     }
     .await;
-    echo.shutdown().await;
+    identity.shutdown().await;
     result?;
     Ok(median(&p50s))
 }

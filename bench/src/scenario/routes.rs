@@ -3,7 +3,7 @@
 //! (streaming a large answer through a route: throughput and the host's memory).
 
 use crate::baseline::client::HttpConn;
-use crate::procs::{binary, status_kib};
+use crate::procs::{status_kib, worker_binary};
 use crate::report::{Check, Outcome};
 use crate::scenario::{us, Ctx};
 use crate::stats::{median, quantile};
@@ -83,7 +83,7 @@ impl Server {
 /// # Errors
 /// When the binary is missing.
 pub(crate) fn manifest(name: &str, worker: &str, extra: &str) -> Result<(String, String)> {
-    let command = binary(&format!("{worker}-worker"))?;
+    let command = worker_binary(worker)?;
     let text = format!(
         "name = \"{name}\"\nversion = \"0.1.0\"\ncommand = \"{}\"\n{extra}\n",
         command.display()
