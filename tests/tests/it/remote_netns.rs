@@ -11,6 +11,7 @@ use plugvisor_tests::remote::{handshake, tls_worker_args, Certs};
 use plugvisor_tests::{bin, serially};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -112,8 +113,16 @@ impl Drop for Owned {
 
 /// The chaos worker inside `net`, in a mount namespace of its own with private /tmp and
 /// /dev/shm, listening with TLS on the namespace's address.
+///
+/// The build's `target` directory (the worker binary, the certificates) stays visible: when
+/// the checkout itself lives under /tmp or /dev/shm, it is opened before the tmpfs covers it
+/// and bound back at its path afterwards (`--no-canonicalize`, so `mount` binds the opened
+/// directory, not whatever its old path names now).
 fn start_worker(net: &Netns, certs: &Certs) -> (Owned, u32) {
-    let script = "mount -t tmpfs tmpfs /tmp && mount -t tmpfs tmpfs /dev/shm && exec \"$0\" \"$@\"";
+    let script = "exec 3<\"$KEEP\" && mount -t tmpfs tmpfs /tmp && mount -t tmpfs tmpfs /dev/shm \
+         && case \"$KEEP\" in /tmp/*|/dev/shm/*) mkdir -p \"$KEEP\" \
+         && mount --no-canonicalize --bind /proc/self/fd/3 \"$KEEP\";; esac \
+         && exec 3<&- && exec \"$0\" \"$@\"";
     let mut cmd = Command::new("ip");
     cmd.args([
         "netns",
@@ -125,13 +134,30 @@ fn start_worker(net: &Netns, certs: &Certs) -> (Owned, u32) {
         "private",
     ])
     .args(["sh", "-c", script])
-    .arg(bin("chaos-worker"));
+    .arg(bin("chaos-worker"))
+    .env("KEEP", target_dir());
     tls_worker_args(&mut cmd, certs, &format!("{}:7443", net.ip(2)));
     let mut child = cmd.spawn().expect("start the worker in its namespace");
     let line = handshake(&mut child);
     assert!(line.starts_with("plugvisor 1 tcp 10.213."), "{line:?}");
     let pid = child.id();
     (Owned(child), pid)
+}
+
+/// The build's `target` directory, which `start_worker` keeps visible to the worker.
+fn target_dir() -> &'static Path {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("CARGO_TARGET_TMPDIR is target/tmp")
+}
+
+/// The first component under /tmp of the `target` directory, when the checkout lives there
+/// (then the worker's private /tmp holds the way back to it).
+fn kept_under_tmp() -> Option<&'static std::ffi::OsStr> {
+    target_dir()
+        .strip_prefix("/tmp")
+        .ok()
+        .and_then(|rest| rest.iter().next())
 }
 
 fn runnable() -> bool {
@@ -185,11 +211,14 @@ fn a_worker_in_its_own_network_and_mount_namespaces_is_attached_lost_and_readmit
             .map(|e| e.file_name())
             .collect();
         let own = format!("plugvisor-worker-{pid}-");
-        assert!(
-            its_tmp.len() == 1 && its_tmp[0].to_string_lossy().starts_with(&own),
-            "{its_tmp:?}"
-        );
-        assert!(!std::path::Path::new("/tmp").join(&its_tmp[0]).exists());
+        // Beside it only the way to a checkout under /tmp, bound back by `start_worker`.
+        let (transfer, others): (Vec<_>, Vec<_>) = its_tmp
+            .iter()
+            .map(|n| n.as_os_str())
+            .partition(|n| n.to_string_lossy().starts_with(&own));
+        let kept: Vec<_> = kept_under_tmp().into_iter().collect();
+        assert!(transfer.len() == 1 && others == kept, "{its_tmp:?}");
+        assert!(!std::path::Path::new("/tmp").join(transfer[0]).exists());
         assert!(
             keep.path().join("token").exists(),
             "ours still holds our files"
