@@ -4,10 +4,12 @@
 //!
 //! Run it through `scripts/bench` (which builds the release binaries first); `--quick`
 //! shrinks sizes and durations. The hidden subcommands `serve-bare-hyper` and
-//! `serve-raw-uds` are the baseline servers, started by the benchmark itself.
+//! `serve-raw-uds` are the baseline servers, started by the benchmark itself; `hot-text`
+//! profiles the workers for `worker/hot-text.ld` (run through `scripts/hot-text`).
 
 mod baseline;
 mod chart;
+mod hot_text;
 mod identity;
 mod machine;
 mod plan;
@@ -50,7 +52,8 @@ struct Cli {
     serve: Option<Serve>,
 }
 
-/// The baseline servers (started by the benchmark itself).
+/// The hidden subcommands: the baseline servers and P24's client (started by the benchmark
+/// itself), and `hot-text` (`scripts/hot-text`).
 #[derive(Debug, Subcommand)]
 enum Serve {
     /// bare-hyper on a socket path or `tcp://HOST:PORT`.
@@ -67,6 +70,15 @@ enum Serve {
     /// P24's host side: `WARM + calls` small calls, run under callgrind by the benchmark.
     #[command(name = "callgrind-client", hide = true)]
     CallgrindClient { target: String, calls: usize },
+    /// Profiles the bundled workers under callgrind and reports how much of the code they
+    /// run at start lies in their hot text; `--write` also writes the linker script
+    /// (`scripts/hot-text` runs both and rebuilds).
+    #[command(name = "hot-text", hide = true)]
+    HotText {
+        /// Write the linker script here instead of checking the current build.
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -82,6 +94,12 @@ fn main() -> Result<()> {
         }
         Some(Serve::CallgrindClient { target, calls }) => {
             return callgrind_client(target, *calls);
+        }
+        Some(Serve::HotText { write }) => {
+            return tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(hot_text::run(write.as_deref()));
         }
         None => {}
     }

@@ -42,6 +42,7 @@
 //!   type giving the plugin its schema, validation naming the field, and `current_config`.
 //! - [`Worker`] (`builder.rs`): a plugin plus the extensions it serves
 //!   (`Worker::new(p).routes().middleware().events().run()`).
+//! - `pow.rs`: the C `pow` defined in the binary, so a worker does not load libm.
 
 mod builder;
 mod cli;
@@ -57,11 +58,13 @@ mod health_check;
 mod host;
 mod lanes;
 mod listener;
+mod logging;
 mod methods;
 mod middleware;
 mod ndjson;
 mod offload;
 mod options;
+mod pow;
 mod reply;
 mod request;
 mod router;

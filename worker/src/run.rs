@@ -1,7 +1,7 @@
 //! `run`: the whole `main` of a worker binary (arguments, logging, runtime, handshake, serve).
 
 use crate::builder::{Extensions, Worker};
-use crate::cli::{Args, WorkerConfig, LOG_ENV};
+use crate::cli::{Args, WorkerConfig};
 use crate::error::WorkerError;
 use crate::files;
 use crate::listener::Listener;
@@ -59,7 +59,7 @@ impl<P: Plugin> Worker<P> {
 fn run_with<P: Plugin>(plugin: Arc<P>, extensions: Extensions) -> ! {
     watch::arm_parent_death();
     let args = Args::parse();
-    init_logging();
+    crate::logging::init();
     let program = program_name(&*plugin);
     let config = match args.resolve() {
         Ok(Some(config)) => config,
@@ -168,17 +168,6 @@ fn announce(line: &str) -> Result<(), WorkerError> {
     let announced = line.split('\t').next().unwrap_or_default();
     tracing::info!(handshake = %announced, pid = std::process::id(), "listening");
     Ok(())
-}
-
-/// Logs to stderr without colors; `PLUGVISOR_LOG` sets the filter (default `info`).
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(filter)
-        .try_init();
 }
 
 /// The server's runtime (this thread: accept, HTTP, health) and the plugin's

@@ -57,7 +57,7 @@ impl Plugin for Noisy {
 
 type Test = fn() -> BoxFuture<'static, ()>;
 
-const TESTS: [(&str, Test); 8] = [
+const TESTS: [(&str, Test); 9] = [
     (
         "without_a_listen_address_it_explains_itself_and_exits_2",
         || Box::pin(without_a_listen_address_it_explains_itself_and_exits_2()),
@@ -84,6 +84,10 @@ const TESTS: [(&str, Test); 8] = [
     ("a_stalled_cleanup_is_ended_by_the_watchdog", || {
         Box::pin(a_stalled_cleanup_is_ended_by_the_watchdog())
     }),
+    (
+        "the_log_filter_is_applied_and_an_unusable_one_reported",
+        || Box::pin(the_log_filter_is_applied_and_an_unusable_one_reported()),
+    ),
 ];
 
 fn main() {
@@ -227,6 +231,45 @@ async fn start_up_failures_exit_1_without_a_handshake() {
         stderr.contains("cannot listen on unix:/nonexistent-dir/w.sock"),
         "{stderr}"
     );
+}
+
+/// Starts a worker with `PLUGVISOR_LOG=filter`, makes one call, stops it with SIGTERM and
+/// returns its stderr.
+async fn log_of_one_call(filter: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("w.sock");
+    let mut cmd = command(&["--socket", socket.to_str().unwrap()]);
+    cmd.env("PLUGVISOR_LOG", filter);
+    let mut w = start(cmd).await;
+    let answer = execute(&socket, r#"{"input": "hi"}"#).await;
+    assert!(answer.ends_with(r#"{"output":{"echo":"hi"}}"#), "{answer}");
+    let pid = nix::unistd::Pid::from_raw(w.child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(wait(&mut w.child).await.code(), Some(0));
+    stderr_of(&mut w.child).await
+}
+
+async fn the_log_filter_is_applied_and_an_unusable_one_reported() {
+    // `info` shows the start-up line; `warn`, and `info` for other targets only, hide it.
+    let info = log_of_one_call("info").await;
+    assert!(info.contains(" listening "), "{info}");
+    for quiet in ["warn", "warn,hyper=info"] {
+        let log = log_of_one_call(quiet).await;
+        assert!(!log.contains(" listening "), "{quiet}: {log}");
+    }
+    let targeted = log_of_one_call("warn,plugvisor_worker=info").await;
+    assert!(targeted.contains(" listening "), "{targeted}");
+    // EnvFilter's span filter: named as the problem, and the worker logs at info.
+    let span = log_of_one_call("plugvisor_worker[call]=debug").await;
+    assert!(
+        span.contains(
+            r#"PLUGVISOR_LOG="plugvisor_worker[call]=debug" is not used: span and field filters"#
+        ),
+        "{span}"
+    );
+    assert!(span.contains(" listening "), "{span}");
+    let bad = log_of_one_call("plugvisor_worker=loud").await;
+    assert!(bad.contains("is not used"), "{bad}");
 }
 
 async fn handshake_then_stdout_stays_silent_and_sigterm_stops_cleanly() {

@@ -290,6 +290,13 @@ async fn echo_calls(echo: &RemotePlugin) -> anyhow::Result<()> {
         words.len(),
         Value::from(words)
     ));
+    if let Some(rss) = echo.resident_bytes() {
+        say(&format!(
+            "echo's worker is resident in {:.1} MiB (start-up code in one run of pages, no libm; \
+             mostly shared with its siblings)",
+            rss as f64 / f64::from(1 << 20)
+        ));
+    }
     Ok(())
 }
 

@@ -53,6 +53,15 @@ impl RemotePlugin {
         self.core.process.pid
     }
 
+    /// The worker's resident memory (RSS) now, in bytes, read from `/proc`; `None` for a
+    /// remote worker (its process is not on this machine) or one that has exited.
+    pub fn resident_bytes(&self) -> Option<u64> {
+        if self.core.process.is_remote() {
+            return None;
+        }
+        crate::rss::rss_bytes(self.core.process.pid)
+    }
+
     /// The worker's transfer directory: the only place it reads files from.
     pub fn transfer_dir(&self) -> &Path {
         &self.core.process.transfer_dir

@@ -5,4 +5,5 @@
 #![allow(clippy::unwrap_used)]
 
 mod intruder;
+mod layout;
 mod workers;

@@ -17,6 +17,14 @@ fn unary_call_is_answered_by_the_worker_process() {
         assert_ne!(echo.pid(), std::process::id());
         let out = echo.execute(json!({"a": ["hi", 1]})).await.unwrap();
         assert_eq!(out, json!({"a": ["hi", 1]}));
+        // Its memory is the worker process's (the idle worker's does not move by a MiB).
+        let rss = echo.resident_bytes().expect("a local worker's RSS");
+        let statm = std::fs::read_to_string(format!("/proc/{}/statm", echo.pid())).unwrap();
+        let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(
+            rss > 1 << 20 && rss.abs_diff(pages * 4096) < 1 << 20,
+            "{rss} {statm}"
+        );
         drop(echo);
         world.finish().await;
     })

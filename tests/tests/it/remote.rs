@@ -125,6 +125,8 @@ fn tls_refuses_another_ca_and_mutual_tls_refuses_a_host_without_a_certificate() 
         let good = world.host.spawn(attach(&worker, &certs, true)).await;
         let good = good.expect("attach with the right CA and a client certificate");
         assert_eq!(good.execute(sleep(1)).await.unwrap()["pid"], worker.pid);
+        // Its process is on another machine as far as the host knows: no memory figure.
+        assert_eq!(good.resident_bytes(), None);
 
         // No client certificate: the worker refuses the handshake.
         let anonymous = world.host.spawn(attach(&worker, &certs, false)).await;
