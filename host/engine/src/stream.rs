@@ -196,10 +196,9 @@ const BLOCK: usize = 64;
 const PAD: u8 = b' ';
 
 /// True when `pred` holds for a byte of `block` (at most [`BLOCK`] bytes). The loop over a
-/// full block has no early exit, so the compiler turns it into vector instructions (tens of
-/// GB/s, where a byte-by-byte search was the biggest cost of reading a bulk stream); a shorter
-/// block (the text of a small item, the end of the data) is padded to a full one first, which
-/// is cheaper than testing it byte by byte.
+/// full block has no early exit, so the compiler turns it into vector instructions; a shorter
+/// block (the text of a small item) is padded to a full one first, which is cheaper than
+/// testing it byte by byte.
 #[inline(always)]
 fn block_any(block: &[u8], pred: impl Fn(u8) -> bool) -> bool {
     let full = |block: &[u8; BLOCK]| {
@@ -219,17 +218,11 @@ fn block_any(block: &[u8], pred: impl Fn(u8) -> bool) -> bool {
     }
 }
 
-/// The index of the first `\n` in `bytes`.
+/// The index of the first `\n` in `bytes`: `memchr`'s vector search, which is as fast on the
+/// 28-byte lines of small items as on 64 KiB ones (a block scan then a byte-by-byte search of
+/// the block was ≈ 120 instructions per small item).
 fn find_newline(bytes: &[u8]) -> Option<usize> {
-    let newline = |b: u8| b == b'\n';
-    let mut start = 0;
-    for block in bytes.chunks(BLOCK) {
-        if block_any(block, newline) {
-            return block.iter().position(|&b| newline(b)).map(|i| start + i);
-        }
-        start += block.len();
-    }
-    None
+    memchr::memchr(b'\n', bytes)
 }
 
 /// True when `bytes` holds a quote, a backslash or a control character.

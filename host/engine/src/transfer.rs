@@ -160,6 +160,10 @@ pub(crate) fn adopt_outputs(
     output: &Value,
     staged: &StagedInputs,
 ) -> Result<Vec<OutputFile>, PluginError> {
+    // The usual output (a stream item, a small answer) names no file: no set, no visitor.
+    if !plugvisor_proto::file_ref::contains_file_refs(output) {
+        return Ok(Vec::new());
+    }
     let mut found = Vec::new();
     let mut seen = HashSet::new();
     visit_file_refs::<RefError>(output, &mut |file| {
