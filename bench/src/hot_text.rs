@@ -15,6 +15,7 @@
 //! some unused bytes in the hot run.
 
 use crate::procs::bin_dir;
+use crate::scenario::callgrind::{available, valgrind_args};
 use anyhow::{bail, Context as _, Result};
 use futures_util::StreamExt as _;
 use plugvisor_host::{Host, Plugin as _, WorkerSpec};
@@ -50,7 +51,7 @@ const MIN_COVERAGE: f64 = 0.8;
 /// When valgrind, `nm` or a worker is missing, a profile cannot be read, or (checking) the
 /// coverage is too low.
 pub async fn run(write: Option<&Path>) -> Result<()> {
-    if !crate::scenario::callgrind::available() {
+    if !available() {
         bail!("valgrind is not installed (scripts/hot-text installs it)");
     }
     let scratch = crate::procs::scratch()?;
@@ -111,10 +112,13 @@ fn workers() -> Result<Vec<PathBuf>> {
 /// errors are part of the profile too: every bundled plugin gets the same input), stops it,
 /// and returns the symbol of every function it ran.
 async fn profile(host: &Host, worker: &Path, out: &Path) -> Result<BTreeSet<String>> {
-    let spec = WorkerSpec::new("valgrind")
-        .arg("--tool=callgrind")
+    let mut spec = WorkerSpec::new("valgrind");
+    for arg in valgrind_args(out) {
+        spec = spec.arg(arg);
+    }
+    // Symbols as the linker names sections, not demangled.
+    let spec = spec
         .arg("--demangle=no")
-        .arg(format!("--callgrind-out-file={}", out.display()))
         .arg(worker)
         .start_timeout(Duration::from_secs(60))
         .stop_grace(Duration::from_secs(30));

@@ -60,7 +60,7 @@ pub fn available() -> bool {
 }
 
 /// valgrind's arguments for a callgrind run writing `out`.
-fn valgrind_args(out: &Path) -> Vec<String> {
+pub(crate) fn valgrind_args(out: &Path) -> Vec<String> {
     vec![
         "--tool=callgrind".to_owned(),
         format!("--callgrind-out-file={}", out.display()),

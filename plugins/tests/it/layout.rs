@@ -26,12 +26,18 @@ fn is(function: &str, name: &str) -> bool {
     }
 }
 
+/// Runs `check` on each of [`WORKERS`], parsed.
+fn each_worker(mut check: impl FnMut(&str, &object::File)) {
+    for path in WORKERS {
+        let data = std::fs::read(path).unwrap();
+        check(path, &object::File::parse(&*data).unwrap());
+    }
+}
+
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
 fn start_up_code_lies_in_the_hot_text() {
-    for path in WORKERS {
-        let data = std::fs::read(path).unwrap();
-        let elf = object::File::parse(&*data).unwrap();
+    each_worker(|path, elf| {
         let hot = elf
             .section_by_name(".text.hot")
             .unwrap_or_else(|| panic!("{path} has no .text.hot: worker/hot-text.ld was not used"));
@@ -57,16 +63,14 @@ fn start_up_code_lies_in_the_hot_text() {
                 );
             }
         }
-    }
+    });
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
 fn workers_do_not_load_libm() {
-    for path in WORKERS {
-        let data = std::fs::read(path).unwrap();
-        let elf = object::File::parse(&*data).unwrap();
-        let needed = needed_libraries(&elf);
+    each_worker(|path, elf| {
+        let needed = needed_libraries(elf);
         assert!(
             needed.iter().any(|l| l.starts_with("libc.so")),
             "{path}: {needed:?} (the check reads the dynamic section)"
@@ -80,7 +84,7 @@ fn workers_do_not_load_libm() {
             pow.is_definition(),
             "{path}: pow is not defined in the binary"
         );
-    }
+    });
 }
 
 /// The `DT_NEEDED` entries of a 64-bit little-endian ELF's dynamic section.
