@@ -67,6 +67,7 @@ mod options;
 mod pow;
 mod reply;
 mod request;
+mod rewake;
 mod router;
 mod routes;
 mod run;

@@ -13,6 +13,7 @@ use crate::lanes::{lane, read_head, Prefixed, Rehome};
 use crate::listener::Listener;
 use crate::offload::AbortOnDrop;
 use crate::options::ServeOptions;
+use crate::rewake::Rewake;
 use crate::router;
 use crate::routes::Routes;
 use crate::state::{Counters, Shared};
@@ -328,12 +329,14 @@ where
             return;
         }
     };
-    let task = exec.spawn(async move {
+    // Rewake: hyper wakes the connection's task while it answers; re-polling at once spares
+    // the multi-thread runtime waking a sibling thread for every call (rewake.rs).
+    let task = exec.spawn(Rewake::new(async move {
         match S::from_std(std) {
             Ok(stream) => connection(Prefixed::new(head, stream), shared).await,
             Err(e) => tracing::warn!(error = %e, "cannot serve a connection on the plugin runtime"),
         }
-    });
+    }));
     // Aborting this task (shutdown past its grace period) aborts the connection with it.
     let mut task = AbortOnDrop(task);
     let _ = (&mut task.0).await;
