@@ -89,25 +89,55 @@ pub fn plain_string_field(body: &[u8], key: &str) -> Option<String> {
 }
 
 /// True when `bytes` holds a byte JSON escapes: a control character (below 0x20), a quote or
-/// a backslash. Full blocks of [`BLOCK`] bytes are tested by a loop without early exit, which
-/// the compiler turns into vector instructions.
+/// a backslash ([`any_byte`]'s vector scan).
 pub fn needs_escape(bytes: &[u8]) -> bool {
-    bytes.chunks(BLOCK).any(block_has_special)
+    any_byte(bytes, is_special)
 }
 
+/// True when `pred` holds for a byte of `bytes`. Full blocks of [`BLOCK`] bytes, then of
+/// [`LANE`] bytes, are tested by loops without early exit, which the compiler turns into
+/// vector instructions; the last few bytes are copied into a lane padded with `b'a'` (for
+/// which `pred` must be false) and tested the same way. A byte-by-byte test of a 16-byte
+/// string cost ≈ 195 instructions, a 64-byte padded block ≈ 70, this ≈ 30.
 #[inline(always)]
-fn block_has_special(block: &[u8]) -> bool {
-    let special = |b: u8| (b < 0x20) | (b == b'"') | (b == b'\\');
-    match <&[u8; BLOCK]>::try_from(block) {
-        Ok(block) => {
-            let mut any = 0u8;
-            for &b in block {
-                any |= u8::from(special(b));
-            }
-            any != 0
-        }
-        Err(_) => block.iter().any(|&b| special(b)),
+pub fn any_byte(bytes: &[u8], pred: impl Fn(u8) -> bool + Copy) -> bool {
+    let mut blocks = bytes.chunks_exact(BLOCK);
+    if blocks.by_ref().any(|block| all_of::<BLOCK>(block, pred)) {
+        return true;
     }
+    let mut lanes = blocks.remainder().chunks_exact(LANE);
+    if lanes.by_ref().any(|lane| all_of::<LANE>(lane, pred)) {
+        return true;
+    }
+    let tail = lanes.remainder();
+    if tail.is_empty() {
+        return false;
+    }
+    let mut padded = [b'a'; LANE];
+    padded[..tail.len()].copy_from_slice(tail);
+    all_of::<LANE>(&padded, pred)
+}
+
+/// Bytes tested per step after the full blocks: one SSE2 vector.
+const LANE: usize = 16;
+
+/// Whether `pred` holds for a byte of `chunk` (exactly `N` bytes), tested without early exit.
+#[inline(always)]
+fn all_of<const N: usize>(chunk: &[u8], pred: impl Fn(u8) -> bool) -> bool {
+    let Ok(chunk) = <&[u8; N]>::try_from(chunk) else {
+        return chunk.iter().any(|&b| pred(b));
+    };
+    let mut any = 0u8;
+    for &b in chunk {
+        any |= u8::from(pred(b));
+    }
+    any != 0
+}
+
+/// A byte JSON escapes in a string.
+#[inline(always)]
+fn is_special(b: u8) -> bool {
+    (b < 0x20) | (b == b'"') | (b == b'\\')
 }
 
 #[cfg(test)]
@@ -146,7 +176,8 @@ mod tests {
 
     #[test]
     fn needs_escape_finds_every_special_byte_at_every_offset() {
-        for n in 0..20 {
+        // Lengths across the 64-byte blocks, the 16-byte lanes and the padded tail.
+        for n in 0..150 {
             for bad in ['"', '\\', '\n', '\u{0}', '\u{1f}'] {
                 let s = format!("{}{bad}{}", "a".repeat(n), "b".repeat(n % 7));
                 assert!(needs_escape(s.as_bytes()), "{s:?}");

@@ -14,13 +14,17 @@ use crate::state::InFlight;
 use crate::unwind;
 use bytes::{BufMut, Bytes, BytesMut};
 use hyper::body::{Body, Frame};
-use plugvisor_proto::fast_json::write_value;
+use plugvisor_proto::fast_json::{needs_escape, write_value};
 use plugvisor_proto::wire::StreamFrame;
 use plugvisor_proto::{PluginError, PluginStream, Value, WireError};
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+
+/// What comes before and after a plain string item's text.
+const STRING_ITEM: &[u8] = b"{\"item\":\"";
+const STRING_ITEM_END: &[u8] = b"\"}\n";
 
 /// A chunk is handed to hyper once the buffer holds at least this many bytes.
 pub(crate) const CHUNK_TARGET: usize = 64 * 1024;
@@ -112,6 +116,16 @@ impl NdjsonBody {
 
 /// Appends `{"item":<value>}\n`; on failure leaves `buf` as it was.
 fn write_item(buf: &mut BytesMut, value: &Value) -> serde_json::Result<()> {
+    // The usual small item, a string needing no escapes: one reservation, three copies.
+    if let Value::String(s) = value {
+        if !needs_escape(s.as_bytes()) {
+            buf.reserve(STRING_ITEM.len() + s.len() + STRING_ITEM_END.len());
+            buf.extend_from_slice(STRING_ITEM);
+            buf.extend_from_slice(s.as_bytes());
+            buf.extend_from_slice(STRING_ITEM_END);
+            return Ok(());
+        }
+    }
     let start = buf.len();
     buf.put_slice(b"{\"item\":");
     // Strings that need no escaping go in one copy (serde_json inspects every byte of every
@@ -174,6 +188,26 @@ mod tests {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         (values, counters)
+    }
+
+    #[test]
+    fn string_items_are_written_as_serde_json_writes_them() {
+        let texts = [
+            "",
+            "x",
+            "plain text",
+            "q\"uote",
+            "back\\slash",
+            "new\nline",
+            "ünï ✓",
+        ];
+        let long = "y".repeat(100);
+        for text in texts.iter().copied().chain([long.as_str()]) {
+            let mut buf = BytesMut::new();
+            write_item(&mut buf, &Value::String(text.to_owned())).unwrap();
+            let expected = serde_json::to_string(&json!({ "item": text })).unwrap() + "\n";
+            assert_eq!(std::str::from_utf8(&buf).unwrap(), expected, "{text:?}");
+        }
     }
 
     #[tokio::test]

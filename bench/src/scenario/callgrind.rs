@@ -1,6 +1,8 @@
 //! P24: instructions per small call (valgrind's callgrind), host side and worker side, for
 //! plugvisor and bare hyper: each side runs N and 2N calls after a warm-up under callgrind,
-//! and the difference of the two totals divided by N is one steady-state call's cost.
+//! and the difference of the two totals divided by N is one steady-state call's cost. The
+//! same for one item of P3's stream (the ticker's 16-byte items), N × [`ITEMS_PER_CALL`]
+//! items against twice as many.
 
 use super::{small_input, Ctx};
 use crate::baseline::bare_hyper::BareHyper;
@@ -9,9 +11,10 @@ use crate::procs::{first_line, worker_binary};
 use crate::report::Outcome;
 use anyhow::{bail, Context as _, Result};
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use plugvisor_host::{Host, Plugin as _, WorkerSpec};
+use plugvisor_host::{Host, Plugin as _, RemotePlugin, WorkerSpec};
 use plugvisor_proto::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,13 +25,22 @@ const WARM: usize = 200;
 /// N: the counted calls of the shorter run (the longer one makes 2N).
 const N: usize = 500;
 
-/// Who is measured: plugvisor (`RemotePlugin` and the identity worker) or bare hyper.
+/// Streamed items per counted call of [`Target::Stream`]: N calls' worth is 50,000 items.
+const ITEMS_PER_CALL: usize = 100;
+
+/// Bytes of each streamed item (P3's).
+const ITEM_BYTES: usize = 16;
+
+/// Who is measured: plugvisor (`RemotePlugin` and the identity worker), bare hyper, or
+/// plugvisor streaming P3's items.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     /// `RemotePlugin` → the identity worker (it answers its input, as bare hyper does).
     Plugvisor,
     /// The bench's hyper client → bare-hyper server.
     Bare,
+    /// `RemotePlugin::execute_stream` → the ticker worker, counted per item.
+    Stream,
 }
 
 impl Target {
@@ -36,6 +48,16 @@ impl Target {
         match self {
             Self::Plugvisor => "plugvisor",
             Self::Bare => "bare_hyper",
+            Self::Stream => "plugvisor_stream",
+        }
+    }
+
+    /// Units counted per counted call: items for a stream, else the call itself.
+    fn units_per_call(self) -> usize {
+        if self == Self::Stream {
+            ITEMS_PER_CALL
+        } else {
+            1
         }
     }
 
@@ -44,6 +66,7 @@ impl Target {
         match name {
             "plugvisor" => Ok(Self::Plugvisor),
             "bare_hyper" => Ok(Self::Bare),
+            "plugvisor_stream" => Ok(Self::Stream),
             other => bail!("unknown callgrind target {other}"),
         }
     }
@@ -92,6 +115,27 @@ where
     Ok(())
 }
 
+/// One warm-up stream, then one of `n` × [`ITEMS_PER_CALL`] items from the ticker `plugin`,
+/// each checked as P3 checks them.
+async fn stream_items(plugin: &RemotePlugin, n: usize) -> Result<()> {
+    for items in [WARM * ITEMS_PER_CALL, n * ITEMS_PER_CALL] {
+        let mut stream = plugin
+            .execute_stream(json!({"n": items, "bytes": ITEM_BYTES}))
+            .await?;
+        let mut got = 0;
+        while let Some(item) = stream.next().await {
+            if item?.as_str().map(str::len) != Some(ITEM_BYTES) {
+                bail!("the ticker sent an item that is not {ITEM_BYTES} bytes");
+            }
+            got += 1;
+        }
+        if got != items {
+            bail!("the ticker sent {got} items, not {items}");
+        }
+    }
+    Ok(())
+}
+
 async fn bare_call(conn: &mut HttpConn) -> Result<()> {
     let body = serde_json::to_vec(&json!({ "input": small_input() }))?;
     let answer: Value =
@@ -120,6 +164,16 @@ pub async fn client(target: Target, n: usize, scratch: &Path) -> Result<()> {
             })
             .await;
             identity.shutdown().await;
+            host.shutdown().await;
+            result
+        }
+        Target::Stream => {
+            let host = Host::new()?;
+            let ticker = host
+                .spawn(WorkerSpec::new(worker_binary("ticker")?))
+                .await?;
+            let result = stream_items(&ticker, n).await;
+            ticker.shutdown().await;
             host.shutdown().await;
             result
         }
@@ -155,15 +209,10 @@ fn host_side(target: Target, n: usize, out: &Path) -> Result<u64> {
 async fn worker_side(ctx: &Ctx, target: Target, n: usize, out: &Path) -> Result<u64> {
     match target {
         Target::Plugvisor => {
-            let mut spec = WorkerSpec::new("valgrind");
-            for a in valgrind_args(out) {
-                spec = spec.arg(a);
-            }
-            let spec = spec
-                .arg(worker_binary(crate::identity::NAME)?)
-                .start_timeout(Duration::from_secs(60))
-                .stop_grace(Duration::from_secs(30));
-            let identity = ctx.host.spawn(spec).await?;
+            let identity = ctx
+                .host
+                .spawn(under_callgrind(crate::identity::NAME, out)?)
+                .await?;
             let result = calls(n, || async {
                 identity.execute(small_input()).await?;
                 Ok(())
@@ -172,9 +221,27 @@ async fn worker_side(ctx: &Ctx, target: Target, n: usize, out: &Path) -> Result<
             identity.shutdown().await;
             result?;
         }
+        Target::Stream => {
+            let ticker = ctx.host.spawn(under_callgrind("ticker", out)?).await?;
+            let result = stream_items(&ticker, n).await;
+            ticker.shutdown().await;
+            result?;
+        }
         Target::Bare => bare_server_side(ctx, n, out).await?,
     }
     total_ir(out)
+}
+
+/// The bundled worker `name` started by the host under callgrind, writing `out`.
+fn under_callgrind(name: &str, out: &Path) -> Result<WorkerSpec> {
+    let mut spec = WorkerSpec::new("valgrind");
+    for a in valgrind_args(out) {
+        spec = spec.arg(a);
+    }
+    Ok(spec
+        .arg(worker_binary(name)?)
+        .start_timeout(Duration::from_secs(60))
+        .stop_grace(Duration::from_secs(30)))
 }
 
 /// bare-hyper under callgrind; SIGTERM (callgrind writes its counts) and reaped after.
@@ -215,7 +282,8 @@ async fn per_call(ctx: &Ctx, target: Target, host: bool) -> Result<f64> {
             worker_side(ctx, target, n, &out).await?
         };
     }
-    Ok((totals[1] as f64 - totals[0] as f64) / N as f64)
+    let units = (N * target.units_per_call()) as f64;
+    Ok((totals[1] as f64 - totals[0] as f64) / units)
 }
 
 fn out_file(ctx: &Ctx, target: Target, host: bool, n: usize) -> PathBuf {
@@ -260,8 +328,21 @@ pub async fn counts(ctx: &Ctx) -> Result<Outcome> {
         got[&("bare_hyper", "host")],
         got[&("bare_hyper", "worker")]
     );
+    for host in [true, false] {
+        let side = if host { "host" } else { "worker" };
+        let ir = per_call(ctx, Target::Stream, host).await?;
+        o.measure(&format!("stream_{side}_ir_per_item"), ir.round());
+        got.insert(("plugvisor_stream", side), ir);
+    }
+    o.measured_text.push_str(&format!(
+        "; stream host {:.0} + worker {:.0} Ir/item",
+        got[&("plugvisor_stream", "host")],
+        got[&("plugvisor_stream", "worker")]
+    ));
     o.notes.push(format!(
-        "{WARM} warm-up calls, then N={N} and 2N counted; (Ir(2N) - Ir(N)) / N per call"
+        "{WARM} warm-up calls, then N={N} and 2N counted; (Ir(2N) - Ir(N)) / N per call; \
+         streams: P3's {ITEM_BYTES}-byte ticker items, N x {ITEMS_PER_CALL} and twice as many \
+         after a warm-up stream, per item"
     ));
     Ok(o)
 }

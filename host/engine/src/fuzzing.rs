@@ -18,7 +18,7 @@ pub fn decode_ndjson(pieces: &[&[u8]]) -> Vec<Result<Value, String>> {
     let mut out = Vec::new();
     loop {
         if let Some(line) = lines.next_line() {
-            match read_frame(&line) {
+            match read_frame(line) {
                 Frame::Item(value) => out.push(Ok(value)),
                 Frame::End => return out,
                 Frame::Error(e) | Frame::Bad(e) => {

@@ -4,7 +4,7 @@ use crate::identity::PluginIdentity;
 use crate::sandbox::Enforced;
 use crate::side_thread::block_on_side_thread;
 use crate::transfer::StagedFile;
-use crate::worker::{values_of, CallOutput, OutputStream, WorkerCore};
+use crate::worker::{CallOutput, OutputStream, WorkerCore};
 use plugvisor_proto::wire;
 use plugvisor_proto::{FileBacked, Plugin, PluginError, PluginStream, Value};
 use std::io;
@@ -202,7 +202,7 @@ impl Plugin for RemotePlugin {
     }
 
     async fn execute_stream(&self, input: Value) -> Result<PluginStream, PluginError> {
-        Ok(values_of(self.core.stream(&input).await?))
+        self.core.stream_values(&input).await
     }
 
     fn config_schema(&self) -> Value {

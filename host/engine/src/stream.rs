@@ -3,13 +3,14 @@
 //! Built for throughput (millions of small items, or gigabytes of large ones, per second):
 //! lines are cut out of the body's data without copying unless a line spans two pieces of
 //! data, newlines are found by `memchr`'s vector search, and an item that is a plain string
-//! (`{"item":"…"}` without escapes, the usual shape of bulk data; checked 64 bytes at a time)
-//! is taken as is instead of going through the JSON parser.
+//! (`{"item":"…"}` without escapes, the usual shape of bulk data; checked by the vector scan
+//! of `fast_json::any_byte`) is taken as is instead of going through the JSON parser.
 
 use crate::client::{ClientError, Lease};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{ready, Stream};
 use hyper::body::{Body as _, Incoming};
+use plugvisor_proto::fast_json::{any_byte, needs_escape};
 use plugvisor_proto::wire::StreamFrame;
 use plugvisor_proto::{PluginError, Value};
 use std::pin::Pin;
@@ -74,7 +75,7 @@ impl Stream for FrameDecoder {
                 State::Reading => {}
             }
             if let Some(line) = this.lines.next_line() {
-                match read_frame(&line) {
+                match read_frame(line) {
                     Frame::Item(value) => return Poll::Ready(Some(Ok(value))),
                     Frame::End => this.state = State::Finishing(None),
                     Frame::Error(e) => this.state = State::Finishing(Some(Fault::Plugin(e))),
@@ -145,75 +146,57 @@ pub(crate) fn read_frame(line: &[u8]) -> Frame {
     }
 }
 
-/// Splits body data into lines: complete lines inside one piece of data are sliced out of it
-/// (no copy); only a line spanning pieces is gathered into `partial`.
+/// Splits body data into lines: complete lines inside one piece of data are lent out of it
+/// (no copy, no reference count touched per line); only a line spanning pieces is gathered
+/// into `partial`.
 #[derive(Debug, Default)]
 pub(crate) struct Lines {
-    /// The start of a line whose end has not arrived yet.
-    partial: BytesMut,
-    /// Data not searched for a newline yet.
+    /// The start of a line whose end has not arrived yet, or (when `lent`) the gathered line
+    /// the last `next_line` returned.
+    partial: Vec<u8>,
+    /// `partial` holds a line already returned: cleared on the next call.
+    lent: bool,
+    /// The current piece of data.
     pending: Bytes,
+    /// How much of `pending` was searched and returned.
+    pos: usize,
 }
 
 impl Lines {
     /// Adds the next piece of data (call only once `next_line` returned `None`).
     pub(crate) fn push(&mut self, data: Bytes) {
         self.pending = data;
+        self.pos = 0;
     }
 
     /// True when nothing is buffered.
     pub(crate) fn is_empty(&self) -> bool {
-        self.partial.is_empty() && self.pending.is_empty()
+        (self.lent || self.partial.is_empty()) && self.pos == self.pending.len()
     }
 
     /// The next complete line, newline included.
-    pub(crate) fn next_line(&mut self) -> Option<Bytes> {
-        match find_newline(&self.pending) {
+    pub(crate) fn next_line(&mut self) -> Option<&[u8]> {
+        if std::mem::take(&mut self.lent) {
+            self.partial.clear();
+        }
+        let start = self.pos;
+        let rest = &self.pending[start..];
+        match find_newline(rest) {
             Some(i) => {
-                let end = self.pending.split_to(i + 1);
+                self.pos = start + i + 1;
+                let line = &self.pending[start..self.pos];
                 if self.partial.is_empty() {
-                    return Some(end);
+                    return Some(line);
                 }
-                self.partial.extend_from_slice(&end);
-                Some(self.partial.split().freeze())
+                self.partial.extend_from_slice(line);
+                self.lent = true;
+                Some(&self.partial)
             }
             None => {
-                if !self.pending.is_empty() {
-                    self.partial.extend_from_slice(&self.pending);
-                    self.pending = Bytes::new();
-                }
+                self.partial.extend_from_slice(rest);
+                self.pos = self.pending.len();
                 None
             }
-        }
-    }
-}
-
-/// Bytes tested per step of the scans below.
-const BLOCK: usize = 64;
-
-/// A byte none of the scans below look for (not a newline, quote, backslash, control
-/// character or non-ASCII byte): what a short block is padded with.
-const PAD: u8 = b' ';
-
-/// True when `pred` holds for a byte of `block` (at most [`BLOCK`] bytes). The loop over a
-/// full block has no early exit, so the compiler turns it into vector instructions; a shorter
-/// block (the text of a small item) is padded to a full one first, which is cheaper than
-/// testing it byte by byte.
-#[inline(always)]
-fn block_any(block: &[u8], pred: impl Fn(u8) -> bool) -> bool {
-    let full = |block: &[u8; BLOCK]| {
-        let mut any = 0u8;
-        for &b in block {
-            any |= u8::from(pred(b));
-        }
-        any != 0
-    };
-    match <&[u8; BLOCK]>::try_from(block) {
-        Ok(block) => full(block),
-        Err(_) => {
-            let mut padded = [PAD; BLOCK];
-            padded[..block.len()].copy_from_slice(block);
-            full(&padded)
         }
     }
 }
@@ -225,24 +208,18 @@ fn find_newline(bytes: &[u8]) -> Option<usize> {
     memchr::memchr(b'\n', bytes)
 }
 
-/// True when `bytes` holds a quote, a backslash or a control character.
-fn has_json_special(bytes: &[u8]) -> bool {
-    let special = |b: u8| (b < 0x20) | (b == b'"') | (b == b'\\');
-    bytes.chunks(BLOCK).any(|block| block_any(block, special))
-}
-
 /// The value of a line `{"item":"<text>"}\n` whose text has no escapes and is UTF-8 (exactly
 /// what the JSON parser would return for it), else `None` (then the parser decides).
 pub(crate) fn plain_string_item(line: &[u8]) -> Option<Value> {
     let text = line.strip_prefix(b"{\"item\":\"")?.strip_suffix(b"\"}\n")?;
     // One scan for the usual case, ASCII without escapes.
     let unusual = |b: u8| (b < 0x20) | (b == b'"') | (b == b'\\') | (b >= 0x80);
-    if !text.chunks(BLOCK).any(|block| block_any(block, unusual)) {
+    if !any_byte(text, unusual) {
         // SAFETY: every byte of `text` is below 0x80 (checked just above), and ASCII is UTF-8.
         let ascii = unsafe { std::str::from_utf8_unchecked(text) };
         return Some(Value::String(ascii.to_owned()));
     }
-    if has_json_special(text) {
+    if needs_escape(text) {
         return None;
     }
     std::str::from_utf8(text)
@@ -280,7 +257,7 @@ mod tests {
                 for piece in [&text[..cut], &text[cut..cut2], &text[cut2..]] {
                     lines.push(Bytes::copy_from_slice(piece));
                     while let Some(line) = lines.next_line() {
-                        out.push(line);
+                        out.push(line.to_vec());
                     }
                 }
                 assert!(lines.is_empty());
@@ -347,8 +324,5 @@ mod tests {
         assert_eq!(plain_string_item(&bad), None);
         assert_eq!(plain_string_item(b"{\"item\":\"\xff\"}\n"), None);
         assert_eq!(plain_string_item(b"{\"item\":\"a\x01\"}\n"), None);
-        assert!(has_json_special(
-            &[b'a'; 40].iter().chain(b"\"").copied().collect::<Vec<_>>()
-        ));
     }
 }

@@ -13,13 +13,13 @@ use crate::sandbox::Enforced;
 use crate::stream::{self, Fault};
 use crate::transfer::{self, OutputFile, StagedInputs};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::Method;
 use hyper::body::Incoming;
 use plugvisor_proto::wire::{self, routes};
 use plugvisor_proto::{PluginError, PluginStream, Value};
 use serde::de::DeserializeOwned;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -40,8 +40,11 @@ pub struct CallOutput {
 }
 
 /// A stream whose items own the output files they reference (see [`CallOutput`]).
-pub type OutputStream =
-    Pin<Box<dyn futures_util::Stream<Item = Result<CallOutput, PluginError>> + Send + 'static>>;
+pub type OutputStream = ItemStream<CallOutput>;
+
+/// A boxed stream of `T`s or the error ending it.
+pub(crate) type ItemStream<T> =
+    Pin<Box<dyn futures_util::Stream<Item = Result<T, PluginError>> + Send + 'static>>;
 
 /// One live worker: its process, the client that talks to it, and what it said about itself.
 #[derive(Debug)]
@@ -275,17 +278,39 @@ impl WorkerCore {
         self: &Arc<Self>,
         input: &Value,
     ) -> Result<OutputStream, PluginError> {
+        Ok(Box::pin(self.items::<CallOutput>(input).await?))
+    }
+
+    /// `POST /v1/execute_stream` as the [`Plugin::execute_stream`](plugvisor_proto::Plugin)
+    /// view: the values alone, their files left in the worker's transfer directory. One
+    /// stream, not [`stream`](Self::stream) behind a mapping one (≈ 100 instructions per item
+    /// of moving each item through a second boxed stream).
+    pub(crate) async fn stream_values(
+        self: &Arc<Self>,
+        input: &Value,
+    ) -> Result<PluginStream, PluginError> {
+        Ok(Box::pin(self.items::<Value>(input).await?))
+    }
+
+    /// The items of `POST /v1/execute_stream` as `T`s.
+    pub(crate) async fn items<T: FromOutput>(
+        self: &Arc<Self>,
+        input: &Value,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<T, PluginError>> + Send + 'static,
+        PluginError,
+    > {
         let guard = self.begin_call();
         let (body, staged) = self.request_body(input).await?;
         let (body, lease) = self.post(routes::EXECUTE_STREAM, body).await?;
-        let items = Items {
+        Ok(Items {
             decoded: stream::decode(body, lease),
             core: Arc::clone(self),
             staged,
             _in_flight: guard,
             pending: None,
-        };
-        Ok(Box::pin(items))
+            out: PhantomData,
+        })
     }
 
     /// The body of a call on `input`. File references are staged into the transfer directory
@@ -434,17 +459,31 @@ impl WorkerCore {
 impl CallOutput {
     /// The value alone; the files stay in the worker's transfer directory until it stops.
     pub(crate) fn leave_files(self) -> Value {
-        for file in self.files {
-            file.disarm();
+        // Most items have no files: no iterator built and dropped for them (P3's per-item path).
+        if !self.files.is_empty() {
+            self.files.into_iter().for_each(|file| file.disarm());
         }
         self.value
     }
 }
 
-/// The values of `outputs`, their files left in the worker's transfer directory (the
-/// [`Plugin::execute_stream`](plugvisor_proto::Plugin::execute_stream) view of a stream).
-pub(crate) fn values_of(outputs: OutputStream) -> PluginStream {
-    Box::pin(outputs.map(|item| item.map(CallOutput::leave_files)))
+/// What a streamed item becomes for its caller: the output owning its files
+/// ([`WorkerCore::stream`]) or the value alone ([`WorkerCore::stream_values`]).
+pub(crate) trait FromOutput: Send + 'static {
+    /// Converts one item.
+    fn from_output(output: CallOutput) -> Self;
+}
+
+impl FromOutput for CallOutput {
+    fn from_output(output: CallOutput) -> Self {
+        output
+    }
+}
+
+impl FromOutput for Value {
+    fn from_output(output: CallOutput) -> Self {
+        output.leave_files()
+    }
 }
 
 /// A streamed answer's items as the caller gets them. An item of a local worker has its output
@@ -452,7 +491,7 @@ pub(crate) fn values_of(outputs: OutputStream) -> PluginStream {
 /// was a `then` whose per-item future was ≈ 150 instructions of P3's budget). A remote
 /// worker's item with files to fetch, or the fault that ended the stream, waits for its
 /// future here.
-struct Items<S> {
+struct Items<S, T> {
     decoded: S,
     core: Arc<WorkerCore>,
     /// The call's staged input files: not outputs, and deleted with the stream.
@@ -461,16 +500,19 @@ struct Items<S> {
     _in_flight: InFlight,
     /// The item being fetched, or the stream's fault being attributed.
     pending: Option<SlowItem>,
+    /// What each item is handed on as.
+    out: PhantomData<fn() -> T>,
 }
 
 /// An item that needs a future: a remote worker's files fetched, or a fault attributed.
 type SlowItem = Pin<Box<dyn Future<Output = Result<CallOutput, PluginError>> + Send>>;
 
-impl<S> futures_util::Stream for Items<S>
+impl<S, T> futures_util::Stream for Items<S, T>
 where
     S: futures_util::Stream<Item = Result<Value, Fault>> + Unpin,
+    T: FromOutput,
 {
-    type Item = Result<CallOutput, PluginError>;
+    type Item = Result<T, PluginError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -478,15 +520,24 @@ where
             if let Some(pending) = this.pending.as_mut() {
                 let output = futures_util::ready!(pending.as_mut().poll(cx));
                 this.pending = None;
-                return Poll::Ready(Some(output));
+                return Poll::Ready(Some(output.map(T::from_output)));
             }
             let slow: SlowItem =
                 match futures_util::ready!(Pin::new(&mut this.decoded).poll_next(cx)) {
                     None => return Poll::Ready(None),
+                    // A string or a number cannot reference a file: nothing to adopt.
+                    Some(Ok(value)) if !matches!(value, Value::Object(_) | Value::Array(_)) => {
+                        let output = CallOutput {
+                            value,
+                            files: Vec::new(),
+                        };
+                        return Poll::Ready(Some(Ok(T::from_output(output))));
+                    }
                     Some(Ok(value)) if !this.core.fetches_outputs(&value) => {
                         let dir = &this.core.process.transfer_dir;
                         let adopted = transfer::adopt_outputs(dir, &value, &this.staged);
-                        return Poll::Ready(Some(adopted.map(|files| CallOutput { value, files })));
+                        let output = adopted.map(|files| CallOutput { value, files });
+                        return Poll::Ready(Some(output.map(T::from_output)));
                     }
                     // A remote worker's output files travel back before the item is handed on.
                     Some(Ok(value)) => {

@@ -3,7 +3,7 @@
 
 use super::{Command, Inner, Supervisor, WorkerState};
 use crate::side_thread::block_on_side_thread;
-use crate::worker::{values_of, CallOutput, OutputStream, WorkerCore};
+use crate::worker::{CallOutput, FromOutput, ItemStream, OutputStream, WorkerCore};
 use futures_util::StreamExt;
 use plugvisor_proto::{Plugin, PluginError, PluginStream, Value};
 use std::sync::atomic::Ordering;
@@ -242,7 +242,7 @@ impl Supervisor {
     /// # Errors
     /// As [`Plugin::execute_stream`].
     pub async fn stream_ref(&self, input: &Value) -> Result<PluginStream, PluginError> {
-        Ok(values_of(self.stream_outputs_ref(input).await?))
+        self.stream_as::<Value>(input).await
     }
 
     /// A stream whose items own the output files they reference, as [`Supervisor::call_ref`]
@@ -254,12 +254,17 @@ impl Supervisor {
     /// transfer directory, or at something that is not a regular file, is a
     /// [`PluginError::Protocol`] item.
     pub async fn stream_outputs_ref(&self, input: &Value) -> Result<OutputStream, PluginError> {
+        self.stream_as::<CallOutput>(input).await
+    }
+
+    /// A stream of `T`s (values alone, or outputs owning their files), admitted and timed.
+    async fn stream_as<T: FromOutput>(&self, input: &Value) -> Result<ItemStream<T>, PluginError> {
         let queue_deadline = Instant::now() + self.inner.config.queue_timeout;
         let permit = self.inner.admit(queue_deadline).await?;
         let worker = self.inner.ready_worker(queue_deadline, None).await?;
         self.inner.count_call(&worker);
         let timeout = self.inner.config.call_timeout;
-        let stream = with_deadline(timeout, worker.stream(input)).await?;
+        let stream = with_deadline(timeout, worker.items::<T>(input)).await?;
         // The slot is held until the stream ends or is dropped.
         Ok(Box::pin(stream.map(move |item| {
             let _held = &permit;
