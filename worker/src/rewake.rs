@@ -206,6 +206,21 @@ mod tests {
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
     }
 
+    /// A hyper HTTP/1 server connection on `io` that answers each request's body.
+    fn echo_connection(
+        io: tokio::io::DuplexStream,
+    ) -> impl Future<Output = Result<(), hyper::Error>> + Send {
+        let service =
+            hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                let body = http_body_util::BodyExt::collect(req.into_body())
+                    .await?
+                    .to_bytes();
+                Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Full::new(body)))
+            });
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+    }
+
     /// `future` within 10 s: a lost wake-up would hang it.
     async fn within<F: Future>(future: F) -> F::Output {
         tokio::time::timeout(std::time::Duration::from_secs(10), future)
@@ -216,15 +231,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hyper_connection_served_through_it_answers_on_a_multi_thread_runtime() {
         let (client, server) = tokio::io::duplex(4096);
-        let service =
-            hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                let body = http_body_util::BodyExt::collect(req.into_body())
-                    .await?
-                    .to_bytes();
-                Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Full::new(body)))
-            });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(hyper_util::rt::TokioIo::new(server), service);
+        let conn = echo_connection(server);
         let served = tokio::spawn(Rewake::new(conn));
         let (mut sender, client_conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(client))
@@ -259,15 +266,7 @@ mod tests {
             .write_all(b"POST / HTTP/1.1\r\nhost: w\r\ncontent-length: 5\r\n\r\nhello")
             .await
             .unwrap();
-        let service =
-            hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                let body = http_body_util::BodyExt::collect(req.into_body())
-                    .await?
-                    .to_bytes();
-                Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Full::new(body)))
-            });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(hyper_util::rt::TokioIo::new(server), service);
+        let conn = echo_connection(server);
         let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
         let waker = Waker::from(Arc::clone(&counter));
         let mut cx = Context::from_waker(&waker);
