@@ -5,7 +5,7 @@ use http::header::CONTENT_LENGTH;
 use http::Request;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use plugvisor_proto::fast_json::plain_string_field;
+use plugvisor_proto::fast_json::{Field, FieldBody};
 use plugvisor_proto::wire::ExecuteRequest;
 use plugvisor_proto::{ErrorKind, Value, WireError};
 use serde::de::DeserializeOwned;
@@ -28,7 +28,8 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
 
 /// Reads the body of a call (`execute`, `execute_stream`, a named method) as [`read_json`]
 /// does, taking a plain string input (`{"input":"…"}` without escapes, the usual shape of a
-/// large input) without the JSON parser.
+/// large input) without the JSON parser and without copying it again
+/// ([`FieldBody`]: its chunks are read into what becomes the `String`).
 ///
 /// # Errors
 /// As [`read_json`].
@@ -36,12 +37,25 @@ pub(crate) async fn read_call(
     req: Request<Incoming>,
     max_body: u64,
 ) -> Result<ExecuteRequest, WireError> {
-    let bytes = read_body(req, max_body).await?;
-    match plain_string_field(&bytes, "input") {
-        Some(text) => Ok(ExecuteRequest {
+    let declared = declared_length(&req);
+    if declared.is_some_and(|length| length > max_body) {
+        return Err(too_large(max_body));
+    }
+    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    let expected = declared.and_then(|l| usize::try_from(l).ok()).unwrap_or(0);
+    let mut field = FieldBody::new("input", expected.min(limit));
+    let mut body = Limited::new(req.into_body(), limit);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| unreadable(e, max_body))?;
+        if let Some(data) = frame.data_ref() {
+            field.push(data);
+        }
+    }
+    match field.finish() {
+        Field::Plain(text) => Ok(ExecuteRequest {
             input: Value::String(text),
         }),
-        None => parse_json(&bytes),
+        Field::Body(bytes) => parse_json(&bytes),
     }
 }
 
@@ -66,12 +80,19 @@ async fn read_body(req: Request<Incoming>, max_body: u64) -> Result<Bytes, WireE
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
     match Limited::new(req.into_body(), limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(too_large(max_body)),
-        Err(e) => Err(WireError::new(
-            ErrorKind::BadRequest,
-            format!("cannot read the request body: {e}"),
-        )),
+        Err(e) => Err(unreadable(e, max_body)),
     }
+}
+
+/// The error for a body that could not be read: too large, or cut off.
+fn unreadable(e: Box<dyn std::error::Error + Send + Sync>, max_body: u64) -> WireError {
+    if e.is::<LengthLimitError>() {
+        return too_large(max_body);
+    }
+    WireError::new(
+        ErrorKind::BadRequest,
+        format!("cannot read the request body: {e}"),
+    )
 }
 
 fn declared_length<B>(req: &Request<B>) -> Option<u64> {

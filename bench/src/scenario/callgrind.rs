@@ -41,6 +41,8 @@ pub enum Target {
     Bare,
     /// `RemotePlugin::execute_stream` → the ticker worker, counted per item.
     Stream,
+    /// `RemotePlugin` → the identity worker with P23's 1 MiB string input.
+    Mib,
 }
 
 impl Target {
@@ -49,6 +51,7 @@ impl Target {
             Self::Plugvisor => "plugvisor",
             Self::Bare => "bare_hyper",
             Self::Stream => "plugvisor_stream",
+            Self::Mib => "plugvisor_mib",
         }
     }
 
@@ -61,12 +64,22 @@ impl Target {
         }
     }
 
+    /// The input of one call: P1's small input, or P23's 1 MiB string.
+    fn input(self) -> Value {
+        if self == Self::Mib {
+            json!("y".repeat(crate::plan::MIB as usize))
+        } else {
+            small_input()
+        }
+    }
+
     /// Parses the hidden subcommand's argument.
     pub fn parse(name: &str) -> Result<Self> {
         match name {
             "plugvisor" => Ok(Self::Plugvisor),
             "bare_hyper" => Ok(Self::Bare),
             "plugvisor_stream" => Ok(Self::Stream),
+            "plugvisor_mib" => Ok(Self::Mib),
             other => bail!("unknown callgrind target {other}"),
         }
     }
@@ -153,13 +166,14 @@ async fn bare_call(conn: &mut HttpConn) -> Result<()> {
 /// When the server cannot be started or a call fails.
 pub async fn client(target: Target, n: usize, scratch: &Path) -> Result<()> {
     match target {
-        Target::Plugvisor => {
+        Target::Plugvisor | Target::Mib => {
             let host = Host::new()?;
             let identity = host
                 .spawn(WorkerSpec::new(worker_binary(crate::identity::NAME)?))
                 .await?;
+            let input = target.input();
             let result = calls(n, || async {
-                identity.execute(small_input()).await?;
+                identity.execute(input.clone()).await?;
                 Ok(())
             })
             .await;
@@ -208,13 +222,14 @@ fn host_side(target: Target, n: usize, out: &Path) -> Result<u64> {
 /// Total instructions of the server process answering `n` counted calls.
 async fn worker_side(ctx: &Ctx, target: Target, n: usize, out: &Path) -> Result<u64> {
     match target {
-        Target::Plugvisor => {
+        Target::Plugvisor | Target::Mib => {
             let identity = ctx
                 .host
                 .spawn(under_callgrind(crate::identity::NAME, out)?)
                 .await?;
+            let input = target.input();
             let result = calls(n, || async {
-                identity.execute(small_input()).await?;
+                identity.execute(input.clone()).await?;
                 Ok(())
             })
             .await;

@@ -6,8 +6,9 @@ use crate::client::{ClientError, Lease, WorkerClient};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
+use hyper::body::Body as _;
 use hyper::body::Incoming;
-use plugvisor_proto::fast_json::{plain_string_field, write_field};
+use plugvisor_proto::fast_json::{write_field, Field, FieldBody};
 use plugvisor_proto::wire::{ErrorBody, ExecuteResponse};
 use plugvisor_proto::{PluginError, Value};
 use serde::de::DeserializeOwned;
@@ -69,19 +70,42 @@ pub(crate) async fn json<T: DeserializeOwned>(
 }
 
 /// Sends a call's body and reads the `output` of its answer: a plain string output
-/// (`{"output":"…"}` without escapes) without the JSON parser, anything else parsed.
+/// (`{"output":"…"}` without escapes) without the JSON parser and read straight into its
+/// `String` ([`FieldBody`]), anything else parsed.
 pub(crate) async fn output(
     client: &Arc<WorkerClient>,
     path: &str,
     body: Bytes,
 ) -> Result<Value, Failure> {
     let (body, lease) = send(client, Method::POST, path, body).await?;
-    let bytes = read_all(body, lease).await?;
-    if let Some(text) = plain_string_field(&bytes, "output") {
-        return Ok(Value::String(text));
+    match read_field(body, lease, "output").await? {
+        Field::Plain(text) => Ok(Value::String(text)),
+        Field::Body(bytes) => {
+            let answer: ExecuteResponse = parse(&bytes).map_err(Failure::Answer)?;
+            Ok(answer.output)
+        }
     }
-    let answer: ExecuteResponse = parse(&bytes).map_err(Failure::Answer)?;
-    Ok(answer.output)
+}
+
+/// The most a body's declared length reserves up front; a longer body grows as it arrives
+/// (a worker's `Content-Length` is a claim, not an allocation order).
+const MAX_RESERVE: u64 = 64 << 20;
+
+/// Reads a call's answer `{"<key>":…}` to its end and gives the connection back to the pool.
+async fn read_field(
+    mut body: Incoming,
+    mut lease: Lease,
+    key: &'static str,
+) -> Result<Field, ClientError> {
+    let expected = body.size_hint().exact().unwrap_or(0).min(MAX_RESERVE);
+    let mut field = FieldBody::new(key, usize::try_from(expected).unwrap_or(0));
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame?.data_ref() {
+            field.push(data);
+        }
+    }
+    lease.finish();
+    Ok(field.finish())
 }
 
 /// Parses a worker's JSON answer.

@@ -247,6 +247,58 @@ fn oversized_bodies_get_413() {
     })
 }
 
+/// `body` in HTTP/1.1 chunked encoding, `size` bytes per chunk.
+fn chunked(body: &[u8], size: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for piece in body.chunks(size) {
+        out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        out.extend_from_slice(piece);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+/// A call body without a `Content-Length`, in small chunks: the worker reads a plain string
+/// piece by piece into its `String`, a string with escapes through the JSON parser, and a
+/// body past the limit is refused while it is read.
+#[test]
+fn chunked_call_bodies_are_read_piece_by_piece_and_limited() {
+    serially(async {
+        let w = HandWorker::start("echo");
+        let headers = [
+            ("authorization", format!("Bearer {TOKEN}")),
+            ("transfer-encoding", "chunked".to_owned()),
+        ];
+        let long = "z".repeat(100_000);
+        for input in [json!(long), json!("a\"b\\c\n"), json!({"k": ["v", 1]})] {
+            let body = json!({ "input": input }).to_string();
+            for size in [3, 7, 4096] {
+                let (status, answer) = w
+                    .request(
+                        "POST",
+                        "/v1/execute",
+                        &headers,
+                        &chunked(body.as_bytes(), size),
+                    )
+                    .await;
+                assert_eq!(
+                    (status, &answer["output"]),
+                    (200, &input),
+                    "chunks of {size}"
+                );
+            }
+        }
+        let mut huge = b"{\"input\":\"".to_vec();
+        huge.resize(65 * 1024 * 1024, b'y');
+        let (status, body) = w
+            .request("POST", "/v1/execute", &headers, &chunked(&huge, 1 << 20))
+            .await;
+        assert_eq!((status, kind(&body)), (413, "payload_too_large"));
+        w.stop().await;
+    })
+}
+
 async fn refused(w: &HandWorker, file: FileRef) -> (u16, String) {
     let body = json!({"input": {"op": "sha256", "file": file}});
     let (status, answer) = w.post("/v1/execute", body.to_string().as_bytes()).await;
