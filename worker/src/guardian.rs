@@ -91,11 +91,151 @@ extern "C" fn guardian(arg: *mut libc::c_void) -> libc::c_int {
     for fd in 0..3 {
         let _ = nix::unistd::close(fd);
     }
-    // If the worker died before the signal was armed, act at once.
-    if armed.is_ok() && nix::unistd::getppid() == worker {
+    // The signal comes when the *thread* that made the guardian (the worker's main thread)
+    // ends, and another of the worker's threads adopts it: `getppid` still names the worker
+    // then, so wait again until the whole worker is gone. Leaving at the first signal let
+    // the guardian exit while a plugin thread of a SIGKILLed worker still ran; that thread
+    // then held the last reference to the address space and tore it down (≈ 0.2 ms) before
+    // closing the worker's sockets, on its caller's path. If the worker died before the
+    // signal was armed, this acts at once.
+    while armed.is_ok() && nix::unistd::getppid() == worker {
         let _ = wake.wait();
     }
     let _ = killpg(nix::unistd::getpgrp(), Signal::SIGKILL);
     // SAFETY: `_exit` ends this process alone, running nothing of the worker's.
     unsafe { libc::_exit(0) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::unistd::{fork, getppid, pipe, read, setpgid, write, ForkResult};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// Set in the process the test starts to play the worker.
+    const CHILD: &str = "PLUGVISOR_GUARDIAN_TEST_CHILD";
+    const SIGNALLED: &str = "control: signalled at the main thread's exit";
+    const SURVIVED: &str = "worker: alive after its main thread ended";
+
+    /// A worker whose main thread ends while another thread lives on: the kernel sends the
+    /// parent-death signal then (the control, a plain child armed the same way, says so), and
+    /// the guardian must not take the group down until the whole worker is gone. Before the
+    /// fix it did, and a SIGKILLed worker's last thread tore its memory down before its
+    /// sockets closed (docs/PERFORMANCE.md, P8).
+    #[test]
+    fn waits_for_the_whole_worker_not_its_main_thread() {
+        if std::env::var_os(CHILD).is_some() {
+            play_worker();
+        }
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["guardian::tests::waits_for_the_whole_worker_not_its_main_thread"])
+            .args(["--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let signalled = text
+            .find(SIGNALLED)
+            .expect("the control never got its signal");
+        let survived = text.find(SURVIVED);
+        assert!(
+            survived.is_some_and(|at| at > signalled),
+            "the guardian ended the worker when its main thread ended ({}): {text}",
+            out.status
+        );
+        assert!(out.status.success(), "{}", out.status);
+        // The guardian follows the worker and leaves nothing of the group running (zombies
+        // wait for init to reap them).
+        let group = out_pid(&text);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !running_in_group(group).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the worker's group outlived it: {:?}",
+                running_in_group(group)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Pids of the processes of group `group` that are not zombies.
+    fn running_in_group(group: u32) -> Vec<u32> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    return false;
+                };
+                // After the `(comm)`: state, ppid, pgrp.
+                let mut rest = stat
+                    .rsplit_once(')')
+                    .map_or("", |(_, r)| r)
+                    .split_whitespace();
+                let state = rest.next();
+                let pgrp = rest.nth(1).and_then(|g| g.parse::<u32>().ok());
+                pgrp == Some(group) && state != Some("Z")
+            })
+            .collect()
+    }
+
+    /// The pid the child printed (its process group), after the harness's own words.
+    fn out_pid(text: &str) -> u32 {
+        text.split("group: ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .expect("the child printed its group")
+    }
+
+    /// The child's part, in a process of its own.
+    fn play_worker() -> ! {
+        // A group of its own: the guardian's `killpg` reaches this process, the control and
+        // the guardian, nothing of the test's.
+        setpgid(Pid::from_raw(0), Pid::from_raw(0)).unwrap();
+        println!("group: {}", std::process::id());
+        let (ready_r, ready_w) = pipe().unwrap();
+        // SAFETY: one thread so far; the child only makes syscalls and leaves with `_exit`.
+        if let ForkResult::Child = unsafe { fork() }.unwrap() {
+            let parent = getppid();
+            let mut usr1 = SigSet::empty();
+            usr1.add(Signal::SIGUSR1);
+            usr1.thread_block().unwrap();
+            nix::sys::prctl::set_pdeathsig(Signal::SIGUSR1).unwrap();
+            write(&ready_w, b"r").unwrap();
+            if getppid() == parent {
+                let _ = usr1.wait();
+            }
+            let line = format!("{SIGNALLED}\n");
+            let _ = write(std::io::stdout(), line.as_bytes());
+            // SAFETY: ends this forked child alone.
+            unsafe { libc::_exit(0) }
+        }
+        read(&ready_r, &mut [0u8]).unwrap();
+        // SAFETY: still one thread, fds 0–2 open.
+        unsafe { spawn() }.unwrap();
+        wait_until_armed(*GUARDIAN.get().unwrap());
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(400));
+            println!("{SURVIVED}");
+            std::process::exit(0);
+        });
+        // SAFETY: the raw `exit` ends this thread alone, running nothing (`pthread_exit`
+        // would unwind through the test harness); the thread above ends the process.
+        unsafe { libc::syscall(libc::SYS_exit, 0) };
+        unreachable!("the thread has exited")
+    }
+
+    /// Waits until the guardian sleeps in its signal wait (so its parent-death signal is set).
+    fn wait_until_armed(guardian: Pid) {
+        let wchan = format!("/proc/{guardian}/wchan");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(&wchan).is_ok_and(|w| w.contains("sigtimedwait")) {
+            assert!(Instant::now() < deadline, "the guardian never waited");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
