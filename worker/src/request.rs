@@ -1,7 +1,6 @@
 //! Reading request bodies: the size limit (up front and while reading) and strict JSON.
 
 use bytes::Bytes;
-use http::header::CONTENT_LENGTH;
 use http::Request;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -95,11 +94,9 @@ fn unreadable(e: Box<dyn std::error::Error + Send + Sync>, max_body: u64) -> Wir
     )
 }
 
-fn declared_length<B>(req: &Request<B>) -> Option<u64> {
-    req.headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
+/// The body's `Content-Length`, as hyper parsed (and checked) it: its exact size hint.
+fn declared_length(req: &Request<Incoming>) -> Option<u64> {
+    hyper::body::Body::size_hint(req.body()).exact()
 }
 
 fn too_large(max_body: u64) -> WireError {

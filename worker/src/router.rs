@@ -96,6 +96,10 @@ fn early(mut answer: Reply, req: &Request<Incoming>) -> Reply {
 }
 
 /// Runs the handler of `route`.
+///
+/// The handlers whose futures are larger than `execute`'s are boxed: the request's future is
+/// as large as the largest handler it may run (3.8 KB before, with a plugin route's), and
+/// hyper copies it into place for every request.
 async fn dispatch<P: Plugin>(shared: &Shared<P>, route: Route, req: Request<Incoming>) -> Handled {
     match route {
         Route::Health => handlers::health(shared),
@@ -104,14 +108,14 @@ async fn dispatch<P: Plugin>(shared: &Shared<P>, route: Route, req: Request<Inco
         Route::ConfigSchema => handlers::config_schema(shared),
         Route::Initialize => handlers::initialize(shared, req).await,
         Route::Execute => handlers::execute(shared, req).await,
-        Route::ExecuteStream => handlers::execute_stream(shared, req).await,
+        Route::ExecuteStream => Box::pin(handlers::execute_stream(shared, req)).await,
         Route::Cleanup => handlers::cleanup(shared).await,
         Route::Shutdown => handlers::shutdown(shared),
-        Route::Plugin => handlers::route(shared, req).await,
+        Route::Plugin => Box::pin(handlers::route(shared, req)).await,
         Route::Method => handlers::method(shared, req).await,
         Route::PluginHealth => handlers::plugin_health(shared).await,
-        Route::BeforeRequest => handlers::before_request(shared, req).await,
-        Route::AfterResponse => handlers::after_response(shared, req).await,
+        Route::BeforeRequest => Box::pin(handlers::before_request(shared, req)).await,
+        Route::AfterResponse => Box::pin(handlers::after_response(shared, req)).await,
         Route::Events => handlers::event(shared, req).await,
         Route::Files => files(shared, req).await,
         Route::File if req.method() == Method::DELETE => crate::uploads::remove(shared, &req),

@@ -51,7 +51,16 @@ pub fn traceparent_of(headers: &http::HeaderMap) -> Option<TraceParent> {
 /// trace, else a child of the valid one the request already has (a forwarded request), else
 /// none.
 pub(crate) fn outgoing(headers: &http::HeaderMap) -> Option<HeaderValue> {
-    let parent = current_trace().or_else(|| traceparent_of(headers))?;
+    child_header(current_trace().or_else(|| traceparent_of(headers))?)
+}
+
+/// The `traceparent` of a request the host makes itself: a child of the running task's
+/// trace, else none.
+pub(crate) fn outgoing_own() -> Option<HeaderValue> {
+    child_header(current_trace()?)
+}
+
+fn child_header(parent: TraceParent) -> Option<HeaderValue> {
     HeaderValue::try_from(parent.child(random_span()).to_string()).ok()
 }
 
