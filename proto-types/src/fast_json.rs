@@ -10,7 +10,9 @@
 //! body chunk by chunk so that a plain string lands in its own buffer and becomes the
 //! `String` without another copy.
 
+use bytes::Bytes;
 use serde_json::Value;
+use std::cell::RefCell;
 use std::io::Write;
 
 /// Bytes tested per step of the scans below.
@@ -33,6 +35,42 @@ pub fn write_field(buf: &mut Vec<u8>, key: &str, value: &Value) -> serde_json::R
     write_value(buf, value)?;
     buf.push(b'}');
     Ok(())
+}
+
+/// A string value at least this long is written into a buffer of its own; shorter bodies
+/// are written into this thread's scratch buffer and copied out.
+const OWN_BUFFER: usize = 4096;
+/// A scratch buffer that a large body left bigger than this is dropped.
+const SCRATCH_MAX: usize = 64 * 1024;
+
+thread_local! {
+    /// Where small call bodies are written before they are copied into an exact-size
+    /// `Bytes`: one allocation per body instead of two (a growing `Vec`, and the shared
+    /// header `Bytes::from(Vec)` adds when the length is not the capacity).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `{"<key>":<value>}` as [`write_field`] writes it, as `Bytes` ready to send: a large
+/// string in an exact-size buffer of its own, anything else written into a per-thread
+/// buffer and copied out at its size.
+///
+/// # Errors
+/// As [`write_field`].
+pub fn field_bytes(key: &str, value: &Value) -> serde_json::Result<Bytes> {
+    if matches!(value, Value::String(s) if s.len() >= OWN_BUFFER) {
+        let mut buf = Vec::new();
+        write_field(&mut buf, key, value)?;
+        return Ok(Bytes::from(buf));
+    }
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        buf.clear();
+        let written = write_field(&mut buf, key, value).map(|()| Bytes::copy_from_slice(&buf));
+        if buf.capacity() > SCRATCH_MAX {
+            *buf = Vec::new();
+        }
+        written
+    })
 }
 
 /// Writes `value` to `out` as compact JSON, byte for byte what `serde_json::to_writer` writes,
@@ -95,15 +133,20 @@ pub fn plain_string_field(body: &[u8], key: &str) -> Option<String> {
     std::str::from_utf8(text).ok().map(str::to_owned)
 }
 
-/// A call body `{"<key>":…}` read chunk by chunk into one buffer. When the first chunk begins
-/// the way a string value does (`{"<key>":"`), those bytes are left out, so a plain string
-/// (no escapes, valid UTF-8) ends up alone in the buffer and [`finish`](Self::finish) hands
-/// that buffer over as the `String`: one copy from the connection's chunks instead of two
-/// (chunks into one body, the body's text into a `String`).
+/// A call body `{"<key>":…}` read chunk by chunk. A body that arrives in one chunk (every
+/// small one) is kept as that chunk, uncopied. Otherwise the chunks are copied into one
+/// buffer, and when the first begins the way a string value does (`{"<key>":"`) those bytes
+/// are left out, so a plain string (no escapes, valid UTF-8) ends up alone in the buffer and
+/// [`finish`](Self::finish) hands that buffer over as the `String`: one copy from the
+/// connection's chunks instead of two (chunks into one body, the body's text into a `String`).
 #[derive(Debug)]
 pub struct FieldBody {
     key: &'static str,
+    /// The only chunk so far, not yet copied.
+    first: Option<Bytes>,
     buf: Vec<u8>,
+    /// The expected body size.
+    capacity: usize,
     /// `{"<key>":"` was left out of `buf`.
     headless: bool,
     /// A chunk has been pushed.
@@ -116,7 +159,7 @@ pub enum Field {
     /// The body was `{"<key>":"<text>"}` with plain text: the text.
     Plain(String),
     /// Anything else: the whole body, for serde_json.
-    Body(Vec<u8>),
+    Body(Bytes),
 }
 
 impl FieldBody {
@@ -125,28 +168,42 @@ impl FieldBody {
     pub fn new(key: &'static str, capacity: usize) -> Self {
         Self {
             key,
-            buf: Vec::with_capacity(capacity),
+            first: None,
+            buf: Vec::new(),
+            capacity,
             headless: false,
             started: false,
         }
     }
 
     /// Appends the body's next chunk.
-    pub fn push(&mut self, chunk: &[u8]) {
-        if !self.started && !chunk.is_empty() {
+    pub fn push(&mut self, chunk: Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
+        if !self.started {
             self.started = true;
-            if let Some(rest) = strip_head(chunk, self.key) {
-                self.headless = true;
-                self.buf.extend_from_slice(rest);
-                return;
+            self.first = Some(chunk);
+            return;
+        }
+        if let Some(first) = self.first.take() {
+            self.buf
+                .reserve(self.capacity.max(first.len() + chunk.len()));
+            match strip_head(&first, self.key) {
+                Some(rest) => {
+                    self.headless = true;
+                    self.buf.extend_from_slice(rest);
+                }
+                None => self.buf.extend_from_slice(&first),
             }
         }
-        self.buf.extend_from_slice(chunk);
+        self.buf.extend_from_slice(&chunk);
     }
 
     /// Bytes of the body read so far.
     pub fn len(&self) -> usize {
-        self.buf.len() + if self.headless { head_len(self.key) } else { 0 }
+        let head = if self.headless { head_len(self.key) } else { 0 };
+        self.first.as_ref().map_or(0, Bytes::len) + self.buf.len() + head
     }
 
     /// True before any byte was read.
@@ -156,10 +213,16 @@ impl FieldBody {
 
     /// The plain string, or the whole body.
     pub fn finish(self) -> Field {
+        if let Some(first) = self.first {
+            return match plain_string_field(&first, self.key) {
+                Some(text) => Field::Plain(text),
+                None => Field::Body(first),
+            };
+        }
         if !self.headless {
             return match plain_string_field(&self.buf, self.key) {
                 Some(text) => Field::Plain(text),
-                None => Field::Body(self.buf),
+                None => Field::Body(Bytes::from(self.buf)),
             };
         }
         let mut buf = self.buf;
@@ -180,7 +243,7 @@ impl FieldBody {
         whole.extend_from_slice(self.key.as_bytes());
         whole.extend_from_slice(b"\":\"");
         whole.extend_from_slice(&buf);
-        Field::Body(whole)
+        Field::Body(Bytes::from(whole))
     }
 }
 
@@ -301,12 +364,12 @@ mod tests {
             for size in (1..=40).chain([body.len().max(1)]) {
                 let mut field = FieldBody::new("output", body.len());
                 for chunk in body.chunks(size) {
-                    field.push(chunk);
+                    field.push(Bytes::copy_from_slice(chunk));
                 }
                 assert_eq!(field.len(), body.len());
                 let expected = match plain_string_field(body, "output") {
                     Some(text) => Field::Plain(text),
-                    None => Field::Body(body.clone()),
+                    None => Field::Body(Bytes::from(body.clone())),
                 };
                 assert_eq!(field.finish(), expected, "{body:?} in chunks of {size}");
             }
@@ -318,9 +381,12 @@ mod tests {
         let text = "y".repeat(1 << 20);
         let body = serde_json::to_vec(&json!({ "input": text })).unwrap();
         let mut field = FieldBody::new("input", body.len());
+        let mut chunks = body.chunks(64 * 1024);
+        field.push(Bytes::copy_from_slice(chunks.next().unwrap()));
+        field.push(Bytes::copy_from_slice(chunks.next().unwrap()));
         let buffer = field.buf.as_ptr();
-        for chunk in body.chunks(64 * 1024) {
-            field.push(chunk);
+        for chunk in chunks {
+            field.push(Bytes::copy_from_slice(chunk));
         }
         let Field::Plain(read) = field.finish() else {
             panic!("a plain string was not read as one");
@@ -328,6 +394,39 @@ mod tests {
         assert_eq!(read, text);
         // Handed over, not copied: the string is the buffer the chunks were read into.
         assert_eq!(read.as_ptr(), buffer);
+    }
+
+    #[test]
+    fn field_body_keeps_a_single_chunk_uncopied() {
+        let body = Bytes::from_static(br#"{"output":{"text":"hello"}}"#);
+        let mut field = FieldBody::new("output", body.len());
+        field.push(body.clone());
+        let Field::Body(read) = field.finish() else {
+            panic!("an object was read as a string");
+        };
+        assert_eq!(read.as_ptr(), body.as_ptr());
+    }
+
+    /// Bodies cut from the per-thread buffer are what `write_field` writes, each its own
+    /// (one body is not changed by writing the next), small and large, and across a refill.
+    #[test]
+    fn field_bytes_writes_what_write_field_writes() {
+        let mut values = samples();
+        values.push(json!("z".repeat(OWN_BUFFER + 1)));
+        values.push(json!({"big": "q".repeat(2 * SCRATCH_MAX)}));
+        let mut kept = Vec::new();
+        for round in 0..40 {
+            for value in &values {
+                let mut expected = Vec::new();
+                write_field(&mut expected, "input", value).unwrap();
+                let got = field_bytes("input", value).unwrap();
+                assert_eq!(got, expected, "round {round}: {value}");
+                kept.push((got, expected));
+            }
+        }
+        for (got, expected) in kept {
+            assert_eq!(got, expected);
+        }
     }
 
     #[test]

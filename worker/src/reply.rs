@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
-use plugvisor_proto::fast_json::write_field;
+use plugvisor_proto::fast_json::field_bytes;
 use plugvisor_proto::wire::ErrorBody;
 use plugvisor_proto::{ErrorKind, Value, WireError};
 use serde::Serialize;
@@ -35,9 +35,8 @@ pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
 /// The `200` answer of a call, `{"output":…}`: what [`json`] writes, with strings copied
 /// whole instead of byte by byte (a large string output is the common bulk case).
 pub(crate) fn output(value: &Value) -> Reply {
-    let mut bytes = Vec::with_capacity(128);
-    match write_field(&mut bytes, "output", value) {
-        Ok(()) => with_body(StatusCode::OK, APPLICATION_JSON, Bytes::from(bytes)),
+    match field_bytes("output", value) {
+        Ok(bytes) => with_body(StatusCode::OK, APPLICATION_JSON, bytes),
         Err(e) => error(WireError::new(
             ErrorKind::PluginFailed,
             format!("the answer could not be serialized: {e}"),

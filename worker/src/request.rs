@@ -46,7 +46,7 @@ pub(crate) async fn read_call(
     let mut body = Limited::new(req.into_body(), limit);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| unreadable(e, max_body))?;
-        if let Some(data) = frame.data_ref() {
+        if let Ok(data) = frame.into_data() {
             field.push(data);
         }
     }

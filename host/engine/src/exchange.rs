@@ -8,7 +8,7 @@ use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use hyper::body::Incoming;
-use plugvisor_proto::fast_json::{write_field, Field, FieldBody};
+use plugvisor_proto::fast_json::{field_bytes, Field, FieldBody};
 use plugvisor_proto::wire::{ErrorBody, ExecuteResponse};
 use plugvisor_proto::{PluginError, Value};
 use serde::de::DeserializeOwned;
@@ -100,7 +100,7 @@ async fn read_field(
     let expected = body.size_hint().exact().unwrap_or(0).min(MAX_RESERVE);
     let mut field = FieldBody::new(key, usize::try_from(expected).unwrap_or(0));
     while let Some(frame) = body.frame().await {
-        if let Some(data) = frame?.data_ref() {
+        if let Ok(data) = frame?.into_data() {
             field.push(data);
         }
     }
@@ -141,9 +141,7 @@ pub(crate) fn from_worker(wire: plugvisor_proto::WireError) -> PluginError {
 /// Serializes the body of a call, `{"input":…}`: what [`to_body`] writes, with strings copied
 /// whole instead of byte by byte.
 pub(crate) fn call_body(input: &Value) -> Result<Bytes, PluginError> {
-    let mut bytes = Vec::with_capacity(128);
-    write_field(&mut bytes, "input", input)
-        .map(|()| Bytes::from(bytes))
+    field_bytes("input", input)
         .map_err(|e| PluginError::InvalidInput(format!("input is not serializable: {e}")))
 }
 
