@@ -587,7 +587,9 @@ def _guard(worker: int, prctl: object) -> NoReturn:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
         armed = prctl(1, int(signal.SIGUSR1), 0, 0, 0) == 0  # type: ignore[operator]  # PR_SET_PDEATHSIG
         os.closerange(0, 1 << 16)
-        if armed and os.getppid() == worker:
+        # The signal comes when the thread that forked this ends; while another thread of
+        # the worker lives and adopted us, getppid() still names the worker: wait again.
+        while armed and os.getppid() == worker:
             signal.sigwait({signal.SIGUSR1})
         os.killpg(os.getpgrp(), signal.SIGKILL)
     finally:
