@@ -125,12 +125,23 @@ fn put<W: Write + ?Sized>(out: &mut W, bytes: &[u8]) -> serde_json::Result<()> {
 /// The string of a body that is exactly `{"<key>":"<text>"}` with no escapes in the text and
 /// valid UTF-8 (what serde_json would read from it), else `None`: then serde_json decides.
 pub fn plain_string_field(body: &[u8], key: &str) -> Option<String> {
-    let rest = body.strip_prefix(b"{\"")?.strip_prefix(key.as_bytes())?;
-    let text = rest.strip_prefix(b"\":\"")?.strip_suffix(b"\"}")?;
+    let text = strip_head(body, key)?.strip_suffix(b"\"}")?;
+    plain_text(text).map(str::to_owned)
+}
+
+/// `text` (the inside of a JSON string) as the string it encodes when it holds no escapes
+/// and is valid UTF-8, else `None`. The usual case, ASCII without escapes, takes one scan.
+/// Inlined: it sits on the stream decoder's per-item path in the host crate.
+#[inline]
+pub fn plain_text(text: &[u8]) -> Option<&str> {
+    if !any_byte(text, |b| is_special(b) | (b >= 0x80)) {
+        // SAFETY: every byte of `text` is below 0x80 (checked just above), and ASCII is UTF-8.
+        return Some(unsafe { std::str::from_utf8_unchecked(text) });
+    }
     if needs_escape(text) {
         return None;
     }
-    std::str::from_utf8(text).ok().map(str::to_owned)
+    std::str::from_utf8(text).ok()
 }
 
 /// A call body `{"<key>":…}` read chunk by chunk. A body that arrives in one chunk (every

@@ -3,14 +3,15 @@
 //! Built for throughput (millions of small items, or gigabytes of large ones, per second):
 //! lines are cut out of the body's data without copying unless a line spans two pieces of
 //! data, newlines are found by `memchr`'s vector search, and an item that is a plain string
-//! (`{"item":"…"}` without escapes, the usual shape of bulk data; checked by the vector scan
-//! of `fast_json::any_byte`) is taken as is instead of going through the JSON parser.
+//! (`{"item":"…"}` without escapes, the usual shape of bulk data; checked by
+//! `fast_json::plain_text`'s vector scan) is taken as is instead of going through the JSON
+//! parser.
 
 use crate::client::{ClientError, Lease};
 use bytes::Bytes;
 use futures_util::{ready, Stream};
 use hyper::body::{Body as _, Incoming};
-use plugvisor_proto::fast_json::{any_byte, needs_escape};
+use plugvisor_proto::fast_json::plain_text;
 use plugvisor_proto::wire::StreamFrame;
 use plugvisor_proto::{PluginError, Value};
 use std::pin::Pin;
@@ -212,19 +213,7 @@ fn find_newline(bytes: &[u8]) -> Option<usize> {
 /// what the JSON parser would return for it), else `None` (then the parser decides).
 pub(crate) fn plain_string_item(line: &[u8]) -> Option<Value> {
     let text = line.strip_prefix(b"{\"item\":\"")?.strip_suffix(b"\"}\n")?;
-    // One scan for the usual case, ASCII without escapes.
-    let unusual = |b: u8| (b < 0x20) | (b == b'"') | (b == b'\\') | (b >= 0x80);
-    if !any_byte(text, unusual) {
-        // SAFETY: every byte of `text` is below 0x80 (checked just above), and ASCII is UTF-8.
-        let ascii = unsafe { std::str::from_utf8_unchecked(text) };
-        return Some(Value::String(ascii.to_owned()));
-    }
-    if needs_escape(text) {
-        return None;
-    }
-    std::str::from_utf8(text)
-        .ok()
-        .map(|s| Value::String(s.to_owned()))
+    plain_text(text).map(|text| Value::String(text.to_owned()))
 }
 
 #[cfg(test)]
