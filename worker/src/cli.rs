@@ -7,6 +7,7 @@ use clap::Parser;
 use plugvisor_proto::wire::{
     DEFAULT_MAX_BODY, MAX_BODY_ENV, TOKEN_ENV, TRANSFER_DIR_ENV, WATCH_STDIN_ENV,
 };
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 /// Environment variable with the number of threads plugin code runs on (default 2); the
@@ -17,7 +18,7 @@ pub const WORKER_THREADS_ENV: &str = "PLUGVISOR_WORKER_THREADS";
 pub const LOG_ENV: &str = "PLUGVISOR_LOG";
 
 /// The arguments every worker binary accepts.
-#[derive(Debug, Parser)]
+#[derive(Debug, PartialEq, Parser)]
 #[command(
     about = "A plugvisor worker: serves one plugin over the plugvisor worker protocol.",
     long_about = None,
@@ -61,6 +62,55 @@ pub(crate) struct WorkerConfig {
 }
 
 impl Args {
+    /// This process's arguments. The form a host starts a worker with (`--socket PATH`, the
+    /// rest from the environment) is read directly; any other goes through clap, which
+    /// also answers `--help` and reports usage errors. Building clap's command (every option,
+    /// its help and checks) cost a worker's start ≈ 80 µs of ≈ 2 ms (docs/PERFORMANCE.md,
+    /// P7); the result is the same either way (tested against clap).
+    pub(crate) fn from_process() -> Self {
+        let env = |key: &str| std::env::var_os(key);
+        Self::host_form(std::env::args_os().skip(1), env).unwrap_or_else(Self::parse)
+    }
+
+    /// `--socket PATH` and nothing else, with the transfer directory and body limit from
+    /// `env` as clap reads them; `None` for anything else (clap decides then), including
+    /// values clap might read otherwise: an empty one, a path starting with `-`, a limit
+    /// that is not a plain number.
+    fn host_form(
+        mut args: impl Iterator<Item = OsString>,
+        env: impl Fn(&str) -> Option<OsString>,
+    ) -> Option<Self> {
+        let (flag, path) = (args.next()?, args.next()?);
+        let plain = |v: &OsString| !v.is_empty() && !v.as_encoded_bytes().starts_with(b"-");
+        if flag != "--socket" || !plain(&path) || args.next().is_some() {
+            return None;
+        }
+        let transfer_dir = match env(TRANSFER_DIR_ENV) {
+            None => None,
+            Some(dir) if plain(&dir) => Some(PathBuf::from(dir)),
+            Some(_) => return None,
+        };
+        let max_body = match env(MAX_BODY_ENV) {
+            None => DEFAULT_MAX_BODY,
+            Some(limit) => {
+                let digits = limit
+                    .to_str()
+                    .filter(|l| l.bytes().all(|b| b.is_ascii_digit()))?;
+                digits.parse().ok()?
+            }
+        };
+        Some(Self {
+            socket: Some(PathBuf::from(path)),
+            listen: None,
+            token_file: None,
+            transfer_dir,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            max_body,
+        })
+    }
+
     /// Resolves the arguments; `Ok(None)` when no listen address was given at all.
     ///
     /// Reads the token from `PLUGVISOR_TOKEN` (then removes it from the environment, so that
@@ -193,7 +243,75 @@ fn worker_threads() -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::remove_abandoned;
+    use super::{remove_abandoned, Args};
+    use clap::Parser;
+    use plugvisor_proto::wire::{DEFAULT_MAX_BODY, MAX_BODY_ENV, TRANSFER_DIR_ENV};
+    use std::ffi::OsString;
+    use std::path::PathBuf;
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    /// The host's form, read directly, is what clap makes of it (with none of the
+    /// environment's settings, which this process does not set).
+    #[test]
+    fn the_hosts_form_is_read_as_clap_reads_it() {
+        for key in [TRANSFER_DIR_ENV, MAX_BODY_ENV] {
+            assert!(
+                std::env::var_os(key).is_none(),
+                "{key} is set for the tests"
+            );
+        }
+        let argv = ["w", "--socket", "/run/p/w.sock"];
+        let direct = Args::host_form(os(&argv[1..]).into_iter(), |_| None);
+        assert_eq!(direct, Some(Args::try_parse_from(argv).unwrap()));
+        let none = |_: &str| None;
+        let env = |dir: &'static str, limit: &'static str| {
+            move |key: &str| match key {
+                TRANSFER_DIR_ENV => Some(OsString::from(dir)),
+                MAX_BODY_ENV => Some(OsString::from(limit)),
+                _ => None,
+            }
+        };
+        let read = Args::host_form(os(&argv[1..]).into_iter(), env("/t/d", "1024")).unwrap();
+        assert_eq!(read.transfer_dir, Some(PathBuf::from("/t/d")));
+        assert_eq!(
+            (read.max_body, read.socket),
+            (1024, Some("/run/p/w.sock".into()))
+        );
+        // Everything else is left to clap: other flags, other forms, odd values.
+        for other in [
+            &["--socket"][..],
+            &["--socket=/s"],
+            &["--socket", "/s", "--max-body", "9"],
+            &["--socket", "-s"],
+            &["--socket", ""],
+            &["--listen", "tcp://127.0.0.1:0"],
+            &["--help"],
+            &[],
+        ] {
+            assert_eq!(
+                Args::host_form(os(other).into_iter(), none),
+                None,
+                "{other:?}"
+            );
+        }
+        for (dir, limit) in [
+            ("", "1"),
+            ("-x", "1"),
+            ("/d", ""),
+            ("/d", "+1"),
+            ("/d", "1k"),
+        ] {
+            let odd = Args::host_form(os(&argv[1..]).into_iter(), env(dir, limit));
+            assert_eq!(odd, None, "{dir:?} {limit:?}");
+        }
+        assert_eq!(
+            DEFAULT_MAX_BODY,
+            Args::try_parse_from(argv).unwrap().max_body
+        );
+    }
 
     #[test]
     fn only_a_dead_workers_own_directories_are_removed() {

@@ -52,10 +52,25 @@ pub(crate) unsafe fn spawn() -> std::io::Result<()> {
         ));
     }
     let worker = nix::unistd::getpid().as_raw();
-    // Never freed: the guardian runs on it for as long as the worker lives.
-    let stack: &'static mut [u8] = Box::leak(vec![0u8; STACK].into_boxed_slice());
+    // Never unmapped: the guardian runs on it for as long as the worker lives. A mapping of
+    // its own, not a heap block: only the page or two the guardian uses are ever faulted in
+    // (a zeroed 64 KiB heap block cost the worker's start 16 page faults, ≈ 40 µs).
+    // SAFETY: a fresh anonymous private mapping; no existing memory is touched.
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
     // The stack grows down from its (16-byte aligned) top.
-    let top = (stack.as_mut_ptr() as usize + STACK) & !15;
+    let top = (stack as usize + STACK) & !15;
     // SAFETY: `guardian` only makes syscalls that cannot fail here and ends in `_exit`; its
     // stack is its own and outlives it; the argument is a plain integer, not a pointer.
     let pid = unsafe {

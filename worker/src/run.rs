@@ -8,7 +8,6 @@ use crate::listener::Listener;
 use crate::routes::Routes;
 use crate::server::serve_announced;
 use crate::watch;
-use clap::Parser;
 use plugvisor_proto::wire::{Handshake, InfoResponse, Transport, MAX_HANDSHAKE_LEN};
 use plugvisor_proto::ErrorChain;
 use plugvisor_proto::Plugin;
@@ -58,7 +57,7 @@ impl<P: Plugin> Worker<P> {
 
 fn run_with<P: Plugin>(plugin: Arc<P>, extensions: Extensions) -> ! {
     watch::arm_parent_death();
-    let args = Args::parse();
+    let args = Args::from_process();
     crate::logging::init();
     let program = program_name(&*plugin);
     let config = match args.resolve() {
