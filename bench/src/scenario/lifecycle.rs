@@ -2,7 +2,7 @@
 //! kernel's own SIGKILL → reaped) and P9
 //! (crash → a restarted worker answers, backoff 0).
 
-use crate::baseline::{bare_kill, bare_spawn};
+use crate::baseline::{bare_kill, bare_spawn, hyper_spawn};
 use crate::report::{Check, Outcome};
 use crate::scenario::{small_input, Ctx};
 use crate::stats::{median, millis, quantile};
@@ -18,16 +18,19 @@ fn ms(value: f64) -> String {
     format!("{value:.2} ms")
 }
 
-/// P7: host spawn + first `execute` answered, against bare-spawn, interleaved.
+/// P7: host spawn + first `execute` answered, against bare-spawn and a minimal tokio + hyper
+/// server's spawn, interleaved.
 ///
 /// # Errors
-/// When a worker or the bare binary cannot be started.
+/// When a worker or a baseline binary cannot be started.
 pub async fn spawn(ctx: &Ctx) -> Result<Outcome> {
     let spec = ctx.spec("echo")?;
     let input = small_input();
-    let (mut pv, mut bare) = (Vec::new(), Vec::new());
+    let body = bytes::Bytes::from(serde_json::to_vec(&json!({ "input": input }))?);
+    let (mut pv, mut bare, mut stack) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..ctx.plan.lifecycle_trials + 1 {
         let b = bare_spawn::once(ctx.dir(), i)?;
+        let h = hyper_spawn::once(ctx.dir(), i, &body).await?;
         let start = Instant::now();
         let echo = ctx.host.spawn(spec.clone()).await?;
         echo.execute(input.clone()).await?;
@@ -36,11 +39,12 @@ pub async fn spawn(ctx: &Ctx) -> Result<Outcome> {
         // The first round warms the page cache and the spawner thread.
         if i > 0 {
             bare.push(b);
+            stack.push(h);
             pv.push(elapsed);
         }
     }
-    let (pv, bare) = (millis(&pv), millis(&bare));
-    let (p50, base) = (median(&pv), median(&bare));
+    let (pv, bare, stack) = (millis(&pv), millis(&bare), millis(&stack));
+    let (p50, base, hyper) = (median(&pv), median(&bare), median(&stack));
     let ratio = p50 / base;
     let mut o = Outcome::new(
         "P7",
@@ -53,14 +57,32 @@ pub async fn spawn(ctx: &Ctx) -> Result<Outcome> {
     o.measure("trials", pv.len() as u64);
     o.base("bare_spawn_p50_ms", base);
     o.base("bare_spawn_p90_ms", quantile(&bare, 0.9));
+    o.base("tokio_hyper_spawn_p50_ms", hyper);
+    o.base("tokio_hyper_spawn_ratio_to_bare_spawn", hyper / base);
+    o.measure("ratio_to_tokio_hyper_spawn", p50 / hyper);
     o.checks
         .push(Check::at_most("p50 / bare-spawn p50", ratio, 1.5));
-    o.measured_text = format!("p50 {} ({ratio:.2}x)", ms(p50));
-    o.baseline_text = format!("bare-spawn {}", ms(base));
+    o.measured_text = format!(
+        "p50 {} ({ratio:.2}x; {:.2}x tokio+hyper)",
+        ms(p50),
+        p50 / hyper
+    );
+    o.baseline_text = format!(
+        "bare-spawn {}; tokio+hyper {} ({:.2}x)",
+        ms(base),
+        ms(hyper),
+        hyper / base
+    );
     o.reference = "go-plugin: measured in P23; Python isolation library 370 ms";
     o.notes.push(
         "bare-spawn: spawn a std-only binary that binds a Unix socket and prints one line, \
          connect, one 16-byte round trip"
+            .to_owned(),
+    );
+    o.notes.push(
+        "tokio+hyper: spawn plugvisor-bench-hyper (a multi-thread tokio runtime of two threads \
+         and a hyper HTTP/1.1 JSON echo, nothing of plugvisor), connect, one call: the floor of \
+         the stack a worker is built on"
             .to_owned(),
     );
     Ok(o)

@@ -1,0 +1,62 @@
+//! `plugvisor-bench-hyper SOCKET`: P7's tokio + hyper reference. A minimal binary that starts
+//! a multi-thread tokio runtime with two threads (as many as a worker's plugin runtime),
+//! binds a Unix socket, prints one line, and answers HTTP/1.1 `{"input": …}` with
+//! `{"output": …}` until killed: what a spawn costs with the stack a worker is built on and
+//! nothing of plugvisor's (no arguments, logging, guardian, second runtime, auth or routing).
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::io::Write;
+
+fn main() -> std::io::Result<()> {
+    let Some(path) = std::env::args_os().nth(1) else {
+        eprintln!("usage: plugvisor-bench-hyper SOCKET");
+        std::process::exit(2);
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::UnixListener::bind(&path)?;
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(b"ready\n")?;
+        stdout.flush()?;
+        drop(stdout);
+        loop {
+            let (stream, _) = listener.accept().await?;
+            tokio::spawn(async move {
+                let serve = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service_fn(answer));
+                let _ = serve.await;
+            });
+        }
+    })
+}
+
+/// Parses `{"input": …}` and answers `{"output": …}`.
+async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let body = req.into_body().collect().await.map(|c| c.to_bytes());
+    let parsed = body
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+    let (status, out) = match parsed {
+        Some(mut request) => {
+            let input = request.get_mut("input").map(Value::take);
+            (StatusCode::OK, json!({ "output": input }))
+        }
+        None => (StatusCode::BAD_REQUEST, json!({"error": "bad json"})),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec(&out).unwrap_or_default(),
+    )));
+    *response.status_mut() = status;
+    Ok(response)
+}
