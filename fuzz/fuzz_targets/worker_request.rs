@@ -316,9 +316,15 @@ fn parse_answers(mut bytes: &[u8]) -> Vec<Answer> {
         let (body, used) = if is_chunked {
             chunked(rest).unwrap_or_else(|| panic!("a bad chunked body in {whole:?}"))
         } else if let Some(length) = length {
-            // An answer to HEAD has the length of a body it does not carry.
+            // An answer to HEAD has the length of a body it does not carry. When the next
+            // answer starts right here it is one of those: no body the worker sends starts
+            // with `HTTP/1.` (its bodies are JSON). Checked first, since the next answer can
+            // be exactly `length` bytes long and so also fit where a body would end (a 404 to
+            // HEAD followed by a 400, 103 bytes each, was once read as answer and body).
             let next_at = |n: usize| rest.len() == n || rest[n..].starts_with(b"HTTP/1.");
-            let n = if rest.len() >= length && next_at(length) {
+            let n = if length > 0 && rest.starts_with(b"HTTP/1.") {
+                0
+            } else if rest.len() >= length && next_at(length) {
                 length
             } else if next_at(0) {
                 0
