@@ -65,8 +65,9 @@ impl Args {
     /// This process's arguments. The form a host starts a worker with (`--socket PATH`, the
     /// rest from the environment) is read directly; any other goes through clap, which
     /// also answers `--help` and reports usage errors. Building clap's command (every option,
-    /// its help and checks) cost a worker's start ≈ 80 µs of ≈ 2 ms (docs/PERFORMANCE.md,
-    /// P7); the result is the same either way (tested against clap).
+    /// its help and checks) made this step of a worker's start 85 µs instead of 34 µs, of
+    /// ≈ 2 ms in all (docs/PERFORMANCE.md, P7); the result is the same either way (tested
+    /// against clap).
     pub(crate) fn from_process() -> Self {
         let env = |key: &str| std::env::var_os(key);
         Self::host_form(std::env::args_os().skip(1), env).unwrap_or_else(Self::parse)

@@ -1,8 +1,9 @@
 //! `plugvisor-bench-hyper SOCKET`: P7's tokio + hyper reference. A minimal binary that starts
 //! a multi-thread tokio runtime with two threads (as many as a worker's plugin runtime),
-//! binds a Unix socket, prints one line, and answers HTTP/1.1 `{"input": …}` with
-//! `{"output": …}` until killed: what a spawn costs with the stack a worker is built on and
-//! nothing of plugvisor's (no arguments, logging, guardian, second runtime, auth or routing).
+//! binds a Unix socket, prints one line, answers HTTP/1.1 `{"input": …}` with
+//! `{"output": …}` on the first connection and exits when it closes: what a spawn costs with
+//! the stack a worker is built on and nothing of plugvisor's (no arguments, logging,
+//! guardian, second runtime, auth or routing).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -30,14 +31,13 @@ fn main() -> std::io::Result<()> {
         stdout.write_all(b"ready\n")?;
         stdout.flush()?;
         drop(stdout);
-        loop {
-            let (stream, _) = listener.accept().await?;
-            tokio::spawn(async move {
-                let serve = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service_fn(answer));
-                let _ = serve.await;
-            });
-        }
+        let (stream, _) = listener.accept().await?;
+        // Served in a task of its own, as a server serves each connection.
+        let serve = tokio::spawn(
+            http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(answer)),
+        );
+        let _ = serve.await;
+        std::fs::remove_file(&path)
     })
 }
 
