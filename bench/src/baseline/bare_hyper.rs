@@ -7,18 +7,12 @@
 //! with `ADDR` a socket path or `tcp://127.0.0.1:0`.
 
 use crate::baseline::client::HttpConn;
+use crate::baseline::json_echo;
 use crate::procs::{spawn_self, ChildGuard};
 use anyhow::{Context as _, Result};
-use bytes::Bytes;
-use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -74,30 +68,8 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let _ = http1::Builder::new()
-        .serve_connection(TokioIo::new(stream), service_fn(answer))
+        .serve_connection(TokioIo::new(stream), service_fn(json_echo::answer))
         .await;
-}
-
-/// Parses `{"input": …}` and answers `{"output": …}`.
-async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let body = req.into_body().collect().await.map(|c| c.to_bytes());
-    let parsed = body
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-    let (status, out) = match parsed {
-        Some(mut request) => {
-            let input = request.get_mut("input").map(Value::take);
-            (StatusCode::OK, json!({ "output": input }))
-        }
-        None => (StatusCode::BAD_REQUEST, json!({"error": "bad json"})),
-    };
-    let bytes = serde_json::to_vec(&out).unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Ok(response)
 }
 
 /// A running bare-hyper server process.

@@ -2,8 +2,8 @@
 //! socket and prints one line, then connect and exchange one 16-byte message: the floor of
 //! "spawn → ready → first answer".
 
-use crate::procs::{binary, first_line, ChildGuard};
-use anyhow::{Context as _, Result};
+use crate::procs::{binary, spawn_with_line};
+use anyhow::Result;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -19,16 +19,9 @@ pub fn once(dir: &Path, n: usize) -> Result<Duration> {
     let program = binary("plugvisor-bench-bare")?;
     let socket = dir.join(format!("bare-{n}.sock"));
     let start = Instant::now();
-    let mut child = Command::new(&program)
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("spawning plugvisor-bench-bare")?;
-    let stdout = child.stdout.take();
-    let guard = ChildGuard::new(child);
-    first_line(stdout)?;
+    let mut command = Command::new(&program);
+    command.arg(&socket).stdin(Stdio::null());
+    let (guard, _) = spawn_with_line(command)?;
     let mut stream = UnixStream::connect(&socket)?;
     let mut buf = *b"0123456789abcdef";
     stream.write_all(&buf)?;

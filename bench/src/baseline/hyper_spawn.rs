@@ -3,8 +3,8 @@
 //! reference for what the stack a worker is built on costs by itself, beside bare-spawn.
 
 use crate::baseline::client::HttpConn;
-use crate::procs::{binary, first_line, ChildGuard};
-use anyhow::{bail, Context as _, Result};
+use crate::procs::{binary, spawn_with_line};
+use anyhow::{bail, Result};
 use bytes::Bytes;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -19,16 +19,9 @@ pub async fn once(dir: &Path, n: usize, body: &Bytes) -> Result<Duration> {
     let program = binary("plugvisor-bench-hyper")?;
     let socket = dir.join(format!("hyper-spawn-{n}.sock"));
     let start = Instant::now();
-    let mut child = Command::new(&program)
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("spawning plugvisor-bench-hyper")?;
-    let stdout = child.stdout.take();
-    let guard = ChildGuard::new(child);
-    first_line(stdout)?;
+    let mut command = Command::new(&program);
+    command.arg(&socket).stdin(Stdio::null());
+    let (guard, _) = spawn_with_line(command)?;
     let mut conn = HttpConn::unix(&socket, None).await?;
     let answer = conn.post("/v1/execute", body.clone()).await?;
     let elapsed = start.elapsed();

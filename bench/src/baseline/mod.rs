@@ -6,6 +6,7 @@
 //!   calling a worker directly over a Unix socket or TCP).
 //! - [`bare_spawn`]: spawning a minimal binary that binds a Unix socket and prints one line.
 //! - [`hyper_spawn`]: spawning a minimal tokio + hyper server and having one call answered.
+//! - [`json_echo`]: the JSON echo both hyper baselines answer with.
 //! - [`bare_kill`]: SIGKILL → reaped by a plain `waitpid`, for that binary and for a worker.
 //! - [`cjm`]: cjm-plugin-system's own proxy and worker (PyPI), driven by a Python harness.
 //! - [`goplugin`]: HashiCorp go-plugin 1.0.1 (Debian), an echo plugin and a Go host harness.
@@ -18,4 +19,5 @@ pub mod cjm;
 pub mod client;
 pub mod goplugin;
 pub mod hyper_spawn;
+pub mod json_echo;
 pub mod raw_uds;

@@ -5,16 +5,14 @@
 //! the stack a worker is built on and nothing of plugvisor's (no arguments, logging,
 //! guardian, second runtime, auth or routing).
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
-use std::convert::Infallible;
 use std::io::Write;
+
+// bare-hyper's answer, shared so that both baselines do the same work per call.
+#[path = "../baseline/json_echo.rs"]
+mod json_echo;
 
 fn main() -> std::io::Result<()> {
     let Some(path) = std::env::args_os().nth(1) else {
@@ -34,29 +32,10 @@ fn main() -> std::io::Result<()> {
         let (stream, _) = listener.accept().await?;
         // Served in a task of its own, as a server serves each connection.
         let serve = tokio::spawn(
-            http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(answer)),
+            http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service_fn(json_echo::answer)),
         );
         let _ = serve.await;
         std::fs::remove_file(&path)
     })
-}
-
-/// Parses `{"input": …}` and answers `{"output": …}`.
-async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let body = req.into_body().collect().await.map(|c| c.to_bytes());
-    let parsed = body
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-    let (status, out) = match parsed {
-        Some(mut request) => {
-            let input = request.get_mut("input").map(Value::take);
-            (StatusCode::OK, json!({ "output": input }))
-        }
-        None => (StatusCode::BAD_REQUEST, json!({"error": "bad json"})),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(
-        serde_json::to_vec(&out).unwrap_or_default(),
-    )));
-    *response.status_mut() = status;
-    Ok(response)
 }
